@@ -1,0 +1,46 @@
+package main
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"mflow/internal/logging"
+)
+
+// intFlag is an integer flag with a range, so a bad value's message says what is accepted.
+type intFlag struct {
+	p        *int // where the value is stored
+	min, max int  // the accepted range, inclusive
+}
+
+func newIntFlag(p *int, def, lo, hi int) intFlag {
+	*p = def
+	return intFlag{p: p, min: lo, max: hi}
+}
+
+func (f intFlag) String() string { return strconv.Itoa(*f.p) }
+func (f intFlag) Type() string   { return "int" }
+
+func (f intFlag) Set(s string) error {
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil || n < f.min || n > f.max {
+		return fmt.Errorf("want a whole number from %d to %d", f.min, f.max)
+	}
+	*f.p = n
+	return nil
+}
+
+// levelFlag is --log-level: one of the seed's level names, in any case.
+type levelFlag struct{ p *string }
+
+func (f levelFlag) String() string { return *f.p }
+func (f levelFlag) Type() string   { return "level" }
+
+func (f levelFlag) Set(s string) error {
+	if _, err := logging.ParseLevel(s); err != nil {
+		return fmt.Errorf("want DEBUG, INFO, WARNING, ERROR or CRITICAL")
+	}
+	*f.p = strings.ToUpper(strings.TrimSpace(s))
+	return nil
+}

@@ -1,0 +1,185 @@
+// Command mflow is a parallel chunked HTTP streaming proxy: a player asks it for a range of a file, and it
+// fetches that range over several upstream connections at once and plays it back in order.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"mflow/internal/bytesize"
+	"mflow/internal/engine"
+	"mflow/internal/link"
+	"mflow/internal/logging"
+	"mflow/internal/server"
+	"mflow/internal/upstream"
+)
+
+// version is set at build time with -ldflags "-X main.version=…"; else the module version, if any.
+var version = ""
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// options are the command line's values.
+type options struct {
+	listen          string
+	port            int
+	connections     int
+	chunkSize       int64
+	retry           int
+	logLevel        string
+	cache           bool
+	minSpeed        int64
+	maxRedirects    int
+	hostConnections int
+	insecure        bool
+	relayNoRange    bool
+}
+
+// parseFlags reads args. It returns help or version text to print, or an error of one line naming the
+// flag and the form it takes.
+func parseFlags(args []string) (options, string, error) {
+	var o options
+	fs := pflag.NewFlagSet("mflow", pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.SortFlags = false
+	fs.StringVar(&o.listen, "listen", "0.0.0.0", "address to listen on")
+	fs.VarP(newIntFlag(&o.port, 80, 0, 65535), "port", "p", "port to listen on")
+	fs.VarP(newIntFlag(&o.connections, 4, 1, 64), "connections", "c", "upstream connections per stream (and chunks read ahead)")
+	fs.VarP(bytesize.NewValue(&o.chunkSize, 1<<20), "chunk-size", "s", "chunk size: 512K, 1M, 0.5M, 2M…")
+	fs.VarP(newIntFlag(&o.retry, 5, 0, 100), "retry", "r", "retries of one chunk before the stream fails")
+	o.logLevel = "INFO"
+	fs.Var(levelFlag{&o.logLevel}, "log-level", "DEBUG, INFO, WARNING, ERROR or CRITICAL")
+	fs.BoolVar(&o.cache, "cache", false, "keep fetched chunks in memory (not built yet: accepted and ignored)")
+	fs.Var(bytesize.NewValue(&o.minSpeed, 0), "min-speed", "replace a connection slower than this per second for 3 s (100K, 0.5M; 0 = off)")
+	fs.Var(newIntFlag(&o.maxRedirects, 3, 0, 30), "max-redirects", "redirects followed per request")
+	fs.Var(newIntFlag(&o.hostConnections, 16, 1, 256), "host-connections", "connections to one upstream host across all streams")
+	fs.BoolVar(&o.insecure, "insecure", false, "skip TLS certificate verification upstream")
+	fs.BoolVar(&o.relayNoRange, "relay-no-range", false, "relay upstreams without Range support over one connection instead of answering 403")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	help := fs.BoolP("help", "h", false, "print this help and exit")
+
+	if err := fs.Parse(args); err != nil {
+		return o, "", err
+	}
+	if *help {
+		return o, "Usage: mflow [flags]\n\nA parallel chunked HTTP streaming proxy. Players open http://HOST:PORT/stream?url=URL.\n\nFlags:\n" + fs.FlagUsages(), nil
+	}
+	if *showVersion {
+		return o, "mflow " + versionString() + "\n", nil
+	}
+	if fs.NArg() > 0 {
+		return o, "", fmt.Errorf("unexpected argument %q: mflow takes flags only", fs.Arg(0))
+	}
+	if o.chunkSize < 16<<10 || o.chunkSize > 1<<30 {
+		return o, "", fmt.Errorf("invalid argument %q for \"-s, --chunk-size\" flag: want 16K to 1G, such as 512K or 1M", bytesize.Format(o.chunkSize))
+	}
+	return o, "", nil
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if info, ok := debug.ReadBuildInfo(); ok && info.Main.Version != "" && info.Main.Version != "(devel)" {
+		return info.Main.Version
+	}
+	return "dev"
+}
+
+// run is mflow's main, testable: it serves until ctx ends and returns the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	o, text, err := parseFlags(args)
+	if err != nil {
+		fmt.Fprintf(stderr, "mflow: %v (see --help)\n", err)
+		return 2
+	}
+	if text != "" {
+		fmt.Fprint(stdout, text)
+		return 0
+	}
+	level, _ := logging.ParseLevel(o.logLevel)
+	var log *slog.Logger
+	if f, ok := stderr.(*os.File); ok {
+		log = logging.New(f, level)
+	} else {
+		log = logging.NewTo(stderr, level, true)
+	}
+	if o.cache {
+		log.Warn("--cache is accepted but the chunk cache is not built yet; streaming without it")
+	}
+
+	addr := net.JoinHostPort(o.listen, strconv.Itoa(o.port))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fmt.Fprintf(stderr, "mflow: %s\n", listenProblem(addr, o.port, err))
+		return 1
+	}
+
+	client := upstream.NewClient(upstream.Config{HostConnections: o.hostConnections, Insecure: o.insecure})
+	defer client.CloseIdleConnections()
+	srv := &server.Server{
+		Resolver:     &link.Resolver{Client: client, MaxRedirects: o.maxRedirects},
+		Engine:       &engine.Engine{Client: client, ChunkSize: o.chunkSize, Connections: o.connections, Retries: o.retry, MinSpeed: o.minSpeed, MaxRedirects: o.maxRedirects, Logger: log},
+		RelayNoRange: o.relayNoRange,
+		UserAgent:    "mflow/" + versionString(),
+		Version:      versionString(),
+		Logger:       log,
+	}
+	// Streams end with the server: their context is cancelled at shutdown, so none holds it up.
+	base, cancelStreams := context.WithCancel(context.Background())
+	defer cancelStreams()
+	hs := &http.Server{
+		Handler:           srv.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return base },
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	log.Info("mflow listening", "address", ln.Addr().String(), "version", versionString(), "connections", o.connections, "chunk", bytesize.Format(o.chunkSize))
+
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(ln) }()
+	select {
+	case err := <-served:
+		log.Error("server stopped", "err", err)
+		return 1
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	cancelStreams()
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := hs.Shutdown(shutdownCtx); err != nil {
+		hs.Close()
+	}
+	<-served
+	return 0
+}
+
+// listenProblem explains a failed listen in one line, with what to do about it.
+func listenProblem(addr string, port int, err error) string {
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return fmt.Sprintf("cannot listen on %s: the port is in use; choose another with --port", addr)
+	case errors.Is(err, syscall.EACCES) || errors.Is(err, os.ErrPermission):
+		return fmt.Sprintf("cannot listen on %s: no permission to use port %d (ports below 1024 need privileges); choose another with --port, such as --port 8080", addr, port)
+	default:
+		return fmt.Sprintf("cannot listen on %s: %v; check --listen and --port", addr, err)
+	}
+}

@@ -1,0 +1,14 @@
+module mflow
+
+go 1.26.0
+
+require (
+	github.com/docker/go-units v0.5.0
+	github.com/lmittmann/tint v1.2.1
+	github.com/mattn/go-colorable v0.1.16
+	github.com/mattn/go-isatty v0.0.24
+	github.com/spf13/pflag v1.1.0
+	golang.org/x/sync v0.24.0
+)
+
+require golang.org/x/sys v0.29.0 // indirect

@@ -1,0 +1,222 @@
+// Package link knows what to fetch: a link's URL and headers, where its redirects lead, how big the file
+// is and which version it is. It probes links, remembers probes for a short while, and probes again when a
+// signed link expires.
+package link
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"net/textproto"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+
+	"mflow/internal/engine"
+	"mflow/internal/httprange"
+	"mflow/internal/upstream"
+)
+
+// Link is what a player asked to stream.
+type Link struct {
+	URL string // as the user gave it, before redirects
+	// Header is sent with every request for the link, redirects included: drives want their Cookie,
+	// Referer and User-Agent on the CDN host too.
+	Header http.Header
+	// Name, when set, is the file name the player is told.
+	Name string
+}
+
+// Meta is what a probe learned about a link.
+type Meta struct {
+	URL         string           // where the redirects led; chunk requests go there
+	Version     upstream.Version // size (-1 when unknown) and validators
+	Ranges      bool             // whether the upstream answers Range requests
+	ContentType string           // the upstream's Content-Type, "" when it sent none
+	Disposition string           // the upstream's Content-Disposition, "" when it sent none
+	probed      time.Time        // when the probe answered
+}
+
+// Target is what the engine fetches for l, as this probe found it.
+func (m *Meta) Target(l Link) engine.Target {
+	return engine.Target{URL: m.URL, Header: l.Header, Version: m.Version}
+}
+
+// Resolver probes links. Its fields are set before first use.
+type Resolver struct {
+	// Client sends the probes.
+	Client *upstream.Client
+	// MaxRedirects bounds the redirects a probe follows.
+	MaxRedirects int
+	// TTL is how long a probe is reused, so that a player's burst of requests (mpv opens a file several
+	// times while it finds the index) probes once. Default 30 s; negative turns reuse off.
+	TTL time.Duration
+	// Timeout bounds one probe, redirects included. Default 30 s.
+	Timeout time.Duration
+
+	group singleflight.Group // one probe at a time per link; the others wait for its answer
+	mu    sync.Mutex         // guards probes
+	probe map[string]*Meta   // recent probes by cacheKey
+}
+
+// maxCached bounds the probes kept; expired ones are dropped when it is reached.
+const maxCached = 512
+
+// Resolve returns what a recent probe of l found, or probes it.
+func (r *Resolver) Resolve(ctx context.Context, l Link) (*Meta, error) {
+	key := cacheKey(l)
+	r.mu.Lock()
+	m := r.probe[key]
+	r.mu.Unlock()
+	if m != nil && time.Since(m.probed) < r.ttl() {
+		return m, nil
+	}
+	return r.Refresh(ctx, l)
+}
+
+// Refresh probes l again, whatever is cached, and caches the answer.
+func (r *Resolver) Refresh(ctx context.Context, l Link) (*Meta, error) {
+	key := cacheKey(l)
+	// The probe runs detached from the first caller, so that caller leaving does not fail the others.
+	ch := r.group.DoChan(key, func() (any, error) {
+		timeout := r.Timeout
+		if timeout <= 0 {
+			timeout = 30 * time.Second
+		}
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+		defer cancel()
+		m, err := r.probeLink(pctx, l)
+		if err != nil {
+			return nil, err
+		}
+		r.store(key, m)
+		return m, nil
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		return res.Val.(*Meta), nil
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+}
+
+// Refresher is the engine's hook to resolve l again when its signed URL expires mid-stream.
+func (r *Resolver) Refresher(l Link) func(context.Context) (engine.Target, error) {
+	return func(ctx context.Context) (engine.Target, error) {
+		m, err := r.Refresh(ctx, l)
+		if err != nil {
+			return engine.Target{}, err
+		}
+		return m.Target(l), nil
+	}
+}
+
+func (r *Resolver) ttl() time.Duration {
+	if r.TTL == 0 {
+		return 30 * time.Second
+	}
+	return r.TTL
+}
+
+func (r *Resolver) store(key string, m *Meta) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.probe == nil {
+		r.probe = map[string]*Meta{}
+	}
+	if len(r.probe) >= maxCached {
+		for k, old := range r.probe {
+			if time.Since(old.probed) >= r.ttl() {
+				delete(r.probe, k)
+			}
+		}
+	}
+	if len(r.probe) < maxCached {
+		r.probe[key] = m
+	}
+}
+
+// cacheKey names a link by its URL and headers: the same URL with another Cookie may be another file.
+func cacheKey(l Link) string {
+	var b strings.Builder
+	b.WriteString(l.URL)
+	for _, name := range slices.Sorted(maps.Keys(l.Header)) {
+		fmt.Fprintf(&b, "\n%s: %s", name, strings.Join(l.Header[name], ", "))
+	}
+	return b.String()
+}
+
+// probeLink asks for the first byte, not HEAD: presigned links often refuse HEAD, and the answer to a
+// Range request tells at once whether the upstream supports Range.
+func (r *Resolver) probeLink(ctx context.Context, l Link) (*Meta, error) {
+	resp, final, err := r.Client.Get(ctx, l.URL, l.Header, httprange.Span{Start: 0, End: 0}.Header(), r.MaxRedirects)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	m := &Meta{
+		URL: final,
+		Version: upstream.Version{
+			Size:         -1,
+			ETag:         resp.Header.Get("ETag"),
+			LastModified: resp.Header.Get("Last-Modified"),
+		},
+		ContentType: resp.Header.Get("Content-Type"),
+		Disposition: resp.Header.Get("Content-Disposition"),
+		probed:      time.Now(),
+	}
+	switch resp.StatusCode {
+	case http.StatusPartialContent:
+		cr, err := httprange.ParseContentRange(resp.Header.Get("Content-Range"))
+		if err != nil || cr.Unsatisfied || cr.Span != (httprange.Span{Start: 0, End: 0}) {
+			return nil, fmt.Errorf("%w: %q for the probe's bytes=0-0", upstream.ErrBadAnswer, resp.Header.Get("Content-Range"))
+		}
+		m.Version.Size, m.Ranges = cr.Size, cr.Size >= 0
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<10))
+	case http.StatusOK:
+		m.Version.Size = resp.ContentLength
+	case http.StatusRequestedRangeNotSatisfiable:
+		// The only file where bytes=0-0 is past the end is an empty one.
+		if cr, err := httprange.ParseContentRange(resp.Header.Get("Content-Range")); err == nil && cr.Unsatisfied && cr.Size == 0 {
+			m.Version.Size, m.Ranges = 0, true
+			return m, nil
+		}
+		return nil, upstream.CheckStatus(resp, final)
+	default:
+		return nil, upstream.CheckStatus(resp, final)
+	}
+	return m, nil
+}
+
+// hopHeaders are the hop-by-hop headers (RFC 9110, 7.6.1) and the ones mflow sets itself per request:
+// a link's headers never carry them upstream.
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+	"Te", "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Range", "Content-Length", "Accept-Encoding",
+}
+
+// CleanHeader drops the headers a link may not set (hopHeaders, and those a Connection header names) and
+// canonicalizes the names of the rest.
+func CleanHeader(h http.Header) http.Header {
+	out := http.Header{}
+	for name, values := range h {
+		out[textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(name))] = values
+	}
+	for _, c := range out.Values("Connection") {
+		for name := range strings.SplitSeq(c, ",") {
+			out.Del(strings.TrimSpace(name))
+		}
+	}
+	for _, name := range hopHeaders {
+		out.Del(name)
+	}
+	return out
+}

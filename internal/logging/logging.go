@@ -1,0 +1,59 @@
+// Package logging sets up mflow's log: slog lines a person reads, coloured on a terminal (Windows consoles
+// included), with the seed's level names.
+package logging
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/lmittmann/tint"
+	"github.com/mattn/go-colorable"
+	"github.com/mattn/go-isatty"
+)
+
+// LevelCritical is the seed's CRITICAL, above ERROR.
+const LevelCritical = slog.LevelError + 4
+
+// Levels are the names --log-level takes, in any case.
+var Levels = map[string]slog.Level{
+	"DEBUG": slog.LevelDebug, "INFO": slog.LevelInfo, "WARNING": slog.LevelWarn,
+	"ERROR": slog.LevelError, "CRITICAL": LevelCritical,
+}
+
+// ParseLevel reads a --log-level value.
+func ParseLevel(s string) (slog.Level, error) {
+	if l, ok := Levels[strings.ToUpper(strings.TrimSpace(s))]; ok {
+		return l, nil
+	}
+	return 0, fmt.Errorf("%q is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL", s)
+}
+
+// New returns a logger writing to f at level and above, coloured when f is a terminal.
+func New(f *os.File, level slog.Level) *slog.Logger {
+	color := isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd())
+	var w io.Writer = f
+	if color {
+		w = colorable.NewColorable(f) // turns ANSI colours into console calls on old Windows consoles
+	}
+	return NewTo(w, level, !color)
+}
+
+// NewTo returns a logger writing to w at level and above.
+func NewTo(w io.Writer, level slog.Level, noColor bool) *slog.Logger {
+	return slog.New(tint.NewTextHandler(w, &tint.Options{
+		Level:      level,
+		TimeFormat: "15:04:05.000",
+		NoColor:    noColor,
+		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.LevelKey && len(groups) == 0 {
+				if l, ok := a.Value.Any().(slog.Level); ok && l >= LevelCritical {
+					return tint.Attr(9, slog.String(a.Key, "CRT"))
+				}
+			}
+			return a
+		},
+	}))
+}

@@ -1,0 +1,315 @@
+// Package server is mflow's HTTP edge: it reads what a player asks for, answers with the right status and
+// headers, and hands the body to the engine.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"mime"
+	"net/http"
+	"net/url"
+	"path"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"mflow/internal/bytesize"
+	"mflow/internal/engine"
+	"mflow/internal/httprange"
+	"mflow/internal/link"
+	"mflow/internal/upstream"
+)
+
+// Server answers GET / and GET or HEAD /stream. Its fields are set before it serves.
+type Server struct {
+	// Resolver probes the links players ask for.
+	Resolver *link.Resolver
+	// Engine streams their bytes.
+	Engine *engine.Engine
+	// Lookup finds the link an aria2 task's gid names; nil knows no gid.
+	Lookup func(gid string) (link.Link, bool)
+	// RelayNoRange relays an upstream that ignores Range over one connection instead of refusing it.
+	RelayNoRange bool
+	// UserAgent is sent upstream for links that bring none.
+	UserAgent string
+	// Version is shown on the index page.
+	Version string
+	// Logger receives a line per stream start and end. Default slog.Default().
+	Logger *slog.Logger
+
+	streams atomic.Int64 // numbers the streams in the log
+}
+
+// Handler returns the routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", s.serveIndex)
+	mux.HandleFunc("GET /stream", s.serveStream)
+	mux.HandleFunc("/stream", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", "GET, HEAD")
+		fail(w, http.StatusMethodNotAllowed, r.Method+" is not allowed on /stream; use GET or HEAD")
+	})
+	return mux
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return slog.Default()
+}
+
+func (s *Server) serveIndex(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprintf(w, `mflow %s: a parallel chunked HTTP streaming proxy
+
+Play a link through %d connections:
+  mpv "http://%s/stream?url=https://example.com/video.mp4"
+
+GET|HEAD /stream?url=URL   stream URL (percent-encoded, or as is when it is the only parameter)
+GET|HEAD /stream?gid=GID   stream a task added over the aria2 JSON-RPC
+`, s.Version, s.Engine.Connections, r.Host)
+}
+
+// fail answers with status and a one-line reason.
+func fail(w http.ResponseWriter, status int, reason string) {
+	http.Error(w, "mflow: "+reason, status)
+}
+
+// linkFor reads which link a /stream request names, or answers why it cannot.
+func (s *Server) linkFor(w http.ResponseWriter, r *http.Request) (link.Link, bool) {
+	q := r.URL.Query()
+	if gid := q.Get("gid"); gid != "" {
+		if s.Lookup != nil {
+			if l, ok := s.Lookup(gid); ok {
+				return l, true
+			}
+		}
+		fail(w, http.StatusNotFound, fmt.Sprintf("no task with gid %q", gid))
+		return link.Link{}, false
+	}
+	raw := q.Get("url")
+	// A link pasted as is keeps its own query: "?url=https://host/f?a=1&b=2" means all of it.
+	if rest, ok := strings.CutPrefix(r.URL.RawQuery, "url="); ok && (strings.HasPrefix(rest, "http://") || strings.HasPrefix(rest, "https://")) {
+		raw = rest
+	}
+	if raw == "" {
+		fail(w, http.StatusBadRequest, "missing url or gid parameter, as in /stream?url=https://example.com/video.mp4")
+		return link.Link{}, false
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		fail(w, http.StatusBadRequest, fmt.Sprintf("url parameter is not a URL: %v", err))
+		return link.Link{}, false
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		fail(w, http.StatusBadRequest, fmt.Sprintf("url must be an absolute http or https URL, not %q", raw))
+		return link.Link{}, false
+	}
+	h := http.Header{}
+	h.Set("User-Agent", s.UserAgent)
+	return link.Link{URL: u.String(), Header: h}, true
+}
+
+func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
+	l, ok := s.linkFor(w, r)
+	if !ok {
+		return
+	}
+	meta, err := s.Resolver.Resolve(r.Context(), l)
+	if err != nil {
+		if r.Context().Err() == nil {
+			status, reason := upstreamFailure(err)
+			fail(w, status, reason)
+		}
+		return
+	}
+	size := meta.Version.Size
+	if !meta.Ranges && !s.RelayNoRange {
+		fail(w, http.StatusForbidden, "upstream does not support Range requests, so it cannot be fetched in parallel; start mflow with --relay-no-range to relay it over one connection")
+		return
+	}
+
+	h := w.Header()
+	name := fileName(l, meta)
+	h.Set("Content-Type", contentType(meta, name))
+	h.Set("Content-Disposition", disposition(l, meta, name))
+	for _, v := range []struct{ name, value string }{{"ETag", meta.Version.ETag}, {"Last-Modified", meta.Version.LastModified}} {
+		if v.value != "" {
+			h.Set(v.name, v.value)
+		}
+	}
+	if size < 0 { // relayed as it comes, ranges ignored
+		h.Set("Accept-Ranges", "none")
+		if r.Method == http.MethodHead {
+			return
+		}
+		s.run(w, r, l, meta, httprange.Span{Start: 0, End: -1}, http.StatusOK)
+		return
+	}
+	h.Set("Accept-Ranges", "bytes")
+	span, kind := httprange.ParseRequest(r.Header.Get("Range"), size)
+	if kind != httprange.Whole && !ifRangeHolds(r.Header.Get("If-Range"), meta.Version) {
+		span, kind = httprange.Span{Start: 0, End: size - 1}, httprange.Whole
+	}
+	status := http.StatusOK
+	switch {
+	case size == 0:
+		h.Set("Content-Length", "0")
+		w.WriteHeader(http.StatusOK)
+		return
+	case kind == httprange.Unsatisfiable:
+		h.Set("Content-Range", fmt.Sprintf("bytes */%d", size))
+		fail(w, http.StatusRequestedRangeNotSatisfiable, fmt.Sprintf("range %q is past the end of the %d-byte file", r.Header.Get("Range"), size))
+		return
+	case kind == httprange.Partial:
+		status = http.StatusPartialContent
+		h.Set("Content-Range", span.ContentRange(size))
+	}
+	h.Set("Content-Length", strconv.FormatInt(span.Len(), 10))
+	if r.Method == http.MethodHead {
+		w.WriteHeader(status)
+		return
+	}
+	s.run(w, r, l, meta, span, status)
+}
+
+// ifRangeHolds reports whether an If-Range header (absent, or naming the current version) lets a Range
+// apply; otherwise the whole file is sent.
+func ifRangeHolds(ifRange string, v upstream.Version) bool {
+	return ifRange == "" || (ifRange == v.ETag && !strings.HasPrefix(ifRange, "W/")) || ifRange == v.LastModified
+}
+
+// run streams span with status and logs the stream's start and end. The status line goes out with the
+// first byte, so a stream that fails before any byte still gets an error status.
+func (s *Server) run(w http.ResponseWriter, r *http.Request, l link.Link, meta *link.Meta, span httprange.Span, status int) {
+	id := s.streams.Add(1)
+	log := s.logger().With("stream", id)
+	log.Info("stream start", "file", upstream.Redact(l.URL), "range", fmt.Sprintf("%d-%d/%d", span.Start, span.End, meta.Version.Size), "player", r.RemoteAddr)
+	began := time.Now()
+	out := &lazyHeader{w: w, status: status}
+	var stats engine.Stats
+	var err error
+	if meta.Ranges {
+		stats, err = s.Engine.Stream(r.Context(), out, engine.Request{Target: meta.Target(l), Span: span, Refresh: s.Resolver.Refresher(l), Logger: log})
+	} else {
+		stats, err = s.Engine.Relay(r.Context(), out, meta.Target(l), span)
+	}
+	took := time.Since(began)
+	attrs := []any{"bytes", stats.Bytes, "took", took.Round(time.Millisecond), "speed", bytesize.Human(float64(stats.Bytes)/max(took.Seconds(), 1e-3)) + "/s", "retries", stats.Retries}
+	switch {
+	case err == nil:
+		log.Info("stream end", attrs...)
+	case errors.Is(err, engine.ErrPlayerGone) || r.Context().Err() != nil:
+		log.Info("stream end: player left", attrs...)
+	default:
+		log.Error("stream failed", append(attrs, "err", err)...)
+		if !out.sent {
+			status, reason := upstreamFailure(err)
+			fail(w, status, reason)
+			return
+		}
+		// The player has part of the answer: cut the connection, so it cannot take the rest for whole.
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// lazyHeader sends the status line with the first byte of the body.
+type lazyHeader struct {
+	w      http.ResponseWriter
+	status int
+	sent   bool
+}
+
+func (l *lazyHeader) Write(b []byte) (int, error) {
+	if !l.sent {
+		l.sent = true
+		l.w.WriteHeader(l.status)
+	}
+	return l.w.Write(b)
+}
+
+func (l *lazyHeader) Flush() {
+	if err := http.NewResponseController(l.w).Flush(); err != nil {
+		return // the next Write reports the broken connection
+	}
+}
+
+// upstreamFailure is the status and reason for a player when the upstream fails: its own 4xx status,
+// 504 for a timeout, 502 for the rest.
+func upstreamFailure(err error) (int, string) {
+	var status *upstream.StatusError
+	var netErr *upstream.NetError
+	switch {
+	case errors.As(err, &status) && status.Code >= 400 && status.Code < 500:
+		return status.Code, status.Error()
+	case errors.As(err, &netErr) && netErr.Timeout(), errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout, "upstream timed out: " + err.Error()
+	case errors.As(err, &netErr):
+		return http.StatusBadGateway, "upstream unreachable: " + err.Error()
+	default:
+		return http.StatusBadGateway, err.Error()
+	}
+}
+
+// fileName is the name the player is told: the task's, else the last path segment of the link, or of where
+// it redirected when the link's own has no extension.
+func fileName(l link.Link, meta *link.Meta) string {
+	if l.Name != "" {
+		return l.Name
+	}
+	name := baseName(l.URL)
+	if path.Ext(name) == "" {
+		if final := baseName(meta.URL); path.Ext(final) != "" {
+			name = final
+		}
+	}
+	return name
+}
+
+func baseName(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	name := path.Base(u.Path)
+	if name == "/" || name == "." {
+		return ""
+	}
+	return name
+}
+
+// videoTypes covers the files players ask for that the system MIME table may lack.
+var videoTypes = map[string]string{
+	".mp4": "video/mp4", ".m4v": "video/x-m4v", ".mkv": "video/x-matroska", ".webm": "video/webm",
+	".ts": "video/mp2t", ".m2ts": "video/mp2t", ".mov": "video/quicktime", ".avi": "video/x-msvideo",
+	".flv": "video/x-flv", ".wmv": "video/x-ms-wmv", ".rmvb": "application/vnd.rn-realmedia-vbr",
+	".mp3": "audio/mpeg", ".flac": "audio/flac", ".m4a": "audio/mp4", ".iso": "application/x-iso9660-image",
+}
+
+func contentType(meta *link.Meta, name string) string {
+	if meta.ContentType != "" {
+		return meta.ContentType
+	}
+	ext := strings.ToLower(path.Ext(name))
+	if t, ok := videoTypes[ext]; ok {
+		return t
+	}
+	if t := mime.TypeByExtension(ext); t != "" {
+		return t
+	}
+	return "application/octet-stream"
+}
+
+func disposition(l link.Link, meta *link.Meta, name string) string {
+	if meta.Disposition != "" && l.Name == "" {
+		return meta.Disposition
+	}
+	if name == "" {
+		return "inline"
+	}
+	return mime.FormatMediaType("inline", map[string]string{"filename": name})
+}

@@ -1,0 +1,236 @@
+// Package upstream sends mflow's requests to the servers that hold the files and checks every answer
+// before a byte of it is used.
+package upstream
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/semaphore"
+)
+
+// Config tunes a Client. Zero fields take the defaults noted.
+type Config struct {
+	// HostConnections caps the requests open at once to one upstream host, across all streams: drives
+	// refuse or throttle clients that open more. Default 16.
+	HostConnections int
+	// Insecure skips TLS certificate verification.
+	Insecure bool
+	// TLS, when set, is the TLS configuration to use (tests trust their own certificates with it).
+	TLS *tls.Config
+	// ConnectTimeout bounds the TCP connect and the TLS handshake. Default 10 s.
+	ConnectTimeout time.Duration
+	// HeaderTimeout bounds the wait for an answer's headers once the request is sent. Default 20 s.
+	HeaderTimeout time.Duration
+}
+
+// Client sends requests upstream. Each host has HostConnections slots, and each slot has a transport of its
+// own that carries one request at a time: a stream with N requests open really holds N connections, even
+// to an HTTP/2 server (one shared transport would multiplex them onto one connection), and a slot's
+// keep-alive connection serves its next request.
+type Client struct {
+	cfg        Config
+	transports []*http.Transport // indexed by slot
+
+	mu    sync.Mutex            // guards hosts
+	hosts map[string]*hostSlots // by host:port
+}
+
+// hostSlots hands out the slot numbers of one host.
+type hostSlots struct {
+	sem  *semaphore.Weighted // counts free slots; waiting on it honours the request's context
+	mu   sync.Mutex          // guards free
+	free []int               // free slot numbers; the last one freed is reused first, its connection warm
+}
+
+// NewClient returns a Client for cfg.
+func NewClient(cfg Config) *Client {
+	if cfg.HostConnections <= 0 {
+		cfg.HostConnections = 16
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = 10 * time.Second
+	}
+	if cfg.HeaderTimeout <= 0 {
+		cfg.HeaderTimeout = 20 * time.Second
+	}
+	tlsConfig := cfg.TLS
+	if tlsConfig == nil {
+		tlsConfig = &tls.Config{}
+	}
+	if cfg.Insecure {
+		tlsConfig = tlsConfig.Clone()
+		tlsConfig.InsecureSkipVerify = true
+	}
+	c := &Client{cfg: cfg, hosts: map[string]*hostSlots{}}
+	dialer := &net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
+	for range cfg.HostConnections {
+		c.transports = append(c.transports, &http.Transport{
+			Proxy:                 proxyFor,
+			DialContext:           dialer.DialContext,
+			TLSClientConfig:       tlsConfig,
+			TLSHandshakeTimeout:   cfg.ConnectTimeout,
+			ResponseHeaderTimeout: cfg.HeaderTimeout,
+			ForceAttemptHTTP2:     true,
+			// The bytes must arrive as the server stores them: a transparently gunzipped body has
+			// other offsets than the Range asked.
+			DisableCompression:  true,
+			MaxIdleConnsPerHost: 1,
+			IdleConnTimeout:     60 * time.Second,
+		})
+	}
+	return c
+}
+
+// proxyKey is the context key of a per-request upstream proxy.
+type proxyKey struct{}
+
+// WithProxy returns a context whose requests go through the HTTP proxy p.
+func WithProxy(ctx context.Context, p *url.URL) context.Context {
+	return context.WithValue(ctx, proxyKey{}, p)
+}
+
+func proxyFor(r *http.Request) (*url.URL, error) {
+	if p, ok := r.Context().Value(proxyKey{}).(*url.URL); ok && p != nil {
+		return p, nil
+	}
+	return http.ProxyFromEnvironment(r)
+}
+
+// CloseIdleConnections closes the keep-alive connections no request is using.
+func (c *Client) CloseIdleConnections() {
+	for _, t := range c.transports {
+		t.CloseIdleConnections()
+	}
+}
+
+// Do sends req once, following no redirect, after waiting for a free slot of its host. The slot is held
+// until the answer's body is closed.
+func (c *Client) Do(req *http.Request) (*http.Response, error) {
+	slots := c.slots(req.URL.Host)
+	if err := slots.sem.Acquire(req.Context(), 1); err != nil {
+		return nil, err
+	}
+	slots.mu.Lock()
+	slot := slots.free[len(slots.free)-1]
+	slots.free = slots.free[:len(slots.free)-1]
+	slots.mu.Unlock()
+	release := sync.OnceFunc(func() {
+		slots.mu.Lock()
+		slots.free = append(slots.free, slot)
+		slots.mu.Unlock()
+		slots.sem.Release(1)
+	})
+	resp, err := c.transports[slot].RoundTrip(req)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	resp.Body = &releasingBody{ReadCloser: resp.Body, release: release}
+	return resp, nil
+}
+
+func (c *Client) slots(host string) *hostSlots {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.hosts[host]
+	if s == nil {
+		n := len(c.transports)
+		s = &hostSlots{sem: semaphore.NewWeighted(int64(n))}
+		for i := n - 1; i >= 0; i-- {
+			s.free = append(s.free, i)
+		}
+		c.hosts[host] = s
+	}
+	return s
+}
+
+// releasingBody frees its request's slot when closed.
+type releasingBody struct {
+	io.ReadCloser
+	release func()
+}
+
+func (b *releasingBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.release()
+	return err
+}
+
+// Get sends a GET for rawURL with header (and Range, when rng is not empty), following up to maxRedirects
+// redirects itself so that every hop carries the same headers: drives want their Cookie and Referer on the
+// CDN host too. It returns the answer and the URL that gave it.
+func (c *Client) Get(ctx context.Context, rawURL string, header http.Header, rng string, maxRedirects int) (*http.Response, string, error) {
+	for hop := 0; ; hop++ {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
+		if err != nil {
+			return nil, "", fmt.Errorf("bad upstream URL: %w", err)
+		}
+		for name, values := range header {
+			req.Header[name] = values
+		}
+		if rng != "" {
+			req.Header.Set("Range", rng)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			return nil, "", &NetError{URL: Redact(rawURL), Err: err}
+		}
+		if !isRedirect(resp.StatusCode) {
+			return resp, rawURL, nil
+		}
+		location := resp.Header.Get("Location")
+		drain(resp)
+		if location == "" {
+			return nil, "", &StatusError{Code: resp.StatusCode, Status: resp.Status + " without a Location", URL: Redact(rawURL)}
+		}
+		if hop >= maxRedirects {
+			return nil, "", fmt.Errorf("%w: more than %d from %s", ErrTooManyRedirects, maxRedirects, Redact(rawURL))
+		}
+		next, err := req.URL.Parse(location)
+		if err != nil {
+			return nil, "", fmt.Errorf("bad redirect from %s: %w", Redact(rawURL), err)
+		}
+		rawURL = next.String()
+	}
+}
+
+func isRedirect(code int) bool {
+	switch code {
+	case http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther,
+		http.StatusTemporaryRedirect, http.StatusPermanentRedirect:
+		return true
+	}
+	return false
+}
+
+// drain reads what is left of a small body so its connection can be reused, then closes it.
+func drain(resp *http.Response) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+}
+
+// Redact is u without its query and credentials, for logs and messages: signed links carry secrets there.
+func Redact(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	p.User = nil
+	if p.RawQuery != "" {
+		p.RawQuery = "…"
+	}
+	p.Fragment = ""
+	return p.String()
+}
+
+// ErrTooManyRedirects is returned when a link redirects more often than allowed.
+var ErrTooManyRedirects = errors.New("too many redirects")
