@@ -11,4 +11,8 @@ require (
 	golang.org/x/sync v0.24.0
 )
 
-require golang.org/x/sys v0.29.0 // indirect
+require (
+	go.uber.org/goleak v1.3.0 // indirect
+	golang.org/x/sys v0.29.0 // indirect
+	golang.org/x/time v0.16.0 // indirect
+)

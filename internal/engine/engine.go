@@ -112,6 +112,9 @@ var (
 // w is an http.Flusher it is flushed after each write so the player sees bytes as they arrive. Every
 // goroutine the stream started has ended when Stream returns.
 func (e *Engine) Stream(ctx context.Context, w io.Writer, req Request) (Stats, error) {
+	if sp := req.Span; sp.Start < 0 || sp.Start > sp.End || sp.End >= req.Target.Version.Size {
+		return Stats{}, fmt.Errorf("bytes %d-%d are not within the %d-byte file", sp.Start, sp.End, req.Target.Version.Size)
+	}
 	s := e.newStream(ctx, req)
 	var wg sync.WaitGroup
 	for range s.connections {
@@ -372,6 +375,9 @@ func (s *stream) _pickPiece() *piece {
 		if !p.done() && len(p.fetches) == 0 {
 			return p
 		}
+	}
+	if len(s.pieces) == 0 {
+		return nil
 	}
 	if head := s.pieces[0]; s.writerWaiting && !head.done() && len(head.fetches) == 1 && s._lagging(head.fetches[0]) {
 		s.log.Debug("head lags: racing a second connection", "from", head.filled, "to", head.end-1)

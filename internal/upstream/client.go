@@ -30,6 +30,8 @@ type Config struct {
 	ConnectTimeout time.Duration
 	// HeaderTimeout bounds the wait for an answer's headers once the request is sent. Default 20 s.
 	HeaderTimeout time.Duration
+	// Dial, when set, replaces the network dialer (tests connect to in-memory upstreams with it).
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Client sends requests upstream. Each host has HostConnections slots, and each slot has a transport of its
@@ -71,12 +73,15 @@ func NewClient(cfg Config) *Client {
 		tlsConfig.InsecureSkipVerify = true
 	}
 	c := &Client{cfg: cfg, hosts: map[string]*hostSlots{}}
-	dialer := &net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
+	dial := cfg.Dial
+	if dial == nil {
+		dial = (&net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext
+	}
 	for range cfg.HostConnections {
 		c.transports = append(c.transports, &http.Transport{
 			Proxy:                 proxyFor,
-			DialContext:           dialer.DialContext,
-			TLSClientConfig:       tlsConfig,
+			DialContext:           dial,
+			TLSClientConfig:       tlsConfig.Clone(), // HTTP/2 setup edits it: one each
 			TLSHandshakeTimeout:   cfg.ConnectTimeout,
 			ResponseHeaderTimeout: cfg.HeaderTimeout,
 			ForceAttemptHTTP2:     true,

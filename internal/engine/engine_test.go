@@ -1,0 +1,412 @@
+package engine_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"mflow/internal/engine"
+	"mflow/internal/httprange"
+	"mflow/internal/upstream"
+	"mflow/internal/upstreamtest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var quiet = slog.New(slog.DiscardHandler)
+
+// content returns n deterministic random bytes.
+func content(n int) []byte {
+	r := rand.New(rand.NewPCG(uint64(n), 7))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// newEngine returns an engine on u with fast retries, and closes its connections when the test ends.
+func newEngine(t *testing.T, u *upstreamtest.Upstream, chunk int64, conns int) *engine.Engine {
+	c := upstream.NewClient(upstream.Config{Dial: u.Dial(), TLS: u.TLS()})
+	t.Cleanup(c.CloseIdleConnections)
+	return &engine.Engine{Client: c, ChunkSize: chunk, Connections: conns, Retries: 5, MaxRedirects: 3, RetryBase: time.Millisecond, Logger: quiet}
+}
+
+func target(u *upstreamtest.Upstream) engine.Target {
+	return engine.Target{URL: u.URL + "/file", Version: upstream.Version{Size: int64(len(u.Content)), ETag: u.ETag}}
+}
+
+// stream runs a stream of span and returns what the player got.
+func stream(t *testing.T, e *engine.Engine, req engine.Request) ([]byte, engine.Stats, error) {
+	t.Helper()
+	var out bytes.Buffer
+	stats, err := e.Stream(t.Context(), &out, req)
+	if int64(out.Len()) != stats.Bytes {
+		t.Errorf("stats say %d bytes, the player got %d", stats.Bytes, out.Len())
+	}
+	return out.Bytes(), stats, err
+}
+
+func checkBytes(t *testing.T, got, file []byte, span httprange.Span) {
+	t.Helper()
+	want := file[span.Start : span.End+1]
+	if !bytes.Equal(got, want) {
+		i := 0
+		for i < min(len(got), len(want)) && got[i] == want[i] {
+			i++
+		}
+		t.Fatalf("span %d-%d: got %d bytes, want %d; first difference at offset %d", span.Start, span.End, len(got), len(want), span.Start+int64(i))
+	}
+}
+
+func TestStreamRandomRangesMatchTheFile(t *testing.T) {
+	file := content(1<<20 + 12345)
+	u := upstreamtest.New(file, upstreamtest.Options{})
+	defer u.Close()
+	size := int64(len(file))
+	r := rand.New(rand.NewPCG(1, 2))
+	for _, chunk := range []int64{16 << 10, 64<<10 + 1000, 256 << 10, 1 << 20} {
+		for _, conns := range []int{1, 2, 3, 4, 8} {
+			e := newEngine(t, u, chunk, conns)
+			spans := []httprange.Span{{Start: 0, End: size - 1}, {Start: size - 1, End: size - 1}, {Start: chunk, End: min(2*chunk, size) - 1}, {Start: chunk - 1, End: chunk}}
+			for range 4 {
+				a := r.Int64N(size)
+				spans = append(spans, httprange.Span{Start: a, End: a + r.Int64N(size-a)})
+			}
+			for _, span := range spans {
+				got, _, err := stream(t, e, engine.Request{Target: target(u), Span: span})
+				if err != nil {
+					t.Fatalf("chunk %d, %d connections, span %+v: %v", chunk, conns, span, err)
+				}
+				checkBytes(t, got, file, span)
+			}
+		}
+	}
+}
+
+func TestStreamSurvivesFaults(t *testing.T) {
+	file := content(700_000)
+	for name, fault := range map[string]upstreamtest.Fault{
+		"503":               {Status: http.StatusServiceUnavailable},
+		"429 Retry-After 0": {Status: http.StatusTooManyRequests, RetryAfter: "0"},
+		"500":               {Status: http.StatusInternalServerError},
+		"reset mid-body":    {ResetAfter: 10_000},
+		"200 for 206":       {Whole: true},
+		"wrong range":       {Shift: 100},
+	} {
+		t.Run(name, func(t *testing.T) {
+			u := upstreamtest.New(file, upstreamtest.Options{Fault: func(n int64, _ *http.Request) upstreamtest.Fault {
+				if n%3 == 1 {
+					return fault
+				}
+				return upstreamtest.Fault{}
+			}})
+			defer u.Close()
+			e := newEngine(t, u, 64<<10, 4)
+			span := httprange.Span{Start: 1000, End: int64(len(file)) - 1}
+			got, stats, err := stream(t, e, engine.Request{Target: target(u), Span: span})
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkBytes(t, got, file, span)
+			if stats.Retries == 0 {
+				t.Error("no retry counted, yet every third request failed")
+			}
+		})
+	}
+}
+
+func TestStreamNeverSplicesAnotherVersion(t *testing.T) {
+	file := content(1 << 20)
+	u := upstreamtest.New(file, upstreamtest.Options{Fault: func(n int64, _ *http.Request) upstreamtest.Fault {
+		if n >= 4 {
+			return upstreamtest.Fault{ETag: `"v2"`}
+		}
+		return upstreamtest.Fault{}
+	}})
+	defer u.Close()
+	e := newEngine(t, u, 64<<10, 2)
+	got, _, err := stream(t, e, engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(file)) - 1}})
+	if !errors.Is(err, upstream.ErrChanged) {
+		t.Fatalf("err = %v, want ErrChanged", err)
+	}
+	if len(got) >= len(file) || !bytes.Equal(got, file[:len(got)]) {
+		t.Fatalf("the player got %d bytes that are not a strict prefix of the first version", len(got))
+	}
+}
+
+func TestStreamSizeChangeIsAnotherVersion(t *testing.T) {
+	file := content(300_000)
+	u := upstreamtest.New(file, upstreamtest.Options{})
+	defer u.Close()
+	e := newEngine(t, u, 64<<10, 2)
+	tgt := target(u)
+	tgt.Version.Size++ // the file the probe saw was one byte longer
+	_, _, err := stream(t, e, engine.Request{Target: tgt, Span: httprange.Span{Start: 0, End: 1000}})
+	if !errors.Is(err, upstream.ErrChanged) {
+		t.Fatalf("err = %v, want ErrChanged", err)
+	}
+}
+
+func TestStreamResolvesAnExpiredLinkAgain(t *testing.T) {
+	file := content(600_000)
+	var current atomic.Int64
+	current.Store(1)
+	u := upstreamtest.New(file, upstreamtest.Options{Fault: func(n int64, r *http.Request) upstreamtest.Fault {
+		if n == 3 {
+			current.Store(2) // the signature the stream started with expires now
+		}
+		if r.URL.Query().Get("sig") != fmt.Sprint(current.Load()) {
+			return upstreamtest.Fault{Status: http.StatusForbidden}
+		}
+		return upstreamtest.Fault{}
+	}})
+	defer u.Close()
+	e := newEngine(t, u, 32<<10, 3)
+	tgt := target(u)
+	tgt.URL += "?sig=1"
+	var refreshes atomic.Int64
+	refresh := func(context.Context) (engine.Target, error) {
+		refreshes.Add(1)
+		t := target(u)
+		t.URL += "?sig=" + fmt.Sprint(current.Load())
+		return t, nil
+	}
+	span := httprange.Span{Start: 0, End: int64(len(file)) - 1}
+	got, _, err := stream(t, e, engine.Request{Target: tgt, Span: span, Refresh: refresh})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkBytes(t, got, file, span)
+	if n := refreshes.Load(); n != 1 {
+		t.Errorf("resolved the link %d times, want once for all connections", n)
+	}
+}
+
+func TestStreamExpiredLinkWithoutRefreshFails(t *testing.T) {
+	file := content(100_000)
+	u := upstreamtest.New(file, upstreamtest.Options{Fault: func(int64, *http.Request) upstreamtest.Fault { return upstreamtest.Fault{Status: http.StatusGone} }})
+	defer u.Close()
+	_, _, err := stream(t, newEngine(t, u, 32<<10, 2), engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: 99}})
+	if err == nil || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("err = %v, want an expired-link error", err)
+	}
+}
+
+func TestStreamGivesUpAfterRetries(t *testing.T) {
+	file := content(100_000)
+	u := upstreamtest.New(file, upstreamtest.Options{Fault: func(int64, *http.Request) upstreamtest.Fault {
+		return upstreamtest.Fault{Status: http.StatusBadGateway}
+	}})
+	defer u.Close()
+	e := newEngine(t, u, 32<<10, 1)
+	e.Retries = 3
+	_, _, err := stream(t, e, engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: 99_999}})
+	if err == nil || !strings.Contains(err.Error(), "gave up after 3 retries") {
+		t.Fatalf("err = %v, want giving up after 3 retries", err)
+	}
+	if got := u.Requests(); got != 4 {
+		t.Errorf("upstream saw %d requests, want 1 + 3 retries", got)
+	}
+}
+
+func TestStreamFailsAtOnceOnNotFound(t *testing.T) {
+	u := upstreamtest.New(content(100_000), upstreamtest.Options{Fault: func(int64, *http.Request) upstreamtest.Fault { return upstreamtest.Fault{Status: http.StatusNotFound} }})
+	defer u.Close()
+	_, _, err := stream(t, newEngine(t, u, 32<<10, 1), engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: 99}})
+	var status *upstream.StatusError
+	if !errors.As(err, &status) || status.Code != http.StatusNotFound {
+		t.Fatalf("err = %v, want the upstream's 404", err)
+	}
+	if got := u.Requests(); got != 1 {
+		t.Errorf("upstream saw %d requests; a 404 is not retried", got)
+	}
+}
+
+// failingWriter takes limit bytes, then fails as a player that closed its connection.
+type failingWriter struct {
+	limit int
+	n     int
+}
+
+func (w *failingWriter) Write(b []byte) (int, error) {
+	if w.n+len(b) > w.limit {
+		return 0, errors.New("connection reset by player")
+	}
+	w.n += len(b)
+	return len(b), nil
+}
+
+func TestPlayerLeavingCancelsEveryUpstreamRequest(t *testing.T) {
+	file := content(4 << 20)
+	u := upstreamtest.New(file, upstreamtest.Options{PerConn: 512 << 10})
+	defer u.Close()
+	e := newEngine(t, u, 256<<10, 4)
+	_, err := e.Stream(t.Context(), &failingWriter{limit: 100_000}, engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(file)) - 1}})
+	if !errors.Is(err, engine.ErrPlayerGone) {
+		t.Fatalf("err = %v, want ErrPlayerGone", err)
+	}
+	waitFor(t, "no upstream request open", func() bool { return u.Open() == 0 })
+}
+
+// waitFor polls cond until it holds, failing the test after five seconds.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// blockingWriter passes the first write, then holds every later one until release is closed.
+type blockingWriter struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	first   chan struct{}
+	release chan struct{}
+}
+
+func (w *blockingWriter) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	n := w.buf.Len()
+	w.mu.Unlock()
+	if n > 0 {
+		<-w.release
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(b)
+	if n == 0 {
+		close(w.first)
+	}
+	return len(b), nil
+}
+
+func TestSlowPlayerBoundsTheReadAhead(t *testing.T) {
+	file := content(8 << 20)
+	u := upstreamtest.New(file, upstreamtest.Options{})
+	defer u.Close()
+	const chunk, conns = 64 << 10, 4
+	e := newEngine(t, u, chunk, conns)
+	w := &blockingWriter{first: make(chan struct{}), release: make(chan struct{})}
+	done := make(chan error, 1)
+	span := httprange.Span{Start: 0, End: int64(len(file)) - 1}
+	go func() {
+		_, err := e.Stream(t.Context(), w, engine.Request{Target: target(u), Span: span})
+		done <- err
+	}()
+	<-w.first
+	// The player holds its second write: the window fills and the connections go idle.
+	waitFor(t, "the read-ahead window to fill", func() bool { return u.Served() >= conns*chunk && u.Open() == 0 })
+	w.mu.Lock()
+	taken := int64(w.buf.Len())
+	w.mu.Unlock()
+	if ahead := u.Served() - taken; ahead > conns*chunk || ahead <= (conns-1)*chunk {
+		t.Errorf("fetched %d bytes beyond the %d the stalled player took, want %d chunks' worth (%d)", ahead, taken, conns, conns*chunk)
+	}
+	close(w.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	checkBytes(t, w.buf.Bytes(), file, span)
+}
+
+// firstWriteWriter reports its first write.
+type firstWriteWriter struct {
+	first chan int
+	once  sync.Once
+}
+
+func (w *firstWriteWriter) Write(b []byte) (int, error) {
+	w.once.Do(func() { w.first <- len(b) })
+	return len(b), nil
+}
+
+func TestHeadStreamsBeforeItsChunkIsWhole(t *testing.T) {
+	file := content(2 << 20)
+	u := upstreamtest.New(file, upstreamtest.Options{Fault: func(int64, *http.Request) upstreamtest.Fault { return upstreamtest.Fault{StallAfter: 50_000} }})
+	defer u.Close()
+	e := newEngine(t, u, 1<<20, 1)
+	e.StallTimeout = time.Hour
+	ctx, cancel := context.WithCancel(t.Context())
+	w := &firstWriteWriter{first: make(chan int, 1)}
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.Stream(ctx, w, engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(file)) - 1}})
+		done <- err
+	}()
+	select {
+	case n := <-w.first:
+		if n > 50_000 {
+			t.Errorf("first write of %d bytes, more than the upstream sent", n)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the player got nothing while the head chunk was partly in")
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+}
+
+func TestHTTP2UpstreamGetsOneConnectionPerWorker(t *testing.T) {
+	file := content(2 << 20)
+	var h2 atomic.Bool
+	u := upstreamtest.NewTLS(file, true, upstreamtest.Options{PerConn: 4 << 20, Fault: func(_ int64, r *http.Request) upstreamtest.Fault {
+		h2.Store(r.ProtoMajor == 2)
+		return upstreamtest.Fault{}
+	}})
+	defer u.Close()
+	e := newEngine(t, u, 128<<10, 4)
+	span := httprange.Span{Start: 0, End: int64(len(file)) - 1}
+	got, _, err := stream(t, e, engine.Request{Target: target(u), Span: span})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkBytes(t, got, file, span)
+	if !h2.Load() {
+		t.Fatal("the upstream was not spoken to over HTTP/2")
+	}
+	if n := u.Conns(); n != 4 {
+		t.Errorf("%d connections, want 4: one per worker, not all multiplexed on one", n)
+	}
+}
+
+func TestRelayServesAnUpstreamWithoutRange(t *testing.T) {
+	file := content(300_000)
+	u := upstreamtest.New(file, upstreamtest.Options{NoRange: true})
+	defer u.Close()
+	e := newEngine(t, u, 64<<10, 4)
+	var out bytes.Buffer
+	span := httprange.Span{Start: 5000, End: 250_000}
+	if _, err := e.Relay(t.Context(), &out, target(u), span); err != nil {
+		t.Fatal(err)
+	}
+	checkBytes(t, out.Bytes(), file, span)
+	if u.Requests() != 1 {
+		t.Errorf("relay made %d requests, want one", u.Requests())
+	}
+}
+
+func TestStreamOfTheLastByteOnly(t *testing.T) {
+	file := content(10)
+	u := upstreamtest.New(file, upstreamtest.Options{})
+	defer u.Close()
+	got, _, err := stream(t, newEngine(t, u, 16<<10, 4), engine.Request{Target: target(u), Span: httprange.Span{Start: 9, End: 9}})
+	if err != nil || !bytes.Equal(got, file[9:]) {
+		t.Fatalf("got %v, %v", got, err)
+	}
+}
