@@ -1,0 +1,112 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestDefaultsAreTheSeeds(t *testing.T) {
+	o, text, err := parseFlags(nil)
+	if err != nil || text != "" {
+		t.Fatal(text, err)
+	}
+	want := options{listen: "0.0.0.0", port: 80, connections: 4, chunkSize: 1 << 20, retry: 5, logLevel: "INFO", maxRedirects: 3, hostConnections: 16}
+	if o != want {
+		t.Errorf("defaults %+v, want %+v", o, want)
+	}
+	o, _, err = parseFlags(strings.Fields("-p 9000 -c 16 -s 0.5M -r 2 --log-level debug --cache --min-speed 100K --listen 127.0.0.1 --max-redirects 5 --host-connections 2 --insecure --relay-no-range"))
+	want = options{listen: "127.0.0.1", port: 9000, connections: 16, chunkSize: 512 << 10, retry: 2, logLevel: "DEBUG", cache: true, minSpeed: 100 << 10, maxRedirects: 5, hostConnections: 2, insecure: true, relayNoRange: true}
+	if err != nil || o != want {
+		t.Errorf("parsed %+v, %v; want %+v", o, err, want)
+	}
+}
+
+func TestBadFlagValuesExitTwoWithOneLine(t *testing.T) {
+	for args, flag := range map[string]string{
+		"-c 0":                 "--connections",
+		"--connections=x":      "--connections",
+		"-p 70000":             "--port",
+		"-s 1Q":                "--chunk-size",
+		"-s 1K":                "--chunk-size",
+		"-r -1":                "--retry",
+		"--log-level LOUD":     "--log-level",
+		"--min-speed fast":     "--min-speed",
+		"--max-redirects -2":   "--max-redirects",
+		"--host-connections 0": "--host-connections",
+		"--nonsense":           "--nonsense",
+		"extra":                "extra",
+	} {
+		var stdout, stderr bytes.Buffer
+		code := run(t.Context(), strings.Fields(args), &stdout, &stderr)
+		msg := stderr.String()
+		if code != 2 || strings.Count(msg, "\n") != 1 || !strings.Contains(msg, flag) || stdout.Len() != 0 {
+			t.Errorf("%s: exit %d, stderr %q", args, code, msg)
+		}
+	}
+}
+
+func TestHelpAndVersion(t *testing.T) {
+	for _, args := range [][]string{{"-h"}, {"--help"}, {"--version"}} {
+		var stdout, stderr bytes.Buffer
+		if code := run(t.Context(), args, &stdout, &stderr); code != 0 || !strings.Contains(stdout.String(), "mflow") {
+			t.Errorf("%v: exit %d, %q", args, code, stdout.String())
+		}
+	}
+}
+
+func TestPortInUseSuggestsAnother(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	var stderr bytes.Buffer
+	code := run(t.Context(), []string{"--listen", "127.0.0.1", "-p", port}, io.Discard, &stderr)
+	if code != 1 || !strings.Contains(stderr.String(), "in use") || !strings.Contains(stderr.String(), "--port") || strings.Count(stderr.String(), "\n") != 1 {
+		t.Errorf("exit %d, %q", code, stderr.String())
+	}
+}
+
+func TestServesUntilSignalledThenStops(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close()
+	ctx, stop := context.WithCancel(t.Context())
+	done := make(chan int, 1)
+	var logs bytes.Buffer
+	go func() { done <- run(ctx, []string{"--listen", "127.0.0.1", "-p", port}, io.Discard, &logs) }()
+	client := &http.Client{Transport: &http.Transport{}}
+	defer client.CloseIdleConnections()
+	var resp *http.Response
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if resp, err = client.Get("http://127.0.0.1:" + port + "/"); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET / = %d", resp.StatusCode)
+	}
+	stop() // as SIGINT does
+	if code := <-done; code != 0 {
+		t.Fatalf("exit %d after the signal", code)
+	}
+}
