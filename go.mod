@@ -1,6 +1,6 @@
 module mflow
 
-go 1.26
+go 1.26.0
 
 require (
 	github.com/docker/go-units v0.5.0

@@ -1,0 +1,185 @@
+// Command mflow-bench measures mflow against what it competes with, side by side in one run, on an
+// upstream that caps each connection's speed as cloud drives do: one direct connection, mflow with N
+// connections, and aria2c -xN when it is installed. It prints a Markdown table of ratios, which hold on a
+// noisy machine where absolute figures do not.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"time"
+
+	"mflow/internal/bytesize"
+	"mflow/internal/engine"
+	"mflow/internal/link"
+	"mflow/internal/server"
+	"mflow/internal/upstream"
+	"mflow/internal/upstreamtest"
+)
+
+func main() {
+	size := flag.Int("size", 16<<20, "file size in bytes")
+	perConn := flag.Float64("per-conn", 2<<20, "upstream speed cap per connection, bytes/s")
+	firstByteRuns := flag.Int("first-byte-runs", 15, "requests to time for the first byte")
+	flag.Parse()
+	if err := run(*size, *perConn, *firstByteRuns); err != nil {
+		fmt.Fprintln(os.Stderr, "mflow-bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(size int, perConn float64, firstByteRuns int) error {
+	file := make([]byte, size)
+	r := rand.New(rand.NewPCG(1, 1))
+	for i := range file {
+		file[i] = byte(r.Uint32())
+	}
+	up := upstreamtest.New(file, upstreamtest.Options{PerConn: perConn})
+	defer up.Close()
+	fileURL := up.URL + "/film.mp4"
+	player := &http.Client{Transport: &http.Transport{DisableCompression: true}}
+
+	fmt.Printf("Upstream: %s file, each connection capped at %s/s. mflow chunk 1M.\n\n", bytesize.Human(float64(size)), bytesize.Human(perConn))
+	one, err := timeGet(player, fileURL, size)
+	if err != nil {
+		return fmt.Errorf("direct download: %w", err)
+	}
+	oneRate := float64(size) / one.Seconds()
+	fmt.Printf("One direct connection: %s/s (%v)\n\n", bytesize.Human(oneRate), one.Round(time.Millisecond))
+
+	aria2c, _ := exec.LookPath("aria2c")
+	fmt.Println("| N | N × one connection | mflow -c N | mflow ÷ (N × one) | aria2c -xN | mflow ÷ aria2c |")
+	fmt.Println("|---|---|---|---|---|---|")
+	for _, n := range []int{1, 2, 4, 8} {
+		proxy, closeProxy := startProxy(n, 1<<20)
+		took, err := timeGet(player, proxy+"/stream?url="+url.QueryEscape(fileURL), size)
+		closeProxy()
+		if err != nil {
+			return fmt.Errorf("mflow -c %d: %w", n, err)
+		}
+		rate := float64(size) / took.Seconds()
+		ariaCell, vsAria := "not installed", "–"
+		if aria2c != "" {
+			at, err := timeAria2c(aria2c, fileURL, n, size)
+			if err != nil {
+				return fmt.Errorf("aria2c -x%d: %w", n, err)
+			}
+			ariaRate := float64(size) / at.Seconds()
+			ariaCell = bytesize.Human(ariaRate) + "/s"
+			vsAria = fmt.Sprintf("%.2f", rate/ariaRate)
+		}
+		fmt.Printf("| %d | %s/s | %s/s | **%.2f** | %s | %s |\n", n, bytesize.Human(float64(n)*oneRate), bytesize.Human(rate), rate/(float64(n)*oneRate), ariaCell, vsAria)
+	}
+
+	proxy, closeProxy := startProxy(4, 4<<20)
+	defer closeProxy()
+	var direct, viaProxy []time.Duration
+	for i := range firstByteRuns {
+		// A new query each time: mflow must probe the link afresh, as for a film it has not seen.
+		u := fmt.Sprintf("%s?run=%d", fileURL, i)
+		d, err := firstByte(player, u)
+		if err != nil {
+			return fmt.Errorf("first byte direct: %w", err)
+		}
+		p, err := firstByte(player, proxy+"/stream?url="+url.QueryEscape(u))
+		if err != nil {
+			return fmt.Errorf("first byte through mflow: %w", err)
+		}
+		direct, viaProxy = append(direct, d), append(viaProxy, p)
+	}
+	md, mp := median(direct), median(viaProxy)
+	fmt.Printf("\nFirst byte, median of %d, 4 MiB chunks, -c 4: direct %v, through mflow %v (+%v).\n", firstByteRuns, md.Round(10*time.Microsecond), mp.Round(10*time.Microsecond), (mp - md).Round(10*time.Microsecond))
+	return nil
+}
+
+// startProxy runs mflow in this process with n connections per stream and the given chunk size.
+func startProxy(n int, chunk int64) (string, func()) {
+	client := upstream.NewClient(upstream.Config{})
+	quiet := slog.New(slog.DiscardHandler)
+	s := &server.Server{
+		Resolver:  &link.Resolver{Client: client, MaxRedirects: 3},
+		Engine:    &engine.Engine{Client: client, ChunkSize: chunk, Connections: n, Retries: 5, MaxRedirects: 3, Logger: quiet},
+		UserAgent: "mflow-bench",
+		Logger:    quiet,
+	}
+	ts := httptest.NewServer(s.Handler())
+	return ts.URL, func() { ts.Close(); client.CloseIdleConnections() }
+}
+
+// timeGet downloads u whole and checks its length.
+func timeGet(c *http.Client, u string, size int) (time.Duration, error) {
+	began := time.Now()
+	resp, err := c.Get(u)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	n, err := io.Copy(io.Discard, resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	if n != int64(size) {
+		return 0, fmt.Errorf("got %d bytes, want %d", n, size)
+	}
+	return time.Since(began), nil
+}
+
+// firstByte times a request for u until its first body byte.
+func firstByte(c *http.Client, u string) (time.Duration, error) {
+	req, err := http.NewRequest(http.MethodGet, u, nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Range", "bytes=0-")
+	began := time.Now()
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if _, err := resp.Body.Read(make([]byte, 1)); err != nil {
+		return 0, err
+	}
+	return time.Since(began), nil
+}
+
+// timeAria2c downloads u with aria2c -xN into a temporary folder.
+func timeAria2c(aria2c, u string, n, size int) (time.Duration, error) {
+	dir, err := os.MkdirTemp("", "mflow-bench")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, aria2c, "-x", strconv.Itoa(n), "-s", strconv.Itoa(n), "-k", "1M", "--min-split-size=1M",
+		"--file-allocation=none", "--allow-overwrite=true", "--console-log-level=error", "--summary-interval=0",
+		"-d", dir, "-o", "f", u)
+	began := time.Now()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("%w: %s", err, out)
+	}
+	took := time.Since(began)
+	if st, err := os.Stat(filepath.Join(dir, "f")); err != nil || st.Size() != int64(size) {
+		return 0, fmt.Errorf("aria2c wrote a file of the wrong size: %v", err)
+	}
+	return took, nil
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
