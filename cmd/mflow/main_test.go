@@ -6,8 +6,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -108,5 +110,13 @@ func TestServesUntilSignalledThenStops(t *testing.T) {
 	stop() // as SIGINT does
 	if code := <-done; code != 0 {
 		t.Fatalf("exit %d after the signal", code)
+	}
+}
+
+func TestPrivilegedPortSuggestsAnother(t *testing.T) {
+	err := &net.OpError{Op: "listen", Net: "tcp", Err: os.NewSyscallError("bind", syscall.EACCES)}
+	msg := listenProblem("0.0.0.0:80", 80, err)
+	if !strings.Contains(msg, "no permission") || !strings.Contains(msg, "--port 8080") || strings.Contains(msg, "\n") {
+		t.Errorf("%q", msg)
 	}
 }

@@ -443,7 +443,8 @@ func TestPlayerCutOffLeavesNoUpstreamRequestOpen(t *testing.T) {
 	file := content(8 << 20)
 	u := upstreamtest.New(file, upstreamtest.Options{PerConn: 1 << 20})
 	defer u.Close()
-	p := newProxy(t, nil)
+	logs := &syncBuffer{}
+	p := newProxy(t, func(s *server.Server) { s.Logger = slog.New(slog.NewTextHandler(logs, nil)) })
 	ctx, cancel := context.WithCancel(t.Context())
 	req, _ := http.NewRequestWithContext(ctx, "GET", p.URL+streamPath(u.URL+"/f"), nil)
 	resp, err := p.player.Do(req)
@@ -457,6 +458,10 @@ func TestPlayerCutOffLeavesNoUpstreamRequestOpen(t *testing.T) {
 	cancel()
 	resp.Body.Close()
 	waitFor(t, "no upstream request open after the player left", func() bool { return u.Open() == 0 })
+	waitFor(t, "the stream's end in the log", func() bool { return strings.Contains(logs.String(), "stream end") })
+	if l := logs.String(); !strings.Contains(l, "level=INFO msg=\"stream end: player left\"") || strings.Contains(l, "ERROR") {
+		t.Errorf("a player leaving is logged as:\n%s", l)
+	}
 	if errors.Is(ctx.Err(), context.Canceled) && u.Served() >= int64(len(file)) {
 		t.Error("the whole file was fetched for a player that left")
 	}
@@ -469,5 +474,44 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for: %s", what)
 		}
+	}
+}
+
+// syncBuffer is a log destination safe for the server's goroutines and the test's.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestAStreamLogsOneLineAtStartAndOneAtEnd(t *testing.T) {
+	u := upstreamtest.New(content(300_000), upstreamtest.Options{Fault: func(n int64, _ *http.Request) upstreamtest.Fault {
+		if n == 2 {
+			return upstreamtest.Fault{Status: http.StatusServiceUnavailable}
+		}
+		return upstreamtest.Fault{}
+	}})
+	defer u.Close()
+	logs := &syncBuffer{}
+	p := newProxy(t, func(s *server.Server) {
+		s.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	})
+	p.get(t, "GET", streamPath(u.URL+"/f?sig=secret"), "")
+	waitFor(t, "the stream's end in the log", func() bool { return strings.Contains(logs.String(), "stream end") })
+	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], "stream start") || !strings.Contains(lines[1], "bytes=300000") ||
+		!strings.Contains(lines[1], "retries=1") || !strings.Contains(lines[1], "speed=") || strings.Contains(logs.String(), "secret") {
+		t.Errorf("log:\n%s", logs.String())
 	}
 }

@@ -1,0 +1,116 @@
+package upstream
+
+import (
+	"errors"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"mflow/internal/httprange"
+	"mflow/internal/upstreamtest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestHostConnectionsCapHoldsAcrossCallers(t *testing.T) {
+	u := upstreamtest.New(make([]byte, 256<<10), upstreamtest.Options{PerConn: 1 << 20})
+	defer u.Close()
+	c := NewClient(Config{HostConnections: 3})
+	defer c.CloseIdleConnections()
+	var wg sync.WaitGroup
+	for range 10 { // ten streams' worth of requests at once
+		wg.Go(func() {
+			resp, _, err := c.Get(t.Context(), u.URL+"/f", nil, "bytes=0-65535", 0)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			buf := make([]byte, 32<<10)
+			for {
+				if _, err := resp.Body.Read(buf); err != nil {
+					break
+				}
+			}
+			resp.Body.Close()
+		})
+	}
+	wg.Wait()
+	if got := u.MaxOpen(); got != 3 {
+		t.Errorf("up to %d requests at once to one host, want the cap of 3", got)
+	}
+	if got := u.Conns(); got > 3 {
+		t.Errorf("%d connections opened to one host, want at most 3 (slots keep theirs alive)", got)
+	}
+}
+
+func answer(status int, h map[string]string) *http.Response {
+	resp := &http.Response{StatusCode: status, Status: http.StatusText(status), Header: http.Header{}}
+	for k, v := range h {
+		resp.Header.Set(k, v)
+	}
+	return resp
+}
+
+func TestCheckPartial(t *testing.T) {
+	v := Version{Size: 1000, ETag: `"a"`, LastModified: "Mon, 02 Jan 2006 15:04:05 GMT"}
+	span := httprange.Span{Start: 100, End: 199}
+	good := map[string]string{"Content-Range": "bytes 100-199/1000", "ETag": `"a"`, "Last-Modified": v.LastModified}
+	with := func(k, val string) map[string]string {
+		h := map[string]string{}
+		for a, b := range good {
+			h[a] = b
+		}
+		h[k] = val
+		return h
+	}
+	for name, c := range map[string]struct {
+		resp *http.Response
+		want error
+	}{
+		"exact":           {answer(206, good), nil},
+		"200":             {answer(200, good), ErrBadAnswer},
+		"shifted":         {answer(206, with("Content-Range", "bytes 101-200/1000")), ErrBadAnswer},
+		"shorter":         {answer(206, with("Content-Range", "bytes 100-150/1000")), ErrBadAnswer},
+		"no range":        {answer(206, with("Content-Range", "")), ErrBadAnswer},
+		"other size":      {answer(206, with("Content-Range", "bytes 100-199/1001")), ErrChanged},
+		"other etag":      {answer(206, with("ETag", `"b"`)), ErrChanged},
+		"etag dropped":    {answer(206, with("ETag", "")), ErrChanged},
+		"other modified":  {answer(206, with("Last-Modified", "Tue, 03 Jan 2006 15:04:05 GMT")), ErrChanged},
+		"unknown size ok": {answer(206, with("Content-Range", "bytes 100-199/*")), nil},
+	} {
+		err := CheckPartial(c.resp, "http://x/f", span, v)
+		if (c.want == nil) != (err == nil) || (c.want != nil && !errors.Is(err, c.want)) {
+			t.Errorf("%s: %v, want %v", name, err, c.want)
+		}
+	}
+	var status *StatusError
+	err := CheckPartial(answer(503, map[string]string{"Retry-After": "7"}), "http://x/f?sig=secret", span, v)
+	if !errors.As(err, &status) || !status.Temporary() || status.RetryAfter != 7*time.Second || status.URL != "http://x/f?…" {
+		t.Errorf("503: %#v", err)
+	}
+}
+
+func TestRetryAfter(t *testing.T) {
+	for in, want := range map[string]time.Duration{"": 0, "0": 0, "5": 5 * time.Second, "-3": 0, "99999": time.Minute, "soon": 0} {
+		if got := retryAfter(in); got != want {
+			t.Errorf("retryAfter(%q) = %v, want %v", in, got, want)
+		}
+	}
+	if got := retryAfter(time.Now().Add(10 * time.Second).UTC().Format(http.TimeFormat)); got < 8*time.Second || got > 10*time.Second {
+		t.Errorf("retryAfter(date 10 s ahead) = %v", got)
+	}
+}
+
+func TestRedact(t *testing.T) {
+	for in, want := range map[string]string{
+		"https://user:pw@cdn.example/a/b.mp4?sig=xyz#t": "https://cdn.example/a/b.mp4?…",
+		"http://h/f": "http://h/f",
+	} {
+		if got := Redact(in); got != want {
+			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
