@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -41,11 +40,7 @@ func main() {
 }
 
 func run(size int, perConn float64, firstByteRuns int) error {
-	file := make([]byte, size)
-	r := rand.New(rand.NewPCG(1, 1))
-	for i := range file {
-		file[i] = byte(r.Uint32())
-	}
+	file := upstreamtest.RandomFile(size)
 	up := upstreamtest.New(file, upstreamtest.Options{PerConn: perConn})
 	defer up.Close()
 	fileURL := up.URL + "/film.mp4"

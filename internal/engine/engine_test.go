@@ -26,16 +26,6 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var quiet = slog.New(slog.DiscardHandler)
 
-// content returns n deterministic random bytes.
-func content(n int) []byte {
-	r := rand.New(rand.NewPCG(uint64(n), 7))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
-
 // newEngine returns an engine on u with fast retries, and closes its connections when the test ends.
 func newEngine(t *testing.T, u *upstreamtest.Upstream, chunk int64, conns int) *engine.Engine {
 	c := upstream.NewClient(upstream.Config{Dial: u.Dial(), TLS: u.TLS()})
@@ -71,7 +61,7 @@ func checkBytes(t *testing.T, got, file []byte, span httprange.Span) {
 }
 
 func TestStreamRandomRangesMatchTheFile(t *testing.T) {
-	file := content(1<<20 + 12345)
+	file := upstreamtest.RandomFile(1<<20 + 12345)
 	u := upstreamtest.New(file, upstreamtest.Options{})
 	defer u.Close()
 	size := int64(len(file))
@@ -96,7 +86,7 @@ func TestStreamRandomRangesMatchTheFile(t *testing.T) {
 }
 
 func TestStreamSurvivesFaults(t *testing.T) {
-	file := content(700_000)
+	file := upstreamtest.RandomFile(700_000)
 	for name, fault := range map[string]upstreamtest.Fault{
 		"503":               {Status: http.StatusServiceUnavailable},
 		"429 Retry-After 0": {Status: http.StatusTooManyRequests, RetryAfter: "0"},
@@ -128,7 +118,7 @@ func TestStreamSurvivesFaults(t *testing.T) {
 }
 
 func TestStreamNeverSplicesAnotherVersion(t *testing.T) {
-	file := content(1 << 20)
+	file := upstreamtest.RandomFile(1 << 20)
 	u := upstreamtest.New(file, upstreamtest.Options{Fault: func(n int64, _ *http.Request) upstreamtest.Fault {
 		if n >= 4 {
 			return upstreamtest.Fault{ETag: `"v2"`}
@@ -147,7 +137,7 @@ func TestStreamNeverSplicesAnotherVersion(t *testing.T) {
 }
 
 func TestStreamSizeChangeIsAnotherVersion(t *testing.T) {
-	file := content(300_000)
+	file := upstreamtest.RandomFile(300_000)
 	u := upstreamtest.New(file, upstreamtest.Options{})
 	defer u.Close()
 	e := newEngine(t, u, 64<<10, 2)
@@ -160,7 +150,7 @@ func TestStreamSizeChangeIsAnotherVersion(t *testing.T) {
 }
 
 func TestStreamResolvesAnExpiredLinkAgain(t *testing.T) {
-	file := content(600_000)
+	file := upstreamtest.RandomFile(600_000)
 	var current atomic.Int64
 	current.Store(1)
 	u := upstreamtest.New(file, upstreamtest.Options{Fault: func(n int64, r *http.Request) upstreamtest.Fault {
@@ -195,7 +185,7 @@ func TestStreamResolvesAnExpiredLinkAgain(t *testing.T) {
 }
 
 func TestStreamExpiredLinkWithoutRefreshFails(t *testing.T) {
-	file := content(100_000)
+	file := upstreamtest.RandomFile(100_000)
 	u := upstreamtest.New(file, upstreamtest.Options{Fault: func(int64, *http.Request) upstreamtest.Fault { return upstreamtest.Fault{Status: http.StatusGone} }})
 	defer u.Close()
 	_, _, err := stream(t, newEngine(t, u, 32<<10, 2), engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: 99}})
@@ -205,7 +195,7 @@ func TestStreamExpiredLinkWithoutRefreshFails(t *testing.T) {
 }
 
 func TestStreamGivesUpAfterRetries(t *testing.T) {
-	file := content(100_000)
+	file := upstreamtest.RandomFile(100_000)
 	u := upstreamtest.New(file, upstreamtest.Options{Fault: func(int64, *http.Request) upstreamtest.Fault {
 		return upstreamtest.Fault{Status: http.StatusBadGateway}
 	}})
@@ -222,7 +212,7 @@ func TestStreamGivesUpAfterRetries(t *testing.T) {
 }
 
 func TestStreamFailsAtOnceOnNotFound(t *testing.T) {
-	u := upstreamtest.New(content(100_000), upstreamtest.Options{Fault: func(int64, *http.Request) upstreamtest.Fault { return upstreamtest.Fault{Status: http.StatusNotFound} }})
+	u := upstreamtest.New(upstreamtest.RandomFile(100_000), upstreamtest.Options{Fault: func(int64, *http.Request) upstreamtest.Fault { return upstreamtest.Fault{Status: http.StatusNotFound} }})
 	defer u.Close()
 	_, _, err := stream(t, newEngine(t, u, 32<<10, 1), engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: 99}})
 	var status *upstream.StatusError
@@ -249,7 +239,7 @@ func (w *failingWriter) Write(b []byte) (int, error) {
 }
 
 func TestPlayerLeavingCancelsEveryUpstreamRequest(t *testing.T) {
-	file := content(4 << 20)
+	file := upstreamtest.RandomFile(4 << 20)
 	u := upstreamtest.New(file, upstreamtest.Options{PerConn: 512 << 10})
 	defer u.Close()
 	e := newEngine(t, u, 256<<10, 4)
@@ -257,18 +247,7 @@ func TestPlayerLeavingCancelsEveryUpstreamRequest(t *testing.T) {
 	if !errors.Is(err, engine.ErrPlayerGone) {
 		t.Fatalf("err = %v, want ErrPlayerGone", err)
 	}
-	waitFor(t, "no upstream request open", func() bool { return u.Open() == 0 })
-}
-
-// waitFor polls cond until it holds, failing the test after five seconds.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for: %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	upstreamtest.WaitFor(t, "no upstream request open", func() bool { return u.Open() == 0 })
 }
 
 // blockingWriter passes the first write, then holds every later one until release is closed.
@@ -296,7 +275,7 @@ func (w *blockingWriter) Write(b []byte) (int, error) {
 }
 
 func TestSlowPlayerBoundsTheReadAhead(t *testing.T) {
-	file := content(8 << 20)
+	file := upstreamtest.RandomFile(8 << 20)
 	u := upstreamtest.New(file, upstreamtest.Options{})
 	defer u.Close()
 	const chunk, conns = 64 << 10, 4
@@ -310,7 +289,7 @@ func TestSlowPlayerBoundsTheReadAhead(t *testing.T) {
 	}()
 	<-w.first
 	// The player holds its second write: the window fills and the connections go idle.
-	waitFor(t, "the read-ahead window to fill", func() bool { return u.Served() >= conns*chunk && u.Open() == 0 })
+	upstreamtest.WaitFor(t, "the read-ahead window to fill", func() bool { return u.Served() >= conns*chunk && u.Open() == 0 })
 	w.mu.Lock()
 	taken := int64(w.buf.Len())
 	w.mu.Unlock()
@@ -336,7 +315,7 @@ func (w *firstWriteWriter) Write(b []byte) (int, error) {
 }
 
 func TestHeadStreamsBeforeItsChunkIsWhole(t *testing.T) {
-	file := content(2 << 20)
+	file := upstreamtest.RandomFile(2 << 20)
 	u := upstreamtest.New(file, upstreamtest.Options{Fault: func(int64, *http.Request) upstreamtest.Fault { return upstreamtest.Fault{StallAfter: 50_000} }})
 	defer u.Close()
 	e := newEngine(t, u, 1<<20, 1)
@@ -363,7 +342,7 @@ func TestHeadStreamsBeforeItsChunkIsWhole(t *testing.T) {
 }
 
 func TestHTTP2UpstreamGetsOneConnectionPerWorker(t *testing.T) {
-	file := content(2 << 20)
+	file := upstreamtest.RandomFile(2 << 20)
 	var h2 atomic.Bool
 	u := upstreamtest.NewTLS(file, true, upstreamtest.Options{PerConn: 4 << 20, Fault: func(_ int64, r *http.Request) upstreamtest.Fault {
 		h2.Store(r.ProtoMajor == 2)
@@ -386,7 +365,7 @@ func TestHTTP2UpstreamGetsOneConnectionPerWorker(t *testing.T) {
 }
 
 func TestRelayServesAnUpstreamWithoutRange(t *testing.T) {
-	file := content(300_000)
+	file := upstreamtest.RandomFile(300_000)
 	u := upstreamtest.New(file, upstreamtest.Options{NoRange: true})
 	defer u.Close()
 	e := newEngine(t, u, 64<<10, 4)
@@ -402,7 +381,7 @@ func TestRelayServesAnUpstreamWithoutRange(t *testing.T) {
 }
 
 func TestStreamOfTheLastByteOnly(t *testing.T) {
-	file := content(10)
+	file := upstreamtest.RandomFile(10)
 	u := upstreamtest.New(file, upstreamtest.Options{})
 	defer u.Close()
 	got, _, err := stream(t, newEngine(t, u, 16<<10, 4), engine.Request{Target: target(u), Span: httprange.Span{Start: 9, End: 9}})

@@ -48,7 +48,7 @@ func timedStream(t *testing.T, file []byte, chunk int64, conns int, tune func(*e
 }
 
 func TestStalledConnectionIsReplacedAfterTenSeconds(t *testing.T) {
-	stats, took, _ := timedStream(t, content(300_000), 1<<20, 1, nil, func(n int64, _ string) upstreamtest.Fault {
+	stats, took, _ := timedStream(t, upstreamtest.RandomFile(300_000), 1<<20, 1, nil, func(n int64, _ string) upstreamtest.Fault {
 		if n == 1 {
 			return upstreamtest.Fault{StallAfter: 1000}
 		}
@@ -63,7 +63,7 @@ func TestStalledConnectionIsReplacedAfterTenSeconds(t *testing.T) {
 }
 
 func TestSlowConnectionIsReplacedAfterThreeSamples(t *testing.T) {
-	stats, took, ranges := timedStream(t, content(1<<20), 1<<20, 1, func(e *engine.Engine) { e.MinSpeed = 100 << 10 },
+	stats, took, ranges := timedStream(t, upstreamtest.RandomFile(1<<20), 1<<20, 1, func(e *engine.Engine) { e.MinSpeed = 100 << 10 },
 		func(n int64, _ string) upstreamtest.Fault {
 			if n == 1 {
 				return upstreamtest.Fault{Rate: 10 << 10}
@@ -79,7 +79,7 @@ func TestSlowConnectionIsReplacedAfterThreeSamples(t *testing.T) {
 }
 
 func TestSlowConnectionIsKeptWithoutMinSpeed(t *testing.T) {
-	stats, took, _ := timedStream(t, content(100<<10), 1<<20, 1, nil, func(int64, string) upstreamtest.Fault {
+	stats, took, _ := timedStream(t, upstreamtest.RandomFile(100<<10), 1<<20, 1, nil, func(int64, string) upstreamtest.Fault {
 		return upstreamtest.Fault{Rate: 20 << 10}
 	})
 	if stats.Retries != 0 || took < 4*time.Second {
@@ -88,7 +88,7 @@ func TestSlowConnectionIsKeptWithoutMinSpeed(t *testing.T) {
 }
 
 func TestRetryAfterIsHonoured(t *testing.T) {
-	_, took, _ := timedStream(t, content(100_000), 1<<20, 1, nil, func(n int64, _ string) upstreamtest.Fault {
+	_, took, _ := timedStream(t, upstreamtest.RandomFile(100_000), 1<<20, 1, nil, func(n int64, _ string) upstreamtest.Fault {
 		if n == 1 {
 			return upstreamtest.Fault{Status: http.StatusServiceUnavailable, RetryAfter: "3"}
 		}
@@ -101,7 +101,7 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 
 func TestLaggingHeadIsRacedOnAnotherConnection(t *testing.T) {
 	var once sync.Once
-	stats, took, ranges := timedStream(t, content(1<<20), 256<<10, 2, func(e *engine.Engine) { e.StallTimeout = time.Minute },
+	stats, took, ranges := timedStream(t, upstreamtest.RandomFile(1<<20), 256<<10, 2, func(e *engine.Engine) { e.StallTimeout = time.Minute },
 		func(_ int64, rng string) upstreamtest.Fault {
 			var f upstreamtest.Fault
 			if strings.HasPrefix(rng, "bytes=0-") {
@@ -121,7 +121,7 @@ func TestLaggingHeadIsRacedOnAnotherConnection(t *testing.T) {
 }
 
 func TestIdleConnectionTakesHalfOfASlowPiece(t *testing.T) {
-	_, took, ranges := timedStream(t, content(2<<20), 1<<20, 2, nil, func(_ int64, rng string) upstreamtest.Fault {
+	_, took, ranges := timedStream(t, upstreamtest.RandomFile(2<<20), 1<<20, 2, nil, func(_ int64, rng string) upstreamtest.Fault {
 		if strings.HasPrefix(rng, "bytes=0-") {
 			return upstreamtest.Fault{Rate: 128 << 10} // the first chunk's connection is slow throughout
 		}

@@ -232,11 +232,8 @@ func (l *lazyHeader) Write(b []byte) (int, error) {
 	return l.w.Write(b)
 }
 
-func (l *lazyHeader) Flush() {
-	if err := http.NewResponseController(l.w).Flush(); err != nil {
-		return // the next Write reports the broken connection
-	}
-}
+// Flush sends what is buffered; a broken connection shows at the next Write.
+func (l *lazyHeader) Flush() { _ = http.NewResponseController(l.w).Flush() }
 
 // upstreamFailure is the status and reason for a player when the upstream fails: its own 4xx status,
 // 504 for a timeout, 502 for the rest.

@@ -28,15 +28,6 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func content(n int) []byte {
-	r := rand.New(rand.NewPCG(uint64(n), 9))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
-
 // proxy is an mflow server on loopback and a player's client for it.
 type proxy struct {
 	*httptest.Server
@@ -132,7 +123,7 @@ func TestBadRequestsAreRefusedWithAReason(t *testing.T) {
 }
 
 func TestRangesAndHeaders(t *testing.T) {
-	file := content(1_000_000)
+	file := upstreamtest.RandomFile(1_000_000)
 	u := upstreamtest.New(file, upstreamtest.Options{})
 	defer u.Close()
 	p := newProxy(t, nil)
@@ -181,7 +172,7 @@ func TestRangesAndHeaders(t *testing.T) {
 }
 
 func TestRandomRangesThroughTheProxy(t *testing.T) {
-	file := content(3<<20 + 777)
+	file := upstreamtest.RandomFile(3<<20 + 777)
 	u := upstreamtest.New(file, upstreamtest.Options{})
 	defer u.Close()
 	p := newProxy(t, nil)
@@ -222,11 +213,11 @@ func TestEmptyFileIsAnEmpty200(t *testing.T) {
 }
 
 func TestUpstreamFailuresAreExplained(t *testing.T) {
-	notFound := upstreamtest.New(content(10), upstreamtest.Options{Fault: func(int64, *http.Request) upstreamtest.Fault {
+	notFound := upstreamtest.New(upstreamtest.RandomFile(10), upstreamtest.Options{Fault: func(int64, *http.Request) upstreamtest.Fault {
 		return upstreamtest.Fault{Status: http.StatusNotFound}
 	}})
 	defer notFound.Close()
-	broken := upstreamtest.New(content(10), upstreamtest.Options{Fault: func(int64, *http.Request) upstreamtest.Fault {
+	broken := upstreamtest.New(upstreamtest.RandomFile(10), upstreamtest.Options{Fault: func(int64, *http.Request) upstreamtest.Fault {
 		return upstreamtest.Fault{Status: http.StatusInternalServerError}
 	}})
 	defer broken.Close()
@@ -276,7 +267,7 @@ func redirector(target string, log *hopLog) *httptest.Server {
 }
 
 func TestRedirectsAreFollowedUpToTheLimit(t *testing.T) {
-	file := content(200_000)
+	file := upstreamtest.RandomFile(200_000)
 	u := upstreamtest.New(file, upstreamtest.Options{})
 	defer u.Close()
 	redir := redirector(u.URL+"/cdn/file.mp4", &hopLog{})
@@ -294,7 +285,7 @@ func TestRedirectsAreFollowedUpToTheLimit(t *testing.T) {
 }
 
 func TestLinkHeadersReachEveryHop(t *testing.T) {
-	file := content(300_000)
+	file := upstreamtest.RandomFile(300_000)
 	var atUpstream atomic.Int64
 	u := upstreamtest.New(file, upstreamtest.Options{Fault: func(_ int64, r *http.Request) upstreamtest.Fault {
 		if r.Header.Get("Cookie") != "session=abc" || r.Header.Get("User-Agent") != "DriveUA/1.0" {
@@ -336,7 +327,7 @@ func TestLinkHeadersReachEveryHop(t *testing.T) {
 }
 
 func TestUpstreamWithoutRangeIsRefusedOrRelayed(t *testing.T) {
-	file := content(300_000)
+	file := upstreamtest.RandomFile(300_000)
 	u := upstreamtest.New(file, upstreamtest.Options{NoRange: true})
 	defer u.Close()
 	resp, body := newProxy(t, nil).get(t, "GET", streamPath(u.URL+"/f"), "")
@@ -351,7 +342,7 @@ func TestUpstreamWithoutRangeIsRefusedOrRelayed(t *testing.T) {
 }
 
 func TestAPlayersBurstProbesOnce(t *testing.T) {
-	file := content(100_000)
+	file := upstreamtest.RandomFile(100_000)
 	var probes atomic.Int64
 	u := upstreamtest.New(file, upstreamtest.Options{Fault: func(_ int64, r *http.Request) upstreamtest.Fault {
 		if r.Header.Get("Range") == "bytes=0-0" {
@@ -370,7 +361,7 @@ func TestAPlayersBurstProbesOnce(t *testing.T) {
 }
 
 func TestExpiredSignedLinkIsResolvedAgainMidStream(t *testing.T) {
-	file := content(2 << 20)
+	file := upstreamtest.RandomFile(2 << 20)
 	var sig atomic.Int64
 	sig.Store(1)
 	u := upstreamtest.New(file, upstreamtest.Options{Fault: func(n int64, r *http.Request) upstreamtest.Fault {
@@ -395,7 +386,7 @@ func TestExpiredSignedLinkIsResolvedAgainMidStream(t *testing.T) {
 }
 
 func TestFailureBeforeTheFirstByteGetsAnErrorStatus(t *testing.T) {
-	u := upstreamtest.New(content(100_000), upstreamtest.Options{Fault: func(n int64, _ *http.Request) upstreamtest.Fault {
+	u := upstreamtest.New(upstreamtest.RandomFile(100_000), upstreamtest.Options{Fault: func(n int64, _ *http.Request) upstreamtest.Fault {
 		if n > 1 { // the probe passes, the chunks find the file gone
 			return upstreamtest.Fault{Status: http.StatusNotFound}
 		}
@@ -409,7 +400,7 @@ func TestFailureBeforeTheFirstByteGetsAnErrorStatus(t *testing.T) {
 }
 
 func TestChangedFileMidStreamCutsTheAnswer(t *testing.T) {
-	file := content(2 << 20)
+	file := upstreamtest.RandomFile(2 << 20)
 	u := upstreamtest.New(file, upstreamtest.Options{Fault: func(n int64, _ *http.Request) upstreamtest.Fault {
 		if n > 4 {
 			return upstreamtest.Fault{ETag: `"v2"`}
@@ -440,7 +431,7 @@ func TestChangedFileMidStreamCutsTheAnswer(t *testing.T) {
 }
 
 func TestPlayerCutOffLeavesNoUpstreamRequestOpen(t *testing.T) {
-	file := content(8 << 20)
+	file := upstreamtest.RandomFile(8 << 20)
 	u := upstreamtest.New(file, upstreamtest.Options{PerConn: 1 << 20})
 	defer u.Close()
 	logs := &syncBuffer{}
@@ -454,26 +445,16 @@ func TestPlayerCutOffLeavesNoUpstreamRequestOpen(t *testing.T) {
 	if _, err := io.ReadFull(resp.Body, make([]byte, 100_000)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "an upstream request open mid-stream", func() bool { return u.Open() > 0 })
+	upstreamtest.WaitFor(t, "an upstream request open mid-stream", func() bool { return u.Open() > 0 })
 	cancel()
 	resp.Body.Close()
-	waitFor(t, "no upstream request open after the player left", func() bool { return u.Open() == 0 })
-	waitFor(t, "the stream's end in the log", func() bool { return strings.Contains(logs.String(), "stream end") })
+	upstreamtest.WaitFor(t, "no upstream request open after the player left", func() bool { return u.Open() == 0 })
+	upstreamtest.WaitFor(t, "the stream's end in the log", func() bool { return strings.Contains(logs.String(), "stream end") })
 	if l := logs.String(); !strings.Contains(l, "level=INFO msg=\"stream end: player left\"") || strings.Contains(l, "ERROR") {
 		t.Errorf("a player leaving is logged as:\n%s", l)
 	}
 	if errors.Is(ctx.Err(), context.Canceled) && u.Served() >= int64(len(file)) {
 		t.Error("the whole file was fetched for a player that left")
-	}
-}
-
-// waitFor polls cond until it holds, failing the test after five seconds.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for: %s", what)
-		}
 	}
 }
 
@@ -496,7 +477,7 @@ func (b *syncBuffer) String() string {
 }
 
 func TestAStreamLogsOneLineAtStartAndOneAtEnd(t *testing.T) {
-	u := upstreamtest.New(content(300_000), upstreamtest.Options{Fault: func(n int64, _ *http.Request) upstreamtest.Fault {
+	u := upstreamtest.New(upstreamtest.RandomFile(300_000), upstreamtest.Options{Fault: func(n int64, _ *http.Request) upstreamtest.Fault {
 		if n == 2 {
 			return upstreamtest.Fault{Status: http.StatusServiceUnavailable}
 		}
@@ -508,7 +489,7 @@ func TestAStreamLogsOneLineAtStartAndOneAtEnd(t *testing.T) {
 		s.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	})
 	p.get(t, "GET", streamPath(u.URL+"/f?sig=secret"), "")
-	waitFor(t, "the stream's end in the log", func() bool { return strings.Contains(logs.String(), "stream end") })
+	upstreamtest.WaitFor(t, "the stream's end in the log", func() bool { return strings.Contains(logs.String(), "stream end") })
 	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
 	if len(lines) != 2 || !strings.Contains(lines[0], "stream start") || !strings.Contains(lines[1], "bytes=300000") ||
 		!strings.Contains(lines[1], "retries=1") || !strings.Contains(lines[1], "speed=") || strings.Contains(logs.String(), "secret") {
