@@ -1,0 +1,350 @@
+// Package e2e runs the mflow binary between real programs: nginx as the upstream, and ffprobe, ffmpeg,
+// aria2c and an HTTP client as players. It needs nginx, ffmpeg and aria2c (Debian: nginx-light ffmpeg
+// aria2; `bash .ci/e2e-deps` installs them). Without them it is skipped, except under CI, where it fails.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"mflow/internal/upstreamtest"
+)
+
+// env is what TestMain set up: the upstream, the proxy and the files they serve.
+var env struct {
+	dir      string // the suite's scratch folder
+	upstream string // nginx's base URL
+	proxy    string // mflow's base URL
+	mflowLog string // where mflow logs
+	data     []byte // files/data.bin
+}
+
+// tools are the programs the suite runs, by name.
+var tools = map[string]string{}
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	var missing []string
+	for _, name := range []string{"nginx", "ffmpeg", "ffprobe", "aria2c"} {
+		path, err := exec.LookPath(name)
+		if err != nil {
+			if _, err := os.Stat("/usr/sbin/" + name); err == nil {
+				path = "/usr/sbin/" + name
+			} else {
+				missing = append(missing, name)
+				continue
+			}
+		}
+		tools[name] = path
+	}
+	if len(missing) > 0 {
+		if os.Getenv("CI") != "" {
+			fmt.Printf("e2e: FAIL: %s not installed; .ci/run installs them with .ci/e2e-deps\n", strings.Join(missing, ", "))
+			return 1
+		}
+		fmt.Printf("e2e: skipped: %s not installed (bash .ci/e2e-deps installs nginx-light, ffmpeg and aria2)\n", strings.Join(missing, ", "))
+		return 0
+	}
+	dir, err := os.MkdirTemp("", "mflow-e2e")
+	if err != nil {
+		fmt.Println("e2e:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o755); err != nil { // nginx's workers run as another user
+		fmt.Println("e2e:", err)
+		return 1
+	}
+	env.dir = dir
+	stop, err := setUp()
+	defer stop()
+	if err != nil {
+		fmt.Println("e2e: setting up:", err)
+		return 1
+	}
+	return m.Run()
+}
+
+// setUp makes the media, starts nginx and mflow, and returns what stops them.
+func setUp() (func(), error) {
+	var stops []func()
+	stop := func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+	}
+	www := filepath.Join(env.dir, "www", "files")
+	if err := os.MkdirAll(www, 0o755); err != nil {
+		return stop, err
+	}
+	env.data = upstreamtest.RandomFile(12<<20 + 4321)
+	if err := os.WriteFile(filepath.Join(www, "data.bin"), env.data, 0o644); err != nil {
+		return stop, err
+	}
+	// A 10 s H.264/AAC film with its index at the front, and a copy with the index at the end, so that a
+	// player must seek to the tail before it can play.
+	film := []string{"-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25", "-f", "lavfi", "-i", "sine=frequency=440",
+		"-t", "10", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac"}
+	for name, flags := range map[string][]string{"film.mp4": {"-movflags", "+faststart"}, "tail.mp4": nil} {
+		args := append(append(append([]string{}, film...), flags...), filepath.Join(www, name))
+		if out, err := exec.Command(tools["ffmpeg"], args...).CombinedOutput(); err != nil {
+			return stop, fmt.Errorf("ffmpeg making %s: %v: %s", name, err, out)
+		}
+	}
+
+	nginxPort, proxyPort := freePort(), freePort()
+	env.upstream = "http://127.0.0.1:" + strconv.Itoa(nginxPort)
+	conf := filepath.Join(env.dir, "nginx.conf")
+	if err := os.WriteFile(conf, []byte(nginxConf(env.dir, nginxPort)), 0o644); err != nil {
+		return stop, err
+	}
+	nginx := exec.Command(tools["nginx"], "-p", env.dir, "-c", conf)
+	nginx.Stderr = os.Stderr
+	if err := nginx.Start(); err != nil {
+		return stop, fmt.Errorf("starting nginx: %w", err)
+	}
+	stops = append(stops, func() { nginx.Process.Kill(); nginx.Wait() })
+	if err := waitHTTP(env.upstream + "/status"); err != nil {
+		return stop, fmt.Errorf("nginx: %w", err)
+	}
+
+	bin := filepath.Join(env.dir, "mflow")
+	if out, err := exec.Command("go", "build", "-o", bin, "mflow/cmd/mflow").CombinedOutput(); err != nil {
+		return stop, fmt.Errorf("building mflow: %v: %s", err, out)
+	}
+	env.mflowLog = filepath.Join(env.dir, "mflow.log")
+	logFile, err := os.Create(env.mflowLog)
+	if err != nil {
+		return stop, err
+	}
+	mflow := exec.Command(bin, "--listen", "127.0.0.1", "--port", strconv.Itoa(proxyPort), "-c", "4", "--log-level", "DEBUG")
+	mflow.Stdout, mflow.Stderr = logFile, logFile
+	if err := mflow.Start(); err != nil {
+		return stop, fmt.Errorf("starting mflow: %w", err)
+	}
+	stops = append(stops, func() {
+		mflow.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { mflow.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			mflow.Process.Kill()
+			<-done
+		}
+		logFile.Close()
+	})
+	env.proxy = "http://127.0.0.1:" + strconv.Itoa(proxyPort)
+	return stop, waitHTTP(env.proxy + "/")
+}
+
+// nginxConf is the upstream: files capped per connection, a chain of redirects, locations that demand
+// a drive's headers, one without Range support, and its status page.
+func nginxConf(dir string, port int) string {
+	return fmt.Sprintf(`daemon off;
+pid %[1]s/nginx.pid;
+error_log %[1]s/nginx-error.log;
+events {}
+http {
+  access_log off;
+  client_body_temp_path %[1]s/tmp; proxy_temp_path %[1]s/tmp; fastcgi_temp_path %[1]s/tmp;
+  uwsgi_temp_path %[1]s/tmp; scgi_temp_path %[1]s/tmp;
+  types { video/mp4 mp4; application/octet-stream bin; }
+  server {
+    listen 127.0.0.1:%[2]d;
+    root %[1]s/www;
+    location /files/ { limit_rate 256k; }
+    location = /hop/1 { return 302 /hop/2; }
+    location = /hop/2 { return 307 /hop/3; }
+    location = /hop/3 { return 302 /files/data.bin; }
+    location = /hop/0 { return 302 /hop/1; }
+    location /ua/ { if ($http_user_agent !~ "^DriveUA") { return 403; } alias %[1]s/www/files/; }
+    location /cookie/ { if ($http_cookie !~ "session=abc") { return 403; } alias %[1]s/www/files/; }
+    location /referer/ { if ($http_referer = "") { return 403; } alias %[1]s/www/files/; }
+    location /norange/ { max_ranges 0; alias %[1]s/www/files/; }
+    location = /status { stub_status; }
+  }
+}
+`, dir, port)
+}
+
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// waitHTTP waits until u answers 200, for a program just started.
+func waitHTTP(u string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(u)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not answer 200 within 10 s: %v", u, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func streamURL(path string) string {
+	return env.proxy + "/stream?url=" + url.QueryEscape(env.upstream+path)
+}
+
+// get fetches u with an optional Range and returns the status, body and any read error.
+func get(t *testing.T, u, rng string) (int, []byte, error) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rng != "" {
+		req.Header.Set("Range", rng)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, body, err
+}
+
+func TestRandomRangesEqualTheFile(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	size := len(env.data)
+	for i := range 12 {
+		a := r.IntN(size)
+		b := a + r.IntN(min(size-a, 3<<20))
+		if i == 0 {
+			a, b = 0, size-1
+		}
+		status, body, err := get(t, streamURL("/files/data.bin"), fmt.Sprintf("bytes=%d-%d", a, b))
+		if err != nil || status != 206 || !bytes.Equal(body, env.data[a:b+1]) {
+			t.Errorf("bytes=%d-%d: status %d, %d bytes, err %v, equal %v", a, b, status, len(body), err, bytes.Equal(body, env.data[a:b+1]))
+		}
+	}
+}
+
+func TestFFprobeReadsTheDuration(t *testing.T) {
+	for _, name := range []string{"film.mp4", "tail.mp4"} {
+		out, err := exec.CommandContext(t.Context(), tools["ffprobe"], "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", streamURL("/files/"+name)).CombinedOutput()
+		d, perr := strconv.ParseFloat(strings.TrimSpace(string(out)), 64)
+		if err != nil || perr != nil || d < 9.9 || d > 10.2 {
+			t.Errorf("ffprobe %s: duration %q, err %v", name, strings.TrimSpace(string(out)), err)
+		}
+	}
+}
+
+func TestFFmpegSeeksIntoTheMiddleAndDecodes(t *testing.T) {
+	for _, name := range []string{"film.mp4", "tail.mp4"} {
+		var stderr bytes.Buffer
+		cmd := exec.CommandContext(t.Context(), tools["ffmpeg"], "-v", "error", "-ss", "5", "-i", streamURL("/files/"+name), "-t", "2", "-f", "null", "-")
+		cmd.Stderr = &stderr
+		if err := cmd.Run(); err != nil || stderr.Len() > 0 {
+			t.Errorf("ffmpeg -ss 5 %s: %v: %s", name, err, strings.ReplaceAll(strings.TrimSpace(stderr.String()), "\n", " | "))
+		}
+	}
+}
+
+func TestAria2cDownloadsTheSameBytes(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, tools["aria2c"], "-x4", "-s4", "-k1M", "--min-split-size=1M", "--file-allocation=none",
+		"--console-log-level=error", "--summary-interval=0", "-d", dir, "-o", "data.bin", streamURL("/files/data.bin")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("aria2c -x4: %v: %s", err, strings.ReplaceAll(strings.TrimSpace(string(out)), "\n", " | "))
+	}
+	got, err := os.ReadFile(filepath.Join(dir, "data.bin"))
+	if err != nil || sha256.Sum256(got) != sha256.Sum256(env.data) {
+		t.Errorf("aria2c -x4 through /stream: %d bytes, want the %d-byte file exactly (err %v)", len(got), len(env.data), err)
+	}
+}
+
+func TestDocumentedAnswers(t *testing.T) {
+	for name, c := range map[string]struct {
+		path   string
+		status int
+		reason string
+	}{
+		"a chain of three redirects":   {"/hop/1", 206, ""},
+		"four redirects, over the cap": {"/hop/0", 502, "too many redirects"},
+		"no Range support":             {"/norange/data.bin", 403, "does not support Range"},
+		"drive demands a User-Agent":   {"/ua/data.bin", 403, "upstream answered 403"},
+		"drive demands a Cookie":       {"/cookie/data.bin", 403, "upstream answered 403"},
+		"drive demands a Referer":      {"/referer/data.bin", 403, "upstream answered 403"},
+		"missing file":                 {"/files/nope.mp4", 404, "upstream answered 404"},
+	} {
+		status, body, err := get(t, streamURL(c.path), "bytes=0-99")
+		if err != nil || status != c.status || !strings.Contains(string(body), c.reason) || (status == 206 && !bytes.Equal(body, env.data[:100])) {
+			t.Errorf("%s: %d %q (err %v), want %d with %q", name, status, strings.TrimSpace(string(body)), err, c.status, c.reason)
+		}
+	}
+	status, body, _ := get(t, env.proxy+"/stream?url=ftp%3A%2F%2Fexample.com%2Ff", "")
+	if status != 400 || !strings.HasPrefix(string(body), "mflow: ") {
+		t.Errorf("ftp URL: %d %q, want 400 with a reason", status, body)
+	}
+}
+
+// writing is the number of responses nginx is sending now, less the status page's own.
+func writing(t *testing.T) int {
+	t.Helper()
+	_, body, err := get(t, env.upstream+"/status", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`Writing: (\d+)`).FindSubmatch(body)
+	if m == nil {
+		t.Fatalf("no Writing count in nginx's status: %q", body)
+	}
+	n, _ := strconv.Atoi(string(m[1]))
+	return n - 1
+}
+
+func TestAPlayerCutOffLeavesNoUpstreamRequestOpen(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, streamURL("/files/data.bin"), nil)
+	client := &http.Client{Transport: &http.Transport{}}
+	defer client.CloseIdleConnections()
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(bufio.NewReader(resp.Body), make([]byte, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	if n := writing(t); n < 1 {
+		t.Fatalf("nginx sends %d responses mid-stream, want mflow's chunk requests", n)
+	}
+	cancel()
+	resp.Body.Close()
+	upstreamtest.WaitFor(t, "nginx to send no response after the player left", func() bool { return writing(t) == 0 })
+}
