@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"mflow/internal/bytesize"
@@ -32,14 +33,21 @@ func main() {
 	size := flag.Int("size", 16<<20, "file size in bytes")
 	perConn := flag.Float64("per-conn", 2<<20, "upstream speed cap per connection, bytes/s")
 	firstByteRuns := flag.Int("first-byte-runs", 15, "requests to time for the first byte")
+	plotTo := flag.String("plot", "", "also draw the results into this PNG (needs gnuplot)")
 	flag.Parse()
-	if err := run(*size, *perConn, *firstByteRuns); err != nil {
+	if err := run(*size, *perConn, *firstByteRuns, *plotTo); err != nil {
 		fmt.Fprintln(os.Stderr, "mflow-bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(size int, perConn float64, firstByteRuns int) error {
+// row is one connection count's results, in bytes per second; aria2c is 0 when it is not installed.
+type row struct {
+	n                  int
+	ideal, mflow, aria float64
+}
+
+func run(size int, perConn float64, firstByteRuns int, plotTo string) error {
 	file := upstreamtest.RandomFile(size)
 	up := upstreamtest.New(file, upstreamtest.Options{PerConn: perConn})
 	defer up.Close()
@@ -57,6 +65,7 @@ func run(size int, perConn float64, firstByteRuns int) error {
 	aria2c, _ := exec.LookPath("aria2c")
 	fmt.Println("| N | N × one connection | mflow -c N | mflow ÷ (N × one) | aria2c -xN | mflow ÷ aria2c |")
 	fmt.Println("|---|---|---|---|---|---|")
+	var rows []row
 	for _, n := range []int{1, 2, 4, 8} {
 		proxy, closeProxy := startProxy(n, 1<<20)
 		took, err := timeGet(player, proxy+"/stream?url="+url.QueryEscape(fileURL), size)
@@ -65,17 +74,18 @@ func run(size int, perConn float64, firstByteRuns int) error {
 			return fmt.Errorf("mflow -c %d: %w", n, err)
 		}
 		rate := float64(size) / took.Seconds()
-		ariaCell, vsAria := "not installed", "–"
+		ariaCell, vsAria, ariaRate := "not installed", "–", 0.0
 		if aria2c != "" {
 			at, err := timeAria2c(aria2c, fileURL, n, size)
 			if err != nil {
 				return fmt.Errorf("aria2c -x%d: %w", n, err)
 			}
-			ariaRate := float64(size) / at.Seconds()
+			ariaRate = float64(size) / at.Seconds()
 			ariaCell = bytesize.Human(ariaRate) + "/s"
 			vsAria = fmt.Sprintf("%.2f", rate/ariaRate)
 		}
 		fmt.Printf("| %d | %s/s | %s/s | **%.2f** | %s | %s |\n", n, bytesize.Human(float64(n)*oneRate), bytesize.Human(rate), rate/(float64(n)*oneRate), ariaCell, vsAria)
+		rows = append(rows, row{n: n, ideal: float64(n) * oneRate, mflow: rate, aria: ariaRate})
 	}
 
 	proxy, closeProxy := startProxy(4, 4<<20)
@@ -96,8 +106,65 @@ func run(size int, perConn float64, firstByteRuns int) error {
 	}
 	md, mp := median(direct), median(viaProxy)
 	fmt.Printf("\nFirst byte, median of %d, 4 MiB chunks, -c 4: direct %v, through mflow %v (+%v).\n", firstByteRuns, md.Round(10*time.Microsecond), mp.Round(10*time.Microsecond), (mp - md).Round(10*time.Microsecond))
+	if plotTo == "" {
+		return nil
+	}
+	return plot(plotTo, rows, oneRate, md, mp, perConn)
+}
+
+// plot draws throughput against connection count, and the first-byte times, with gnuplot.
+func plot(path string, rows []row, oneRate float64, direct, proxy time.Duration, perConn float64) error {
+	gnuplot, err := exec.LookPath("gnuplot")
+	if err != nil {
+		return fmt.Errorf("-plot needs gnuplot (apt-get install gnuplot-nox): %w", err)
+	}
+	const mib = 1 << 20
+	var data strings.Builder
+	for _, r := range rows {
+		aria := "NaN"
+		if r.aria > 0 {
+			aria = fmt.Sprintf("%.3f", r.aria/mib)
+		}
+		fmt.Fprintf(&data, "%d %.3f %.3f %s %.3f\n", r.n, r.ideal/mib, r.mflow/mib, aria, oneRate/mib)
+	}
+	script := fmt.Sprintf(`set terminal pngcairo size 1100,440 font "DejaVu Sans,11"
+set output %q
+set multiplot layout 1,2 title "mflow on an upstream capping each connection at %.0f MiB/s, measured side by side in one run"
+set xlabel "connections (mflow -c N, aria2c -xN)"
+set ylabel "MiB/s"
+set logscale x 2
+set xrange [0.8:10]
+set xtics (1,2,4,8)
+set key top left
+set grid
+plot $data using 1:2 with lines dashtype 2 lc rgb "#999999" title "N x one connection", \
+     $data using 1:3 with linespoints lw 2 pt 7 lc rgb "#1f77b4" title "mflow", \
+     $data using 1:4 with linespoints lw 2 pt 5 lc rgb "#ff7f0e" title "aria2c", \
+     $data using 1:5 with lines lw 2 lc rgb "#2ca02c" title "one direct connection"
+unset logscale x
+set xlabel ""
+set ylabel "first byte, ms"
+set style fill solid 0.8
+set boxwidth 0.5
+set xrange [-0.7:1.7]
+set yrange [0:%.3f]
+set xtics ("direct" 0, "through mflow" 1)
+unset key
+plot $bars using 1:2:3 with boxes lc rgb variable, $bars using 1:2:(sprintf("%%.2f ms", $2)) with labels offset 0,1
+unset multiplot
+`, path, perConn/mib, 1.3*max(ms(direct), ms(proxy)))
+	input := "$data << EOD\n" + data.String() + "EOD\n" +
+		fmt.Sprintf("$bars << EOD\n0 %.3f 3050327\n1 %.3f 2062260\nEOD\n", ms(direct), ms(proxy)) + script
+	cmd := exec.Command(gnuplot)
+	cmd.Stdin = strings.NewReader(input)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("gnuplot: %w: %s", err, out)
+	}
+	fmt.Println("Drew", path)
 	return nil
 }
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // startProxy runs mflow in this process with n connections per stream and the given chunk size.
 func startProxy(n int, chunk int64) (string, func()) {

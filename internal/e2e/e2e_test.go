@@ -97,8 +97,10 @@ func setUp() (func(), error) {
 		return stop, err
 	}
 	env.data = upstreamtest.RandomFile(12<<20 + 4321)
-	if err := os.WriteFile(filepath.Join(www, "data.bin"), env.data, 0o644); err != nil {
-		return stop, err
+	for name, body := range map[string][]byte{"data.bin": env.data, "empty.bin": nil} {
+		if err := os.WriteFile(filepath.Join(www, name), body, 0o644); err != nil {
+			return stop, err
+		}
 	}
 	// A 10 s H.264/AAC film with its index at the front, and a copy with the index at the end, so that a
 	// player must seek to the tail before it can play.
@@ -307,6 +309,9 @@ func TestDocumentedAnswers(t *testing.T) {
 		if err != nil || status != c.status || !strings.Contains(string(body), c.reason) || (status == 206 && !bytes.Equal(body, env.data[:100])) {
 			t.Errorf("%s: %d %q (err %v), want %d with %q", name, status, strings.TrimSpace(string(body)), err, c.status, c.reason)
 		}
+	}
+	if status, body, err := get(t, streamURL("/files/empty.bin"), "bytes=0-"); err != nil || status != 200 || len(body) != 0 {
+		t.Errorf("empty file: %d, %d bytes (err %v), want an empty 200", status, len(body), err)
 	}
 	status, body, _ := get(t, env.proxy+"/stream?url=ftp%3A%2F%2Fexample.com%2Ff", "")
 	if status != 400 || !strings.HasPrefix(string(body), "mflow: ") {
