@@ -128,6 +128,11 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	size := meta.Version.Size
+	if size == 0 { // nothing to range over: servers that support Range answer 200 here too
+		w.Header().Set("Content-Length", "0")
+		w.WriteHeader(http.StatusOK)
+		return
+	}
 	if !meta.Ranges && !s.RelayNoRange {
 		fail(w, http.StatusForbidden, "upstream does not support Range requests, so it cannot be fetched in parallel; start mflow with --relay-no-range to relay it over one connection")
 		return
@@ -156,16 +161,12 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 		span, kind = httprange.Span{Start: 0, End: size - 1}, httprange.Whole
 	}
 	status := http.StatusOK
-	switch {
-	case size == 0:
-		h.Set("Content-Length", "0")
-		w.WriteHeader(http.StatusOK)
-		return
-	case kind == httprange.Unsatisfiable:
+	switch kind {
+	case httprange.Unsatisfiable:
 		h.Set("Content-Range", fmt.Sprintf("bytes */%d", size))
 		fail(w, http.StatusRequestedRangeNotSatisfiable, fmt.Sprintf("range %q is past the end of the %d-byte file", r.Header.Get("Range"), size))
 		return
-	case kind == httprange.Partial:
+	case httprange.Partial:
 		status = http.StatusPartialContent
 		h.Set("Content-Range", span.ContentRange(size))
 	}

@@ -201,13 +201,17 @@ func TestContentTypeFromTheExtensionWhenUpstreamSendsNone(t *testing.T) {
 }
 
 func TestEmptyFileIsAnEmpty200(t *testing.T) {
-	u := upstreamtest.New(nil, upstreamtest.Options{})
-	defer u.Close()
+	ranged := upstreamtest.New(nil, upstreamtest.Options{})
+	defer ranged.Close()
+	plain := upstreamtest.New(nil, upstreamtest.Options{NoRange: true}) // as nginx answers for an empty file
+	defer plain.Close()
 	p := newProxy(t, nil)
-	for _, rng := range []string{"", "bytes=0-"} {
-		resp, body := p.get(t, "GET", streamPath(u.URL+"/empty"), rng)
-		if resp.StatusCode != 200 || len(body) != 0 || resp.Header.Get("Content-Length") != "0" {
-			t.Errorf("Range %q: %d, %d bytes, Content-Length %q", rng, resp.StatusCode, len(body), resp.Header.Get("Content-Length"))
+	for _, u := range []*upstreamtest.Upstream{ranged, plain} {
+		for _, rng := range []string{"", "bytes=0-"} {
+			resp, body := p.get(t, "GET", streamPath(u.URL+"/empty"), rng)
+			if resp.StatusCode != 200 || len(body) != 0 || resp.Header.Get("Content-Length") != "0" {
+				t.Errorf("Range %q: %d, %d bytes, Content-Length %q", rng, resp.StatusCode, len(body), resp.Header.Get("Content-Length"))
+			}
 		}
 	}
 }
