@@ -23,7 +23,9 @@ import (
 	"mflow/internal/engine"
 	"mflow/internal/link"
 	"mflow/internal/logging"
+	"mflow/internal/rpc"
 	"mflow/internal/server"
+	"mflow/internal/task"
 	"mflow/internal/upstream"
 )
 
@@ -50,6 +52,9 @@ type options struct {
 	hostConnections int
 	insecure        bool
 	relayNoRange    bool
+	rpcSecret       string
+	stateDir        string
+	inMemory        bool
 }
 
 // parseFlags reads args. It returns help or version text to print, or an error of one line naming the
@@ -72,6 +77,9 @@ func parseFlags(args []string) (options, string, error) {
 	fs.Var(newIntFlag(&o.hostConnections, 16, 1, 256), "host-connections", "connections to one upstream host across all streams")
 	fs.BoolVar(&o.insecure, "insecure", false, "skip TLS certificate verification upstream")
 	fs.BoolVar(&o.relayNoRange, "relay-no-range", false, "relay upstreams without Range support over one connection instead of answering 403")
+	fs.StringVar(&o.rpcSecret, "rpc-secret", "", "aria2 JSON-RPC secret: calls must send token:SECRET")
+	fs.StringVar(&o.stateDir, "state-dir", "", "where tasks are kept across restarts (default: the user's state folder, ~/.local/state/mflow on Linux)")
+	fs.BoolVar(&o.inMemory, "in-memory", false, "keep tasks in memory only: they are gone when mflow stops")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	help := fs.BoolP("help", "h", false, "print this help and exit")
 
@@ -134,11 +142,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 	client := upstream.NewClient(upstream.Config{HostConnections: o.hostConnections, Insecure: o.insecure})
 	defer client.CloseIdleConnections()
+	resolver := &link.Resolver{Client: client, MaxRedirects: o.maxRedirects}
+	userAgent := "mflow/" + versionString()
+	tasks, err := openTasks(o, task.Settings{Connections: o.connections, MinSpeed: o.minSpeed, UserAgent: userAgent}, resolver.Size)
+	if err != nil {
+		ln.Close()
+		fmt.Fprintf(stderr, "mflow: %v\n", err)
+		return 1
+	}
+	defer tasks.Close()
 	srv := &server.Server{
-		Resolver:     &link.Resolver{Client: client, MaxRedirects: o.maxRedirects},
+		Resolver:     resolver,
+		Tasks:        tasks,
+		RPC:          &rpc.Handler{Store: tasks, Secret: o.rpcSecret, Version: versionString(), Logger: log},
 		Engine:       &engine.Engine{Client: client, ChunkSize: o.chunkSize, Connections: o.connections, Retries: o.retry, MinSpeed: o.minSpeed, MaxRedirects: o.maxRedirects, Logger: log},
 		RelayNoRange: o.relayNoRange,
-		UserAgent:    "mflow/" + versionString(),
+		UserAgent:    userAgent,
 		Version:      versionString(),
 		Logger:       log,
 	}
@@ -171,6 +190,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	<-served
 	return 0
+}
+
+// openTasks opens the task store where the flags say: in memory, --state-dir, or the user's state folder.
+func openTasks(o options, settings task.Settings, probe func(context.Context, link.Link) (int64, error)) (*task.Store, error) {
+	if o.inMemory {
+		return task.NewStore(settings, probe), nil
+	}
+	dir := o.stateDir
+	if dir == "" {
+		var err error
+		if dir, err = task.DefaultDir(); err != nil {
+			return nil, fmt.Errorf("no folder for the task store (%v); give one with --state-dir, or use --in-memory", err)
+		}
+	}
+	return task.Open(dir, settings, probe)
 }
 
 // listenProblem explains a failed listen in one line, with what to do about it.

@@ -91,7 +91,9 @@ func TestServesUntilSignalledThenStops(t *testing.T) {
 	ctx, stop := context.WithCancel(t.Context())
 	done := make(chan int, 1)
 	var logs bytes.Buffer
-	go func() { done <- run(ctx, []string{"--listen", "127.0.0.1", "-p", port}, io.Discard, &logs) }()
+	go func() {
+		done <- run(ctx, []string{"--listen", "127.0.0.1", "-p", port, "--state-dir", t.TempDir()}, io.Discard, &logs)
+	}()
 	client := &http.Client{Transport: &http.Transport{}}
 	defer client.CloseIdleConnections()
 	var resp *http.Response

@@ -138,7 +138,7 @@ func setUp() (func(), error) {
 	if err != nil {
 		return stop, err
 	}
-	mflow := exec.Command(bin, "--listen", "127.0.0.1", "--port", strconv.Itoa(proxyPort), "-c", "4", "--log-level", "DEBUG")
+	mflow := exec.Command(bin, "--listen", "127.0.0.1", "--port", strconv.Itoa(proxyPort), "-c", "4", "--log-level", "DEBUG", "--in-memory")
 	mflow.Stdout, mflow.Stderr = logFile, logFile
 	if err := mflow.Start(); err != nil {
 		return stop, fmt.Errorf("starting mflow: %w", err)

@@ -108,6 +108,15 @@ func (r *Resolver) Refresh(ctx context.Context, l Link) (*Meta, error) {
 	}
 }
 
+// Size is the size of l's file, from a recent probe or a new one: the task store's background probe.
+func (r *Resolver) Size(ctx context.Context, l Link) (int64, error) {
+	m, err := r.Resolve(ctx, l)
+	if err != nil {
+		return 0, err
+	}
+	return m.Version.Size, nil
+}
+
 // Refresher is the engine's hook to resolve l again when its signed URL expires mid-stream.
 func (r *Resolver) Refresher(l Link) func(context.Context) (engine.Target, error) {
 	return func(ctx context.Context) (engine.Target, error) {

@@ -20,6 +20,7 @@ import (
 	"mflow/internal/engine"
 	"mflow/internal/httprange"
 	"mflow/internal/link"
+	"mflow/internal/task"
 	"mflow/internal/upstream"
 )
 
@@ -29,8 +30,10 @@ type Server struct {
 	Resolver *link.Resolver
 	// Engine streams their bytes.
 	Engine *engine.Engine
-	// Lookup finds the link an aria2 task's gid names; nil knows no gid.
-	Lookup func(gid string) (link.Link, bool)
+	// Tasks holds the aria2 tasks /stream?gid= plays; nil knows no gid.
+	Tasks *task.Store
+	// RPC, when set, answers /jsonrpc.
+	RPC http.Handler
 	// RelayNoRange relays an upstream that ignores Range over one connection instead of refusing it.
 	RelayNoRange bool
 	// UserAgent is sent upstream for links that bring none.
@@ -47,6 +50,9 @@ type Server struct {
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", s.serveIndex)
+	if s.RPC != nil {
+		mux.Handle("/jsonrpc", s.RPC)
+	}
 	mux.HandleFunc("GET /stream", s.serveStream)
 	mux.HandleFunc("/stream", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Allow", "GET, HEAD")
@@ -79,17 +85,39 @@ func fail(w http.ResponseWriter, status int, reason string) {
 	http.Error(w, "mflow: "+reason, status)
 }
 
-// linkFor reads which link a /stream request names, or answers why it cannot.
-func (s *Server) linkFor(w http.ResponseWriter, r *http.Request) (link.Link, bool) {
+// plan is what one /stream request streams, and how.
+type plan struct {
+	link        link.Link
+	ctx         context.Context // ends with the player, or when the task is paused or removed
+	connections int             // 0: the engine's
+	minSpeed    int64           // 0: the engine's
+	task        *task.Stream    // the aria2 task streamed, nil for ?url=
+}
+
+// planFor reads what a /stream request names, or answers why it cannot be streamed. A task's stream
+// must be ended with task.End.
+func (s *Server) planFor(w http.ResponseWriter, r *http.Request) (plan, bool) {
 	q := r.URL.Query()
 	if gid := q.Get("gid"); gid != "" {
-		if s.Lookup != nil {
-			if l, ok := s.Lookup(gid); ok {
-				return l, true
-			}
+		if s.Tasks == nil {
+			fail(w, http.StatusNotFound, fmt.Sprintf("no task with gid %q: the JSON-RPC is off", gid))
+			return plan{}, false
 		}
-		fail(w, http.StatusNotFound, fmt.Sprintf("no task with gid %q", gid))
-		return link.Link{}, false
+		st, err := s.Tasks.Begin(r.Context(), gid)
+		switch {
+		case errors.Is(err, task.ErrPaused):
+			w.Header().Set("Retry-After", "10")
+			fail(w, http.StatusServiceUnavailable, err.Error())
+			return plan{}, false
+		case err != nil:
+			fail(w, http.StatusNotFound, err.Error())
+			return plan{}, false
+		}
+		ctx := st.Context
+		if st.Proxy != nil {
+			ctx = upstream.WithProxy(ctx, st.Proxy)
+		}
+		return plan{link: st.Link, ctx: ctx, connections: st.Connections, minSpeed: st.MinSpeed, task: st}, true
 	}
 	raw := q.Get("url")
 	// A link pasted as is keeps its own query: "?url=https://host/f?a=1&b=2" means all of it.
@@ -98,36 +126,46 @@ func (s *Server) linkFor(w http.ResponseWriter, r *http.Request) (link.Link, boo
 	}
 	if raw == "" {
 		fail(w, http.StatusBadRequest, "missing url or gid parameter, as in /stream?url=https://example.com/video.mp4")
-		return link.Link{}, false
+		return plan{}, false
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		fail(w, http.StatusBadRequest, fmt.Sprintf("url parameter is not a URL: %v", err))
-		return link.Link{}, false
+		return plan{}, false
 	}
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		fail(w, http.StatusBadRequest, fmt.Sprintf("url must be an absolute http or https URL, not %q", raw))
-		return link.Link{}, false
+		return plan{}, false
 	}
 	h := http.Header{}
 	h.Set("User-Agent", s.UserAgent)
-	return link.Link{URL: u.String(), Header: h}, true
+	return plan{link: link.Link{URL: u.String(), Header: h}, ctx: r.Context()}, true
 }
 
 func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
-	l, ok := s.linkFor(w, r)
+	p, ok := s.planFor(w, r)
 	if !ok {
 		return
 	}
-	meta, err := s.Resolver.Resolve(r.Context(), l)
+	if p.task != nil {
+		defer p.task.End()
+	}
+	l := p.link
+	meta, err := s.Resolver.Resolve(p.ctx, l)
 	if err != nil {
-		if r.Context().Err() == nil {
+		if p.ctx.Err() == nil {
+			if p.task != nil {
+				p.task.Fail(err)
+			}
 			status, reason := upstreamFailure(err)
 			fail(w, status, reason)
 		}
 		return
 	}
 	size := meta.Version.Size
+	if p.task != nil {
+		p.task.Sized(size)
+	}
 	if size == 0 { // nothing to range over: servers that support Range answer 200 here too
 		w.Header().Set("Content-Length", "0")
 		w.WriteHeader(http.StatusOK)
@@ -152,7 +190,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodHead {
 			return
 		}
-		s.run(w, r, l, meta, httprange.Span{Start: 0, End: -1}, http.StatusOK)
+		s.run(w, r, p, meta, httprange.Span{Start: 0, End: -1}, http.StatusOK)
 		return
 	}
 	h.Set("Accept-Ranges", "bytes")
@@ -175,7 +213,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(status)
 		return
 	}
-	s.run(w, r, l, meta, span, status)
+	s.run(w, r, p, meta, span, status)
 }
 
 // ifRangeHolds reports whether an If-Range header (absent, or naming the current version) lets a Range
@@ -186,18 +224,22 @@ func ifRangeHolds(ifRange string, v upstream.Version) bool {
 
 // run streams span with status and logs the stream's start and end. The status line goes out with the
 // first byte, so a stream that fails before any byte still gets an error status.
-func (s *Server) run(w http.ResponseWriter, r *http.Request, l link.Link, meta *link.Meta, span httprange.Span, status int) {
+func (s *Server) run(w http.ResponseWriter, r *http.Request, p plan, meta *link.Meta, span httprange.Span, status int) {
 	id := s.streams.Add(1)
 	log := s.logger().With("stream", id)
-	log.Info("stream start", "file", upstream.Redact(l.URL), "range", fmt.Sprintf("%d-%d/%d", span.Start, span.End, meta.Version.Size), "player", r.RemoteAddr)
+	if p.task != nil {
+		log = log.With("gid", p.task.GID)
+	}
+	log.Info("stream start", "file", upstream.Redact(p.link.URL), "range", fmt.Sprintf("%d-%d/%d", span.Start, span.End, meta.Version.Size), "player", r.RemoteAddr)
 	began := time.Now()
-	out := &lazyHeader{w: w, status: status}
+	out := &lazyHeader{w: w, status: status, task: p.task}
 	var stats engine.Stats
 	var err error
 	if meta.Ranges {
-		stats, err = s.Engine.Stream(r.Context(), out, engine.Request{Target: meta.Target(l), Span: span, Refresh: s.Resolver.Refresher(l), Logger: log})
+		stats, err = s.Engine.Stream(p.ctx, out, engine.Request{Target: meta.Target(p.link), Span: span, Refresh: s.Resolver.Refresher(p.link),
+			Connections: p.connections, MinSpeed: p.minSpeed, Logger: log})
 	} else {
-		stats, err = s.Engine.Relay(r.Context(), out, meta.Target(l), span)
+		stats, err = s.Engine.Relay(p.ctx, out, meta.Target(p.link), span)
 	}
 	took := time.Since(began)
 	attrs := []any{"bytes", stats.Bytes, "took", took.Round(time.Millisecond), "speed", bytesize.Human(float64(stats.Bytes)/max(took.Seconds(), 1e-3)) + "/s", "retries", stats.Retries}
@@ -206,8 +248,14 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, l link.Link, meta *
 		log.Info("stream end", attrs...)
 	case errors.Is(err, engine.ErrPlayerGone) || r.Context().Err() != nil:
 		log.Info("stream end: player left", attrs...)
+	case p.ctx.Err() != nil:
+		log.Info("stream end: task paused or removed", attrs...)
+		panic(http.ErrAbortHandler)
 	default:
 		log.Error("stream failed", append(attrs, "err", err)...)
+		if p.task != nil {
+			p.task.Fail(err)
+		}
 		if !out.sent {
 			status, reason := upstreamFailure(err)
 			fail(w, status, reason)
@@ -218,11 +266,13 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, l link.Link, meta *
 	}
 }
 
-// lazyHeader sends the status line with the first byte of the body.
+// lazyHeader sends the status line with the first byte of the body, and counts the bytes a task's
+// player takes.
 type lazyHeader struct {
 	w      http.ResponseWriter
 	status int
 	sent   bool
+	task   *task.Stream // nil for ?url=
 }
 
 func (l *lazyHeader) Write(b []byte) (int, error) {
@@ -230,7 +280,11 @@ func (l *lazyHeader) Write(b []byte) (int, error) {
 		l.sent = true
 		l.w.WriteHeader(l.status)
 	}
-	return l.w.Write(b)
+	n, err := l.w.Write(b)
+	if l.task != nil {
+		l.task.Delivered(int64(n))
+	}
+	return n, err
 }
 
 // Flush sends what is buffered; a broken connection shows at the next Write.

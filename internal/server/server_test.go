@@ -22,6 +22,7 @@ import (
 	"mflow/internal/engine"
 	"mflow/internal/link"
 	"mflow/internal/server"
+	"mflow/internal/task"
 	"mflow/internal/upstream"
 	"mflow/internal/upstreamtest"
 )
@@ -302,13 +303,17 @@ func TestLinkHeadersReachEveryHop(t *testing.T) {
 	hops := &hopLog{}
 	redir := redirector(u.URL+"/cdn/file.mp4", hops)
 	defer redir.Close()
+	var gid string
 	p := newProxy(t, func(s *server.Server) {
-		s.Lookup = func(gid string) (link.Link, bool) {
-			h := http.Header{"Cookie": {"session=abc"}, "User-Agent": {"DriveUA/1.0"}}
-			return link.Link{URL: redir.URL + "/hop/1", Header: h, Name: "Film (2024).mp4"}, gid == "4c885fede4f1d14a"
+		s.Tasks = newStore(t, s.Resolver)
+		var err error
+		gid, err = s.Tasks.Add([]string{redir.URL + "/hop/1"}, map[string]string{
+			"header": "Cookie: session=abc\nUser-Agent: DriveUA/1.0\n", "out": "Film (2024).mp4", "gid": "4c885fede4f1d14a"}, -1)
+		if err != nil {
+			t.Fatal(err)
 		}
 	})
-	resp, body := p.get(t, "GET", "/stream?gid=4c885fede4f1d14a", "")
+	resp, body := p.get(t, "GET", "/stream?gid="+gid[:6], "")
 	if resp.StatusCode != 200 || !bytes.Equal(body, file) {
 		t.Fatalf("%d, %d bytes: %s", resp.StatusCode, len(body), body[:min(len(body), 200)])
 	}
@@ -499,4 +504,11 @@ func TestAStreamLogsOneLineAtStartAndOneAtEnd(t *testing.T) {
 		!strings.Contains(lines[1], "retries=1") || !strings.Contains(lines[1], "speed=") || strings.Contains(logs.String(), "secret") {
 		t.Errorf("log:\n%s", logs.String())
 	}
+}
+
+// newStore is a task store in memory that probes with r, closed when the test ends.
+func newStore(t *testing.T, r *link.Resolver) *task.Store {
+	st := task.NewStore(task.Settings{Connections: 4, UserAgent: "mflow-test"}, r.Size)
+	t.Cleanup(st.Close)
+	return st
 }

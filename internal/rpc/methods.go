@@ -1,0 +1,457 @@
+package rpc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+
+	"mflow/internal/task"
+)
+
+// method is one RPC method; params come without the token.
+type method func(h *Handler, ctx context.Context, p params) (any, error)
+
+// methods are the calls mflow answers, by name.
+var methods map[string]method
+
+func init() {
+	byGID := func(f func(s *task.Store, gid string) (string, error)) method {
+		return func(h *Handler, _ context.Context, p params) (any, error) {
+			gid, err := p.str(0)
+			if err != nil {
+				return nil, err
+			}
+			return f(h.Store, gid)
+		}
+	}
+	all := func(f func(s *task.Store)) method {
+		return func(h *Handler, _ context.Context, _ params) (any, error) {
+			f(h.Store)
+			return "OK", nil
+		}
+	}
+	methods = map[string]method{
+		"aria2.addUri":               addURI,
+		"aria2.remove":               byGID((*task.Store).Remove),
+		"aria2.forceRemove":          byGID((*task.Store).Remove),
+		"aria2.pause":                byGID((*task.Store).Pause),
+		"aria2.forcePause":           byGID((*task.Store).Pause),
+		"aria2.unpause":              byGID((*task.Store).Unpause),
+		"aria2.pauseAll":             all((*task.Store).PauseAll),
+		"aria2.forcePauseAll":        all((*task.Store).PauseAll),
+		"aria2.unpauseAll":           all((*task.Store).UnpauseAll),
+		"aria2.tellStatus":           tellStatus,
+		"aria2.tellActive":           tellActive,
+		"aria2.tellWaiting":          tellList(func(_, waiting, _ []task.View) []task.View { return waiting }),
+		"aria2.tellStopped":          tellList(func(_, _, stopped []task.View) []task.View { return stopped }),
+		"aria2.getUris":              getURIs,
+		"aria2.getFiles":             getFiles,
+		"aria2.getOption":            getOption,
+		"aria2.changeOption":         changeOption,
+		"aria2.getGlobalOption":      getGlobalOption,
+		"aria2.changeGlobalOption":   changeGlobalOption,
+		"aria2.getGlobalStat":        getGlobalStat,
+		"aria2.getVersion":           getVersion,
+		"aria2.getSessionInfo":       getSessionInfo,
+		"aria2.removeDownloadResult": removeDownloadResult,
+		"aria2.purgeDownloadResult":  all((*task.Store).PurgeResults),
+		"system.multicall":           multicall,
+		"system.listMethods":         listMethods,
+		"system.listNotifications":   listNotifications,
+	}
+}
+
+// params are a call's parameters, read the way aria2 reads them.
+type params []json.RawMessage
+
+func missing(i int) error   { return fmt.Errorf("The parameter at %d is required but missing.", i) }
+func wrongType(i int) error { return fmt.Errorf("The parameter at %d has wrong type.", i) }
+
+func (p params) has(i int) bool { return i < len(p) && string(p[i]) != "null" }
+
+// str reads a required string parameter.
+func (p params) str(i int) (string, error) {
+	if !p.has(i) {
+		return "", missing(i)
+	}
+	var s string
+	if json.Unmarshal(p[i], &s) != nil {
+		return "", wrongType(i)
+	}
+	return s, nil
+}
+
+// integer reads a required integer parameter.
+func (p params) integer(i int) (int, error) {
+	if !p.has(i) {
+		return 0, missing(i)
+	}
+	var n int
+	if json.Unmarshal(p[i], &n) != nil {
+		return 0, wrongType(i)
+	}
+	return n, nil
+}
+
+// strings reads an optional array parameter, keeping its strings and ignoring the rest, as aria2.
+func (p params) strings(i int) ([]string, error) {
+	if !p.has(i) {
+		return nil, nil
+	}
+	var raw []json.RawMessage
+	if json.Unmarshal(p[i], &raw) != nil {
+		return nil, wrongType(i)
+	}
+	out := []string{}
+	for _, r := range raw {
+		var s string
+		if json.Unmarshal(r, &s) == nil {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}
+
+// options reads an optional aria2 options object. Values must be strings (others are ignored, as aria2
+// does), except header, which may also be an array of strings; it is kept newline-joined.
+func (p params) options(i int) (map[string]string, error) {
+	out := map[string]string{}
+	if !p.has(i) {
+		return out, nil
+	}
+	var raw map[string]json.RawMessage
+	if json.Unmarshal(p[i], &raw) != nil {
+		return nil, wrongType(i)
+	}
+	for name, v := range raw {
+		var s string
+		if json.Unmarshal(v, &s) == nil {
+			if name == "header" {
+				s = strings.TrimSuffix(s, "\n") + "\n"
+			}
+			out[name] = s
+			continue
+		}
+		var list []string
+		if name == "header" && json.Unmarshal(v, &list) == nil {
+			out[name] = strings.Join(list, "\n") + "\n"
+		}
+	}
+	return out, nil
+}
+
+func addURI(h *Handler, _ context.Context, p params) (any, error) {
+	if p.has(0) {
+		var raw []json.RawMessage
+		if json.Unmarshal(p[0], &raw) != nil {
+			return nil, wrongType(0)
+		}
+	}
+	uris, err := p.strings(0)
+	if err != nil {
+		return nil, err
+	}
+	if len(uris) == 0 {
+		return nil, errors.New("URI is not provided.")
+	}
+	opts, err := p.options(1)
+	if err != nil {
+		return nil, err
+	}
+	position := -1
+	if p.has(2) {
+		if position, err = p.integer(2); err != nil {
+			return nil, err
+		}
+		if position < 0 {
+			return nil, errors.New("Position must be greater than or equal to 0.")
+		}
+	}
+	return h.Store.Add(uris, opts, position)
+}
+
+// keys reads the optional key filter at i.
+func (p params) keys(i int) ([]string, error) { return p.strings(i) }
+
+func tellStatus(h *Handler, _ context.Context, p params) (any, error) {
+	gid, err := p.str(0)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := p.keys(1)
+	if err != nil {
+		return nil, err
+	}
+	v, err := h.Store.Get(gid)
+	if err != nil {
+		return nil, err
+	}
+	return status(v, keys), nil
+}
+
+func tellActive(h *Handler, _ context.Context, p params) (any, error) {
+	keys, err := p.keys(0)
+	if err != nil {
+		return nil, err
+	}
+	active, _, _ := h.Store.Lists()
+	return statuses(active, keys), nil
+}
+
+// tellList answers tellWaiting and tellStopped: offset, num and keys over one of the store's lists. A
+// negative offset counts from the end, and the list is then read backwards, as aria2 does.
+func tellList(pick func(active, waiting, stopped []task.View) []task.View) method {
+	return func(h *Handler, _ context.Context, p params) (any, error) {
+		offset, err := p.integer(0)
+		if err != nil {
+			return nil, err
+		}
+		num, err := p.integer(1)
+		if err != nil {
+			return nil, err
+		}
+		keys, err := p.keys(2)
+		if err != nil {
+			return nil, err
+		}
+		list := pick(h.Store.Lists())
+		var page []task.View
+		if offset >= 0 {
+			for i := offset; i < len(list) && len(page) < num; i++ {
+				page = append(page, list[i])
+			}
+		} else {
+			for i := len(list) + offset; i >= 0 && i < len(list) && len(page) < num; i-- {
+				page = append(page, list[i])
+			}
+		}
+		return statuses(page, keys), nil
+	}
+}
+
+func statuses(views []task.View, keys []string) []map[string]any {
+	out := []map[string]any{}
+	for _, v := range views {
+		out = append(out, status(v, keys))
+	}
+	return out
+}
+
+// status is tellStatus's answer for v: every number a decimal string, as every client requires.
+func status(v task.View, keys []string) map[string]any {
+	size := max(v.Size, 0)
+	done := v.Delivered
+	if v.Size >= 0 {
+		done = min(done, v.Size)
+	}
+	m := map[string]any{
+		"gid":             v.GID,
+		"status":          string(v.Status),
+		"totalLength":     itoa(size),
+		"completedLength": itoa(done),
+		"uploadLength":    "0",
+		"uploadSpeed":     "0",
+		"downloadSpeed":   itoa(v.Speed),
+		"connections":     strconv.Itoa(v.Connections),
+		"dir":             v.Options["dir"],
+		"pieceLength":     "1048576",
+		"numPieces":       itoa((size + 1<<20 - 1) >> 20),
+		"files":           files(v),
+	}
+	switch v.Status {
+	case task.Failed:
+		m["errorCode"], m["errorMessage"] = v.ErrorCode, v.ErrorMessage
+	case task.Removed:
+		m["errorCode"], m["errorMessage"] = "31", ""
+	}
+	if len(keys) == 0 {
+		return m
+	}
+	out := map[string]any{}
+	for _, k := range keys {
+		if val, ok := m[k]; ok {
+			out[k] = val
+		}
+	}
+	return out
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// files is the one-file list aria2 reports: its path is dir/out, or the link's file name.
+func files(v task.View) []map[string]any {
+	size := max(v.Size, 0)
+	p := v.Name
+	if dir := v.Options["dir"]; dir != "" && p != "" {
+		p = strings.TrimSuffix(dir, "/") + "/" + p
+	}
+	return []map[string]any{{
+		"index":           "1",
+		"path":            p,
+		"length":          itoa(size),
+		"completedLength": itoa(min(v.Delivered, size)),
+		"selected":        "true",
+		"uris":            uris(v),
+	}}
+}
+
+func uris(v task.View) []map[string]string {
+	out := []map[string]string{}
+	for i, u := range v.URIs {
+		st := "waiting"
+		if v.Status == task.Active && i == 0 {
+			st = "used"
+		}
+		out = append(out, map[string]string{"status": st, "uri": u})
+	}
+	return out
+}
+
+func getURIs(h *Handler, _ context.Context, p params) (any, error) {
+	v, err := viewOf(h, p)
+	if err != nil {
+		return nil, err
+	}
+	if v.Status == task.Removed || v.Status == task.Failed {
+		return nil, fmt.Errorf("No URI data is available for GID#%s", v.GID)
+	}
+	return uris(v), nil
+}
+
+func getFiles(h *Handler, _ context.Context, p params) (any, error) {
+	v, err := viewOf(h, p)
+	if err != nil {
+		return nil, err
+	}
+	return files(v), nil
+}
+
+func viewOf(h *Handler, p params) (task.View, error) {
+	gid, err := p.str(0)
+	if err != nil {
+		return task.View{}, err
+	}
+	return h.Store.Get(gid)
+}
+
+func getOption(h *Handler, _ context.Context, p params) (any, error) {
+	v, err := viewOf(h, p)
+	if err != nil {
+		return nil, err
+	}
+	out := h.Store.Defaults()
+	maps.Copy(out, v.Options)
+	return out, nil
+}
+
+func changeOption(h *Handler, _ context.Context, p params) (any, error) {
+	gid, err := p.str(0)
+	if err != nil {
+		return nil, err
+	}
+	opts, err := p.options(1)
+	if err != nil {
+		return nil, err
+	}
+	if err := h.Store.ChangeOptions(gid, opts); err != nil {
+		return nil, err
+	}
+	return "OK", nil
+}
+
+func getGlobalOption(h *Handler, _ context.Context, _ params) (any, error) {
+	out := h.Store.Defaults()
+	out["max-concurrent-downloads"] = "5"
+	maps.Copy(out, h.Store.Global())
+	return out, nil
+}
+
+func changeGlobalOption(h *Handler, _ context.Context, p params) (any, error) {
+	opts, err := p.options(0)
+	if err != nil {
+		return nil, err
+	}
+	h.Store.ChangeGlobal(opts)
+	return "OK", nil
+}
+
+func getGlobalStat(h *Handler, _ context.Context, _ params) (any, error) {
+	active, waiting, stopped := h.Store.Lists()
+	var speed int64
+	for _, v := range active {
+		speed += v.Speed
+	}
+	return map[string]string{
+		"downloadSpeed":   itoa(speed),
+		"uploadSpeed":     "0",
+		"numActive":       strconv.Itoa(len(active)),
+		"numWaiting":      strconv.Itoa(len(waiting)),
+		"numStopped":      strconv.Itoa(len(stopped)),
+		"numStoppedTotal": strconv.Itoa(h.Store.StoppedTotal()),
+	}, nil
+}
+
+func getVersion(h *Handler, _ context.Context, _ params) (any, error) {
+	return map[string]any{"enabledFeatures": []string{"Async DNS", "GZip", "HTTPS", "mflow " + h.Version}, "version": "1.36.0"}, nil
+}
+
+func getSessionInfo(h *Handler, _ context.Context, _ params) (any, error) {
+	return map[string]string{"sessionId": h.session()}, nil
+}
+
+func removeDownloadResult(h *Handler, _ context.Context, p params) (any, error) {
+	gid, err := p.str(0)
+	if err != nil {
+		return nil, err
+	}
+	if err := h.Store.RemoveResult(gid); err != nil {
+		return nil, err
+	}
+	return "OK", nil
+}
+
+// multicall runs each {methodName, params} in turn: a success comes back wrapped in an array, an error
+// bare, as aria2 answers. Each call carries its own token.
+func multicall(h *Handler, ctx context.Context, p params) (any, error) {
+	var calls []json.RawMessage
+	if !p.has(0) || json.Unmarshal(p[0], &calls) != nil {
+		return nil, wrongType(0)
+	}
+	out := []any{}
+	for _, raw := range calls {
+		var c struct {
+			MethodName *string           `json:"methodName"`
+			Params     []json.RawMessage `json:"params"`
+		}
+		var probe map[string]json.RawMessage
+		switch {
+		case json.Unmarshal(raw, &probe) != nil:
+			out = append(out, rpcError{1, "system.multicall expected struct."})
+		case json.Unmarshal(raw, &c) != nil || c.MethodName == nil:
+			out = append(out, rpcError{1, "Missing methodName."})
+		case *c.MethodName == "system.multicall":
+			out = append(out, rpcError{1, "Recursive system.multicall forbidden."})
+		default:
+			result, err := h.call(ctx, *c.MethodName, c.Params)
+			if err != nil {
+				out = append(out, rpcError{1, err.Error()})
+			} else {
+				out = append(out, []any{result})
+			}
+		}
+	}
+	return out, nil
+}
+
+func listMethods(_ *Handler, _ context.Context, _ params) (any, error) {
+	return slices.Sorted(maps.Keys(methods)), nil
+}
+
+func listNotifications(_ *Handler, _ context.Context, _ params) (any, error) {
+	return []string{task.OnStart, task.OnPause, task.OnStop, "aria2.onDownloadComplete", task.OnError, "aria2.onBtDownloadComplete"}, nil
+}

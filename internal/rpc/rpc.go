@@ -1,0 +1,315 @@
+// Package rpc speaks aria2's JSON-RPC, as the browser extensions, userscripts and AriaNg that "send to
+// aria2" expect it to the letter, and turns it into mflow tasks. It adapts; the task store decides.
+package rpc
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"mflow/internal/task"
+)
+
+// Handler answers /jsonrpc over POST, GET (with JSONP) and WebSocket. Its fields are set before it serves.
+type Handler struct {
+	// Store holds the tasks.
+	Store *task.Store
+	// Secret, when set, must come as "token:SECRET" first in every call's params.
+	Secret string
+	// AuthDelay is the wait before answering Unauthorized, which slows guessing as aria2 does. Default 1 s.
+	AuthDelay time.Duration
+	// Version is mflow's, reported among getVersion's features.
+	Version string
+	// Logger receives a DEBUG line per call. Default slog.Default().
+	Logger *slog.Logger
+
+	sessionOnce sync.Once // makes sessionID
+	sessionID   string    // getSessionInfo's answer, the same for the life of the handler
+}
+
+// maxBody is the largest request body accepted, as aria2.
+const maxBody = 2 << 20
+
+// rpcError is a JSON-RPC error object.
+type rpcError struct {
+	Code    int    `json:"code"`
+	Message string `json:"message"`
+}
+
+var (
+	errParse          = &rpcError{-32700, "Parse error."}
+	errInvalidRequest = &rpcError{-32600, "Invalid Request."}
+	errInvalidParams  = &rpcError{-32602, "Invalid params."}
+)
+
+// response is a JSON-RPC response; its fields marshal in aria2's order.
+type response struct {
+	ID      json.RawMessage `json:"id"`
+	JSONRPC string          `json:"jsonrpc"`
+	Result  any             `json:"result,omitempty"`
+	Error   *rpcError       `json:"error,omitempty"`
+}
+
+var null = json.RawMessage("null")
+
+func (h *Handler) logger() *slog.Logger {
+	if h.Logger != nil {
+		return h.Logger
+	}
+	return slog.Default()
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	hdr := w.Header()
+	hdr.Set("Access-Control-Allow-Origin", "*")
+	switch r.Method {
+	case http.MethodOptions:
+		if r.Header.Get("Origin") != "" && r.Header.Get("Access-Control-Request-Method") != "" {
+			hdr.Set("Access-Control-Allow-Methods", "POST, GET, OPTIONS")
+			hdr.Set("Access-Control-Max-Age", "1728000")
+			if ah := r.Header.Get("Access-Control-Request-Headers"); ah != "" {
+				hdr.Set("Access-Control-Allow-Headers", ah)
+			}
+			if r.Header.Get("Access-Control-Request-Private-Network") == "true" {
+				hdr.Set("Access-Control-Allow-Private-Network", "true")
+			}
+		}
+		w.WriteHeader(http.StatusOK)
+	case http.MethodGet:
+		if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			h.serveWebSocket(w, r)
+			return
+		}
+		body, callback := getRequest(r.URL.RawQuery)
+		out, status := h.process(r.Context(), body)
+		h.reply(w, out, status, callback)
+	case http.MethodPost:
+		body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+		if err != nil {
+			return
+		}
+		if len(body) > maxBody {
+			hdr.Set("Connection", "close")
+			http.Error(w, "mflow: JSON-RPC request over 2 MiB", http.StatusRequestEntityTooLarge)
+			return
+		}
+		out, status := h.process(r.Context(), body)
+		h.reply(w, out, status, "")
+	default:
+		hdr.Set("Allow", "GET, POST, OPTIONS")
+		w.WriteHeader(http.StatusMethodNotAllowed)
+	}
+}
+
+func (h *Handler) reply(w http.ResponseWriter, out []byte, status int, callback string) {
+	hdr := w.Header()
+	hdr.Set("Cache-Control", "no-cache")
+	hdr.Set("Expires", time.Now().UTC().Format(http.TimeFormat))
+	if callback != "" {
+		hdr.Set("Content-Type", "text/javascript")
+		out = append(append([]byte(callback+"("), out...), ')')
+	} else {
+		hdr.Set("Content-Type", "application/json-rpc")
+	}
+	w.WriteHeader(status)
+	w.Write(out)
+}
+
+// getRequest rebuilds a JSON-RPC request from a GET query: method, id and base64 params, or, with neither
+// method nor id, a whole base64 request. method and id are taken as they stand, as aria2 does.
+func getRequest(rawQuery string) (body []byte, callback string) {
+	q := map[string]string{}
+	for part := range strings.SplitSeq(rawQuery, "&") {
+		k, v, _ := strings.Cut(part, "=")
+		if _, seen := q[k]; !seen {
+			q[k] = v
+		}
+	}
+	if cb, err := url.QueryUnescape(q["jsoncallback"]); err == nil {
+		callback = cb
+	}
+	params := []byte(nil)
+	if p, ok := q["params"]; ok {
+		unescaped, err := url.QueryUnescape(p)
+		if params, err = base64.StdEncoding.DecodeString(unescaped); err != nil {
+			return []byte(`"bad base64"`), callback // not an object: Invalid Request, as aria2
+		}
+	}
+	method, hasMethod := q["method"]
+	id, hasID := q["id"]
+	if !hasMethod && !hasID {
+		return params, callback
+	}
+	req := map[string]json.RawMessage{}
+	if hasMethod {
+		req["method"], _ = json.Marshal(method)
+	}
+	if hasID {
+		req["id"], _ = json.Marshal(id)
+	}
+	if params != nil {
+		req["params"] = params
+	}
+	body, _ = json.Marshal(req)
+	return body, callback
+}
+
+// process answers one body: a request, or a batch of them. It returns the reply and its HTTP status.
+func (h *Handler) process(ctx context.Context, body []byte) ([]byte, int) {
+	body = bytes.TrimSpace(body)
+	if len(body) > 0 && body[0] == '[' {
+		var batch []json.RawMessage
+		if err := json.Unmarshal(body, &batch); err != nil {
+			return marshal(response{ID: null, JSONRPC: "2.0", Error: errParse}), http.StatusInternalServerError
+		}
+		out := []response{}
+		for _, raw := range batch {
+			if t := bytes.TrimSpace(raw); len(t) == 0 || t[0] != '{' {
+				continue // aria2 drops what is not an object
+			}
+			resp, _ := h.one(ctx, raw)
+			out = append(out, resp)
+		}
+		return marshal(out), http.StatusOK
+	}
+	if !json.Valid(body) {
+		return marshal(response{ID: null, JSONRPC: "2.0", Error: errParse}), http.StatusInternalServerError
+	}
+	resp, status := h.one(ctx, body)
+	return marshal(resp), status
+}
+
+func marshal(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return []byte(`{"id":null,"jsonrpc":"2.0","error":{"code":1,"message":"internal error"}}`)
+	}
+	return b
+}
+
+// one answers a single request object.
+func (h *Handler) one(ctx context.Context, raw json.RawMessage) (response, int) {
+	var req map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &req); err != nil {
+		return response{ID: null, JSONRPC: "2.0", Error: errInvalidRequest}, http.StatusBadRequest
+	}
+	id, hasID := req["id"]
+	if !hasID {
+		return response{ID: null, JSONRPC: "2.0", Error: errInvalidRequest}, http.StatusBadRequest
+	}
+	var method string
+	if err := json.Unmarshal(req["method"], &method); err != nil {
+		return response{ID: id, JSONRPC: "2.0", Error: errInvalidRequest}, http.StatusBadRequest
+	}
+	var params []json.RawMessage
+	if p, ok := req["params"]; ok && string(p) != "null" {
+		if err := json.Unmarshal(p, &params); err != nil {
+			return response{ID: id, JSONRPC: "2.0", Error: errInvalidParams}, http.StatusInternalServerError
+		}
+	}
+	result, err := h.call(ctx, method, params)
+	h.logger().Debug("rpc", "method", method, "err", err)
+	if err != nil {
+		return response{ID: id, JSONRPC: "2.0", Error: &rpcError{1, err.Error()}}, http.StatusBadRequest
+	}
+	return response{ID: id, JSONRPC: "2.0", Result: result}, http.StatusOK
+}
+
+// call runs a method after checking the token, which is taken off the params whether a secret is set or not.
+func (h *Handler) call(ctx context.Context, method string, params []json.RawMessage) (any, error) {
+	m, known := methods[method]
+	if !known {
+		return nil, fmt.Errorf("No such method: %s", method)
+	}
+	if strings.HasPrefix(method, "system.") {
+		return m(h, ctx, params)
+	}
+	var token string
+	if len(params) > 0 {
+		var s string
+		if json.Unmarshal(params[0], &s) == nil && strings.HasPrefix(s, "token:") {
+			token, params = strings.TrimPrefix(s, "token:"), params[1:]
+		}
+	}
+	if h.Secret != "" && token != h.Secret {
+		delay := h.AuthDelay
+		if delay == 0 {
+			delay = time.Second
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+		return nil, errors.New("Unauthorized")
+	}
+	return m(h, ctx, params)
+}
+
+// session is the id getSessionInfo reports.
+func (h *Handler) session() string {
+	h.sessionOnce.Do(func() {
+		var b [20]byte
+		rand.Read(b[:])
+		h.sessionID = hex.EncodeToString(b[:])
+	})
+	return h.sessionID
+}
+
+// serveWebSocket answers calls arriving as text frames, one reply frame each, and sends every task event
+// to the socket as an aria2 notification.
+func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+	if err != nil {
+		return
+	}
+	conn.SetReadLimit(maxBody)
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	events, unsubscribe := h.Store.Subscribe()
+	defer unsubscribe()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case ev := <-events:
+				note := fmt.Sprintf(`{"jsonrpc":"2.0","method":%q,"params":[{"gid":%q}]}`, ev.Method, ev.GID)
+				if conn.Write(ctx, websocket.MessageText, []byte(note)) != nil {
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	defer func() { <-done }()
+	for {
+		_, msg, err := conn.Read(ctx)
+		if err != nil {
+			conn.CloseNow()
+			return
+		}
+		out, _ := h.process(ctx, msg)
+		if conn.Write(ctx, websocket.MessageText, out) != nil {
+			conn.CloseNow()
+			return
+		}
+	}
+}
