@@ -142,11 +142,16 @@ func getRequest(rawQuery string) (body []byte, callback string) {
 	if cb, err := url.QueryUnescape(q["jsoncallback"]); err == nil {
 		callback = cb
 	}
+	// Bad params answer Invalid Request, as aria2 does: a JSON string stands for them, not an object.
+	invalid := []byte(`"bad params"`)
 	params := []byte(nil)
 	if p, ok := q["params"]; ok {
 		unescaped, err := url.QueryUnescape(p)
-		if params, err = base64.StdEncoding.DecodeString(unescaped); err != nil {
-			return []byte(`"bad base64"`), callback // not an object: Invalid Request, as aria2
+		if err != nil {
+			return invalid, callback
+		}
+		if params, err = base64.StdEncoding.DecodeString(unescaped); err != nil || !json.Valid(params) {
+			return invalid, callback
 		}
 	}
 	method, hasMethod := q["method"]
@@ -280,7 +285,6 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 	conn.SetReadLimit(maxBody)
 	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
 	events, unsubscribe := h.Store.Subscribe()
 	defer unsubscribe()
 	done := make(chan struct{})
@@ -299,7 +303,10 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}()
-	defer func() { <-done }()
+	defer func() {
+		cancel() // stops the notifier, then waits for it
+		<-done
+	}()
 	for {
 		_, msg, err := conn.Read(ctx)
 		if err != nil {

@@ -1,7 +1,6 @@
 package task
 
 import (
-	"net/url"
 	"strconv"
 	"strings"
 
@@ -40,8 +39,7 @@ var options = map[string]optionRule{
 	"min-split-size":            sizeIn(1<<20, 1<<30),
 	"lowest-speed-limit":        sizeIn(0, 1<<40),
 	"all-proxy": func(v string) (string, bool) {
-		_, err := url.Parse(v)
-		return v, err == nil
+		return v, proxyURL(v, "", "") != nil
 	},
 	"all-proxy-user":   anyString,
 	"all-proxy-passwd": anyString,

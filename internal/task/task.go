@@ -674,12 +674,14 @@ func (st *Stream) End() {
 	st.store._persist(st.task)
 }
 
+// proxyURL reads aria2's proxy form, [http://][USER:PASSWORD@]HOST[:PORT], with the separate user and
+// password options; nil when it is not one.
 func proxyURL(p, user, pass string) *url.URL {
 	if !strings.Contains(p, "://") {
 		p = "http://" + p
 	}
 	u, err := url.Parse(p)
-	if err != nil {
+	if err != nil || u.Host == "" {
 		return nil
 	}
 	if user != "" {

@@ -1,0 +1,111 @@
+package task
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"mflow/internal/link"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func sized(context.Context, link.Link) (int64, error) { return 1234, nil }
+
+var settings = Settings{Connections: 4, UserAgent: "mflow-test"}
+
+func TestTasksSurviveARestart(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, settings, sized)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept, _ := s.Add([]string{"http://h/a.mp4"}, map[string]string{"header": "Cookie: a=b\n", "out": "A.mp4"}, -1)
+	paused, _ := s.Add([]string{"http://h/b.mp4"}, map[string]string{"pause": "true"}, -1)
+	gone, _ := s.Add([]string{"http://h/c.mp4"}, nil, -1)
+	if _, err := s.Remove(gone); err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.Begin(context.Background(), kept)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Delivered(999)
+	st.End()
+	s.Close()
+
+	s, err = Open(dir, settings, sized)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	active, waiting, stopped := s.Lists()
+	if len(active) != 0 || len(waiting) != 2 || len(stopped) != 0 {
+		t.Fatalf("after a restart: %d active, %d waiting, %d stopped", len(active), len(waiting), len(stopped))
+	}
+	a, b := waiting[0], waiting[1]
+	if a.GID != kept || a.Status != Waiting || a.Delivered != 999 || a.Size != 1234 || a.Name != "A.mp4" || a.Options["header"] != "Cookie: a=b\n" {
+		t.Errorf("first task after a restart: %+v", a)
+	}
+	if b.GID != paused || b.Status != Paused {
+		t.Errorf("second task after a restart: %+v", b)
+	}
+	if _, err := s.Get(gone); err == nil {
+		t.Error("a removed waiting task came back")
+	}
+}
+
+func TestALockedStoreIsAClearError(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, settings, sized)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	began := time.Now()
+	_, err = Open(dir, settings, sized)
+	if err == nil || !strings.Contains(err.Error(), "in use by another mflow") || time.Since(began) > 5*time.Second {
+		t.Fatalf("second Open: %v after %v", err, time.Since(began))
+	}
+}
+
+func TestACorruptStoreIsAClearError(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "tasks.db"), []byte(strings.Repeat("not a database ", 1000)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Open(dir, settings, sized)
+	if err == nil || !strings.Contains(err.Error(), "move it away") {
+		t.Fatalf("Open of a corrupt file: %v", err)
+	}
+}
+
+func TestConnectionsFromSplitAndMaxConnections(t *testing.T) {
+	s := NewStore(settings, sized)
+	defer s.Close()
+	for opts, want := range map[string]int{"": 4, "split=8": 8, "max-connection-per-server=2": 2, "split=16,max-connection-per-server=3": 3} {
+		o := map[string]string{}
+		for kv := range strings.SplitSeq(opts, ",") {
+			if k, v, ok := strings.Cut(kv, "="); ok {
+				o[k] = v
+			}
+		}
+		gid, err := s.Add([]string{"http://h/f"}, o, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := s.Begin(context.Background(), gid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Connections != want {
+			t.Errorf("%q: %d connections, want %d", opts, st.Connections, want)
+		}
+		st.End()
+	}
+}
