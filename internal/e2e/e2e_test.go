@@ -8,8 +8,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -18,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -30,7 +33,8 @@ import (
 var env struct {
 	dir      string // the suite's scratch folder
 	upstream string // nginx's base URL
-	proxy    string // mflow's base URL
+	proxy    string // mflow's base URL, its JSON-RPC secret s3
+	aria2    string // a real aria2c's JSON-RPC URL, secret s3
 	mflowLog string // where mflow logs
 	data     []byte // files/data.bin
 }
@@ -138,7 +142,7 @@ func setUp() (func(), error) {
 	if err != nil {
 		return stop, err
 	}
-	mflow := exec.Command(bin, "--listen", "127.0.0.1", "--port", strconv.Itoa(proxyPort), "-c", "4", "--log-level", "DEBUG", "--in-memory")
+	mflow := exec.Command(bin, "--listen", "127.0.0.1", "--port", strconv.Itoa(proxyPort), "-c", "4", "--log-level", "DEBUG", "--in-memory", "--rpc-secret", "s3")
 	mflow.Stdout, mflow.Stderr = logFile, logFile
 	if err := mflow.Start(); err != nil {
 		return stop, fmt.Errorf("starting mflow: %w", err)
@@ -156,7 +160,36 @@ func setUp() (func(), error) {
 		logFile.Close()
 	})
 	env.proxy = "http://127.0.0.1:" + strconv.Itoa(proxyPort)
-	return stop, waitHTTP(env.proxy + "/")
+	if err := waitHTTP(env.proxy + "/"); err != nil {
+		return stop, err
+	}
+
+	// A real aria2c, the reference the JSON-RPC is compared with.
+	ariaPort := freePort()
+	aria := exec.Command(tools["aria2c"], "--enable-rpc", "--rpc-listen-port="+strconv.Itoa(ariaPort), "--rpc-secret=s3",
+		"--rpc-allow-origin-all", "-d", filepath.Join(env.dir, "aria2"), "--quiet", "--no-conf")
+	if err := aria.Start(); err != nil {
+		return stop, fmt.Errorf("starting aria2c: %w", err)
+	}
+	stops = append(stops, func() { aria.Process.Kill(); aria.Wait() })
+	env.aria2 = "http://127.0.0.1:" + strconv.Itoa(ariaPort) + "/jsonrpc"
+	return stop, waitRPC(env.aria2)
+}
+
+// waitRPC waits until a JSON-RPC endpoint answers.
+func waitRPC(u string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Post(u, "", strings.NewReader(`{"id":1,"method":"system.listMethods"}`))
+		if err == nil {
+			resp.Body.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not answer within 10 s: %v", u, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // nginxConf is the upstream: files capped per connection, a chain of redirects, locations that demand
@@ -352,4 +385,130 @@ func TestAPlayerCutOffLeavesNoUpstreamRequestOpen(t *testing.T) {
 	cancel()
 	resp.Body.Close()
 	upstreamtest.WaitFor(t, "nginx to send no response after the player left", func() bool { return writing(t) == 0 })
+}
+
+// rpcPost sends a raw JSON-RPC body and returns the HTTP status and the decoded reply.
+func rpcPost(t *testing.T, u, body string) (int, any) {
+	t.Helper()
+	resp, err := http.Post(u, "", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var v any
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		t.Fatalf("%s answered %d with no JSON: %v", u, resp.StatusCode, err)
+	}
+	return resp.StatusCode, v
+}
+
+// shape keeps what must match between aria2c and mflow: ids, error codes and messages (multicall's
+// included), and the kind of each result, its value too where it does not depend on the downloads.
+func shape(v any) any {
+	switch x := v.(type) {
+	case []any: // a batch
+		out := []any{}
+		for _, e := range x {
+			out = append(out, shape(e))
+		}
+		return out
+	case map[string]any:
+		out := map[string]any{"id": x["id"]}
+		if e, ok := x["error"]; ok {
+			out["error"] = e
+		}
+		if r, ok := x["result"]; ok {
+			out["result"] = resultShape(r)
+		}
+		return out
+	}
+	return v
+}
+
+func resultShape(v any) any {
+	switch r := v.(type) {
+	case string:
+		if r == "OK" || strings.HasPrefix(r, "aria2.on") {
+			return r
+		}
+		return "string"
+	case []any:
+		out := []any{}
+		for _, e := range r {
+			out = append(out, resultShape(e))
+		}
+		return out
+	case map[string]any:
+		if _, isError := r["code"]; isError {
+			return r // an error inside system.multicall's result
+		}
+		return "object " + strings.Join(slices.Sorted(maps.Keys(r)), ",")
+	}
+	return fmt.Sprintf("%T", v)
+}
+
+func TestRPCAnswersAsARealAria2c(t *testing.T) {
+	for _, body := range []string{
+		`{"jsonrpc":"2.0","id":"q","method":"aria2.getVersion","params":["token:s3"]}`,
+		`{"jsonrpc":"2.0","id":"q","method":"aria2.getVersion","params":["token:bad"]}`,
+		`{"jsonrpc":"2.0","id":"q","method":"aria2.getVersion","params":["token:s3"`,
+		`{"jsonrpc":"2.0","method":"aria2.getVersion"}`,
+		`{"id":7,"method":5}`,
+		`{"id":7,"method":"aria2.getVersion","params":{"a":1}}`,
+		`{"id":0,"method":"aria2.nosuch","params":["token:s3"]}`,
+		`{"json-rpc":"2.0","id":{"x":[1]},"method":"aria2.getGlobalStat","params":["token:s3"]}`,
+		`[{"id":"a","method":"aria2.getGlobalStat","params":["token:s3"]},{"id":"b","method":"aria2.nosuch","params":["token:s3"]},{"method":"aria2.getVersion"},5]`,
+		`[]`,
+		`{"id":1,"method":"aria2.tellStatus","params":["token:s3","zzzz"]}`,
+		`{"id":1,"method":"aria2.tellStatus","params":["token:s3","0123456789abcdef0"]}`,
+		`{"id":1,"method":"aria2.tellStatus","params":["token:s3","0123456789abcdef"]}`,
+		`{"id":1,"method":"aria2.tellStatus","params":["token:s3",5]}`,
+		`{"id":1,"method":"aria2.tellStatus","params":["token:s3"]}`,
+		`{"id":1,"method":"aria2.pause","params":["token:s3","0123456789abcdef"]}`,
+		`{"id":1,"method":"aria2.remove","params":["token:s3","0123456789abcdef"]}`,
+		`{"id":1,"method":"aria2.getOption","params":["token:s3","0123456789abcdef"]}`,
+		`{"id":1,"method":"aria2.changeOption","params":["token:s3","0123456789abcdef",{}]}`,
+		`{"id":1,"method":"aria2.addUri","params":["token:s3",[]]}`,
+		`{"id":1,"method":"aria2.addUri","params":["token:s3","http://x"]}`,
+		`{"id":1,"method":"aria2.addUri","params":["token:s3",["http://x/y"],{},-1]}`,
+		`{"id":1,"method":"aria2.addUri","params":["token:s3",["http://x/y"],{"split":"abc"}]}`,
+		`{"id":1,"method":"aria2.addUri","params":["token:s3",["http://x/y"],"x"]}`,
+		`{"id":1,"method":"aria2.tellWaiting","params":["token:s3"]}`,
+		`{"id":1,"method":"aria2.tellActive","params":["token:s3",["gid"]]}`,
+		`{"id":1,"method":"aria2.pauseAll","params":["token:s3"]}`,
+		`{"id":1,"method":"aria2.unpauseAll","params":["token:s3"]}`,
+		`{"id":1,"method":"aria2.purgeDownloadResult","params":["token:s3"]}`,
+		`{"id":1,"method":"aria2.getSessionInfo","params":["token:s3"]}`,
+		`{"id":1,"method":"system.listNotifications"}`,
+		`{"id":1,"method":"system.multicall","params":["token:s3",[]]}`,
+		`{"id":1,"method":"system.multicall","params":[[{"methodName":"aria2.getVersion","params":["token:bad"]},{"methodName":"system.multicall","params":[]},{"methodName":"aria2.nosuch","params":["token:s3"]},5,{"params":[]}]]}`,
+	} {
+		wantStatus, want := rpcPost(t, env.aria2, body)
+		gotStatus, got := rpcPost(t, env.proxy+"/jsonrpc", body)
+		w, g := shape(want), shape(got)
+		if gotStatus != wantStatus || fmt.Sprint(g) != fmt.Sprint(w) {
+			t.Errorf("%s: mflow %d %v, aria2c %d %v", body, gotStatus, g, wantStatus, w)
+		}
+	}
+}
+
+func TestTaskHeadersReachADriveThatDemandsThem(t *testing.T) {
+	for name, opts := range map[string]map[string]any{
+		"/ua/":      {"header": []string{"User-Agent: DriveUA/2.0"}},
+		"/cookie/":  {"header": "Cookie: session=abc; other=1", "user-agent": "x"},
+		"/referer/": {"referer": "*"},
+	} {
+		body, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": 1, "method": "aria2.addUri",
+			"params": []any{"token:s3", []string{env.upstream + name + "data.bin"}, opts}})
+		status, reply := rpcPost(t, env.proxy+"/jsonrpc", string(body))
+		gid, _ := reply.(map[string]any)["result"].(string)
+		if status != 200 || gid == "" {
+			t.Errorf("%s: addUri answered %d %v", name, status, reply)
+			continue
+		}
+		code, got, err := get(t, env.proxy+"/stream?gid="+gid, "bytes=1000-300999")
+		if err != nil || code != 206 || !bytes.Equal(got, env.data[1000:301000]) {
+			t.Errorf("%s: /stream?gid= answered %d with %d bytes (err %v): %.100s", name, code, len(got), err, got)
+		}
+	}
 }
