@@ -77,6 +77,9 @@ type Target struct {
 type Request struct {
 	Target Target         // what to fetch
 	Span   httprange.Span // the bytes to write, within Target.Version.Size
+	// Mirrors are other copies of the same file, each checked against its own version; chunk requests are
+	// spread across Target and them, and a mirror that fails is set aside for the rest of the stream.
+	Mirrors []Target
 	// Refresh resolves the link again when its signed URL expires (403 or 410 mid-stream). Nil means an
 	// expired link fails the stream.
 	Refresh func(context.Context) (Target, error)
@@ -148,6 +151,9 @@ type stream struct {
 	mu            sync.Mutex    // guards everything below
 	target        Target        // current target; Refresh replaces it
 	targetGen     int           // counts target replacements
+	mirrors       []Target      // other copies of the file
+	mirrorAside   []bool        // mirrors set aside after a failure
+	nextTarget    int           // round-robin position over target and the usable mirrors
 	pieces        []*piece      // pieces not yet written, in order; pieces[0] is the head
 	planned       int64         // offset after the last chunk planned
 	openChunks    int           // chunks planned and not yet written
@@ -181,6 +187,7 @@ type fetch struct {
 	pos       int64                   // next offset this connection will read
 	cancel    context.CancelCauseFunc // ends the current attempt; nil between attempts
 	gen       int                     // target generation the attempt uses
+	mirror    int                     // the mirror the attempt uses, 1-based; 0 is the target
 	got       int64                   // bytes the current attempt read
 	sampled   int64                   // got at the last sample
 	samples   int                     // samples taken of the current attempt
@@ -201,6 +208,8 @@ func (e *Engine) newStream(ctx context.Context, req Request) *stream {
 		minSpeed:    req.MinSpeed,
 		headMoved:   make(chan struct{}, 1),
 		target:      req.Target,
+		mirrors:     req.Mirrors,
+		mirrorAside: make([]bool, len(req.Mirrors)),
 		planned:     req.Span.Start,
 		written:     req.Span.Start,
 		changed:     make(chan struct{}),
@@ -483,7 +492,11 @@ func (s *stream) attempt(p *piece, f *fetch) error {
 	}
 	f.pos = max(f.pos, p.filled)
 	span := httprange.Span{Start: f.pos, End: p.end - 1}
+	f.mirror = s._pickTarget()
 	target := s.target
+	if f.mirror > 0 {
+		target = s.mirrors[f.mirror-1]
+	}
 	ctx, cancel := context.WithCancelCause(s.ctx)
 	f.cancel, f.gen, f.got, f.sampled, f.samples, f.rate, f.quiet, f.slowCount = cancel, s.targetGen, 0, 0, 0, 0, 0, 0
 	s.mu.Unlock()
@@ -515,6 +528,19 @@ func (s *stream) attempt(p *piece, f *fetch) error {
 			return attemptError(ctx, err)
 		}
 	}
+}
+
+// _pickTarget takes turns between the target and the mirrors not set aside: 0 is the target, n the nth
+// mirror. Call with the lock held.
+func (s *stream) _pickTarget() int {
+	for range len(s.mirrors) + 1 {
+		i := s.nextTarget % (len(s.mirrors) + 1)
+		s.nextTarget++
+		if i == 0 || !s.mirrorAside[i-1] {
+			return i
+		}
+	}
+	return 0
 }
 
 // attemptError names why an attempt ended: the cause of its cancellation when it was cancelled.
@@ -569,6 +595,14 @@ func (s *stream) retryPlan(p *piece, f *fetch, err error) (time.Duration, error)
 	where := fmt.Sprintf("bytes %d-%d", f.pos, p.end-1)
 	if retries > s.e.Retries {
 		return 0, fmt.Errorf("%s: gave up after %d retries: %w", where, s.e.Retries, err)
+	}
+	if f.mirror > 0 && !errors.Is(err, errSlow) && !errors.Is(err, errStalled) {
+		// A mirror that fails is dropped at once: the target and the other mirrors carry on.
+		s.mu.Lock()
+		s.mirrorAside[f.mirror-1] = true
+		s.mu.Unlock()
+		s.log.Info("mirror set aside", "mirror", upstream.Redact(s.mirrors[f.mirror-1].URL), "err", err)
+		return 0, nil
 	}
 	var status *upstream.StatusError
 	switch {

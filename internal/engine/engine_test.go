@@ -389,3 +389,28 @@ func TestStreamOfTheLastByteOnly(t *testing.T) {
 		t.Fatalf("got %v, %v", got, err)
 	}
 }
+
+func TestMirrorsShareTheChunksAndAFailingOneIsSetAside(t *testing.T) {
+	file := upstreamtest.RandomFile(2 << 20)
+	a := upstreamtest.New(file, upstreamtest.Options{})
+	defer a.Close()
+	b := upstreamtest.New(file, upstreamtest.Options{})
+	defer b.Close()
+	broken := upstreamtest.New(file, upstreamtest.Options{Fault: func(int64, *http.Request) upstreamtest.Fault {
+		return upstreamtest.Fault{Status: http.StatusInternalServerError}
+	}})
+	defer broken.Close()
+	e := newEngine(t, a, 64<<10, 4)
+	span := httprange.Span{Start: 0, End: int64(len(file)) - 1}
+	got, stats, err := stream(t, e, engine.Request{Target: target(a), Mirrors: []engine.Target{target(b), target(broken)}, Span: span})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkBytes(t, got, file, span)
+	if a.Requests() < 5 || b.Requests() < 5 {
+		t.Errorf("requests: %d to the target, %d to the good mirror; want the chunks spread over both", a.Requests(), b.Requests())
+	}
+	if n := broken.Requests(); n != 1 || stats.Retries != 1 {
+		t.Errorf("the failing mirror got %d requests (%d retries); want one, then set aside", n, stats.Retries)
+	}
+}

@@ -30,6 +30,8 @@ type Link struct {
 	Header http.Header
 	// Name, when set, is the file name the player is told.
 	Name string
+	// Mirrors are other URLs of the same file, asked for with the same headers.
+	Mirrors []string
 }
 
 // Meta is what a probe learned about a link.
@@ -115,6 +117,48 @@ func (r *Resolver) Size(ctx context.Context, l Link) (int64, error) {
 		return 0, err
 	}
 	return m.Version.Size, nil
+}
+
+// mirrorGrace is how long a stream waits for its mirrors' probes once the link's own has answered: a dead
+// mirror must not hold up the first byte.
+const mirrorGrace = time.Second
+
+// Mirrors starts probing l's mirrors. The function it returns waits at most mirrorGrace more for their
+// answers and gives the mirrors that answer Range requests for a file of primary's size.
+func (r *Resolver) Mirrors(ctx context.Context, l Link) func(primary *Meta) []engine.Target {
+	type answer struct {
+		i int
+		m *Meta
+	}
+	answers := make(chan answer, len(l.Mirrors))
+	for i, u := range l.Mirrors {
+		mirror := Link{URL: u, Header: l.Header}
+		go func() {
+			m, _ := r.Resolve(ctx, mirror)
+			answers <- answer{i, m}
+		}()
+	}
+	return func(primary *Meta) []engine.Target {
+		found := make([]*Meta, len(l.Mirrors))
+		grace := time.NewTimer(mirrorGrace)
+		defer grace.Stop()
+	wait:
+		for range l.Mirrors {
+			select {
+			case a := <-answers:
+				found[a.i] = a.m
+			case <-grace.C:
+				break wait
+			}
+		}
+		var targets []engine.Target
+		for i, m := range found {
+			if m != nil && m.Ranges && m.Version.Size == primary.Version.Size {
+				targets = append(targets, m.Target(Link{URL: l.Mirrors[i], Header: l.Header}))
+			}
+		}
+		return targets
+	}
 }
 
 // Refresher is the engine's hook to resolve l again when its signed URL expires mid-stream.

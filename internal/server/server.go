@@ -151,6 +151,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 		defer p.task.End()
 	}
 	l := p.link
+	mirrors := s.Resolver.Mirrors(p.ctx, l) // probed alongside the link's own probe
 	meta, err := s.Resolver.Resolve(p.ctx, l)
 	if err != nil {
 		if p.ctx.Err() == nil {
@@ -190,7 +191,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodHead {
 			return
 		}
-		s.run(w, r, p, meta, httprange.Span{Start: 0, End: -1}, http.StatusOK)
+		s.run(w, r, p, meta, nil, httprange.Span{Start: 0, End: -1}, http.StatusOK)
 		return
 	}
 	h.Set("Accept-Ranges", "bytes")
@@ -213,7 +214,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(status)
 		return
 	}
-	s.run(w, r, p, meta, span, status)
+	s.run(w, r, p, meta, mirrors(meta), span, status)
 }
 
 // ifRangeHolds reports whether an If-Range header (absent, or naming the current version) lets a Range
@@ -224,7 +225,7 @@ func ifRangeHolds(ifRange string, v upstream.Version) bool {
 
 // run streams span with status and logs the stream's start and end. The status line goes out with the
 // first byte, so a stream that fails before any byte still gets an error status.
-func (s *Server) run(w http.ResponseWriter, r *http.Request, p plan, meta *link.Meta, span httprange.Span, status int) {
+func (s *Server) run(w http.ResponseWriter, r *http.Request, p plan, meta *link.Meta, mirrors []engine.Target, span httprange.Span, status int) {
 	id := s.streams.Add(1)
 	log := s.logger().With("stream", id)
 	if p.task != nil {
@@ -236,7 +237,7 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, p plan, meta *link.
 	var stats engine.Stats
 	var err error
 	if meta.Ranges {
-		stats, err = s.Engine.Stream(p.ctx, out, engine.Request{Target: meta.Target(p.link), Span: span, Refresh: s.Resolver.Refresher(p.link),
+		stats, err = s.Engine.Stream(p.ctx, out, engine.Request{Target: meta.Target(p.link), Mirrors: mirrors, Span: span, Refresh: s.Resolver.Refresher(p.link),
 			Connections: p.connections, MinSpeed: p.minSpeed, Logger: log})
 	} else {
 		stats, err = s.Engine.Relay(p.ctx, out, meta.Target(p.link), span)

@@ -512,3 +512,28 @@ func newStore(t *testing.T, r *link.Resolver) *task.Store {
 	t.Cleanup(st.Close)
 	return st
 }
+
+func TestATaskWithMirrorsSpreadsItsChunks(t *testing.T) {
+	file := upstreamtest.RandomFile(2 << 20)
+	a := upstreamtest.New(file, upstreamtest.Options{})
+	defer a.Close()
+	b := upstreamtest.New(file, upstreamtest.Options{})
+	defer b.Close()
+	other := upstreamtest.New(upstreamtest.RandomFile(1<<20), upstreamtest.Options{}) // not the same file
+	defer other.Close()
+	var gid string
+	p := newProxy(t, func(s *server.Server) {
+		s.Tasks = newStore(t, s.Resolver)
+		gid, _ = s.Tasks.Add([]string{a.URL + "/f.mp4", other.URL + "/f.mp4", b.URL + "/f.mp4"}, nil, -1)
+	})
+	resp, body := p.get(t, "GET", "/stream?gid="+gid, "")
+	if resp.StatusCode != 200 || !bytes.Equal(body, file) {
+		t.Fatalf("%d, %d bytes", resp.StatusCode, len(body))
+	}
+	if a.Requests() < 5 || b.Requests() < 5 {
+		t.Errorf("requests: %d to the first URI, %d to its mirror; want the chunks spread over both", a.Requests(), b.Requests())
+	}
+	if n := other.Requests(); n > 2 {
+		t.Errorf("the mirror of another size got %d requests; want only its probes", n)
+	}
+}

@@ -586,7 +586,7 @@ func (s *Store) _link(t *Task) link.Link {
 			h.Set(strings.TrimSpace(name), strings.TrimSpace(value)) // a header line replaces the default
 		}
 	}
-	return link.Link{URL: t.URIs[0], Header: link.CleanHeader(h), Name: t.Options["out"]}
+	return link.Link{URL: t.URIs[0], Header: link.CleanHeader(h), Name: t.Options["out"], Mirrors: t.URIs[1:]}
 }
 
 // Stream is one player's stream of a task.

@@ -37,6 +37,13 @@ func TestTasksSurviveARestart(t *testing.T) {
 	}
 	st.Delivered(999)
 	st.End()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) { // the background probe
+		if v, _ := s.Get(kept); v.Size == 1234 {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatal("the background probe never sized the task")
+		}
+	}
 	s.Close()
 
 	s, err = Open(dir, settings, sized)
