@@ -537,3 +537,45 @@ func TestATaskWithMirrorsSpreadsItsChunks(t *testing.T) {
 		t.Errorf("the mirror of another size got %d requests; want only its probes", n)
 	}
 }
+
+func TestATaskWithAProxyFetchesThroughIt(t *testing.T) {
+	file := upstreamtest.RandomFile(500_000)
+	u := upstreamtest.New(file, upstreamtest.Options{})
+	defer u.Close()
+	var proxied atomic.Int64
+	forward := &http.Transport{}
+	defer forward.CloseIdleConnections()
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !r.URL.IsAbs() {
+			http.Error(w, "not a proxy request", http.StatusBadRequest)
+			return
+		}
+		proxied.Add(1)
+		out := r.Clone(r.Context())
+		out.RequestURI = ""
+		resp, err := forward.RoundTrip(out)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		for k, v := range resp.Header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(resp.StatusCode)
+		io.Copy(w, resp.Body)
+	}))
+	defer proxy.Close()
+	var gid string
+	p := newProxy(t, func(s *server.Server) {
+		s.Tasks = newStore(t, s.Resolver)
+		gid, _ = s.Tasks.Add([]string{u.URL + "/f.mp4"}, map[string]string{"all-proxy": strings.TrimPrefix(proxy.URL, "http://")}, -1)
+	})
+	resp, body := p.get(t, "GET", "/stream?gid="+gid, "bytes=100-400099")
+	if resp.StatusCode != 206 || !bytes.Equal(body, file[100:400100]) {
+		t.Fatalf("%d, %d bytes", resp.StatusCode, len(body))
+	}
+	if proxied.Load() < 2 || proxied.Load() != u.Requests() {
+		t.Errorf("%d requests through the proxy, %d at the upstream: want them all proxied", proxied.Load(), u.Requests())
+	}
+}

@@ -249,8 +249,12 @@ func (s *Store) probeSize(gid string) {
 		return
 	}
 	l := s._link(t)
+	ctx := s.ctx
+	if p := s._proxy(t); p != nil {
+		ctx = upstream.WithProxy(ctx, p)
+	}
 	s.mu.Unlock()
-	size, err := s.probe(s.ctx, l)
+	size, err := s.probe(ctx, l)
 	if s.ctx.Err() != nil {
 		return
 	}
@@ -628,9 +632,7 @@ func (s *Store) Begin(ctx context.Context, gid string) (*Stream, error) {
 	} else {
 		st.MinSpeed = s.settings.MinSpeed
 	}
-	if p := t.Options["all-proxy"]; p != "" {
-		st.Proxy = proxyURL(p, t.Options["all-proxy-user"], t.Options["all-proxy-passwd"])
-	}
+	st.Proxy = s._proxy(t)
 	st.Context, st.cancel = context.WithCancel(ctx)
 	if len(t.streams) == 0 {
 		t.sampleAt, t.sampleBytes, t.speed = time.Now(), t.Delivered, 0
@@ -672,6 +674,14 @@ func (st *Stream) End() {
 	defer st.store.mu.Unlock()
 	delete(st.task.streams, st)
 	st.store._persist(st.task)
+}
+
+// _proxy is the HTTP proxy t's requests go through, nil for none. Call with the lock held.
+func (s *Store) _proxy(t *Task) *url.URL {
+	if p := t.Options["all-proxy"]; p != "" {
+		return proxyURL(p, t.Options["all-proxy-user"], t.Options["all-proxy-passwd"])
+	}
+	return nil
 }
 
 // proxyURL reads aria2's proxy form, [http://][USER:PASSWORD@]HOST[:PORT], with the separate user and
