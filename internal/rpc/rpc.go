@@ -279,6 +279,11 @@ func (h *Handler) session() string {
 // serveWebSocket answers calls arriving as text frames, one reply frame each, and sends every task event
 // to the socket as an aria2 notification.
 func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Sec-WebSocket-Version") != "13" {
+		w.Header().Set("Sec-WebSocket-Version", "13")
+		w.WriteHeader(http.StatusUpgradeRequired)
+		return
+	}
 	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
 	if err != nil {
 		return

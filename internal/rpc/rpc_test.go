@@ -211,6 +211,15 @@ func TestPreflightAndLimits(t *testing.T) {
 		h.Get("Access-Control-Allow-Headers") != "content-type" || h.Get("Access-Control-Max-Age") != "1728000" || h.Get("Access-Control-Allow-Private-Network") != "true" {
 		t.Errorf("preflight: %d %v", resp.StatusCode, h)
 	}
+	ws, _ := http.NewRequest(http.MethodGet, r.URL+"/jsonrpc", nil)
+	ws.Header.Set("Upgrade", "websocket")
+	ws.Header.Set("Connection", "Upgrade")
+	ws.Header.Set("Sec-WebSocket-Version", "8")
+	if resp, err := http.DefaultClient.Do(ws); err != nil || resp.StatusCode != http.StatusUpgradeRequired || resp.Header.Get("Sec-WebSocket-Version") != "13" {
+		t.Errorf("WebSocket version 8: %v %v, want 426 naming version 13", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	big := `{"id":1,"method":"aria2.getVersion","params":["token:s3","` + strings.Repeat("x", 2<<20) + `"]}`
 	if status, _ := r.post(t, big); status != http.StatusRequestEntityTooLarge {
 		t.Errorf("a body over 2 MiB: %d, want 413", status)
