@@ -15,4 +15,7 @@ require (
 	golang.org/x/time v0.16.0
 )
 
-require golang.org/x/sys v0.45.0 // indirect
+require (
+	github.com/maypok86/otter/v2 v2.4.0 // indirect
+	golang.org/x/sys v0.45.0 // indirect
+)

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"mflow/internal/bytesize"
+	"mflow/internal/chunkcache"
 	"mflow/internal/engine"
 	"mflow/internal/link"
 	"mflow/internal/server"
@@ -67,7 +68,7 @@ func run(size int, perConn float64, firstByteRuns int, plotTo string) error {
 	fmt.Println("|---|---|---|---|---|---|")
 	var rows []row
 	for _, n := range []int{1, 2, 4, 8} {
-		proxy, closeProxy := startProxy(n, 1<<20)
+		proxy, closeProxy := startProxy(n, 1<<20, nil)
 		took, err := timeGet(player, proxy+"/stream?url="+url.QueryEscape(fileURL), size)
 		closeProxy()
 		if err != nil {
@@ -88,7 +89,23 @@ func run(size int, perConn float64, firstByteRuns int, plotTo string) error {
 		rows = append(rows, row{n: n, ideal: float64(n) * oneRate, mflow: rate, aria: ariaRate})
 	}
 
-	proxy, closeProxy := startProxy(4, 4<<20)
+	// A second play of the same film, with the memory cache on: nothing goes upstream but one probe.
+	cached, closeCached := startProxy(4, 1<<20, chunkcache.NewMemory(int64(size)*2))
+	streamOf := cached + "/stream?url=" + url.QueryEscape(fileURL+"?replay")
+	first, err := timeGet(player, streamOf, size)
+	if err != nil {
+		return fmt.Errorf("first play with --cache: %w", err)
+	}
+	before := up.Requests()
+	second, err := timeGet(player, streamOf, size)
+	closeCached()
+	if err != nil {
+		return fmt.Errorf("second play with --cache: %w", err)
+	}
+	fmt.Printf("\nSecond play with --cache, -c 4: first %s/s, second %s/s (%.0f×), %d requests upstream the second time.\n",
+		bytesize.Human(float64(size)/first.Seconds()), bytesize.Human(float64(size)/second.Seconds()), first.Seconds()/second.Seconds(), up.Requests()-before)
+
+	proxy, closeProxy := startProxy(4, 4<<20, nil)
 	defer closeProxy()
 	var direct, viaProxy []time.Duration
 	for i := range firstByteRuns {
@@ -166,13 +183,13 @@ unset multiplot
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// startProxy runs mflow in this process with n connections per stream and the given chunk size.
-func startProxy(n int, chunk int64) (string, func()) {
+// startProxy runs mflow in this process with n connections per stream, the given chunk size and cache.
+func startProxy(n int, chunk int64, cache engine.Cache) (string, func()) {
 	client := upstream.NewClient(upstream.Config{})
 	quiet := slog.New(slog.DiscardHandler)
 	s := &server.Server{
 		Resolver:  &link.Resolver{Client: client, MaxRedirects: 3},
-		Engine:    &engine.Engine{Client: client, ChunkSize: chunk, Connections: n, Retries: 5, MaxRedirects: 3, Logger: quiet},
+		Engine:    &engine.Engine{Client: client, ChunkSize: chunk, Connections: n, Retries: 5, MaxRedirects: 3, Cache: cache, Logger: quiet},
 		UserAgent: "mflow-bench",
 		Logger:    quiet,
 	}

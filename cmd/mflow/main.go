@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"mflow/internal/bytesize"
+	"mflow/internal/chunkcache"
 	"mflow/internal/engine"
 	"mflow/internal/link"
 	"mflow/internal/logging"
@@ -47,6 +48,9 @@ type options struct {
 	retry           int
 	logLevel        string
 	cache           bool
+	cacheSize       int64
+	cacheDir        string
+	cacheDirSize    int64
 	minSpeed        int64
 	maxRedirects    int
 	hostConnections int
@@ -71,7 +75,10 @@ func parseFlags(args []string) (options, string, error) {
 	fs.VarP(newIntFlag(&o.retry, 5, 0, 100), "retry", "r", "retries of one chunk before the stream fails")
 	o.logLevel = "INFO"
 	fs.Var(levelFlag{&o.logLevel}, "log-level", "DEBUG, INFO, WARNING, ERROR or CRITICAL")
-	fs.BoolVar(&o.cache, "cache", false, "keep fetched chunks in memory (not built yet: accepted and ignored)")
+	fs.BoolVar(&o.cache, "cache", false, "keep fetched chunks in memory, up to --cache-size")
+	fs.Var(bytesize.NewValue(&o.cacheSize, 256<<20), "cache-size", "the memory cache's size (K, M, G)")
+	fs.StringVar(&o.cacheDir, "cache-dir", "", "keep fetched chunks on disk in this folder, across restarts")
+	fs.Var(bytesize.NewValue(&o.cacheDirSize, 10<<30), "cache-dir-size", "the disk cache's size (K, M, G); the least recently used chunks go first")
 	fs.Var(bytesize.NewValue(&o.minSpeed, 0), "min-speed", "replace a connection slower than this per second for 3 s (100K, 0.5M; 0 = off)")
 	fs.Var(newIntFlag(&o.maxRedirects, 3, 0, 30), "max-redirects", "redirects followed per request")
 	fs.Var(newIntFlag(&o.hostConnections, 16, 1, 256), "host-connections", "connections to one upstream host across all streams")
@@ -129,9 +136,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	} else {
 		log = logging.NewTo(stderr, level, true)
 	}
-	if o.cache {
-		log.Warn("--cache is accepted but the chunk cache is not built yet; streaming without it")
-	}
 
 	addr := net.JoinHostPort(o.listen, strconv.Itoa(o.port))
 	ln, err := net.Listen("tcp", addr)
@@ -151,11 +155,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer tasks.Close()
+	cache, err := openCache(o, log)
+	if err != nil {
+		ln.Close()
+		fmt.Fprintf(stderr, "mflow: %v\n", err)
+		return 1
+	}
 	srv := &server.Server{
 		Resolver:     resolver,
 		Tasks:        tasks,
 		RPC:          &rpc.Handler{Store: tasks, Secret: o.rpcSecret, Version: versionString(), Logger: log},
-		Engine:       &engine.Engine{Client: client, ChunkSize: o.chunkSize, Connections: o.connections, Retries: o.retry, MinSpeed: o.minSpeed, MaxRedirects: o.maxRedirects, Logger: log},
+		Engine:       &engine.Engine{Client: client, ChunkSize: o.chunkSize, Connections: o.connections, Retries: o.retry, MinSpeed: o.minSpeed, MaxRedirects: o.maxRedirects, Cache: cache, Logger: log},
 		RelayNoRange: o.relayNoRange,
 		UserAgent:    userAgent,
 		Version:      versionString(),
@@ -190,6 +200,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	<-served
 	return 0
+}
+
+// openCache builds the chunk cache the flags ask for: memory with --cache, disk with --cache-dir, or both.
+func openCache(o options, log *slog.Logger) (engine.Cache, error) {
+	var tiers chunkcache.Tiered
+	if o.cache {
+		tiers.Memory = chunkcache.NewMemory(o.cacheSize)
+	}
+	if o.cacheDir != "" {
+		d, err := chunkcache.OpenDisk(o.cacheDir, o.cacheDirSize, log)
+		if err != nil {
+			return nil, err
+		}
+		tiers.Disk = d
+	}
+	if tiers.Memory == nil && tiers.Disk == nil {
+		return nil, nil
+	}
+	return tiers, nil
 }
 
 // openTasks opens the task store where the flags say: in memory, --state-dir, or the user's state folder.

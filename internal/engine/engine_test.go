@@ -414,3 +414,55 @@ func TestMirrorsShareTheChunksAndAFailingOneIsSetAside(t *testing.T) {
 		t.Errorf("the failing mirror got %d requests (%d retries); want one, then set aside", n, stats.Retries)
 	}
 }
+
+func TestPlayersOfOneFileShareChunkDownloads(t *testing.T) {
+	file := upstreamtest.RandomFile(4 << 20)
+	u := upstreamtest.New(file, upstreamtest.Options{PerConn: 4 << 20})
+	defer u.Close()
+	e := newEngine(t, u, 256<<10, 4)
+	span := httprange.Span{Start: 0, End: int64(len(file)) - 1}
+	req := engine.Request{Target: target(u), Span: span, FileKey: "film"}
+	var wg sync.WaitGroup
+	outs := make([][]byte, 2)
+	for i := range outs {
+		wg.Go(func() {
+			got, _, err := stream(t, e, req)
+			if err != nil {
+				t.Error(err)
+			}
+			outs[i] = got
+		})
+	}
+	wg.Wait()
+	for _, got := range outs {
+		checkBytes(t, got, file, span)
+	}
+	if served := u.Served(); served > int64(len(file))*5/4 {
+		t.Errorf("upstream sent %d bytes for two players of a %d-byte file; want each chunk about once", served, len(file))
+	}
+}
+
+func TestAPlayerLeavingDoesNotCostTheOtherItsBytes(t *testing.T) {
+	file := upstreamtest.RandomFile(4 << 20)
+	u := upstreamtest.New(file, upstreamtest.Options{PerConn: 2 << 20})
+	defer u.Close()
+	e := newEngine(t, u, 512<<10, 4)
+	span := httprange.Span{Start: 0, End: int64(len(file)) - 1}
+	req := engine.Request{Target: target(u), Span: span, FileKey: "film"}
+	leaver := make(chan error, 1)
+	go func() {
+		_, err := e.Stream(t.Context(), &failingWriter{limit: 600 << 10}, req) // leaves inside the second chunk
+		leaver <- err
+	}()
+	got, _, err := stream(t, e, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkBytes(t, got, file, span)
+	if err := <-leaver; !errors.Is(err, engine.ErrPlayerGone) {
+		t.Fatalf("the leaving player: %v", err)
+	}
+	if served := u.Served(); served > int64(len(file))*5/4 {
+		t.Errorf("upstream sent %d bytes for a %d-byte file; the pieces the leaver's connections had filled were fetched again", served, len(file))
+	}
+}

@@ -44,6 +44,13 @@ type Meta struct {
 	probed      time.Time        // when the probe answered
 }
 
+// FileKey names the file this probe found, for sharing and caching its chunks: identity names the link
+// as the user gave it (or the task holding it), never a signed redirect target; the version's size and
+// validators make a changed file another key.
+func (m *Meta) FileKey(identity string) string {
+	return fmt.Sprintf("%s\x00%d\x00%s\x00%s", identity, m.Version.Size, m.Version.ETag, m.Version.LastModified)
+}
+
 // Target is what the engine fetches for l, as this probe found it.
 func (m *Meta) Target(l Link) engine.Target {
 	return engine.Target{URL: m.URL, Header: l.Header, Version: m.Version}
@@ -71,7 +78,7 @@ const maxCached = 512
 
 // Resolve returns what a recent probe of l found, or probes it.
 func (r *Resolver) Resolve(ctx context.Context, l Link) (*Meta, error) {
-	key := cacheKey(l)
+	key := Identity(l)
 	r.mu.Lock()
 	m := r.probe[key]
 	r.mu.Unlock()
@@ -83,7 +90,7 @@ func (r *Resolver) Resolve(ctx context.Context, l Link) (*Meta, error) {
 
 // Refresh probes l again, whatever is cached, and caches the answer.
 func (r *Resolver) Refresh(ctx context.Context, l Link) (*Meta, error) {
-	key := cacheKey(l)
+	key := Identity(l)
 	// The probe runs detached from the first caller, so that caller leaving does not fail the others.
 	ch := r.group.DoChan(key, func() (any, error) {
 		timeout := r.Timeout
@@ -197,8 +204,8 @@ func (r *Resolver) store(key string, m *Meta) {
 	}
 }
 
-// cacheKey names a link by its URL and headers: the same URL with another Cookie may be another file.
-func cacheKey(l Link) string {
+// Identity names a link by its URL and headers: the same URL with another Cookie may be another file.
+func Identity(l Link) string {
 	var b strings.Builder
 	b.WriteString(l.URL)
 	for _, name := range slices.Sorted(maps.Keys(l.Header)) {

@@ -237,7 +237,11 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, p plan, meta *link.
 	var stats engine.Stats
 	var err error
 	if meta.Ranges {
-		stats, err = s.Engine.Stream(p.ctx, out, engine.Request{Target: meta.Target(p.link), Mirrors: mirrors, Span: span, Refresh: s.Resolver.Refresher(p.link),
+		identity := link.Identity(p.link)
+		if p.task != nil {
+			identity = "task " + p.task.GID
+		}
+		stats, err = s.Engine.Stream(p.ctx, out, engine.Request{Target: meta.Target(p.link), FileKey: meta.FileKey(identity), Mirrors: mirrors, Span: span, Refresh: s.Resolver.Refresher(p.link),
 			Connections: p.connections, MinSpeed: p.minSpeed, Logger: log})
 	} else {
 		stats, err = s.Engine.Relay(p.ctx, out, meta.Target(p.link), span)

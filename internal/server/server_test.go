@@ -19,6 +19,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"mflow/internal/chunkcache"
 	"mflow/internal/engine"
 	"mflow/internal/link"
 	"mflow/internal/server"
@@ -577,5 +578,29 @@ func TestATaskWithAProxyFetchesThroughIt(t *testing.T) {
 	}
 	if proxied.Load() < 2 || proxied.Load() != u.Requests() {
 		t.Errorf("%d requests through the proxy, %d at the upstream: want them all proxied", proxied.Load(), u.Requests())
+	}
+}
+
+func TestARangePlayedTwiceCostsAtMostOneProbe(t *testing.T) {
+	file := upstreamtest.RandomFile(2 << 20)
+	u := upstreamtest.New(file, upstreamtest.Options{})
+	defer u.Close()
+	for _, c := range []struct {
+		ttl  time.Duration
+		want int64
+	}{{0, 0}, {-1, 1}} { // the probe reused, or expired: then one probe revalidates, and no chunk is fetched
+		p := newProxy(t, func(s *server.Server) {
+			s.Engine.Cache = chunkcache.NewMemory(64 << 20)
+			s.Resolver.TTL = c.ttl
+		})
+		p.get(t, "GET", streamPath(u.URL+"/f.mp4"), "bytes=100000-1500000")
+		before := u.Requests()
+		resp, body := p.get(t, "GET", streamPath(u.URL+"/f.mp4"), "bytes=100000-1500000")
+		if resp.StatusCode != 206 || !bytes.Equal(body, file[100000:1500001]) {
+			t.Fatalf("replay: %d, %d bytes", resp.StatusCode, len(body))
+		}
+		if n := u.Requests() - before; n != c.want {
+			t.Errorf("probe reuse %v: the replay sent %d requests upstream, want %d", c.ttl, n, c.want)
+		}
 	}
 }

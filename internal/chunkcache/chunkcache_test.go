@@ -1,0 +1,114 @@
+package chunkcache
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var quiet = slog.New(slog.DiscardHandler)
+
+func chunkOf(i int) []byte { return bytes.Repeat([]byte{byte(i)}, 1<<20) }
+
+func TestMemoryHitsMissesAndItsBound(t *testing.T) {
+	m := NewMemory(16 << 20)
+	if _, ok := m.Get("a"); ok {
+		t.Fatal("a hit in an empty cache")
+	}
+	data := chunkOf(1)
+	m.Put("a", data)
+	data[0] = 99 // Put keeps its own copy
+	if got, ok := m.Get("a"); !ok || !bytes.Equal(got, chunkOf(1)) {
+		t.Fatal("a miss, or other bytes, for what was put")
+	}
+	for i := range 100 {
+		m.Put(fmt.Sprint("k", i), chunkOf(i))
+		if b := m.Bytes(); b > 16<<20+1<<10 {
+			t.Fatalf("after %d puts the cache holds %d bytes, over its 16 MiB bound", i+1, b)
+		}
+	}
+}
+
+func TestDiskKeepsChunksAcrossAReopen(t *testing.T) {
+	dir := t.TempDir()
+	d, err := OpenDisk(dir, 64<<20, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		d.Put(fmt.Sprint("k", i), chunkOf(i))
+	}
+	os.WriteFile(filepath.Join(dir, "ab", "left-by-kill.tmp"), []byte("half"), 0o600)
+	d, err = OpenDisk(dir, 64<<20, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if got, ok := d.Get(fmt.Sprint("k", i)); !ok || !bytes.Equal(got, chunkOf(i)) {
+			t.Errorf("chunk %d lost across a reopen", i)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "ab", "left-by-kill.tmp")); !os.IsNotExist(err) {
+		t.Error("a temporary file a killed mflow left behind is still there")
+	}
+}
+
+func TestDiskNeverServesATornOrCorruptChunk(t *testing.T) {
+	d, err := OpenDisk(t.TempDir(), 64<<20, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, damage := range map[string]func(path string){
+		"corrupt": func(path string) {
+			raw, _ := os.ReadFile(path)
+			raw[len(raw)/2] ^= 0xff
+			os.WriteFile(path, raw, 0o600)
+		},
+		"torn":  func(path string) { os.Truncate(path, 1000) },
+		"empty": func(path string) { os.Truncate(path, 0) },
+	} {
+		d.Put(name, chunkOf(7))
+		path := d.path(filename(name))
+		damage(path)
+		if _, ok := d.Get(name); ok {
+			t.Errorf("%s chunk served", name)
+		}
+		if _, err := os.Stat(path); !os.IsNotExist(err) {
+			t.Errorf("%s chunk file kept", name)
+		}
+		d.Put(name, chunkOf(7)) // fetched again, it is kept again
+		if got, ok := d.Get(name); !ok || !bytes.Equal(got, chunkOf(7)) {
+			t.Errorf("%s chunk not kept after it was fetched again", name)
+		}
+	}
+}
+
+func TestDiskEvictsTheLeastRecentlyUsed(t *testing.T) {
+	d, err := OpenDisk(t.TempDir(), 3<<20+3*headerSize, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		d.Put(fmt.Sprint("k", i), chunkOf(i))
+	}
+	d.Get("k0") // k1 is now the least recently used
+	d.Put("k3", chunkOf(3))
+	if _, ok := d.Get("k1"); ok {
+		t.Error("k1, least recently used, was kept")
+	}
+	for _, k := range []string{"k0", "k2", "k3"} {
+		if _, ok := d.Get(k); !ok {
+			t.Errorf("%s evicted", k)
+		}
+	}
+	if d.Bytes() > 3<<20+3*headerSize {
+		t.Errorf("%d bytes on disk, over the bound", d.Bytes())
+	}
+}

@@ -1,0 +1,216 @@
+package chunkcache
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Disk keeps chunks as files in a folder, across restarts, bounded in bytes, the least recently used
+// evicted first. Each file is written whole (a temporary file, then a rename) and carries a checksum, so
+// a torn or corrupt chunk is found when read, removed and fetched again, never served.
+type Disk struct {
+	dir      string
+	maxBytes int64
+	log      *slog.Logger
+
+	mu    sync.Mutex
+	files map[string]*entry // by file name
+	bytes int64             // the size of all files
+}
+
+// entry is one chunk file.
+type entry struct {
+	size int64     // bytes on disk
+	used time.Time // last written or read
+}
+
+// header is what precedes a chunk's bytes in its file.
+const (
+	magic      = "MFC1"
+	headerSize = 4 + 8 + 4 // magic, length, CRC-32C
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// OpenDisk opens (or creates) a disk cache in dir of at most maxBytes. Temporary files that a killed
+// mflow left behind are removed.
+func OpenDisk(dir string, maxBytes int64, log *slog.Logger) (*Disk, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("chunk cache: %w", err)
+	}
+	d := &Disk{dir: dir, maxBytes: maxBytes, log: log, files: map[string]*entry{}}
+	err := filepath.WalkDir(dir, func(path string, de fs.DirEntry, err error) error {
+		if err != nil || de.IsDir() {
+			return err
+		}
+		switch {
+		case strings.HasSuffix(path, ".tmp"):
+			os.Remove(path)
+		case strings.HasSuffix(path, ".chunk"):
+			if info, err := de.Info(); err == nil {
+				d.files[filepath.Base(path)] = &entry{size: info.Size(), used: info.ModTime()}
+				d.bytes += info.Size()
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("chunk cache %s: %w", dir, err)
+	}
+	d.mu.Lock()
+	d._evict()
+	d.mu.Unlock()
+	return d, nil
+}
+
+// filename is the file name of key: a hash, so any key makes a safe name.
+func filename(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(sum[:16]) + ".chunk"
+}
+
+func (d *Disk) path(name string) string { return filepath.Join(d.dir, name[:2], name) }
+
+// Get reads the chunk stored under key, checking it whole; a bad file is removed.
+func (d *Disk) Get(key string) ([]byte, bool) {
+	n := filename(key)
+	d.mu.Lock()
+	e := d.files[n]
+	d.mu.Unlock()
+	if e == nil {
+		return nil, false
+	}
+	raw, err := os.ReadFile(d.path(n))
+	data, err := unpack(raw, err)
+	if err != nil {
+		d.log.Warn("chunk cache: dropping a bad chunk file", "file", d.path(n), "err", err)
+		d.drop(n)
+		return nil, false
+	}
+	now := time.Now()
+	os.Chtimes(d.path(n), now, now) // the order of eviction survives a restart
+	d.mu.Lock()
+	e.used = now
+	d.mu.Unlock()
+	return data, true
+}
+
+// unpack checks a chunk file's header and checksum and returns its bytes.
+func unpack(raw []byte, err error) ([]byte, error) {
+	switch {
+	case err != nil:
+		return nil, err
+	case len(raw) < headerSize || string(raw[:4]) != magic:
+		return nil, errors.New("not a chunk file")
+	}
+	length := binary.BigEndian.Uint64(raw[4:12])
+	sum := binary.BigEndian.Uint32(raw[12:16])
+	data := raw[headerSize:]
+	if uint64(len(data)) != length {
+		return nil, fmt.Errorf("torn: %d of %d bytes", len(data), length)
+	}
+	if crc32.Checksum(data, castagnoli) != sum {
+		return nil, errors.New("checksum mismatch")
+	}
+	return data, nil
+}
+
+// Put writes data under key: to a temporary file first, renamed into place once whole.
+func (d *Disk) Put(key string, data []byte) {
+	n := filename(key)
+	path := d.path(n)
+	if err := d.write(path, data); err != nil {
+		d.log.Warn("chunk cache: cannot write a chunk", "file", path, "err", err)
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if old := d.files[n]; old != nil {
+		d.bytes -= old.size
+	}
+	size := int64(headerSize + len(data))
+	d.files[n] = &entry{size: size, used: time.Now()}
+	d.bytes += size
+	d._evict()
+}
+
+func (d *Disk) write(path string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "*.tmp")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name()) // once renamed, there is nothing left to remove
+	var hdr [headerSize]byte
+	copy(hdr[:], magic)
+	binary.BigEndian.PutUint64(hdr[4:], uint64(len(data)))
+	binary.BigEndian.PutUint32(hdr[12:], crc32.Checksum(data, castagnoli))
+	_, err = tmp.Write(hdr[:])
+	if err == nil {
+		_, err = tmp.Write(data)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// drop forgets and removes a chunk file.
+func (d *Disk) drop(n string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d._remove(n)
+}
+
+func (d *Disk) _remove(n string) {
+	if e := d.files[n]; e != nil {
+		d.bytes -= e.size
+		delete(d.files, n)
+	}
+	os.Remove(d.path(n))
+}
+
+// _evict removes the least recently used files until the cache fits. Call with the lock held.
+func (d *Disk) _evict() {
+	if d.bytes <= d.maxBytes {
+		return
+	}
+	names := make([]string, 0, len(d.files))
+	for n := range d.files {
+		names = append(names, n)
+	}
+	slices.SortFunc(names, func(a, b string) int { return d.files[a].used.Compare(d.files[b].used) })
+	for _, n := range names {
+		if d.bytes <= d.maxBytes {
+			break
+		}
+		d._remove(n)
+	}
+}
+
+// Bytes is the size of the files the cache holds now.
+func (d *Disk) Bytes() int64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.bytes
+}

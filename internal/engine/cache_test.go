@@ -1,0 +1,85 @@
+package engine_test
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"mflow/internal/chunkcache"
+	"mflow/internal/engine"
+	"mflow/internal/httprange"
+	"mflow/internal/upstreamtest"
+)
+
+func TestASecondPlayIsServedFromTheCache(t *testing.T) {
+	file := upstreamtest.RandomFile(3 << 20)
+	u := upstreamtest.New(file, upstreamtest.Options{})
+	defer u.Close()
+	e := newEngine(t, u, 256<<10, 4)
+	e.Cache = chunkcache.NewMemory(64 << 20)
+	span := httprange.Span{Start: 300_000, End: 2_500_000} // starts and ends inside chunks
+	req := engine.Request{Target: target(u), Span: span, FileKey: "film"}
+	for play := range 2 {
+		before := u.Requests()
+		got, _, err := stream(t, e, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkBytes(t, got, file, span)
+		if n := u.Requests() - before; play == 1 && n != 0 {
+			t.Errorf("the second play sent %d chunk requests upstream, want none", n)
+		}
+	}
+	other := req
+	other.FileKey = "film, another version"
+	before := u.Requests()
+	if _, _, err := stream(t, e, other); err != nil {
+		t.Fatal(err)
+	}
+	if u.Requests() == before {
+		t.Error("another version of the file was served from the first version's chunks")
+	}
+}
+
+func TestDiskCacheSurvivesARestartAndRefetchesACorruptChunk(t *testing.T) {
+	file := upstreamtest.RandomFile(2 << 20)
+	u := upstreamtest.New(file, upstreamtest.Options{})
+	defer u.Close()
+	dir := t.TempDir()
+	span := httprange.Span{Start: 0, End: int64(len(file)) - 1}
+	req := engine.Request{Target: target(u), Span: span, FileKey: "film"}
+	play := func() int64 {
+		disk, err := chunkcache.OpenDisk(dir, 1<<30, quiet) // a new mflow on the same folder
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := newEngine(t, u, 256<<10, 4)
+		e.Cache = chunkcache.Tiered{Disk: disk}
+		before := u.Requests()
+		got, _, err := stream(t, e, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkBytes(t, got, file, span)
+		return u.Requests() - before
+	}
+	if n := play(); n != 8 {
+		t.Fatalf("the first play sent %d requests, want one per chunk (8)", n)
+	}
+	if n := play(); n != 0 {
+		t.Errorf("after a restart the play sent %d requests, want none", n)
+	}
+	var files []string
+	filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			files = append(files, path)
+		}
+		return nil
+	})
+	raw, _ := os.ReadFile(files[3])
+	raw[len(raw)-1] ^= 1
+	os.WriteFile(files[3], raw, 0o600)
+	if n := play(); n != 1 {
+		t.Errorf("with one corrupt chunk file the play sent %d requests, want exactly one", n)
+	}
+}
