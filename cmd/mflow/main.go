@@ -207,6 +207,14 @@ func openCache(o options, log *slog.Logger) (engine.Cache, error) {
 	var tiers chunkcache.Tiered
 	if o.cache {
 		tiers.Memory = chunkcache.NewMemory(o.cacheSize)
+		// A large, long-lived cache would let the GC grow the heap to twice its size. A soft limit of the
+		// cache, four streams' windows and some room keeps resident memory near that; more streams make
+		// the GC work harder instead of the process grow. GOMEMLIMIT, when set, wins.
+		if os.Getenv("GOMEMLIMIT") == "" {
+			limit := o.cacheSize + 4*int64(o.connections)*o.chunkSize + 64<<20
+			debug.SetMemoryLimit(limit)
+			log.Debug("soft memory limit", "bytes", bytesize.Human(float64(limit)))
+		}
 	}
 	if o.cacheDir != "" {
 		d, err := chunkcache.OpenDisk(o.cacheDir, o.cacheDirSize, log)
