@@ -48,6 +48,17 @@ func stream(t *testing.T, e *engine.Engine, req engine.Request) ([]byte, engine.
 	return out.Bytes(), stats, err
 }
 
+// streamOK runs a stream that must succeed and checks that the player got exactly its span of file.
+func streamOK(t *testing.T, e *engine.Engine, req engine.Request, file []byte) engine.Stats {
+	t.Helper()
+	got, stats, err := stream(t, e, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkBytes(t, got, file, req.Span)
+	return stats
+}
+
 func checkBytes(t *testing.T, got, file []byte, span httprange.Span) {
 	t.Helper()
 	want := file[span.Start : span.End+1]
@@ -105,11 +116,7 @@ func TestStreamSurvivesFaults(t *testing.T) {
 			defer u.Close()
 			e := newEngine(t, u, 64<<10, 4)
 			span := httprange.Span{Start: 1000, End: int64(len(file)) - 1}
-			got, stats, err := stream(t, e, engine.Request{Target: target(u), Span: span})
-			if err != nil {
-				t.Fatal(err)
-			}
-			checkBytes(t, got, file, span)
+			stats := streamOK(t, e, engine.Request{Target: target(u), Span: span}, file)
 			if stats.Retries == 0 {
 				t.Error("no retry counted, yet every third request failed")
 			}
@@ -174,11 +181,7 @@ func TestStreamResolvesAnExpiredLinkAgain(t *testing.T) {
 		return t, nil
 	}
 	span := httprange.Span{Start: 0, End: int64(len(file)) - 1}
-	got, _, err := stream(t, e, engine.Request{Target: tgt, Span: span, Refresh: refresh})
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkBytes(t, got, file, span)
+	streamOK(t, e, engine.Request{Target: tgt, Span: span, Refresh: refresh}, file)
 	if n := refreshes.Load(); n != 1 {
 		t.Errorf("resolved the link %d times, want once for all connections", n)
 	}
@@ -351,11 +354,7 @@ func TestHTTP2UpstreamGetsOneConnectionPerWorker(t *testing.T) {
 	defer u.Close()
 	e := newEngine(t, u, 128<<10, 4)
 	span := httprange.Span{Start: 0, End: int64(len(file)) - 1}
-	got, _, err := stream(t, e, engine.Request{Target: target(u), Span: span})
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkBytes(t, got, file, span)
+	streamOK(t, e, engine.Request{Target: target(u), Span: span}, file)
 	if !h2.Load() {
 		t.Fatal("the upstream was not spoken to over HTTP/2")
 	}
@@ -402,11 +401,7 @@ func TestMirrorsShareTheChunksAndAFailingOneIsSetAside(t *testing.T) {
 	defer broken.Close()
 	e := newEngine(t, a, 64<<10, 4)
 	span := httprange.Span{Start: 0, End: int64(len(file)) - 1}
-	got, stats, err := stream(t, e, engine.Request{Target: target(a), Mirrors: []engine.Target{target(b), target(broken)}, Span: span})
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkBytes(t, got, file, span)
+	stats := streamOK(t, e, engine.Request{Target: target(a), Mirrors: []engine.Target{target(b), target(broken)}, Span: span}, file)
 	if a.Requests() < 5 || b.Requests() < 5 {
 		t.Errorf("requests: %d to the target, %d to the good mirror; want the chunks spread over both", a.Requests(), b.Requests())
 	}

@@ -325,25 +325,35 @@ func (s *Store) _find(gid string) (*Task, error) {
 	return found, nil
 }
 
-// Remove stops a task. One being streamed becomes Removed and its streams end; a waiting or paused one is
-// forgotten, as aria2 does.
-func (s *Store) Remove(gid string) (string, error) {
+// update runs change on the task gid names, with the lock held, and returns the task's full GID.
+func (s *Store) update(gid string, change func(t *Task) error) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t, err := s._find(gid)
 	if err != nil {
 		return "", err
 	}
-	switch {
-	case t.stopped():
-		return "", fmt.Errorf("%w for GID#%s", ErrNotActive, t.GID)
-	case len(t.streams) > 0:
-		s._stop(t, Removed)
-		s._notify(OnStop, t.GID)
-	default:
-		s._forget(t)
+	if err := change(t); err != nil {
+		return "", err
 	}
 	return t.GID, nil
+}
+
+// Remove stops a task. One being streamed becomes Removed and its streams end; a waiting or paused one is
+// forgotten, as aria2 does.
+func (s *Store) Remove(gid string) (string, error) {
+	return s.update(gid, func(t *Task) error {
+		switch {
+		case t.stopped():
+			return fmt.Errorf("%w for GID#%s", ErrNotActive, t.GID)
+		case len(t.streams) > 0:
+			s._stop(t, Removed)
+			s._notify(OnStop, t.GID)
+		default:
+			s._forget(t)
+		}
+		return nil
+	})
 }
 
 func (s *Store) _forget(t *Task) {
@@ -357,17 +367,13 @@ func (s *Store) _forget(t *Task) {
 
 // Pause pauses a waiting or active task; its streams end, and new ones are refused.
 func (s *Store) Pause(gid string) (string, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	t, err := s._find(gid)
-	if err != nil {
-		return "", err
-	}
-	if t.State != Waiting {
-		return "", fmt.Errorf("GID#%s %w", t.GID, ErrCannotPause)
-	}
-	s._pause(t)
-	return t.GID, nil
+	return s.update(gid, func(t *Task) error {
+		if t.State != Waiting {
+			return fmt.Errorf("GID#%s %w", t.GID, ErrCannotPause)
+		}
+		s._pause(t)
+		return nil
+	})
 }
 
 func (s *Store) _pause(t *Task) {
@@ -381,17 +387,13 @@ func (s *Store) _pause(t *Task) {
 
 // Unpause lets a paused task be streamed again.
 func (s *Store) Unpause(gid string) (string, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	t, err := s._find(gid)
-	if err != nil {
-		return "", err
-	}
-	if t.State != Paused {
-		return "", fmt.Errorf("GID#%s %w", t.GID, ErrCannotStart)
-	}
-	s._unpause(t)
-	return t.GID, nil
+	return s.update(gid, func(t *Task) error {
+		if t.State != Paused {
+			return fmt.Errorf("GID#%s %w", t.GID, ErrCannotStart)
+		}
+		s._unpause(t)
+		return nil
+	})
 }
 
 func (s *Store) _unpause(t *Task) {
@@ -424,17 +426,14 @@ func (s *Store) UnpauseAll() {
 
 // RemoveResult forgets a stopped task.
 func (s *Store) RemoveResult(gid string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	t, err := s._find(gid)
-	if err != nil {
-		return err
-	}
-	if !t.stopped() {
-		return fmt.Errorf("Could not remove download result of GID#%s", t.GID)
-	}
-	s._forget(t)
-	return nil
+	_, err := s.update(gid, func(t *Task) error {
+		if !t.stopped() {
+			return fmt.Errorf("Could not remove download result of GID#%s", t.GID)
+		}
+		s._forget(t)
+		return nil
+	})
+	return err
 }
 
 // PurgeResults forgets every stopped task.
@@ -452,18 +451,15 @@ func (s *Store) ChangeOptions(gid string, options map[string]string) error {
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	t, err := s._find(gid)
-	if err != nil {
-		return err
-	}
 	delete(opts, "pause")
 	delete(opts, "gid")
-	for k, v := range opts {
-		t.Options[k] = v
-	}
-	return s._persist(t)
+	_, err = s.update(gid, func(t *Task) error {
+		for k, v := range opts {
+			t.Options[k] = v
+		}
+		return s._persist(t)
+	})
+	return err
 }
 
 // ChangeGlobal records global options; those mflow has no use for are kept only to echo them.
