@@ -405,8 +405,10 @@ func TestMirrorsShareTheChunksAndAFailingOneIsSetAside(t *testing.T) {
 	if a.Requests() < 5 || b.Requests() < 5 {
 		t.Errorf("requests: %d to the target, %d to the good mirror; want the chunks spread over both", a.Requests(), b.Requests())
 	}
-	if n := broken.Requests(); n != 1 || stats.Retries != 1 {
-		t.Errorf("the failing mirror got %d requests (%d retries); want one, then set aside", n, stats.Retries)
+	// Attempts already under way on other connections may reach it before the first failure sets it aside:
+	// at most one per connection. Without setting aside, a third of the 32 chunk requests would go there.
+	if n := broken.Requests(); n > 4 || int64(stats.Retries) != n {
+		t.Errorf("the failing mirror got %d requests (%d retries); want at most one per connection, then none", n, stats.Retries)
 	}
 }
 
