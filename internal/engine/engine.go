@@ -144,6 +144,9 @@ func (e *Engine) Stream(ctx context.Context, w io.Writer, req Request) (Stats, e
 	}
 	wg.Go(s.watch)
 	err := s.write(w)
+	if err == nil {
+		s.finish()
+	}
 	s.cancel(errStreamDone)
 	wg.Wait()
 	s.releaseAll()

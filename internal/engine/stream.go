@@ -33,6 +33,7 @@ type stream struct {
 	mirrorAside   []bool            // mirrors set aside after a failure
 	nextTarget    int               // round-robin position over target and the usable mirrors
 	window        []*chunk          // chunks held, in order; window[0] holds the next byte to write
+	finishing     []*chunk          // chunks written but not yet whole, held so the cache can keep them
 	nextChunk     int64             // index of the next chunk to hold
 	written       int64             // offset of the next byte for the player
 	writerWaiting bool              // the writer is waiting on the head
@@ -89,10 +90,10 @@ func (s *stream) _plan() {
 func (s *stream) releaseAll() {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
-	for _, c := range s.window {
+	for _, c := range append(s.window, s.finishing...) {
 		s.f._release(c)
 	}
-	s.window = nil
+	s.window, s.finishing = nil, nil
 	s.f._broadcast()
 }
 
@@ -148,7 +149,11 @@ func (s *stream) write(w io.Writer) error {
 		f.mu.Lock()
 		s.written += int64(n)
 		if s.written == min(c.end, s.span.End+1) {
-			f._release(c)
+			if s.e.Cache != nil && f.key != "" && !c.complete() {
+				s.finishing = append(s.finishing, c) // the rest of it is fetched for the cache
+			} else {
+				f._release(c)
+			}
 			s.window = s.window[1:]
 			s._plan()
 			f._broadcast()
@@ -233,7 +238,7 @@ func (s *stream) _pickPiece() *piece {
 		s.log.Debug("idle connection takes half a piece", "from", tail.start, "to", tail.end-1)
 		return tail
 	}
-	for _, c := range s.window {
+	for _, c := range append(s.window, s.finishing...) {
 		for _, p := range c.pieces {
 			if !p.done() && len(p.fetches) == 0 {
 				return p
@@ -241,6 +246,30 @@ func (s *stream) _pickPiece() *piece {
 		}
 	}
 	return nil
+}
+
+// finish waits, once the player has all its bytes, for the chunks written but not yet whole, so the
+// cache can keep them. A player that goes away, or a failure, ends the wait.
+func (s *stream) finish() {
+	f := s.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for s.err == nil && s.ctx.Err() == nil {
+		whole := true
+		for _, c := range s.finishing {
+			whole = whole && c.complete()
+		}
+		if whole {
+			return
+		}
+		progress := f.progress
+		f.mu.Unlock()
+		select {
+		case <-progress:
+		case <-s.ctx.Done():
+		}
+		f.mu.Lock()
+	}
 }
 
 // _lagging reports whether an attempt, sampled at least once, delivers nothing or far less than the
