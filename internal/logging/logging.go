@@ -17,15 +17,15 @@ import (
 // LevelCritical is the seed's CRITICAL, above ERROR.
 const LevelCritical = slog.LevelError + 4
 
-// Levels are the names --log-level takes, in any case.
-var Levels = map[string]slog.Level{
+// levels are the names --log-level takes, in any case.
+var levels = map[string]slog.Level{
 	"DEBUG": slog.LevelDebug, "INFO": slog.LevelInfo, "WARNING": slog.LevelWarn,
 	"ERROR": slog.LevelError, "CRITICAL": LevelCritical,
 }
 
 // ParseLevel reads a --log-level value.
 func ParseLevel(s string) (slog.Level, error) {
-	if l, ok := Levels[strings.ToUpper(strings.TrimSpace(s))]; ok {
+	if l, ok := levels[strings.ToUpper(strings.TrimSpace(s))]; ok {
 		return l, nil
 	}
 	return 0, fmt.Errorf("%q is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL", s)

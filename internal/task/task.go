@@ -292,17 +292,7 @@ func (s *Store) _stop(t *Task, state Status) {
 	s._persist(t)
 }
 
-// Find resolves a GID or a unique prefix of one.
-func (s *Store) Find(gid string) (string, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	t, err := s._find(gid)
-	if err != nil {
-		return "", err
-	}
-	return t.GID, nil
-}
-
+// _find resolves a GID or a unique prefix of one. Call with the lock held.
 func (s *Store) _find(gid string) (*Task, error) {
 	if gid == "" || len(gid) > 16 || strings.Trim(gid, "0123456789abcdef") != "" {
 		return nil, fmt.Errorf("%w %s", ErrInvalidGID, gid)
