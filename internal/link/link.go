@@ -78,21 +78,28 @@ const maxCached = 512
 
 // Resolve returns what a recent probe of l found, or probes it.
 func (r *Resolver) Resolve(ctx context.Context, l Link) (*Meta, error) {
-	key := Identity(l)
-	r.mu.Lock()
-	m := r.probe[key]
-	r.mu.Unlock()
-	if m != nil && time.Since(m.probed) < r.ttl() {
-		return m, nil
-	}
-	return r.Refresh(ctx, l)
+	return r.resolve(ctx, l, false)
 }
 
 // Refresh probes l again, whatever is cached, and caches the answer.
 func (r *Resolver) Refresh(ctx context.Context, l Link) (*Meta, error) {
+	return r.resolve(ctx, l, true)
+}
+
+func (r *Resolver) resolve(ctx context.Context, l Link, fresh bool) (*Meta, error) {
 	key := Identity(l)
+	if m := r.cached(key); m != nil && !fresh {
+		return m, nil
+	}
+	group := key
+	if fresh {
+		group = "fresh\x00" + key // a refresh never takes the answer of a probe that started before it
+	}
 	// The probe runs detached from the first caller, so that caller leaving does not fail the others.
-	ch := r.group.DoChan(key, func() (any, error) {
+	ch := r.group.DoChan(group, func() (any, error) {
+		if m := r.cached(key); m != nil && !fresh {
+			return m, nil // a probe that finished since this caller looked
+		}
 		timeout := r.Timeout
 		if timeout <= 0 {
 			timeout = 30 * time.Second
@@ -115,6 +122,16 @@ func (r *Resolver) Refresh(ctx context.Context, l Link) (*Meta, error) {
 	case <-ctx.Done():
 		return nil, context.Cause(ctx)
 	}
+}
+
+// cached is the probe of key, when it is recent enough to reuse.
+func (r *Resolver) cached(key string) *Meta {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if m := r.probe[key]; m != nil && time.Since(m.probed) < r.ttl() {
+		return m
+	}
+	return nil
 }
 
 // Size is the size of l's file, from a recent probe or a new one: the task store's background probe.
