@@ -122,13 +122,7 @@ func (s *stream) write(w io.Writer) error {
 		p := c.pieceAt(s.written)
 		for s.err == nil && p.filled <= s.written {
 			s.writerWaiting = true
-			progress := f.progress
-			f.mu.Unlock()
-			select {
-			case <-progress:
-			case <-s.ctx.Done():
-			}
-			f.mu.Lock()
+			s._awaitProgress()
 			if s.err == nil && s.ctx.Err() != nil {
 				s.err = context.Cause(s.ctx)
 			}
@@ -262,14 +256,20 @@ func (s *stream) finish() {
 		if whole {
 			return
 		}
-		progress := f.progress
-		f.mu.Unlock()
-		select {
-		case <-progress:
-		case <-s.ctx.Done():
-		}
-		f.mu.Lock()
+		s._awaitProgress()
 	}
+}
+
+// _awaitProgress waits, without the lock, until some piece of the file gets bytes or the stream ends.
+// Call with the lock held; it is held again on return.
+func (s *stream) _awaitProgress() {
+	progress := s.f.progress
+	s.f.mu.Unlock()
+	select {
+	case <-progress:
+	case <-s.ctx.Done():
+	}
+	s.f.mu.Lock()
 }
 
 // _lagging reports whether an attempt, sampled at least once, delivers nothing or far less than the
