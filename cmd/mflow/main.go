@@ -35,7 +35,10 @@ var version = ""
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	go func() {
+		<-ctx.Done()
+		stop() // the first signal shuts down; a second one ends the process at once
+	}()
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -146,7 +149,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 	client := upstream.NewClient(upstream.Config{HostConnections: o.hostConnections, Insecure: o.insecure})
 	defer client.CloseIdleConnections()
-	resolver := &link.Resolver{Client: client, MaxRedirects: o.maxRedirects}
+	resolver := &link.Resolver{Client: client, MaxRedirects: o.maxRedirects, Retry: upstream.Retry{Max: o.retry}, Logger: log}
 	userAgent := "mflow/" + versionString()
 	tasks, err := openTasks(o, task.Settings{Connections: o.connections, MinSpeed: o.minSpeed, UserAgent: userAgent}, resolver.Size)
 	if err != nil {
@@ -192,8 +195,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case <-ctx.Done():
 	}
 	log.Info("shutting down")
-	cancelStreams()
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	cancelStreams() // every stream ends now, its player's connection cut
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if err := hs.Shutdown(shutdownCtx); err != nil {
 		hs.Close()

@@ -6,8 +6,18 @@
 // one piece: each copies in only the bytes past the piece's contiguous fill mark, so a second connection
 // on a lagging piece races the first (first to arrive wins), and a split piece is a shorter end plus a
 // new piece over the same buffer. Streams of the same file share its chunks, so they share the
-// downloads in flight, and a chunk complete when its last stream lets go of it goes into the cache. A
-// stream holds at most Connections chunks ahead of its player.
+// downloads in flight, and a chunk complete when its last stream lets go of it goes into the cache.
+//
+// Speed on real drives: a stream has Connections lanes. A request near its end (less left than the
+// stream's first-byte time) gives its lane up, so the next request is already on its way when the current
+// one ends and no connection waits idle for a first byte; a stream therefore reads up to 2 × Connections
+// chunks ahead. A request far slower than its siblings for half a second is asked again on a fresh
+// request, which usually lands on another route.
+//
+// Locking: each file has one mutex, mu, that protects the file's chunks and pieces and the state of all
+// its streams. A function whose name starts with an underscore must be called with it held; every other
+// function takes it itself, always with a deferred unlock, so that a panic never leaves it held. No I/O
+// (network, cache, player) happens while it is held.
 package engine
 
 import (
@@ -17,6 +27,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -30,7 +41,8 @@ type Engine struct {
 	Client *upstream.Client
 	// ChunkSize is the size of a chunk and the grid chunks are aligned to.
 	ChunkSize int64
-	// Connections is the number of upstream connections a stream uses, and of chunks it reads ahead.
+	// Connections is the number of upstream requests a stream keeps going at once (more only while one
+	// ends and the next begins), and half the chunks it reads ahead.
 	Connections int
 	// Retries is how often one piece may be tried again before the stream fails.
 	Retries int
@@ -41,30 +53,39 @@ type Engine struct {
 	StallTimeout time.Duration
 	// MaxRedirects bounds the redirects a chunk request follows.
 	MaxRedirects int
-	// RetryBase is the first back-off after an error; it doubles each retry up to maxBackoff. Default 250 ms.
+	// RetryBase is the first back-off after an error; it doubles each retry up to upstream.MaxBackoff.
+	// Default 250 ms.
 	RetryBase time.Duration
 	// Cache, when set, keeps complete chunks of files streamed with a FileKey; nil keeps none.
 	Cache Cache
-	// Logger receives a DEBUG line per chunk. Default slog.Default().
+	// Logger receives a DEBUG line per request. Default slog.Default().
 	Logger *slog.Logger
 
-	buffers sync.Pool        // *[]byte of ChunkSize capacity, reused across chunks and streams
-	filesMu sync.Mutex       // guards files
+	buffers sync.Pool // *[]byte of ChunkSize capacity, reused across chunks and streams
+
+	filesMu sync.Mutex       // protects files
 	files   map[string]*file // the files being streamed, by FileKey
 }
 
 // Cache keeps whole chunks by key. Get returns bytes the engine only reads; Put's bytes are the
-// caller's again once Put returns.
+// caller's again once Put returns. The engine never calls them with a lock held.
 type Cache interface {
 	Get(key string) ([]byte, bool)
 	Put(key string, data []byte)
 }
 
 const (
-	// sampleEvery is how often each connection's speed is sampled.
+	// sampleEvery is how often each connection's speed is sampled for --min-speed and the stall rule.
 	sampleEvery = time.Second
 	// slowSamples is how many samples in a row below MinSpeed drop a connection.
 	slowSamples = 3
+	// routeEvery is how often each request's speed is compared with its siblings'.
+	routeEvery = 250 * time.Millisecond
+	// routeSamples is how many comparisons in a row a request must lose, lagFactor times slower than the
+	// fastest sibling, before it is asked again on a fresh request.
+	routeSamples = 2
+	// maxReplaced bounds the fresh requests one piece gets for being slow; after that its connection stays.
+	maxReplaced = 3
 	// minSplit is the smallest half an idle connection takes from a piece.
 	minSplit = 128 << 10
 	// splitAfter is how long a piece must still need before an idle connection takes half of it: below
@@ -72,8 +93,6 @@ const (
 	splitAfter = time.Second
 	// lagFactor marks a connection as lagging when it is this many times slower than the stream's usual.
 	lagFactor = 4
-	// maxBackoff caps the wait between retries.
-	maxBackoff = 5 * time.Second
 	// readSize is how much one connection reads at a time.
 	readSize = 32 << 10
 )
@@ -89,6 +108,9 @@ type Target struct {
 type Request struct {
 	Target Target         // what to fetch
 	Span   httprange.Span // the bytes to write, within Target.Version.Size
+	// Head, when set, is an answer already open for the first bytes of Span (the probe's, asked for as
+	// FirstRequest says): the first request uses it instead of asking again. Stream closes it.
+	Head *http.Response
 	// FileKey names the file and its version (the link as the user gave it, not a signed redirect
 	// target, with its size and validators). Streams with the same key share chunk downloads and the
 	// cache; "" shares nothing.
@@ -109,48 +131,109 @@ type Request struct {
 
 // Stats describes a finished stream.
 type Stats struct {
-	Bytes   int64 // bytes written to the player
-	Retries int   // chunk requests tried again, for any reason
+	Bytes    int64 // bytes written to the player
+	Retries  int   // chunk requests tried again after a failure
+	Replaced int   // requests asked again because they were far slower than their siblings
 }
 
 var (
 	// ErrPlayerGone wraps the error of a write to a player that went away.
 	ErrPlayerGone = errors.New("player went away")
-	// errSlow and errStalled cancel a connection that is too slow or silent; a fresh one takes over.
-	errSlow    = errors.New("connection below --min-speed")
-	errStalled = errors.New("connection stalled")
+	// errSlow cancels a connection below --min-speed; a fresh one takes over.
+	errSlow = errors.New("connection below --min-speed")
+	// errSlowRoute cancels a request far slower than its siblings; a fresh one usually takes another route.
+	errSlowRoute = errors.New("request far slower than its siblings")
 	// errRaceLost cancels a connection whose piece another connection finished first, or that nobody
 	// needs any more.
 	errRaceLost = errors.New("piece finished by another connection")
-	// errShortBody is an answer that ended before the bytes it announced.
-	errShortBody = errors.New("upstream answer ended early")
 	// errStreamDone ends the workers once the player has its bytes or the stream failed.
 	errStreamDone = errors.New("stream over")
 )
 
-// Stream writes req.Span of the target to w, in order, and returns once it is written or cannot be. When
-// w is an http.Flusher it is flushed after each write so the player sees bytes as they arrive. Every
-// goroutine the stream started has ended when Stream returns.
-func (e *Engine) Stream(ctx context.Context, w io.Writer, req Request) (Stats, error) {
-	if sp := req.Span; sp.Start < 0 || sp.Start > sp.End || sp.End >= req.Target.Version.Size {
-		return Stats{}, fmt.Errorf("bytes %d-%d are not within the %d-byte file", sp.Start, sp.End, req.Target.Version.Size)
+// PanicError is a panic inside a stream, turned into the stream's error.
+type PanicError struct {
+	Value any    // what was panicked with
+	Stack []byte // where
+}
+
+func (e *PanicError) Error() string { return fmt.Sprintf("internal error: panic: %v", e.Value) }
+
+// FirstRequest is the range the first request of a stream of span asks for: from span.Start to the end of
+// its chunk, or span.End when that comes first (span.End < 0: the end is not known yet). A probe that asks
+// for it can hand its answer to Stream as Request.Head.
+func (e *Engine) FirstRequest(span httprange.Span) httprange.Span {
+	end := (span.Start/e.ChunkSize+1)*e.ChunkSize - 1
+	if span.End >= 0 {
+		end = min(end, span.End)
 	}
-	f := e.openFile(req.FileKey, req.Target.Version.Size)
+	return httprange.Span{Start: span.Start, End: end}
+}
+
+// Stream writes req.Span of the target to w, in order, and returns once it is written or cannot be. When
+// w is an http.Flusher it is flushed after each write so the player sees bytes as they arrive; when it has
+// SetWriteDeadline, a stream that ends early (ctx cancelled, the file changed) cuts a write the player is
+// slow to take. Every goroutine the stream started has ended when Stream returns, and a panic in any of
+// them ends this stream only, as a *PanicError.
+func (e *Engine) Stream(ctx context.Context, w io.Writer, req Request) (stats Stats, err error) {
+	size := req.Target.Version.Size
+	if err := upstream.CheckSize(size); err != nil {
+		closeHead(req.Head)
+		return Stats{}, err
+	}
+	if e.ChunkSize <= 0 {
+		closeHead(req.Head)
+		return Stats{}, errors.New("engine: ChunkSize must be positive")
+	}
+	if sp := req.Span; sp.Start < 0 || sp.Start > sp.End || sp.End >= size {
+		closeHead(req.Head)
+		return Stats{}, fmt.Errorf("bytes %d-%d are not within the %d-byte file", sp.Start, sp.End, size)
+	}
+	f := e.openFile(req.FileKey, size)
 	defer e.closeFile(f)
 	s := e.newStream(ctx, f, req)
-	var wg sync.WaitGroup
-	for range s.connections {
-		wg.Go(s.work)
+	defer s.end(&stats, &err)
+	s.plan()
+	for range 2 * s.lanes {
+		s.wg.Go(func() { defer s.recoverWorker(); s.work() })
 	}
-	wg.Go(s.watch)
-	err := s.write(w)
-	if err == nil {
+	s.wg.Go(func() { defer s.recoverWorker(); s.watch() })
+	if err = s.write(w); err == nil {
 		s.finish()
 	}
+	return stats, err
+}
+
+// end runs when Stream returns, however it returns: it turns a panic of the writer into the stream's
+// error, stops the workers, waits for them, and lets go of the chunks.
+func (s *stream) end(stats *Stats, err *error) {
+	if v := recover(); v != nil {
+		*err = s.panicked(v)
+	}
 	s.cancel(errStreamDone)
-	wg.Wait()
+	s.wg.Wait()
 	s.releaseAll()
-	return Stats{Bytes: s.written - req.Span.Start, Retries: s.retries}, err
+	closeHead(s.takeHead())
+	*stats = s.stats()
+}
+
+// recoverWorker ends the stream when one of its goroutines panics, instead of the process.
+func (s *stream) recoverWorker() {
+	if v := recover(); v != nil {
+		s.fail(s.panicked(v))
+	}
+}
+
+// panicked logs a panic with its stack at ERROR and returns it as an error.
+func (s *stream) panicked(v any) error {
+	pe := &PanicError{Value: v, Stack: debug.Stack()}
+	s.log.Error("stream panicked; ending it", "panic", v, "stack", string(pe.Stack))
+	return pe
+}
+
+func closeHead(h *http.Response) {
+	if h != nil {
+		h.Body.Close()
+	}
 }
 
 func (e *Engine) logger() *slog.Logger {

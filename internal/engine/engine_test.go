@@ -294,10 +294,12 @@ func TestSlowPlayerBoundsTheReadAhead(t *testing.T) {
 	w.mu.Lock()
 	taken := int64(w.buf.Len()) // final until release: the player holds its second write
 	w.mu.Unlock()
-	// The window beyond what the player took fills, and the connections go idle.
-	upstreamtest.WaitFor(t, "the read-ahead window to fill", func() bool { return u.Served()-taken > (conns-1)*chunk && u.Open() == 0 })
-	if ahead := u.Served() - taken; ahead > conns*chunk || ahead <= (conns-1)*chunk {
-		t.Errorf("fetched %d bytes beyond the %d the stalled player took, want %d chunks' worth (%d)", ahead, taken, conns, conns*chunk)
+	// The window beyond what the player took fills (2 × conns chunks: a request can start before the one
+	// ahead of it ends), and the connections go idle.
+	const window = 2 * conns
+	upstreamtest.WaitFor(t, "the read-ahead window to fill", func() bool { return u.Served()-taken > (window-1)*chunk && u.Open() == 0 })
+	if ahead := u.Served() - taken; ahead > window*chunk || ahead <= (window-1)*chunk {
+		t.Errorf("fetched %d bytes beyond the %d the stalled player took, want %d chunks' worth (%d)", ahead, taken, window, window*chunk)
 	}
 	close(w.release)
 	if err := <-done; err != nil {
@@ -344,7 +346,7 @@ func TestHeadStreamsBeforeItsChunkIsWhole(t *testing.T) {
 	}
 }
 
-func TestHTTP2UpstreamGetsOneConnectionPerWorker(t *testing.T) {
+func TestHTTP2UpstreamGetsOneConnectionPerLane(t *testing.T) {
 	file := upstreamtest.RandomFile(2 << 20)
 	var h2 atomic.Bool
 	u := upstreamtest.NewTLS(file, true, upstreamtest.Options{PerConn: 4 << 20, Fault: func(_ int64, r *http.Request) upstreamtest.Fault {
@@ -358,8 +360,9 @@ func TestHTTP2UpstreamGetsOneConnectionPerWorker(t *testing.T) {
 	if !h2.Load() {
 		t.Fatal("the upstream was not spoken to over HTTP/2")
 	}
-	if n := u.Conns(); n != 4 {
-		t.Errorf("%d connections, want 4: one per worker, not all multiplexed on one", n)
+	// One per lane, and at most one more per lane while a request ends and the next begins.
+	if n := u.Conns(); n < 4 || n > 8 {
+		t.Errorf("%d connections, want 4 to 8: one per lane, not all multiplexed on one", n)
 	}
 }
 

@@ -5,26 +5,35 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
+	"net/http"
 	"time"
 
 	"mflow/internal/httprange"
 	"mflow/internal/upstream"
 )
 
-// fetch is a worker's claim on a piece, kept across its retries. Guarded by the file's lock.
+// fetch is a worker's claim on a piece, kept across its retries. Its fields are protected by the file's lock.
 type fetch struct {
-	pos       int64                   // next offset this connection will read
-	began     time.Time               // when the claim was made
-	cancel    context.CancelCauseFunc // ends the current attempt; nil between attempts
-	gen       int                     // target generation the attempt uses
-	mirror    int                     // the mirror the attempt uses, 1-based; 0 is the target
-	got       int64                   // bytes the current attempt read
-	sampled   int64                   // got at the last sample
-	samples   int                     // samples taken of the current attempt
-	rate      float64                 // bytes/s in the last sample
-	quiet     time.Duration           // time since the attempt last delivered a byte
-	slowCount int                     // samples in a row below the minimum speed
+	pos   int64     // next offset this connection will read
+	began time.Time // when the claim was made
+	lane  bool      // holds one of the stream's lanes; given up near the end, so the next request can start
+
+	// The current attempt:
+	cancel    context.CancelCauseFunc // ends it; nil between attempts
+	gen       int                     // target generation it uses
+	mirror    int                     // the mirror it uses, 1-based; 0 is the target
+	sent      time.Time               // when its request went out
+	answered  time.Time               // when its answer arrived; zero before
+	got       int64                   // bytes it read
+	sampled   int64                   // got at the last one-second sample
+	samples   int                     // one-second samples taken
+	rate      float64                 // bytes/s in the last one-second sample
+	quiet     time.Duration           // time since it last delivered a byte (or since it was sent)
+	slowCount int                     // one-second samples in a row below the minimum speed
+	routeGot  int64                   // got at the last route check
+	routeRate float64                 // bytes/s since the route check before
+	routeSeen int                     // route checks since its answer arrived
+	routeSlow int                     // route checks in a row it lost to its siblings
 }
 
 // fill works on p until it is done, the stream ends, or its retries run out.
@@ -40,7 +49,6 @@ func (s *stream) fill(p *piece, f *fetch) {
 			s.fail(fatal)
 			return
 		}
-		s.log.Debug("retrying chunk", "from", f.pos, "to", p.end-1, "wait", wait, "err", err)
 		if wait > 0 {
 			t := time.NewTimer(wait)
 			select {
@@ -64,45 +72,44 @@ func (s *stream) leave(p *piece, f *fetch) {
 		}
 	}
 	delete(s.fetches, f)
+	s._giveLane(f)
 	if p.done() && f.pos >= p.end {
-		s.log.Debug("chunk done", "from", p.start, "to", p.end-1, "took", time.Since(f.began).Round(time.Millisecond), "retries", p.retries)
+		s.log.Debug("piece done", "from", p.start, "to", p.end-1, "took", time.Since(f.began).Round(time.Millisecond), "retries", p.retries)
 	}
 	s.f._broadcast()
 }
 
-// attempt sends one request for the rest of p and copies its answer in. It returns nil when p needs this
-// connection no more.
-func (s *stream) attempt(p *piece, f *fetch) error {
-	s.f.mu.Lock()
-	if p.done() || p.c.released {
-		s.f.mu.Unlock()
+// _giveLane lets another worker start a request in f's lane.
+func (s *stream) _giveLane(f *fetch) {
+	if f.lane {
+		f.lane = false
+		s.busy--
+		s.f._broadcast()
+	}
+}
+
+// try is what one attempt needs, set up under the lock.
+type try struct {
+	span   httprange.Span
+	target Target
+	ctx    context.Context
+	head   *http.Response // the probe's answer, when this attempt may use it
+}
+
+// attempt sends one request for the rest of p (or takes the probe's answer) and copies its answer in.
+// It returns nil when p needs this connection no more.
+func (s *stream) attempt(p *piece, f *fetch) (err error) {
+	t, ok := s.startAttempt(p, f)
+	if !ok {
 		return nil
 	}
-	f.pos = max(f.pos, p.filled)
-	span := httprange.Span{Start: f.pos, End: p.end - 1}
-	f.mirror = s._pickTarget()
-	target := s.target
-	if f.mirror > 0 {
-		target = s.mirrors[f.mirror-1]
-	}
-	ctx, cancel := context.WithCancelCause(s.ctx)
-	f.cancel, f.gen, f.got, f.sampled, f.samples, f.rate, f.quiet, f.slowCount = cancel, s.targetGen, 0, 0, 0, 0, 0, 0
-	s.f.mu.Unlock()
-	defer func() {
-		s.f.mu.Lock()
-		f.cancel = nil
-		s.f.mu.Unlock()
-		cancel(nil)
-	}()
-
-	resp, _, err := s.e.Client.Get(ctx, target.URL, target.Header, span.Header(), s.e.MaxRedirects)
+	defer func() { s.endAttempt(f, t.span, err) }()
+	resp, err := s.open(t)
 	if err != nil {
-		return attemptError(ctx, err)
-	}
-	defer resp.Body.Close()
-	if err := upstream.CheckPartial(resp, target.URL, span, target.Version); err != nil {
 		return err
 	}
+	defer resp.Body.Close()
+	s.answered(f, t.head != nil)
 	buf := make([]byte, readSize)
 	for {
 		n, err := resp.Body.Read(buf)
@@ -110,16 +117,111 @@ func (s *stream) attempt(p *piece, f *fetch) error {
 			return nil
 		}
 		if err == io.EOF {
-			return fmt.Errorf("%w at byte %d of %s", errShortBody, f.pos, span.Header())
+			return fmt.Errorf("%w at byte %d of %s", upstream.ErrShortBody, s.position(f), t.span.Header())
 		}
 		if err != nil {
-			return attemptError(ctx, err)
+			return attemptError(t.ctx, fmt.Errorf("%w at byte %d of %s: %w", upstream.ErrShortBody, s.position(f), t.span.Header(), err))
 		}
 	}
 }
 
+// open returns the checked answer for t: the probe's, when it fits, else a new request's.
+func (s *stream) open(t try) (*http.Response, error) {
+	if resp := t.head; resp != nil {
+		// The probe's request is not ours to cancel: closing its body ends it.
+		context.AfterFunc(t.ctx, func() { resp.Body.Close() })
+		err := upstream.CheckPartial(resp, t.target.URL, t.span, t.target.Version)
+		if err == nil {
+			return resp, nil
+		}
+		resp.Body.Close()
+		s.log.Debug("the probe's answer does not fit the first piece; asking again", "err", err)
+	}
+	resp, _, err := s.e.Client.Get(t.ctx, t.target.URL, t.target.Header, t.span.Header(), s.e.MaxRedirects)
+	if err != nil {
+		return nil, attemptError(t.ctx, err)
+	}
+	if err := upstream.CheckPartial(resp, t.target.URL, t.span, t.target.Version); err != nil {
+		resp.Body.Close()
+		return nil, err
+	}
+	return resp, nil
+}
+
+// startAttempt sets f up for a new attempt on the rest of p; false when p needs no more bytes.
+func (s *stream) startAttempt(p *piece, f *fetch) (try, bool) {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	if p.done() || p.c.released {
+		return try{}, false
+	}
+	f.pos = max(f.pos, p.filled)
+	t := try{span: httprange.Span{Start: f.pos, End: p.end - 1}}
+	if s.head != nil && f.pos == s.span.Start {
+		t.head, s.head = s.head, nil
+		f.mirror = 0
+	} else {
+		f.mirror = s._pickTarget()
+	}
+	t.target = s.target
+	if f.mirror > 0 {
+		t.target = s.mirrors[f.mirror-1]
+	}
+	ctx, cancel := context.WithCancelCause(s.ctx)
+	t.ctx = ctx
+	f.cancel, f.gen, f.sent, f.answered = cancel, s.targetGen, time.Now(), time.Time{}
+	f.got, f.sampled, f.samples, f.rate, f.quiet, f.slowCount = 0, 0, 0, 0, 0, 0
+	f.routeGot, f.routeRate, f.routeSeen, f.routeSlow = 0, 0, 0, 0
+	return t, true
+}
+
+// endAttempt closes the attempt and logs it: its range, first-byte time, bytes, speed and end.
+func (s *stream) endAttempt(f *fetch, span httprange.Span, err error) {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	f.cancel(nil)
+	f.cancel = nil
+	attrs := []any{"range", span.Header(), "bytes", f.got}
+	if !f.answered.IsZero() {
+		attrs = append(attrs, "first_byte", f.answered.Sub(f.sent).Round(time.Millisecond))
+		if d := time.Since(f.answered); d > 0 {
+			attrs = append(attrs, "speed", fmt.Sprintf("%.0fKiB/s", float64(f.got)/d.Seconds()/1024))
+		}
+	}
+	if f.mirror > 0 {
+		attrs = append(attrs, "mirror", f.mirror)
+	}
+	if err != nil {
+		attrs = append(attrs, "ended", err)
+	}
+	s.log.Debug("request", attrs...)
+}
+
+// answered records that f's answer arrived, and learns the stream's usual wait for one (the probe's answer,
+// already there, says nothing about it).
+func (s *stream) answered(f *fetch, fromProbe bool) {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	f.answered = time.Now()
+	if fromProbe {
+		return
+	}
+	wait := f.answered.Sub(f.sent)
+	if s.firstByte == 0 {
+		s.firstByte = wait
+	} else {
+		s.firstByte = (3*s.firstByte + wait) / 4
+	}
+}
+
+func (s *stream) position(f *fetch) int64 {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	return f.pos
+}
+
 // _pickTarget takes turns between the target and the mirrors not set aside: 0 is the target, n the nth
-// mirror. Call with the lock held.
+// mirror.
 func (s *stream) _pickTarget() int {
 	for range len(s.mirrors) + 1 {
 		i := s.nextTarget % (len(s.mirrors) + 1)
@@ -143,7 +245,7 @@ func attemptError(ctx context.Context, err error) error {
 }
 
 // deliver copies the bytes a connection read at f.pos into p, past what p already holds, and reports
-// whether the connection should go on reading.
+// whether the connection should go on reading. A request near its end gives its lane up here.
 func (s *stream) deliver(p *piece, f *fetch, data []byte) bool {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
@@ -160,6 +262,7 @@ func (s *stream) deliver(p *piece, f *fetch, data []byte) bool {
 		s.f._progress()
 	}
 	if !p.done() {
+		s._handOverNearEnd(p, f)
 		return true
 	}
 	for _, g := range p.fetches {
@@ -170,55 +273,76 @@ func (s *stream) deliver(p *piece, f *fetch, data []byte) bool {
 	return false
 }
 
+// _handOverNearEnd gives f's lane up once what is left of p will take less than the stream's usual wait
+// for an answer: the next request then arrives as this one ends.
+func (s *stream) _handOverNearEnd(p *piece, f *fetch) {
+	if !f.lane || s.firstByte <= 0 || f.got < 2*readSize {
+		return
+	}
+	elapsed := time.Since(f.answered)
+	if elapsed <= 0 {
+		return
+	}
+	rate := float64(f.got) / elapsed.Seconds()
+	if left := float64(p.end-max(p.filled, f.pos)) / rate; left <= s.firstByte.Seconds() {
+		s._giveLane(f)
+	}
+}
+
 // retryPlan decides what follows a failed attempt: how long to wait before the next, or why the stream
 // must fail.
 func (s *stream) retryPlan(p *piece, f *fetch, err error) (time.Duration, error) {
-	s.f.mu.Lock()
-	p.retries++
-	s.retries++
-	retries := p.retries
-	s.f.mu.Unlock()
-	where := fmt.Sprintf("bytes %d-%d", f.pos, p.end-1)
-	if retries > s.e.Retries {
-		return 0, fmt.Errorf("%s: gave up after %d retries: %w", where, s.e.Retries, err)
+	if errors.Is(err, errSlowRoute) {
+		s.countReplaced(p)
+		return 0, nil
 	}
-	if f.mirror > 0 && !errors.Is(err, errSlow) && !errors.Is(err, errStalled) {
+	retries := s.countRetry(p)
+	where := fmt.Sprintf("bytes %d-%d", s.position(f), p.end-1)
+	policy := upstream.Retry{Max: s.e.Retries, Base: s.e.RetryBase}
+	if retries > policy.Max {
+		return 0, fmt.Errorf("%s: gave up after %d retries: %w", where, policy.Max, err)
+	}
+	s.log.Debug("retrying", "range", where, "retry", retries, "err", err)
+	if f.mirror > 0 && !errors.Is(err, errSlow) && !errors.Is(err, upstream.ErrStalled) {
 		// A mirror that fails is dropped at once: the target and the other mirrors carry on.
-		s.f.mu.Lock()
-		s.mirrorAside[f.mirror-1] = true
-		s.f.mu.Unlock()
+		s.setMirrorAside(f.mirror)
 		s.log.Info("mirror set aside", "mirror", upstream.Redact(s.mirrors[f.mirror-1].URL), "err", err)
 		return 0, nil
 	}
 	var status *upstream.StatusError
 	switch {
-	case errors.Is(err, upstream.ErrChanged), errors.Is(err, upstream.ErrTooManyRedirects):
-		return 0, fmt.Errorf("%s: %w", where, err)
 	case errors.As(err, &status) && status.Expired():
 		if err := s.refreshTarget(f.gen, err); err != nil {
 			return 0, fmt.Errorf("%s: %w", where, err)
 		}
 		return 0, nil
-	case errors.As(err, &status) && !status.Temporary():
-		return 0, fmt.Errorf("%s: %w", where, err)
-	case errors.Is(err, errSlow), errors.Is(err, errStalled):
+	case errors.Is(err, errSlow), errors.Is(err, upstream.ErrStalled):
 		return 0, nil
+	case !upstream.Retryable(err):
+		return 0, fmt.Errorf("%s: %w", where, err)
 	}
-	wait := s.backoff(retries)
-	if errors.As(err, &status) {
-		wait = max(wait, status.RetryAfter)
-	}
-	return wait, nil
+	return policy.Wait(retries, err), nil
 }
 
-// backoff is the wait before the nth retry: exponential, with jitter so connections do not retry in step.
-func (s *stream) backoff(n int) time.Duration {
-	base := s.e.RetryBase
-	if base <= 0 {
-		base = 250 * time.Millisecond
-	}
-	d := min(base<<min(n-1, 16), maxBackoff)
-	return d/2 + rand.N(d/2+1)
+func (s *stream) countRetry(p *piece) int {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	p.retries++
+	s.retries++
+	return p.retries
+}
+
+func (s *stream) countReplaced(p *piece) {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	p.replaced++
+	s.replaced++
+}
+
+func (s *stream) setMirrorAside(mirror int) {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	s.mirrorAside[mirror-1] = true
 }
 
 // refreshTarget resolves an expired link again, once for all the connections that found it expired with
@@ -226,9 +350,7 @@ func (s *stream) backoff(n int) time.Duration {
 func (s *stream) refreshTarget(gen int, cause error) error {
 	s.refreshMu.Lock()
 	defer s.refreshMu.Unlock()
-	s.f.mu.Lock()
-	old, current := s.target, s.targetGen
-	s.f.mu.Unlock()
+	old, current := s.currentTarget()
 	if current != gen {
 		return nil // another connection already refreshed it
 	}
@@ -243,23 +365,38 @@ func (s *stream) refreshTarget(gen int, cause error) error {
 		return err
 	}
 	s.log.Info("signed link expired; resolved it again", "url", upstream.Redact(t.URL))
-	s.f.mu.Lock()
-	s.target = t
-	s.targetGen++
-	s.f.mu.Unlock()
+	s.setTarget(t)
 	return nil
 }
 
-// watch samples every connection's speed each second until the stream ends.
+func (s *stream) currentTarget() (Target, int) {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	return s.target, s.targetGen
+}
+
+func (s *stream) setTarget(t Target) {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	s.target = t
+	s.targetGen++
+}
+
+// watch samples the connections until the stream ends: each second for --min-speed and the stall rule,
+// and each routeEvery against their siblings.
 func (s *stream) watch() {
-	t := time.NewTicker(sampleEvery)
-	defer t.Stop()
+	second := time.NewTicker(sampleEvery)
+	defer second.Stop()
+	route := time.NewTicker(routeEvery)
+	defer route.Stop()
 	for {
 		select {
 		case <-s.ctx.Done():
 			return
-		case <-t.C:
+		case <-second.C:
 			s.sample()
+		case <-route.C:
+			s.checkRoutes()
 		}
 	}
 }
@@ -291,10 +428,10 @@ func (s *stream) sample() {
 		switch {
 		case f.quiet >= stall:
 			s.log.Debug("connection stalled; replacing it", "at", f.pos, "silent", f.quiet)
-			f.cancel(errStalled)
+			f.cancel(upstream.ErrStalled)
 		case s.minSpeed > 0 && f.rate < float64(s.minSpeed):
 			if f.slowCount++; f.slowCount >= slowSamples {
-				s.log.Debug("connection too slow; replacing it", "at", f.pos, "rate", int64(f.rate))
+				s.log.Debug("connection below --min-speed; replacing it", "at", f.pos, "speed", int64(f.rate))
 				f.cancel(errSlow)
 			}
 		default:
@@ -302,4 +439,48 @@ func (s *stream) sample() {
 		}
 	}
 	s.f._broadcast()
+}
+
+// checkRoutes compares each answered request's speed with its fastest sibling's: one lagFactor times
+// slower for routeSamples checks in a row, with more than a moment of work left, is asked again on a fresh
+// request. Drives route each request on its own, so a fresh one usually lands on a good route. A request
+// without a sibling has nothing to be compared with, and is left to --min-speed and the stall rule.
+func (s *stream) checkRoutes() {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	var first, second float64 // the two fastest speeds: a request's fastest sibling is one of them
+	for f := range s.fetches {
+		if f.cancel == nil || f.answered.IsZero() {
+			continue
+		}
+		f.routeRate = float64(f.got-f.routeGot) / routeEvery.Seconds()
+		f.routeGot = f.got
+		if f.routeSeen++; f.routeSeen > 1 { // the first check saw part of a period only
+			if f.routeRate > first {
+				first, second = f.routeRate, first
+			} else if f.routeRate > second {
+				second = f.routeRate
+			}
+		}
+	}
+	for f, p := range s.fetches {
+		if f.cancel == nil || f.routeSeen < 2 {
+			continue
+		}
+		best := first
+		if f.routeRate == first {
+			best = second
+		}
+		if best == 0 || f.routeRate*lagFactor >= best {
+			f.routeSlow = 0
+			continue
+		}
+		f.routeSlow++
+		left := float64(p.end - max(p.filled, f.pos))
+		worth := f.routeRate == 0 || left/f.routeRate > (2*routeEvery).Seconds()
+		if f.routeSlow >= routeSamples && worth && p.replaced < maxReplaced && !p.done() {
+			s.log.Debug("request far slower than its siblings; asking again", "at", f.pos, "speed", int64(f.routeRate), "fastest_sibling", int64(best))
+			f.cancel(errSlowRoute)
+		}
+	}
 }

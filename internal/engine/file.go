@@ -14,7 +14,7 @@ type file struct {
 	key  string // names the file and its version; "" for a stream that shares nothing
 	size int64  // bytes in the file
 
-	// mu guards everything below, and the state of every stream of this file: one lock, so that a
+	// mu protects the following fields, and the state of every stream of this file: one lock, so that a
 	// delivery, a write and a choice of work always see the same pieces.
 	mu       sync.Mutex
 	streams  int              // streams using this file
@@ -23,7 +23,8 @@ type file struct {
 	changed  chan struct{}    // closed (and replaced) when idle workers should look for work again
 }
 
-// chunk is one aligned unit of the file and the buffer its pieces fill.
+// chunk is one aligned unit of the file and the buffer its pieces fill. Its fields are protected by the
+// file's lock.
 type chunk struct {
 	index      int64    // chunk number: bytes [index × ChunkSize, …)
 	start, end int64    // absolute offsets, end clipped to the file's size
@@ -31,16 +32,18 @@ type chunk struct {
 	pieces     []*piece // in order, not overlapping; together they cover what streams asked for
 	refs       int      // streams holding the chunk in their window
 	cached     bool     // filled from the cache: never put back
-	released   bool     // the buffer went back to the pool: no byte may be copied in
+	released   bool     // no stream holds it: no byte may be copied in, the buffer is being given back
 }
 
-// piece is a byte range [start, end) of a chunk that connections fill.
+// piece is a byte range [start, end) of a chunk that connections fill. Its fields are protected by the
+// file's lock.
 type piece struct {
 	c          *chunk   // the chunk it belongs to
 	start, end int64    // absolute offsets; a split lowers end
 	filled     int64    // bytes [start, filled) are in the chunk's buffer
 	fetches    []*fetch // connections working on it, of any stream
 	retries    int      // retries spent on it
+	replaced   int      // fresh requests it got for being slow
 }
 
 func (p *piece) done() bool { return p.filled >= p.end }
@@ -48,8 +51,8 @@ func (p *piece) done() bool { return p.filled >= p.end }
 // bytes are the chunk's buffer bytes [from, to), absolute offsets.
 func (c *chunk) bytes(from, to int64) []byte { return (*c.buf)[from-c.start : to-c.start] }
 
-// complete reports whether every byte of the chunk is in.
-func (c *chunk) complete() bool {
+// _complete reports whether every byte of the chunk is in.
+func (c *chunk) _complete() bool {
 	at := c.start
 	for _, p := range c.pieces {
 		if p.start != at || !p.done() {
@@ -60,8 +63,8 @@ func (c *chunk) complete() bool {
 	return at == c.end
 }
 
-// pieceAt is the piece holding offset x; nil when no piece covers it.
-func (c *chunk) pieceAt(x int64) *piece {
+// _pieceAt is the piece holding offset x; nil when no piece covers it.
+func (c *chunk) _pieceAt(x int64) *piece {
 	for _, p := range c.pieces {
 		if p.start <= x && x < p.end {
 			return p
@@ -70,7 +73,7 @@ func (c *chunk) pieceAt(x int64) *piece {
 	return nil
 }
 
-// _cover adds pieces for the parts of [from, to) no piece covers yet. Call with the lock held.
+// _cover adds pieces for the parts of [from, to) no piece covers yet.
 func (c *chunk) _cover(from, to int64) {
 	var gaps []*piece
 	at := from
@@ -85,12 +88,21 @@ func (c *chunk) _cover(from, to int64) {
 	}
 	if len(gaps) > 0 {
 		c.pieces = append(c.pieces, gaps...)
-		slices.SortFunc(c.pieces, func(a, b *piece) int { return int(a.start - b.start) })
+		slices.SortFunc(c.pieces, func(a, b *piece) int { return cmpInt64(a.start, b.start) })
 	}
 }
 
-// _split cuts p at mid: p keeps [start, mid), and the new piece after it takes [mid, end). Call with the
-// lock held.
+func cmpInt64(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// _split cuts p at mid: p keeps [start, mid), and the new piece after it takes [mid, end).
 func (c *chunk) _split(p *piece, mid int64) *piece {
 	tail := &piece{c: c, start: mid, end: p.end, filled: mid}
 	p.end = mid
@@ -103,13 +115,9 @@ func (c *chunk) _split(p *piece, mid int64) *piece {
 func (e *Engine) openFile(key string, size int64) *file {
 	e.filesMu.Lock()
 	defer e.filesMu.Unlock()
-	if key != "" {
-		if f := e.files[key]; f != nil {
-			f.mu.Lock()
-			f.streams++
-			f.mu.Unlock()
-			return f
-		}
+	if f := e.files[key]; key != "" && f != nil {
+		f.addStream(1)
+		return f
 	}
 	f := &file{e: e, key: key, size: size, streams: 1, chunks: map[int64]*chunk{}, progress: make(chan struct{}), changed: make(chan struct{})}
 	if key != "" {
@@ -125,55 +133,67 @@ func (e *Engine) openFile(key string, size int64) *file {
 func (e *Engine) closeFile(f *file) {
 	e.filesMu.Lock()
 	defer e.filesMu.Unlock()
-	f.mu.Lock()
-	f.streams--
-	last := f.streams == 0
-	f.mu.Unlock()
-	if last && f.key != "" {
+	if f.addStream(-1) == 0 && f.key != "" && e.files[f.key] == f {
 		delete(e.files, f.key)
 	}
 }
+
+// addStream counts n more streams of f and returns how many there are.
+func (f *file) addStream(n int) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.streams += n
+	return f.streams
+}
+
+// caching reports whether f's complete chunks go into the cache.
+func (f *file) caching() bool { return f.e.Cache != nil && f.key != "" }
 
 // cacheKey names chunk index of this file in the cache.
 func (f *file) cacheKey(index int64) string {
 	return fmt.Sprintf("%s\x00%d\x00%d", f.key, f.e.ChunkSize, index)
 }
 
-// _acquire holds chunk index for a stream that needs its bytes [from, to): from the chunks other streams
-// hold, else from the cache, else new. With a cache, the whole chunk is covered, so that it can be
-// kept once complete. Call with the lock held.
-func (f *file) _acquire(index, from, to int64) *chunk {
+// lookup asks the cache for chunk index, without the lock: the disk tier reads a file.
+func (f *file) lookup(index int64) []byte {
+	if !f.caching() {
+		return nil
+	}
+	data, _ := f.e.Cache.Get(f.cacheKey(index))
+	return data
+}
+
+// _acquire holds chunk index for a stream that needs its bytes [from, to): the chunk other streams hold,
+// else one filled from cached (the cache's bytes, looked up beforehand), else a new one. With a cache, the
+// whole chunk is covered, so that it can be kept once complete; the stream's own part is its own piece, so
+// the player never waits for bytes only the cache wants.
+func (f *file) _acquire(index, from, to int64, cached []byte) *chunk {
 	c := f.chunks[index]
 	if c == nil {
 		size := f.e.ChunkSize
 		c = &chunk{index: index, start: index * size, end: min((index+1)*size, f.size), buf: f.e.getBuffer()}
-		if cache := f.e.Cache; cache != nil && f.key != "" {
-			if data, ok := cache.Get(f.cacheKey(index)); ok && int64(len(data)) == c.end-c.start {
-				copy(*c.buf, data)
-				c.pieces = []*piece{{c: c, start: c.start, end: c.end, filled: c.end}}
-				c.cached = true
-			}
+		if int64(len(cached)) == c.end-c.start {
+			copy(*c.buf, cached)
+			c.pieces = []*piece{{c: c, start: c.start, end: c.end, filled: c.end}}
+			c.cached = true
 		}
 		f.chunks[index] = c
 	}
-	if f.e.Cache != nil && f.key != "" {
-		from, to = c.start, c.end
-	}
 	c._cover(from, to)
+	if f.caching() {
+		c._cover(c.start, c.end)
+	}
 	c.refs++
 	return c
 }
 
-// _release drops a stream's hold on c. The last hold puts a complete chunk into the cache and gives
-// the buffer back. Call with the lock held.
-func (f *file) _release(c *chunk) {
+// _release drops a stream's hold on c. When it was the last hold, c is released and returned: the caller
+// must hand it to retire once the lock is let go.
+func (f *file) _release(c *chunk) *chunk {
 	if c.refs--; c.refs > 0 {
-		return
+		return nil
 	}
 	delete(f.chunks, c.index)
-	if cache := f.e.Cache; cache != nil && f.key != "" && !c.cached && c.complete() {
-		cache.Put(f.cacheKey(c.index), c.bytes(c.start, c.end))
-	}
 	c.released = true
 	for _, p := range c.pieces {
 		for _, g := range p.fetches {
@@ -182,16 +202,38 @@ func (f *file) _release(c *chunk) {
 			}
 		}
 	}
-	f.e.buffers.Put(c.buf)
+	return c
 }
 
-// _progress wakes every writer of the file. Call with the lock held.
+// retire puts released chunks that are complete into the cache and gives their buffers back. Call without
+// the lock: no stream can reach a released chunk any more, and the cache may write a file.
+func (f *file) retire(chunks []*chunk) {
+	for _, c := range chunks {
+		if c == nil {
+			continue
+		}
+		if f.caching() && !c.cached && f.completeReleased(c) {
+			f.e.Cache.Put(f.cacheKey(c.index), c.bytes(c.start, c.end))
+		}
+		f.e.buffers.Put(c.buf)
+	}
+}
+
+// completeReleased reports whether a released chunk is complete. Its pieces may still be touched by a
+// connection that has not yet seen the release, so it is read under the lock.
+func (f *file) completeReleased(c *chunk) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return c._complete()
+}
+
+// _progress wakes every writer of the file.
 func (f *file) _progress() {
 	close(f.progress)
 	f.progress = make(chan struct{})
 }
 
-// _broadcast wakes every idle worker of the file. Call with the lock held.
+// _broadcast wakes every idle worker of the file.
 func (f *file) _broadcast() {
 	close(f.changed)
 	f.changed = make(chan struct{})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"time"
 
 	"mflow/internal/httprange"
 	"mflow/internal/upstream"
@@ -21,6 +22,10 @@ func (e *Engine) Relay(ctx context.Context, w io.Writer, t Target, span httprang
 	if err := upstream.CheckWhole(resp, t.URL, t.Version); err != nil {
 		return Stats{}, err
 	}
+	if d, ok := w.(writeDeadliner); ok {
+		stop := context.AfterFunc(ctx, func() { _ = d.SetWriteDeadline(time.Now()) })
+		defer stop()
+	}
 	if _, err := io.CopyN(io.Discard, resp.Body, span.Start); err != nil {
 		return Stats{}, fmt.Errorf("skipping to byte %d: %w", span.Start, err)
 	}
@@ -30,7 +35,7 @@ func (e *Engine) Relay(ctx context.Context, w io.Writer, t Target, span httprang
 	}
 	n, err := io.CopyBuffer(flushWriter{w}, body, make([]byte, readSize))
 	if err == nil && span.End >= 0 && n < span.Len() {
-		err = fmt.Errorf("%w after %d of %d bytes", errShortBody, n, span.Len())
+		err = fmt.Errorf("%w after %d of %d bytes", upstream.ErrShortBody, n, span.Len())
 	}
 	return Stats{Bytes: n}, err
 }

@@ -38,15 +38,10 @@ const (
 // malformed, or asks for several ranges, is ignored (Whole); one starting past the end is Unsatisfiable.
 func ParseRequest(header string, size int64) (Span, Kind) {
 	whole := Span{0, size - 1}
-	unit, spec, ok := strings.Cut(strings.TrimSpace(header), "=")
-	if !ok || !strings.EqualFold(strings.TrimSpace(unit), "bytes") || strings.Contains(spec, ",") {
-		return whole, Whole
-	}
-	first, last, ok := strings.Cut(strings.TrimSpace(spec), "-")
+	first, last, ok := splitRange(header)
 	if !ok {
 		return whole, Whole
 	}
-	first, last = strings.TrimSpace(first), strings.TrimSpace(last)
 	if first == "" { // suffix: the last n bytes
 		n, err := parseOffset(last)
 		if err != nil {
@@ -74,6 +69,41 @@ func ParseRequest(header string, size int64) (Span, Kind) {
 		end = size - 1
 	}
 	return Span{start, end}, Partial
+}
+
+// splitRange cuts a single "bytes=first-last" range into its two sides; false for anything else.
+func splitRange(header string) (first, last string, ok bool) {
+	unit, spec, ok := strings.Cut(strings.TrimSpace(header), "=")
+	if !ok || !strings.EqualFold(strings.TrimSpace(unit), "bytes") || strings.Contains(spec, ",") {
+		return "", "", false
+	}
+	first, last, ok = strings.Cut(strings.TrimSpace(spec), "-")
+	return strings.TrimSpace(first), strings.TrimSpace(last), ok
+}
+
+// Peek reads where a player's Range starts before the file's size is known, so the first request can go
+// out with the probe: End is -1 for an open end. A header ParseRequest would ignore means the whole file,
+// from 0; a suffix range (bytes=-N) cannot be placed without the size (false).
+func Peek(header string) (Span, bool) {
+	first, last, ok := splitRange(header)
+	if !ok {
+		return Span{0, -1}, true
+	}
+	if first == "" {
+		return Span{}, false
+	}
+	start, err := parseOffset(first)
+	if err != nil {
+		return Span{0, -1}, true
+	}
+	if last == "" {
+		return Span{start, -1}, true
+	}
+	end, err := parseOffset(last)
+	if err != nil || end < start {
+		return Span{0, -1}, true
+	}
+	return Span{start, end}, true
 }
 
 // parseOffset reads a non-negative decimal byte offset: digits only, no sign.

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"maps"
 	"net/http"
 	"net/textproto"
@@ -14,8 +15,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"golang.org/x/sync/singleflight"
 
 	"mflow/internal/engine"
 	"mflow/internal/httprange"
@@ -65,12 +64,24 @@ type Resolver struct {
 	// TTL is how long a probe is reused, so that a player's burst of requests (mpv opens a file several
 	// times while it finds the index) probes once. Default 30 s; negative turns reuse off.
 	TTL time.Duration
-	// Timeout bounds one probe, redirects included. Default 30 s.
-	Timeout time.Duration
+	// Retry is the policy for a probe that failed, the same as for chunks.
+	Retry upstream.Retry
+	// StallTimeout bounds one try's wait for its answer, so a stalled probe costs about this and is tried
+	// again. Default 10 s, as the engine's stall rule.
+	StallTimeout time.Duration
+	// Logger receives a DEBUG line per probe retry. Default slog.Default().
+	Logger *slog.Logger
 
-	group singleflight.Group // one probe at a time per link; the others wait for its answer
-	mu    sync.Mutex         // guards probes
-	probe map[string]*Meta   // recent probes by cacheKey
+	mu       sync.Mutex            // protects the following fields
+	probe    map[string]*Meta      // recent probes by Identity
+	inflight map[string]*probeCall // probes under way, by Identity ("fresh\x00" first for a Refresh)
+}
+
+// probeCall is one probe under way, which callers of the same link wait for rather than probing again.
+type probeCall struct {
+	done chan struct{} // closed once meta or err is set
+	meta *Meta
+	err  error
 }
 
 // maxCached bounds the probes kept; expired ones are dropped when it is reached.
@@ -78,60 +89,115 @@ const maxCached = 512
 
 // Resolve returns what a recent probe of l found, or probes it.
 func (r *Resolver) Resolve(ctx context.Context, l Link) (*Meta, error) {
-	return r.resolve(ctx, l, false)
+	m, _, err := r.open(ctx, l, noHead, false)
+	return m, err
+}
+
+// Open is Resolve for a player about to stream first: when it must probe, it asks for first (from
+// engine.FirstRequest) and returns the open answer with those bytes, so the probe's round trip is also the
+// first request's. The answer is nil when the probe was reused, shared, or found no such bytes; the
+// caller must close it.
+func (r *Resolver) Open(ctx context.Context, l Link, first httprange.Span) (*Meta, *http.Response, error) {
+	return r.open(ctx, l, first, false)
 }
 
 // Refresh probes l again, whatever is cached, and caches the answer.
 func (r *Resolver) Refresh(ctx context.Context, l Link) (*Meta, error) {
-	return r.resolve(ctx, l, true)
+	m, _, err := r.open(ctx, l, noHead, true)
+	return m, err
 }
 
-func (r *Resolver) resolve(ctx context.Context, l Link, fresh bool) (*Meta, error) {
+// noHead asks a probe for the first byte only.
+var noHead = httprange.Span{Start: -1, End: -1}
+
+func (r *Resolver) open(ctx context.Context, l Link, first httprange.Span, fresh bool) (*Meta, *http.Response, error) {
 	key := Identity(l)
-	if m := r.cached(key); m != nil && !fresh {
-		return m, nil
-	}
 	group := key
 	if fresh {
 		group = "fresh\x00" + key // a refresh never takes the answer of a probe that started before it
 	}
-	// The probe runs detached from the first caller, so that caller leaving does not fail the others.
-	ch := r.group.DoChan(group, func() (any, error) {
-		if m := r.cached(key); m != nil && !fresh {
-			return m, nil // a probe that finished since this caller looked
+	call, leader, m := r.join(key, group, fresh)
+	if m != nil {
+		return m, nil, nil
+	}
+	if !leader {
+		select {
+		case <-call.done:
+			return call.meta, nil, call.err
+		case <-ctx.Done():
+			return nil, nil, context.Cause(ctx)
 		}
-		timeout := r.Timeout
-		if timeout <= 0 {
-			timeout = 30 * time.Second
+	}
+	// The probe runs detached from its first caller, so that caller leaving does not fail the others; its
+	// answer's body goes to that caller only if it is still there to take it.
+	bodies, gone := make(chan *http.Response), make(chan struct{})
+	go func() {
+		m, resp, err := r.probeWithRetries(context.WithoutCancel(ctx), l, first)
+		r.finish(key, group, call, m, err)
+		if resp == nil {
+			close(bodies)
+			return
 		}
-		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
-		defer cancel()
-		m, err := r.probeLink(pctx, l)
-		if err != nil {
-			return nil, err
+		select {
+		case bodies <- resp:
+		case <-gone:
+			resp.Body.Close()
 		}
-		r.store(key, m)
-		return m, nil
-	})
+	}()
 	select {
-	case res := <-ch:
-		if res.Err != nil {
-			return nil, res.Err
+	case resp := <-bodies: // nil when closed: the probe kept no body
+		if call.err != nil {
+			return nil, nil, call.err
 		}
-		return res.Val.(*Meta), nil
+		return call.meta, resp, nil
 	case <-ctx.Done():
-		return nil, context.Cause(ctx)
+		close(gone)
+		return nil, nil, context.Cause(ctx)
 	}
 }
 
-// cached is the probe of key, when it is recent enough to reuse.
-func (r *Resolver) cached(key string) *Meta {
+// join returns a recent probe of key, or the probe under way for group to wait for, or a new one the
+// caller leads.
+func (r *Resolver) join(key, group string, fresh bool) (call *probeCall, leader bool, m *Meta) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if m := r.probe[key]; m != nil && time.Since(m.probed) < r.ttl() {
-		return m
+	if m := r.probe[key]; m != nil && !fresh && time.Since(m.probed) < r.ttl() {
+		return nil, false, m
 	}
-	return nil
+	if call := r.inflight[group]; call != nil {
+		return call, false, nil
+	}
+	if r.inflight == nil {
+		r.inflight = map[string]*probeCall{}
+	}
+	call = &probeCall{done: make(chan struct{})}
+	r.inflight[group] = call
+	return call, true, nil
+}
+
+// finish records a probe's outcome for those waiting on it, and keeps a good one for TTL.
+func (r *Resolver) finish(key, group string, call *probeCall, m *Meta, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.inflight, group)
+	call.meta, call.err = m, err
+	close(call.done)
+	if err != nil {
+		return
+	}
+	if r.probe == nil {
+		r.probe = map[string]*Meta{}
+	}
+	if len(r.probe) >= maxCached {
+		for k, old := range r.probe {
+			if time.Since(old.probed) >= r.ttl() {
+				delete(r.probe, k)
+			}
+		}
+	}
+	if len(r.probe) < maxCached {
+		r.probe[key] = m
+	}
 }
 
 // Size is the size of l's file, from a recent probe or a new one: the task store's background probe.
@@ -203,24 +269,6 @@ func (r *Resolver) ttl() time.Duration {
 	return r.TTL
 }
 
-func (r *Resolver) store(key string, m *Meta) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.probe == nil {
-		r.probe = map[string]*Meta{}
-	}
-	if len(r.probe) >= maxCached {
-		for k, old := range r.probe {
-			if time.Since(old.probed) >= r.ttl() {
-				delete(r.probe, k)
-			}
-		}
-	}
-	if len(r.probe) < maxCached {
-		r.probe[key] = m
-	}
-}
-
 // Identity names a link by its URL and headers: the same URL with another Cookie may be another file.
 func Identity(l Link) string {
 	var b strings.Builder
@@ -231,14 +279,68 @@ func Identity(l Link) string {
 	return b.String()
 }
 
-// probeLink asks for the first byte, not HEAD: presigned links often refuse HEAD, and the answer to a
-// Range request tells at once whether the upstream supports Range.
-func (r *Resolver) probeLink(ctx context.Context, l Link) (*Meta, error) {
-	resp, final, err := r.Client.Get(ctx, l.URL, l.Header, httprange.Span{Start: 0, End: 0}.Header(), r.MaxRedirects)
-	if err != nil {
-		return nil, err
+// probeWithRetries probes l, trying again under the Retry policy as a chunk would be.
+func (r *Resolver) probeWithRetries(ctx context.Context, l Link, first httprange.Span) (*Meta, *http.Response, error) {
+	for n := 1; ; n++ {
+		m, resp, err := r.probeOnce(ctx, l, first)
+		if err == nil {
+			return m, resp, nil
+		}
+		if !upstream.Retryable(err) {
+			return nil, nil, err
+		}
+		if n > r.Retry.Max {
+			if r.Retry.Max > 0 {
+				err = fmt.Errorf("probe gave up after %d retries: %w", r.Retry.Max, err)
+			}
+			return nil, nil, err
+		}
+		wait := r.Retry.Wait(n, err)
+		r.logger().Debug("retrying the probe", "url", upstream.Redact(l.URL), "retry", n, "wait", wait, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, nil, context.Cause(ctx)
+		}
 	}
-	defer resp.Body.Close()
+}
+
+// probeOnce asks for the first byte (or for first, when set), not HEAD: presigned links often refuse HEAD,
+// and the answer to a Range request tells at once whether the upstream supports Range. A try that gets
+// no answer within StallTimeout is abandoned as stalled.
+func (r *Resolver) probeOnce(ctx context.Context, l Link, first httprange.Span) (*Meta, *http.Response, error) {
+	want := httprange.Span{Start: 0, End: 0}
+	if first.Start >= 0 {
+		want = first
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	stall := time.AfterFunc(r.stallTimeout(), func() { cancel(upstream.ErrStalled) })
+	resp, final, err := r.Client.Get(ctx, l.URL, l.Header, want.Header(), r.MaxRedirects)
+	stall.Stop()
+	if err != nil {
+		cancel(nil)
+		if context.Cause(ctx) == upstream.ErrStalled {
+			err = fmt.Errorf("%w: no answer from %s in %v", upstream.ErrStalled, upstream.Redact(l.URL), r.stallTimeout())
+		}
+		return nil, nil, err
+	}
+	m, keep, err := readProbe(resp, final, want, first.Start >= 0)
+	if !keep {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<10))
+		resp.Body.Close()
+		cancel(nil)
+		return m, nil, err
+	}
+	// The caller reads the rest; closing the body ends the request.
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	return m, resp, nil
+}
+
+// readProbe learns what the answer to a probe for want says of the file, and whether its body holds
+// want's bytes for the caller (only when head is set).
+func readProbe(resp *http.Response, final string, want httprange.Span, head bool) (*Meta, bool, error) {
 	m := &Meta{
 		URL: final,
 		Version: upstream.Version{
@@ -250,27 +352,59 @@ func (r *Resolver) probeLink(ctx context.Context, l Link) (*Meta, error) {
 		Disposition: resp.Header.Get("Content-Disposition"),
 		probed:      time.Now(),
 	}
+	if resp.StatusCode == http.StatusRequestedRangeNotSatisfiable {
+		// Only a file that ends before want.Start answers so: an empty one for bytes=0-0.
+		cr, err := httprange.ParseContentRange(resp.Header.Get("Content-Range"))
+		if err != nil || !cr.Unsatisfied || cr.Size > want.Start {
+			return nil, false, upstream.CheckStatus(resp, final)
+		}
+		m.Version.Size, m.Ranges = cr.Size, true
+		return m, false, nil
+	}
+	if err := upstream.CheckUsable(resp, final); err != nil {
+		return nil, false, err
+	}
 	switch resp.StatusCode {
 	case http.StatusPartialContent:
 		cr, err := httprange.ParseContentRange(resp.Header.Get("Content-Range"))
-		if err != nil || cr.Unsatisfied || cr.Span != (httprange.Span{Start: 0, End: 0}) {
-			return nil, fmt.Errorf("%w: %q for the probe's bytes=0-0", upstream.ErrBadAnswer, resp.Header.Get("Content-Range"))
+		// The answer must start where asked and end where asked, or at the end of a smaller file.
+		if err != nil || cr.Unsatisfied || cr.Start != want.Start || (cr.End != want.End && cr.End != cr.Size-1) || cr.End > want.End {
+			return nil, false, fmt.Errorf("%w: Content-Range %q for the probe's %s", upstream.ErrBadAnswer, resp.Header.Get("Content-Range"), want.Header())
 		}
 		m.Version.Size, m.Ranges = cr.Size, cr.Size >= 0
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<10))
-	case http.StatusOK:
-		m.Version.Size = resp.ContentLength
-	case http.StatusRequestedRangeNotSatisfiable:
-		// The only file where bytes=0-0 is past the end is an empty one.
-		if cr, err := httprange.ParseContentRange(resp.Header.Get("Content-Range")); err == nil && cr.Unsatisfied && cr.Size == 0 {
-			m.Version.Size, m.Ranges = 0, true
-			return m, nil
-		}
-		return nil, upstream.CheckStatus(resp, final)
 	default:
-		return nil, upstream.CheckStatus(resp, final)
+		m.Version.Size = resp.ContentLength
 	}
-	return m, nil
+	if err := upstream.CheckSize(m.Version.Size); err != nil {
+		return nil, false, err
+	}
+	return m, head && m.Ranges, nil
+}
+
+// cancelOnClose ends a probe's request when the caller that took its body closes it.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelCauseFunc
+}
+
+func (b *cancelOnClose) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel(nil)
+	return err
+}
+
+func (r *Resolver) stallTimeout() time.Duration {
+	if r.StallTimeout > 0 {
+		return r.StallTimeout
+	}
+	return 10 * time.Second
+}
+
+func (r *Resolver) logger() *slog.Logger {
+	if r.Logger != nil {
+		return r.Logger
+	}
+	return slog.Default()
 }
 
 // hopHeaders are the hop-by-hop headers (RFC 9110, 7.6.1) and the ones mflow sets itself per request:

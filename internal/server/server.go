@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"path"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -48,6 +49,26 @@ type Server struct {
 
 // Handler returns the routes.
 func (s *Server) Handler() http.Handler {
+	return s.recoverPanics(s.routes())
+}
+
+// recoverPanics logs a handler's panic at ERROR with its stack and cuts that one answer; net/http would
+// log it only to its error log, and the other streams carry on either way.
+func (s *Server) recoverPanics(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v != http.ErrAbortHandler {
+					s.logger().Error("request panicked; cutting its answer", "path", r.URL.Path, "panic", v, "stack", string(debug.Stack()))
+				}
+				panic(http.ErrAbortHandler)
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", s.serveIndex)
 	if s.RPC != nil {
@@ -151,33 +172,44 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 		defer p.task.End()
 	}
 	l := p.link
+	log := s.logger()
+	if p.task != nil {
+		log = log.With("gid", p.task.GID)
+	}
 	mirrors := s.Resolver.Mirrors(p.ctx, l) // probed alongside the link's own probe
-	meta, err := s.Resolver.Resolve(p.ctx, l)
+	meta, head, err := s.Resolver.Open(p.ctx, l, s.firstRequest(r))
 	if err != nil {
 		if p.ctx.Err() == nil {
 			if p.task != nil {
 				p.task.Fail(err)
 			}
 			status, reason := upstreamFailure(err)
+			playFailed(log, l, status, reason)
 			fail(w, status, reason)
 		}
 		return
 	}
+	defer func() { closeBody(head) }() // unless the engine took it
 	size := meta.Version.Size
 	if p.task != nil {
 		p.task.Sized(size)
 	}
+	h := w.Header()
+	// The bytes are the user's film, never a page of mflow's origin: no sniffing, no script.
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Security-Policy", "sandbox")
 	if size == 0 { // nothing to range over: servers that support Range answer 200 here too
-		w.Header().Set("Content-Length", "0")
+		h.Set("Content-Length", "0")
 		w.WriteHeader(http.StatusOK)
 		return
 	}
 	if !meta.Ranges && !s.RelayNoRange {
-		fail(w, http.StatusForbidden, "upstream does not support Range requests, so it cannot be fetched in parallel; start mflow with --relay-no-range to relay it over one connection")
+		reason := "upstream does not support Range requests, so it cannot be fetched in parallel; start mflow with --relay-no-range to relay it over one connection"
+		playFailed(log, l, http.StatusForbidden, reason)
+		fail(w, http.StatusForbidden, reason)
 		return
 	}
 
-	h := w.Header()
 	name := fileName(l, meta)
 	h.Set("Content-Type", contentType(meta, name))
 	h.Set("Content-Disposition", disposition(l, meta, name))
@@ -191,7 +223,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodHead {
 			return
 		}
-		s.run(w, r, p, meta, nil, httprange.Span{Start: 0, End: -1}, http.StatusOK)
+		s.run(w, r, p, log, meta, nil, nil, httprange.Span{Start: 0, End: -1}, http.StatusOK)
 		return
 	}
 	h.Set("Accept-Ranges", "bytes")
@@ -214,7 +246,35 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(status)
 		return
 	}
-	s.run(w, r, p, meta, mirrors(meta), span, status)
+	taken := head
+	head = nil
+	s.run(w, r, p, log, meta, taken, mirrors(meta), span, status)
+}
+
+// firstRequest is what a probe may ask for so that its answer is the stream's first bytes: the first
+// piece of the player's range. A HEAD, an If-Range (the whole file may be sent instead) and a suffix range
+// (bytes=-N: where it starts needs the size) probe the first byte only (Start < 0).
+func (s *Server) firstRequest(r *http.Request) httprange.Span {
+	none := httprange.Span{Start: -1, End: -1}
+	if r.Method != http.MethodGet || r.Header.Get("If-Range") != "" {
+		return none
+	}
+	sp, ok := httprange.Peek(r.Header.Get("Range"))
+	if !ok {
+		return none
+	}
+	return s.Engine.FirstRequest(sp)
+}
+
+func closeBody(resp *http.Response) {
+	if resp != nil {
+		resp.Body.Close()
+	}
+}
+
+// playFailed is the one WARN line of a play that failed: which link, what the player was told, and why.
+func playFailed(log *slog.Logger, l link.Link, status int, reason string) {
+	log.Warn("play failed", "file", upstream.Redact(l.URL), "status", status, "why", reason)
 }
 
 // ifRangeHolds reports whether an If-Range header (absent, or naming the current version) lets a Range
@@ -225,12 +285,9 @@ func ifRangeHolds(ifRange string, v upstream.Version) bool {
 
 // run streams span with status and logs the stream's start and end. The status line goes out with the
 // first byte, so a stream that fails before any byte still gets an error status.
-func (s *Server) run(w http.ResponseWriter, r *http.Request, p plan, meta *link.Meta, mirrors []engine.Target, span httprange.Span, status int) {
+func (s *Server) run(w http.ResponseWriter, r *http.Request, p plan, log *slog.Logger, meta *link.Meta, head *http.Response, mirrors []engine.Target, span httprange.Span, status int) {
 	id := s.streams.Add(1)
-	log := s.logger().With("stream", id)
-	if p.task != nil {
-		log = log.With("gid", p.task.GID)
-	}
+	log = log.With("stream", id)
 	log.Info("stream start", "file", upstream.Redact(p.link.URL), "range", fmt.Sprintf("%d-%d/%d", span.Start, span.End, meta.Version.Size), "player", r.RemoteAddr)
 	began := time.Now()
 	out := &lazyHeader{w: w, status: status, task: p.task}
@@ -241,35 +298,50 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, p plan, meta *link.
 		if p.task != nil {
 			identity = "task " + p.task.GID
 		}
-		stats, err = s.Engine.Stream(p.ctx, out, engine.Request{Target: meta.Target(p.link), FileKey: meta.FileKey(identity), Mirrors: mirrors, Span: span, Refresh: s.Resolver.Refresher(p.link),
+		stats, err = s.Engine.Stream(p.ctx, out, engine.Request{Target: meta.Target(p.link), Head: head, FileKey: meta.FileKey(identity), Mirrors: mirrors, Span: span, Refresh: s.Resolver.Refresher(p.link),
 			Connections: p.connections, MinSpeed: p.minSpeed, Logger: log})
 	} else {
 		stats, err = s.Engine.Relay(p.ctx, out, meta.Target(p.link), span)
 	}
+	// A stream that ended early may have cut the player's writes; what is still to be written must go out.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
 	took := time.Since(began)
 	attrs := []any{"bytes", stats.Bytes, "took", took.Round(time.Millisecond), "speed", bytesize.Human(float64(stats.Bytes)/max(took.Seconds(), 1e-3)) + "/s", "retries", stats.Retries}
+	if stats.Replaced > 0 {
+		attrs = append(attrs, "replaced", stats.Replaced)
+	}
 	switch {
 	case err == nil:
 		log.Info("stream end", attrs...)
-	case errors.Is(err, engine.ErrPlayerGone) || r.Context().Err() != nil:
+	case r.Context().Err() != nil:
 		log.Info("stream end: player left", attrs...)
 	case p.ctx.Err() != nil:
 		log.Info("stream end: task paused or removed", attrs...)
 		panic(http.ErrAbortHandler)
+	case errors.Is(err, engine.ErrPlayerGone):
+		log.Info("stream end: player left", attrs...)
 	default:
-		log.Error("stream failed", append(attrs, "err", err)...)
+		log.Info("stream end: failed", attrs...)
 		if p.task != nil {
 			p.task.Fail(err)
 		}
 		if !out.sent {
+			for _, name := range entityHeaders {
+				w.Header().Del(name) // they described the answer that is not coming
+			}
 			status, reason := upstreamFailure(err)
+			playFailed(log, p.link, status, reason)
 			fail(w, status, reason)
 			return
 		}
+		playFailed(log, p.link, out.status, fmt.Sprintf("cut after %d bytes: %v", stats.Bytes, err))
 		// The player has part of the answer: cut the connection, so it cannot take the rest for whole.
 		panic(http.ErrAbortHandler)
 	}
 }
+
+// entityHeaders describe a stream's body; an error answered instead of it must not carry them.
+var entityHeaders = []string{"Content-Range", "Content-Length", "Content-Disposition", "Content-Type", "ETag", "Last-Modified", "Accept-Ranges"}
 
 // lazyHeader sends the status line with the first byte of the body, and counts the bytes a task's
 // player takes.
@@ -294,6 +366,11 @@ func (l *lazyHeader) Write(b []byte) (int, error) {
 
 // Flush sends what is buffered; a broken connection shows at the next Write.
 func (l *lazyHeader) Flush() { _ = http.NewResponseController(l.w).Flush() }
+
+// SetWriteDeadline lets the engine cut a write the player is slow to take when the stream must end.
+func (l *lazyHeader) SetWriteDeadline(t time.Time) error {
+	return http.NewResponseController(l.w).SetWriteDeadline(t)
+}
 
 // upstreamFailure is the status and reason for a player when the upstream fails: its own 4xx status,
 // 504 for a timeout, 502 for the rest.

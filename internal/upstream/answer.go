@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"mflow/internal/httprange"
@@ -61,7 +62,45 @@ var (
 	ErrChanged = errors.New("upstream file changed")
 	// ErrBadAnswer is an answer that does not carry exactly the bytes asked; asking again may fix it.
 	ErrBadAnswer = errors.New("upstream answered with the wrong bytes")
+	// ErrTooBig is a file larger than MaxSize: a size no real file has, so a lie or a broken server.
+	ErrTooBig = errors.New("upstream claims a file larger than mflow handles")
+	// ErrShortBody is an answer that ended before the bytes it announced.
+	ErrShortBody = errors.New("upstream answer ended early")
+	// ErrStalled is a request that got nothing (no answer, or no byte of its body) for the stall timeout.
+	ErrStalled = errors.New("upstream stalled")
 )
+
+// MaxSize is the largest file mflow streams, 2^53 bytes (8 PiB): every offset and every sum of a size and
+// a chunk stays far from overflowing an int64, and exact in a float64.
+const MaxSize int64 = 1 << 53
+
+// CheckSize refuses a size above MaxSize.
+func CheckSize(size int64) error {
+	if size > MaxSize {
+		return fmt.Errorf("%w: %d bytes, more than 2^53", ErrTooBig, size)
+	}
+	return nil
+}
+
+// checkIdentity refuses an answer whose body is not the file's bytes as stored: a Content-Encoding other
+// than identity (gzip, br…) has other bytes at other offsets, even when its Content-Range looks right.
+func checkIdentity(h http.Header) error {
+	for _, enc := range h.Values("Content-Encoding") {
+		if e := strings.TrimSpace(enc); e != "" && !strings.EqualFold(e, "identity") {
+			return fmt.Errorf("%w: Content-Encoding %s, not the file's own bytes", ErrBadAnswer, e)
+		}
+	}
+	return nil
+}
+
+// CheckUsable returns a *StatusError for an answer that is neither 200 nor 206, and ErrBadAnswer for one
+// whose body is encoded.
+func CheckUsable(resp *http.Response, rawURL string) error {
+	if err := CheckStatus(resp, rawURL); err != nil {
+		return err
+	}
+	return checkIdentity(resp.Header)
+}
 
 // CheckStatus returns a *StatusError for an answer that is neither 200 nor 206.
 func CheckStatus(resp *http.Response, rawURL string) error {
@@ -75,7 +114,7 @@ func CheckStatus(resp *http.Response, rawURL string) error {
 // Content-Range of exactly span over v.Size, and the same validators. An ErrChanged error means another
 // version of the file; an ErrBadAnswer error means this answer cannot be used but another may be.
 func CheckPartial(resp *http.Response, rawURL string, span httprange.Span, v Version) error {
-	if err := CheckStatus(resp, rawURL); err != nil {
+	if err := CheckUsable(resp, rawURL); err != nil {
 		return err
 	}
 	if resp.StatusCode != http.StatusPartialContent {
@@ -136,7 +175,7 @@ func retryAfter(v string) time.Duration {
 
 // CheckWhole checks that resp is a 200 answer with the whole of version v.
 func CheckWhole(resp *http.Response, rawURL string, v Version) error {
-	if err := CheckStatus(resp, rawURL); err != nil {
+	if err := CheckUsable(resp, rawURL); err != nil {
 		return err
 	}
 	if resp.StatusCode != http.StatusOK {

@@ -185,6 +185,8 @@ func (c *Client) Get(ctx context.Context, rawURL string, header http.Header, rng
 		if rng != "" {
 			req.Header.Set("Range", rng)
 		}
+		// The bytes must be the file's own: a compressed answer has other offsets than the Range asked.
+		req.Header.Set("Accept-Encoding", "identity")
 		resp, err := c.Do(req)
 		if err != nil {
 			return nil, "", &NetError{URL: Redact(rawURL), Err: err}

@@ -1,18 +1,24 @@
-// Package upstreamtest provides upstream servers for tests: they serve a file with Range, throttle each
-// connection, and fail on demand (reset, stall, wrong status, wrong range, another version).
+// Package upstreamtest provides upstream servers for tests and the benchmark. They model a cloud drive,
+// not an ideal server: each answer can wait before its first byte, each connection and each request has a
+// speed cap, a request can land on a slow route, and faults are injected on demand (reset, stall, wrong
+// status, wrong range, another version, a compressed body, a lying size).
 package upstreamtest
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/time/rate"
 )
@@ -30,6 +36,12 @@ type Fault struct {
 	StallAfter int64
 	// Rate, when positive, caps this answer's speed in bytes per second (on top of PerConn).
 	Rate float64
+	// Gzip answers with the asked bytes gzip-compressed and Content-Encoding: gzip.
+	Gzip bool
+	// ClaimSize, when positive, is the file size the Content-Range claims instead of the real one.
+	ClaimSize int64
+	// Latency, when positive, replaces Options.Latency for this answer.
+	Latency time.Duration
 }
 
 // Options shape an upstream's answers.
@@ -40,14 +52,44 @@ type Options struct {
 	NoRange bool
 	// Fault, when set, picks the fault for the nth request (counting from 1).
 	Fault func(n int64, r *http.Request) Fault
+	// Latency is how long every answer waits before its status line: a distant drive's first byte.
+	Latency time.Duration
+	// PerRequest caps each answer's speed in bytes per second, as drives that throttle per request do.
+	PerRequest float64
+	// SlowChance is the chance that a request lands on a slow route, served at SlowRate bytes per second
+	// whatever the other caps: one congested path among good ones.
+	SlowChance float64
+	SlowRate   float64
+	// Seed makes the slow routes' draws repeatable.
+	Seed uint64
+}
+
+// DriveModels are the upstreams the benchmark measures on, and what tests of speed use: an ideal one, a
+// distant one, and one with uneven routes, each capping every connection at PerConn.
+func DriveModels(perConn float64) []struct {
+	Name string
+	Opts Options
+} {
+	return []struct {
+		Name string
+		Opts Options
+	}{
+		{"ideal", Options{PerConn: perConn}},
+		{"150 ms", Options{PerConn: perConn, Latency: 150 * time.Millisecond}},
+		{"uneven routes", Options{PerConn: perConn, Latency: 50 * time.Millisecond, SlowChance: 0.2, SlowRate: 200 << 10, Seed: 1}},
+	}
 }
 
 // Upstream serves Content at any path.
 type Upstream struct {
 	URL     string  // base URL; the tests ask for URL + "/file"
-	Content []byte  // the file
+	Content []byte  // the file; nil for a virtual file (NewVirtual)
 	ETag    string  // sent with every answer unless a Fault says otherwise
 	opts    Options // how to answer
+	size    int64   // bytes in the file
+
+	routeMu sync.Mutex // guards routes
+	routes  *rand.Rand // draws slow routes
 
 	requests atomic.Int64 // requests received
 	open     atomic.Int64 // requests being answered
@@ -63,9 +105,13 @@ type Upstream struct {
 
 type limiterKey struct{}
 
+func newUpstream(content []byte, opts Options) *Upstream {
+	return &Upstream{Content: content, ETag: `"v1"`, opts: opts, size: int64(len(content)), routes: rand.New(rand.NewPCG(opts.Seed, 11))}
+}
+
 // New starts an upstream on loopback.
 func New(content []byte, opts Options) *Upstream {
-	u := &Upstream{Content: content, ETag: `"v1"`, opts: opts}
+	u := newUpstream(content, opts)
 	ts := httptest.NewUnstartedServer(u)
 	u.configure(ts.Config)
 	ts.Start()
@@ -75,7 +121,7 @@ func New(content []byte, opts Options) *Upstream {
 
 // NewTLS starts an upstream on loopback over TLS, speaking HTTP/2 when h2 is set.
 func NewTLS(content []byte, h2 bool, opts Options) *Upstream {
-	u := &Upstream{Content: content, ETag: `"v1"`, opts: opts}
+	u := newUpstream(content, opts)
 	ts := httptest.NewUnstartedServer(u)
 	ts.EnableHTTP2 = h2
 	u.configure(ts.Config)
@@ -89,7 +135,41 @@ func NewTLS(content []byte, h2 bool, opts Options) *Upstream {
 // NewInMemory starts an upstream whose connections are in-memory pipes: inside a synctest bubble its
 // throttling and stalls run on the bubble's clock. Connect with Dial.
 func NewInMemory(content []byte, opts Options) *Upstream {
-	u := &Upstream{Content: content, ETag: `"v1"`, URL: "http://upstream.test", opts: opts}
+	u := newUpstream(content, opts)
+	u.URL = "http://upstream.test"
+	return u.serveInMemory()
+}
+
+// NewVirtual starts an in-memory upstream of a file of size bytes that is never held: byte i is VirtualByte(i).
+// It serves files of any size up to 2^63-1, for the arithmetic at the edges.
+func NewVirtual(size int64, opts Options) *Upstream {
+	u := newUpstream(nil, opts)
+	u.URL, u.size = "http://virtual.test", size
+	return u.serveInMemory()
+}
+
+// VirtualByte is byte i of a virtual file.
+func VirtualByte(i int64) byte {
+	x := uint64(i) * 0x9E3779B97F4A7C15
+	return byte(x>>56 ^ x>>29 ^ x)
+}
+
+// Size is the size of the file served.
+func (u *Upstream) Size() int64 { return u.size }
+
+// Bytes returns the file's bytes [from, to).
+func (u *Upstream) Bytes(from, to int64) []byte {
+	if u.Content != nil {
+		return u.Content[from:to]
+	}
+	b := make([]byte, to-from)
+	for i := range b {
+		b[i] = VirtualByte(from + int64(i))
+	}
+	return b
+}
+
+func (u *Upstream) serveInMemory() *Upstream {
 	l := &pipeListener{conns: make(chan net.Conn), done: make(chan struct{})}
 	u.srv = &http.Server{Handler: u}
 	u.configure(u.srv)
@@ -97,6 +177,16 @@ func NewInMemory(content []byte, opts Options) *Upstream {
 	u.dial = l.dial
 	u.closer = func() { u.srv.Close() }
 	return u
+}
+
+// slowRoute draws whether a request lands on a slow route.
+func (u *Upstream) slowRoute() bool {
+	if u.opts.SlowChance <= 0 {
+		return false
+	}
+	u.routeMu.Lock()
+	defer u.routeMu.Unlock()
+	return u.routes.Float64() < u.opts.SlowChance
 }
 
 func (u *Upstream) configure(s *http.Server) {
@@ -149,6 +239,19 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if u.opts.Fault != nil {
 		f = u.opts.Fault(n, r)
 	}
+	latency := u.opts.Latency
+	if f.Latency > 0 {
+		latency = f.Latency
+	}
+	if latency > 0 {
+		t := time.NewTimer(latency)
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			t.Stop()
+			return
+		}
+	}
 	h := w.Header()
 	h.Set("ETag", u.ETag)
 	if f.ETag != "" {
@@ -162,7 +265,11 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(f.Status)
 		return
 	}
-	size := int64(len(u.Content))
+	size := u.size
+	claimed := size
+	if f.ClaimSize > 0 {
+		claimed = f.ClaimSize
+	}
 	start, end, partial := int64(0), size-1, false
 	if rng := r.Header.Get("Range"); rng != "" && !u.opts.NoRange && !f.Whole {
 		var a, b int64
@@ -171,25 +278,44 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if a >= size {
-			h.Set("Content-Range", fmt.Sprintf("bytes */%d", size))
+			h.Set("Content-Range", fmt.Sprintf("bytes */%d", claimed))
 			w.WriteHeader(http.StatusRequestedRangeNotSatisfiable)
 			return
 		}
 		start, end, partial = a+f.Shift, min(b, size-1)+f.Shift, true
 		start, end = max(start, 0), min(end, size-1)
 	}
+	body := func(from, to int64) []byte { return u.Bytes(from, to) }
+	length := end - start + 1
+	if f.Gzip {
+		var z bytes.Buffer
+		zw := gzip.NewWriter(&z)
+		zw.Write(u.Bytes(start, end+1))
+		zw.Close()
+		packed := z.Bytes()
+		h.Set("Content-Encoding", "gzip")
+		body = func(from, to int64) []byte { return packed[from-start : to-start] }
+		end = start + int64(len(packed)) - 1
+	}
 	h.Set("Content-Length", strconv.FormatInt(end-start+1, 10))
 	if partial {
-		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end, size))
+		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, start+length-1, claimed))
 		w.WriteHeader(http.StatusPartialContent)
 	} else {
 		h.Set("Accept-Ranges", "none")
 		w.WriteHeader(http.StatusOK)
 	}
-	limiter, _ := r.Context().Value(limiterKey{}).(*rate.Limiter)
-	var own *rate.Limiter
-	if f.Rate > 0 {
-		own = rate.NewLimiter(rate.Limit(f.Rate), chunk)
+	limiters := []*rate.Limiter{}
+	if l, _ := r.Context().Value(limiterKey{}).(*rate.Limiter); l != nil && l.Limit() != rate.Inf {
+		limiters = append(limiters, l)
+	}
+	for _, limit := range []float64{f.Rate, u.opts.PerRequest} {
+		if limit > 0 {
+			limiters = append(limiters, rate.NewLimiter(rate.Limit(limit), chunk))
+		}
+	}
+	if u.slowRoute() {
+		limiters = append(limiters, rate.NewLimiter(rate.Limit(u.opts.SlowRate), chunk))
 	}
 	rc := http.NewResponseController(w)
 	var sent int64
@@ -209,14 +335,12 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			<-r.Context().Done() // stalled
 			return
 		}
-		for _, l := range []*rate.Limiter{limiter, own} {
-			if l != nil && l.Limit() != rate.Inf {
-				if err := l.WaitN(r.Context(), int(step)); err != nil {
-					return
-				}
+		for _, l := range limiters {
+			if err := l.WaitN(r.Context(), int(step)); err != nil {
+				return
 			}
 		}
-		if _, err := w.Write(u.Content[pos : pos+step]); err != nil {
+		if _, err := w.Write(body(pos, pos+step)); err != nil {
 			return
 		}
 		_ = rc.Flush()
