@@ -1,7 +1,10 @@
-// Command mflow-bench measures mflow against what it competes with, side by side in one run, on an
-// upstream that caps each connection's speed as cloud drives do: one direct connection, mflow with N
-// connections, and aria2c -xN when it is installed. It prints a Markdown table of ratios, which hold on a
-// noisy machine where absolute figures do not.
+// Command mflow-bench measures mflow against what it competes with, side by side in one run, on upstreams
+// that model cloud drives rather than an ideal server: each caps every connection's speed, one answers
+// each request after 150 ms, and one sends one request in five down a slow route. For each it measures one
+// direct connection, N × one, mflow with the seed's defaults (-c 4 -s 1M), and aria2c -x4 -s4 -k1M when it
+// is installed; the first byte of a first play and of a replay, direct and through mflow; each stream's
+// peak memory; and how long a player reading at 7 MB/s waits in all after its first byte. It prints
+// Markdown tables of ratios, which hold on a noisy machine where absolute figures do not.
 package main
 
 import (
@@ -19,10 +22,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"mflow/internal/bytesize"
-	"mflow/internal/chunkcache"
 	"mflow/internal/engine"
 	"mflow/internal/link"
 	"mflow/internal/server"
@@ -30,177 +33,206 @@ import (
 	"mflow/internal/upstreamtest"
 )
 
+// The seed's defaults, which the targets are stated at.
+const (
+	connections = 4
+	chunkSize   = 1 << 20
+)
+
 func main() {
-	size := flag.Int("size", 16<<20, "file size in bytes")
-	perConn := flag.Float64("per-conn", 2<<20, "upstream speed cap per connection, bytes/s")
-	firstByteRuns := flag.Int("first-byte-runs", 15, "requests to time for the first byte")
+	size := flag.Int("size", 64<<20, "file size in bytes")
+	perConn := flag.Float64("per-conn", 2e6, "upstream speed cap per connection, bytes/s")
+	firstByteRuns := flag.Int("first-byte-runs", 9, "plays to time for the first byte")
+	playerRate := flag.Float64("player-rate", 7e6, "the reading speed of the paced player, bytes/s")
+	only := flag.String("only", "", "measure only the drive models whose name contains this")
 	plotTo := flag.String("plot", "", "also draw the results into this PNG (needs gnuplot)")
 	flag.Parse()
-	if err := run(*size, *perConn, *firstByteRuns, *plotTo); err != nil {
+	b := &bench{size: *size, perConn: *perConn, firstByteRuns: *firstByteRuns, playerRate: *playerRate,
+		player: &http.Client{Transport: &http.Transport{DisableCompression: true}}}
+	b.aria2c, _ = exec.LookPath("aria2c")
+	if err := b.run(*only, *plotTo); err != nil {
 		fmt.Fprintln(os.Stderr, "mflow-bench:", err)
 		os.Exit(1)
 	}
 }
 
-// row is one connection count's results, in bytes per second; aria2c is 0 when it is not installed.
-type row struct {
-	n                  int
-	ideal, mflow, aria float64
+type bench struct {
+	size          int
+	perConn       float64
+	firstByteRuns int
+	playerRate    float64
+	player        *http.Client
+	aria2c        string // "" when not installed
 }
 
-func run(size int, perConn float64, firstByteRuns int, plotTo string) error {
-	file := upstreamtest.RandomFile(size)
-	up := upstreamtest.New(file, upstreamtest.Options{PerConn: perConn})
-	defer up.Close()
-	fileURL := up.URL + "/film.mp4"
-	player := &http.Client{Transport: &http.Transport{DisableCompression: true}}
+// result is one drive model's figures: speeds in bytes per second, times, and memory.
+type result struct {
+	name                    string
+	one, ideal, mflow, aria float64 // one is 0 where it is not measured (uneven routes)
+	peak                    int64   // most bytes the stream held in chunk buffers
+	firstDirect, firstProxy time.Duration
+	replayDirect, replay    time.Duration
+	waitProxy, waitDirect   time.Duration // a paced player's total wait after its first byte; 0: not measured
+}
 
-	fmt.Printf("Upstream: %s file, each connection capped at %s/s. mflow chunk 1M.\n\n", bytesize.Human(float64(size)), bytesize.Human(perConn))
-	one, err := timeGet(player, fileURL, size)
-	if err != nil {
-		return fmt.Errorf("direct download: %w", err)
-	}
-	oneRate := float64(size) / one.Seconds()
-	fmt.Printf("One direct connection: %s/s (%v)\n\n", bytesize.Human(oneRate), one.Round(time.Millisecond))
-
-	aria2c, _ := exec.LookPath("aria2c")
-	fmt.Println("| N | N × one connection | mflow -c N | mflow ÷ (N × one) | aria2c -xN | mflow ÷ aria2c |")
-	fmt.Println("|---|---|---|---|---|---|")
-	var rows []row
-	for _, n := range []int{1, 2, 4, 8} {
-		proxy, closeProxy := startProxy(n, 1<<20, nil)
-		took, err := timeGet(player, proxy+"/stream?url="+url.QueryEscape(fileURL), size)
-		closeProxy()
+func (b *bench) run(only, plotTo string) error {
+	fmt.Printf("%s file; every connection capped at %s/s; mflow -c %d -s %s; aria2c -x%d -s%d -k1M%s.\n\n",
+		bytesize.Human(float64(b.size)), bytesize.Human(b.perConn), connections, bytesize.Format(chunkSize), connections, connections,
+		map[bool]string{true: "", false: " (not installed)"}[b.aria2c != ""])
+	var results []result
+	for _, m := range upstreamtest.DriveModels(b.perConn) {
+		if !strings.Contains(m.Name, only) {
+			continue
+		}
+		r, err := b.measure(m.Name, m.Opts)
 		if err != nil {
-			return fmt.Errorf("mflow -c %d: %w", n, err)
+			return fmt.Errorf("%s: %w", m.Name, err)
 		}
-		rate := float64(size) / took.Seconds()
-		ariaCell, vsAria, ariaRate := "not installed", "–", 0.0
-		if aria2c != "" {
-			at, err := timeAria2c(aria2c, fileURL, n, size)
-			if err != nil {
-				return fmt.Errorf("aria2c -x%d: %w", n, err)
-			}
-			ariaRate = float64(size) / at.Seconds()
-			ariaCell = bytesize.Human(ariaRate) + "/s"
-			vsAria = fmt.Sprintf("%.2f", rate/ariaRate)
-		}
-		fmt.Printf("| %d | %s/s | %s/s | **%.2f** | %s | %s |\n", n, bytesize.Human(float64(n)*oneRate), bytesize.Human(rate), rate/(float64(n)*oneRate), ariaCell, vsAria)
-		rows = append(rows, row{n: n, ideal: float64(n) * oneRate, mflow: rate, aria: ariaRate})
+		results = append(results, r)
 	}
-
-	// A second play of the same film, with the memory cache on: nothing goes upstream but one probe.
-	cached, closeCached := startProxy(4, 1<<20, chunkcache.NewMemory(int64(size)*2))
-	streamOf := cached + "/stream?url=" + url.QueryEscape(fileURL+"?replay")
-	first, err := timeGet(player, streamOf, size)
-	if err != nil {
-		return fmt.Errorf("first play with --cache: %w", err)
-	}
-	before := up.Requests()
-	second, err := timeGet(player, streamOf, size)
-	closeCached()
-	if err != nil {
-		return fmt.Errorf("second play with --cache: %w", err)
-	}
-	fmt.Printf("\nSecond play with --cache, -c 4: first %s/s, second %s/s (%.0f×), %d requests upstream the second time.\n",
-		bytesize.Human(float64(size)/first.Seconds()), bytesize.Human(float64(size)/second.Seconds()), first.Seconds()/second.Seconds(), up.Requests()-before)
-
-	proxy, closeProxy := startProxy(4, 4<<20, nil)
-	defer closeProxy()
-	var direct, viaProxy []time.Duration
-	for i := range firstByteRuns {
-		// A new query each time: mflow must probe the link afresh, as for a film it has not seen.
-		u := fmt.Sprintf("%s?run=%d", fileURL, i)
-		d, err := firstByte(player, u)
-		if err != nil {
-			return fmt.Errorf("first byte direct: %w", err)
-		}
-		p, err := firstByte(player, proxy+"/stream?url="+url.QueryEscape(u))
-		if err != nil {
-			return fmt.Errorf("first byte through mflow: %w", err)
-		}
-		direct, viaProxy = append(direct, d), append(viaProxy, p)
-	}
-	md, mp := median(direct), median(viaProxy)
-	fmt.Printf("\nFirst byte, median of %d, 4 MiB chunks, -c 4: direct %v, through mflow %v (+%v).\n", firstByteRuns, md.Round(10*time.Microsecond), mp.Round(10*time.Microsecond), (mp - md).Round(10*time.Microsecond))
+	b.print(results)
 	if plotTo == "" {
 		return nil
 	}
-	return plot(plotTo, rows, oneRate, md, mp, perConn)
+	return plot(plotTo, results, b.perConn)
 }
 
-// plot draws throughput against connection count, and the first-byte times, with gnuplot.
-func plot(path string, rows []row, oneRate float64, direct, proxy time.Duration, perConn float64) error {
-	gnuplot, err := exec.LookPath("gnuplot")
-	if err != nil {
-		return fmt.Errorf("-plot needs gnuplot (apt-get install gnuplot-nox): %w", err)
-	}
-	const mib = 1 << 20
-	var data strings.Builder
-	for _, r := range rows {
-		aria := "NaN"
-		if r.aria > 0 {
-			aria = fmt.Sprintf("%.3f", r.aria/mib)
+func (b *bench) measure(name string, opts upstreamtest.Options) (result, error) {
+	r := result{name: name, ideal: connections * b.perConn}
+	file := upstreamtest.RandomFile(b.size)
+	up := upstreamtest.New(file, opts)
+	defer up.Close()
+	fileURL := up.URL + "/film.mp4"
+	uneven := opts.SlowChance > 0
+	if !uneven { // on uneven routes one connection's figure is a lottery; the ideal is 4 × the fast route
+		took, err := b.timeGet(fileURL + "?direct")
+		if err != nil {
+			return r, fmt.Errorf("one direct connection: %w", err)
 		}
-		fmt.Fprintf(&data, "%d %.3f %.3f %s %.3f\n", r.n, r.ideal/mib, r.mflow/mib, aria, oneRate/mib)
+		r.one = float64(b.size) / took.Seconds()
+		r.ideal = connections * r.one
 	}
-	script := fmt.Sprintf(`set terminal pngcairo size 1100,440 font "DejaVu Sans,11"
-set output %q
-set multiplot layout 1,2 title "mflow on an upstream capping each connection at %.0f MiB/s, measured side by side in one run"
-set xlabel "connections (mflow -c N, aria2c -xN)"
-set ylabel "MiB/s"
-set logscale x 2
-set xrange [0.8:10]
-set xtics (1,2,4,8)
-set key top left
-set grid
-plot $data using 1:2 with lines dashtype 2 lc rgb "#999999" title "N x one connection", \
-     $data using 1:3 with linespoints lw 2 pt 7 lc rgb "#1f77b4" title "mflow", \
-     $data using 1:4 with linespoints lw 2 pt 5 lc rgb "#ff7f0e" title "aria2c", \
-     $data using 1:5 with lines lw 2 lc rgb "#2ca02c" title "one direct connection"
-unset logscale x
-set xlabel ""
-set ylabel "first byte, ms"
-set style fill solid 0.8
-set boxwidth 0.5
-set xrange [-0.7:1.7]
-set yrange [0:%.3f]
-set xtics ("direct" 0, "through mflow" 1)
-unset key
-plot $bars using 1:2:3 with boxes lc rgb variable, $bars using 1:2:(sprintf("%%.2f ms", $2)) with labels offset 0,1
-unset multiplot
-`, path, perConn/mib, 1.3*max(ms(direct), ms(proxy)))
-	input := "$data << EOD\n" + data.String() + "EOD\n" +
-		fmt.Sprintf("$bars << EOD\n0 %.3f 3050327\n1 %.3f 2062260\nEOD\n", ms(direct), ms(proxy)) + script
-	cmd := exec.Command(gnuplot)
-	cmd.Stdin = strings.NewReader(input)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("gnuplot: %w: %s", err, out)
+	proxy, eng, stop := startProxy()
+	defer stop()
+	peak := watchPeak(eng)
+	took, err := b.timeGet(proxy + "/stream?url=" + url.QueryEscape(fileURL+"?mflow"))
+	r.peak = peak()
+	if err != nil {
+		return r, fmt.Errorf("mflow: %w", err)
 	}
-	fmt.Println("Drew", path)
-	return nil
+	r.mflow = float64(b.size) / took.Seconds()
+	if b.aria2c != "" {
+		took, err := b.timeAria2c(fileURL + "?aria2c")
+		if err != nil {
+			return r, fmt.Errorf("aria2c: %w", err)
+		}
+		r.aria = float64(b.size) / took.Seconds()
+	}
+	var direct, first, replayDirect, replay []time.Duration
+	for i := range b.firstByteRuns {
+		// A new query each time: mflow must probe the link afresh, as for a film it has not seen.
+		u := fmt.Sprintf("%s?play=%d", fileURL, i)
+		for _, m := range []struct {
+			to  *[]time.Duration
+			url string
+		}{
+			{&direct, u}, {&first, proxy + "/stream?url=" + url.QueryEscape(u)},
+			{&replayDirect, u}, {&replay, proxy + "/stream?url=" + url.QueryEscape(u)},
+		} {
+			d, err := b.firstByte(m.url)
+			if err != nil {
+				return r, fmt.Errorf("first byte of %s: %w", m.url, err)
+			}
+			*m.to = append(*m.to, d)
+		}
+	}
+	r.firstDirect, r.firstProxy, r.replayDirect, r.replay = median(direct), median(first), median(replayDirect), median(replay)
+	if opts.Latency == 150*time.Millisecond {
+		if r.waitProxy, err = b.pacedWait(proxy + "/stream?url=" + url.QueryEscape(fileURL+"?paced")); err != nil {
+			return r, fmt.Errorf("paced player through mflow: %w", err)
+		}
+		if r.waitDirect, err = b.pacedWait(fileURL + "?paced-direct"); err != nil {
+			return r, fmt.Errorf("paced player direct: %w", err)
+		}
+	}
+	return r, nil
+}
+
+func (b *bench) print(results []result) {
+	fmt.Println("| upstream | one connection | N × one (ideal) | mflow | mflow ÷ ideal | aria2c | aria2c ÷ ideal | mflow ÷ aria2c | peak stream memory |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|")
+	for _, r := range results {
+		one, aria, ariaRatio, vsAria := "–", "–", "–", "–"
+		if r.one > 0 {
+			one = bytesize.Human(r.one) + "/s"
+		}
+		if r.aria > 0 {
+			aria, ariaRatio, vsAria = bytesize.Human(r.aria)+"/s", fmt.Sprintf("%.2f", r.aria/r.ideal), fmt.Sprintf("**%.2f**", r.mflow/r.aria)
+		}
+		fmt.Printf("| %s | %s | %s/s | %s/s | **%.2f** | %s | %s | %s | %s |\n", r.name, one, bytesize.Human(r.ideal), bytesize.Human(r.mflow),
+			r.mflow/r.ideal, aria, ariaRatio, vsAria, bytesize.Human(float64(r.peak)))
+	}
+	fmt.Printf("\nFirst byte, median of %d plays (a first play probes a new link; a replay reuses the probe):\n\n", b.firstByteRuns)
+	fmt.Println("| upstream | first play direct | first play via mflow | extra | replay direct | replay via mflow | extra |")
+	fmt.Println("|---|---|---|---|---|---|---|")
+	for _, r := range results {
+		fmt.Printf("| %s | %s | %s | %+.1f ms | %s | %s | %+.1f ms |\n", r.name, msText(r.firstDirect), msText(r.firstProxy), ms(r.firstProxy-r.firstDirect),
+			msText(r.replayDirect), msText(r.replay), ms(r.replay-r.replayDirect))
+	}
+	for _, r := range results {
+		if r.waitDirect > 0 {
+			fmt.Printf("\nA player reading at %s/s on the %s drive waits, in all after its first byte: through mflow %s, over one direct connection %s.\n",
+				bytesize.Human(b.playerRate), r.name, r.waitProxy.Round(time.Millisecond), r.waitDirect.Round(time.Millisecond))
+		}
+	}
+	fmt.Printf("\nPeak stream memory is what the stream held in chunk buffers: at most 2 × -c × --chunk-size (%s), plus a %s read buffer per request.\n",
+		bytesize.Human(2*connections*chunkSize), bytesize.Human(32<<10))
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// startProxy runs mflow in this process with n connections per stream, the given chunk size and cache.
-func startProxy(n int, chunk int64, cache engine.Cache) (string, func()) {
+func msText(d time.Duration) string { return fmt.Sprintf("%.1f ms", ms(d)) }
+
+// startProxy runs mflow in this process with the seed's defaults, through the same server it serves with.
+func startProxy() (string, *engine.Engine, func()) {
 	client := upstream.NewClient(upstream.Config{})
 	quiet := slog.New(slog.DiscardHandler)
+	e := &engine.Engine{Client: client, ChunkSize: chunkSize, Connections: connections, Retries: 5, MaxRedirects: 3, Logger: quiet}
 	s := &server.Server{
-		Resolver:  &link.Resolver{Client: client, MaxRedirects: 3},
-		Engine:    &engine.Engine{Client: client, ChunkSize: chunk, Connections: n, Retries: 5, MaxRedirects: 3, Cache: cache, Logger: quiet},
+		Resolver:  &link.Resolver{Client: client, MaxRedirects: 3, Retry: upstream.Retry{Max: 5}, Logger: quiet},
+		Engine:    e,
 		UserAgent: "mflow-bench",
 		Logger:    quiet,
 	}
 	ts := httptest.NewServer(s.Handler())
-	return ts.URL, func() { ts.Close(); client.CloseIdleConnections() }
+	return ts.URL, e, func() { ts.Close(); client.CloseIdleConnections() }
+}
+
+// watchPeak samples the engine's held bytes until the returned function is called, which gives the peak.
+func watchPeak(e *engine.Engine) func() int64 {
+	var peak atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(2 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if h := e.HeldBytes(); h > peak.Load() {
+				peak.Store(h)
+			}
+			select {
+			case <-t.C:
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() int64 { close(done); return peak.Load() }
 }
 
 // timeGet downloads u whole and checks its length.
-func timeGet(c *http.Client, u string, size int) (time.Duration, error) {
+func (b *bench) timeGet(u string) (time.Duration, error) {
 	began := time.Now()
-	resp, err := c.Get(u)
+	resp, err := b.player.Get(u)
 	if err != nil {
 		return 0, err
 	}
@@ -209,21 +241,21 @@ func timeGet(c *http.Client, u string, size int) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	if n != int64(size) {
-		return 0, fmt.Errorf("got %d bytes, want %d", n, size)
+	if n != int64(b.size) {
+		return 0, fmt.Errorf("got %d bytes, want %d", n, b.size)
 	}
 	return time.Since(began), nil
 }
 
 // firstByte times a request for u until its first body byte.
-func firstByte(c *http.Client, u string) (time.Duration, error) {
+func (b *bench) firstByte(u string) (time.Duration, error) {
 	req, err := http.NewRequest(http.MethodGet, u, nil)
 	if err != nil {
 		return 0, err
 	}
 	req.Header.Set("Range", "bytes=0-")
 	began := time.Now()
-	resp, err := c.Do(req)
+	resp, err := b.player.Do(req)
 	if err != nil {
 		return 0, err
 	}
@@ -234,8 +266,50 @@ func firstByte(c *http.Client, u string) (time.Duration, error) {
 	return time.Since(began), nil
 }
 
-// timeAria2c downloads u with aria2c -xN into a temporary folder.
-func timeAria2c(aria2c, u string, n, size int) (time.Duration, error) {
+// pacedWait plays u as a player that plays at playerRate from its first byte on, keeping at most a second
+// of playback buffered, and returns how long its playback stood still waiting for bytes.
+func (b *bench) pacedWait(u string) (time.Duration, error) {
+	resp, err := b.player.Get(u)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	buf := make([]byte, 64<<10)
+	var got int64
+	var start time.Time
+	var stalled time.Duration
+	playedAt := func(pos int64) time.Time { // when playback reaches byte pos
+		return start.Add(stalled + time.Duration(float64(pos)/b.playerRate*float64(time.Second)))
+	}
+	for {
+		n, err := resp.Body.Read(buf)
+		if n > 0 {
+			now := time.Now()
+			if start.IsZero() {
+				start = now
+			} else if due := playedAt(got); now.After(due) {
+				stalled += now.Sub(due)
+			}
+			got += int64(n)
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return 0, err
+		}
+		if ahead := time.Until(playedAt(got)) - time.Second; ahead > 0 {
+			time.Sleep(ahead)
+		}
+	}
+	if got != int64(b.size) {
+		return 0, fmt.Errorf("got %d bytes, want %d", got, b.size)
+	}
+	return stalled, nil
+}
+
+// timeAria2c downloads u with aria2c -x4 -s4 -k1M into a temporary folder.
+func (b *bench) timeAria2c(u string) (time.Duration, error) {
 	dir, err := os.MkdirTemp("", "mflow-bench")
 	if err != nil {
 		return 0, err
@@ -243,7 +317,8 @@ func timeAria2c(aria2c, u string, n, size int) (time.Duration, error) {
 	defer os.RemoveAll(dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, aria2c, "-x", strconv.Itoa(n), "-s", strconv.Itoa(n), "-k", "1M", "--min-split-size=1M",
+	n := strconv.Itoa(connections)
+	cmd := exec.CommandContext(ctx, b.aria2c, "-x", n, "-s", n, "-k", "1M", "--min-split-size=1M",
 		"--file-allocation=none", "--allow-overwrite=true", "--console-log-level=error", "--summary-interval=0",
 		"-d", dir, "-o", "f", u)
 	began := time.Now()
@@ -251,7 +326,7 @@ func timeAria2c(aria2c, u string, n, size int) (time.Duration, error) {
 		return 0, fmt.Errorf("%w: %s", err, out)
 	}
 	took := time.Since(began)
-	if st, err := os.Stat(filepath.Join(dir, "f")); err != nil || st.Size() != int64(size) {
+	if st, err := os.Stat(filepath.Join(dir, "f")); err != nil || st.Size() != int64(b.size) {
 		return 0, fmt.Errorf("aria2c wrote a file of the wrong size: %v", err)
 	}
 	return took, nil
@@ -261,4 +336,42 @@ func median(d []time.Duration) time.Duration {
 	s := slices.Clone(d)
 	slices.Sort(s)
 	return s[len(s)/2]
+}
+
+// plot draws each drive model's speeds against its ideal, and the first-byte times, with gnuplot.
+func plot(path string, results []result, perConn float64) error {
+	gnuplot, err := exec.LookPath("gnuplot")
+	if err != nil {
+		return fmt.Errorf("-plot needs gnuplot (apt-get install gnuplot-nox): %w", err)
+	}
+	var speeds, firsts strings.Builder
+	for i, r := range results {
+		fmt.Fprintf(&speeds, "%d \"%s\" %.3f %.3f\n", i, r.name, r.mflow/r.ideal, r.aria/r.ideal)
+		fmt.Fprintf(&firsts, "%d \"%s\" %.1f %.1f %.1f\n", i, r.name, ms(r.firstDirect), ms(r.firstProxy), ms(r.replay))
+	}
+	script := fmt.Sprintf(`set terminal pngcairo size 1100,440 font "DejaVu Sans,11"
+set output %q
+set multiplot layout 1,2 title "mflow -c 4 -s 1M on drive models (each connection capped at %.0f MB/s), measured side by side in one run"
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.85 border -1
+set boxwidth 0.9
+set grid ytics
+set key top right
+set ylabel "speed ÷ (4 × one connection)"
+set yrange [0:1.2]
+plot $speeds using 3:xtic(2) title "mflow" lc rgb "#1f77b4", '' using 4 title "aria2c -x4" lc rgb "#ff7f0e", 1 notitle dt 2 lc rgb "#999999"
+set ylabel "first byte, ms"
+set yrange [0:*]
+plot $firsts using 3:xtic(2) title "direct" lc rgb "#2ca02c", '' using 4 title "mflow, first play" lc rgb "#1f77b4", '' using 5 title "mflow, replay" lc rgb "#9ecae1"
+unset multiplot
+`, path, perConn/1e6)
+	input := "$speeds << EOD\n" + speeds.String() + "EOD\n$firsts << EOD\n" + firsts.String() + "EOD\n" + script
+	cmd := exec.Command(gnuplot)
+	cmd.Stdin = strings.NewReader(input)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("gnuplot: %w: %s", err, out)
+	}
+	fmt.Println("Drew", path)
+	return nil
 }

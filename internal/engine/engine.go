@@ -11,8 +11,8 @@
 // Speed on real drives: a stream has Connections lanes. A request near its end (less left than the
 // stream's first-byte time) gives its lane up, so the next request is already on its way when the current
 // one ends and no connection waits idle for a first byte; a stream therefore reads up to 2 × Connections
-// chunks ahead. A request far slower than its siblings for half a second is asked again on a fresh
-// request, which usually lands on another route.
+// chunks ahead. A request far slower than the stream's best is raced by a fresh request, which usually
+// lands on another route, and cancelled if it stays slow.
 //
 // Locking: each file has one mutex, mu, that protects the file's chunks and pieces and the state of all
 // its streams. A function whose name starts with an underscore must be called with it held; every other
@@ -29,6 +29,7 @@ import (
 	"net/http"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"mflow/internal/httprange"
@@ -61,7 +62,8 @@ type Engine struct {
 	// Logger receives a DEBUG line per request. Default slog.Default().
 	Logger *slog.Logger
 
-	buffers sync.Pool // *[]byte of ChunkSize capacity, reused across chunks and streams
+	buffers sync.Pool    // *[]byte of ChunkSize capacity, reused across chunks and streams
+	held    atomic.Int64 // bytes of chunk buffers held by streams now
 
 	filesMu sync.Mutex       // protects files
 	files   map[string]*file // the files being streamed, by FileKey
@@ -82,8 +84,10 @@ const (
 	// routeEvery is how often each request's speed is compared with its siblings'.
 	routeEvery = 250 * time.Millisecond
 	// routeSamples is how many comparisons in a row a request must lose, lagFactor times slower than the
-	// fastest sibling, before it is asked again on a fresh request.
+	// stream's best lately, before it is asked again on a fresh request.
 	routeSamples = 2
+	// routeFade is how much of the stream's best speed is kept at each route check.
+	routeFade = 0.85
 	// maxReplaced bounds the fresh requests one piece gets for being slow; after that its connection stays.
 	maxReplaced = 3
 	// minSplit is the smallest half an idle connection takes from a piece.
@@ -142,7 +146,7 @@ var (
 	// errSlow cancels a connection below --min-speed; a fresh one takes over.
 	errSlow = errors.New("connection below --min-speed")
 	// errSlowRoute cancels a request far slower than its siblings; a fresh one usually takes another route.
-	errSlowRoute = errors.New("request far slower than its siblings")
+	errSlowRoute = errors.New("request far slower than the stream's best")
 	// errRaceLost cancels a connection whose piece another connection finished first, or that nobody
 	// needs any more.
 	errRaceLost = errors.New("piece finished by another connection")
@@ -243,7 +247,13 @@ func (e *Engine) logger() *slog.Logger {
 	return slog.Default()
 }
 
+// HeldBytes is the memory the streams hold in chunk buffers now. A stream holds at most 2 × Connections
+// chunks ahead of its player, and with a cache up to two more it finishes for the cache; each request
+// also has a readSize read buffer.
+func (e *Engine) HeldBytes() int64 { return e.held.Load() }
+
 func (e *Engine) getBuffer() *[]byte {
+	e.held.Add(e.ChunkSize)
 	if b, ok := e.buffers.Get().(*[]byte); ok && int64(cap(*b)) == e.ChunkSize {
 		return b
 	}

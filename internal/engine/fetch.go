@@ -33,7 +33,7 @@ type fetch struct {
 	routeGot  int64                   // got at the last route check
 	routeRate float64                 // bytes/s since the route check before
 	routeSeen int                     // route checks since its answer arrived
-	routeSlow int                     // route checks in a row it lost to its siblings
+	routeSlow int                     // route checks in a row it lost to the stream's best
 }
 
 // fill works on p until it is done, the stream ends, or its retries run out.
@@ -43,6 +43,10 @@ func (s *stream) fill(p *piece, f *fetch) {
 		err := s.attempt(p, f)
 		if err == nil || s.ctx.Err() != nil {
 			return
+		}
+		if errors.Is(err, errSlowRoute) && s.racedBy(p, f) {
+			s.countReplaced(p)
+			return // the fresh request racing it carries on
 		}
 		wait, fatal := s.retryPlan(p, f, err)
 		if fatal != nil {
@@ -105,8 +109,8 @@ func (s *stream) attempt(p *piece, f *fetch) (err error) {
 	}
 	defer func() { s.endAttempt(f, t.span, err) }()
 	resp, err := s.open(t)
-	if err != nil {
-		return err
+	if resp == nil {
+		return err // nil when another connection finished the piece meanwhile
 	}
 	defer resp.Body.Close()
 	s.answered(f, t.head != nil)
@@ -125,7 +129,8 @@ func (s *stream) attempt(p *piece, f *fetch) (err error) {
 	}
 }
 
-// open returns the checked answer for t: the probe's, when it fits, else a new request's.
+// open returns the checked answer for t: the probe's, when it fits, else a new request's. Without an
+// answer, the error is nil when the attempt was cancelled because nobody needs it any more.
 func (s *stream) open(t try) (*http.Response, error) {
 	if resp := t.head; resp != nil {
 		// The probe's request is not ours to cancel: closing its body ends it.
@@ -332,6 +337,18 @@ func (s *stream) countRetry(p *piece) int {
 	return p.retries
 }
 
+// racedBy reports whether another connection works on p besides f.
+func (s *stream) racedBy(p *piece, f *fetch) bool {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	for _, g := range p.fetches {
+		if g != f {
+			return true
+		}
+	}
+	return false
+}
+
 func (s *stream) countReplaced(p *piece) {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
@@ -441,45 +458,44 @@ func (s *stream) sample() {
 	s.f._broadcast()
 }
 
-// checkRoutes compares each answered request's speed with its fastest sibling's: one lagFactor times
-// slower for routeSamples checks in a row, with more than a moment of work left, is asked again on a fresh
-// request. Drives route each request on its own, so a fresh one usually lands on a good route. A request
-// without a sibling has nothing to be compared with, and is left to --min-speed and the stall rule.
+// checkRoutes compares each answered request's speed with the best speed this stream's requests reached
+// lately (a maximum that fades by routeFade each check, so a drive that slows down as a whole is soon the
+// new normal). A request lagFactor times slower, with more than a moment of work left, gives its lane up
+// at once, so a fresh request races it on the same piece (first bytes win); still that slow at the next
+// check, it is cancelled, and the fresh request goes on alone. Drives route each request on its own, so a
+// fresh one usually lands on a good route; a request only slow to start (TCP's slow start on a distant
+// drive) costs some bytes fetched twice, not time. The best is kept across requests because a slow request
+// often runs alone: the others finished the window and wait for it.
 func (s *stream) checkRoutes() {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
-	var first, second float64 // the two fastest speeds: a request's fastest sibling is one of them
+	s.routeBest *= routeFade
 	for f := range s.fetches {
 		if f.cancel == nil || f.answered.IsZero() {
 			continue
 		}
 		f.routeRate = float64(f.got-f.routeGot) / routeEvery.Seconds()
 		f.routeGot = f.got
-		if f.routeSeen++; f.routeSeen > 1 { // the first check saw part of a period only
-			if f.routeRate > first {
-				first, second = f.routeRate, first
-			} else if f.routeRate > second {
-				second = f.routeRate
-			}
+		if f.routeSeen++; f.routeSeen > 1 && f.routeRate > s.routeBest { // the first check saw part of a period only
+			s.routeBest, s.routeBestBy = f.routeRate, f
 		}
 	}
 	for f, p := range s.fetches {
-		if f.cancel == nil || f.routeSeen < 2 {
+		if f.cancel == nil || f.routeSeen < 2 || s.routeBestBy == f { // never judged by its own past
 			continue
 		}
-		best := first
-		if f.routeRate == first {
-			best = second
-		}
-		if best == 0 || f.routeRate*lagFactor >= best {
+		left := float64(p.end - max(p.filled, f.pos))
+		worth := f.routeRate == 0 || left/f.routeRate > (2*routeEvery).Seconds()
+		if f.routeRate*lagFactor >= s.routeBest || !worth || p.done() {
 			f.routeSlow = 0
 			continue
 		}
-		f.routeSlow++
-		left := float64(p.end - max(p.filled, f.pos))
-		worth := f.routeRate == 0 || left/f.routeRate > (2*routeEvery).Seconds()
-		if f.routeSlow >= routeSamples && worth && p.replaced < maxReplaced && !p.done() {
-			s.log.Debug("request far slower than its siblings; asking again", "at", f.pos, "speed", int64(f.routeRate), "fastest_sibling", int64(best))
+		switch f.routeSlow++; {
+		case f.routeSlow == 1 && f.lane:
+			s.log.Debug("request far slower than the stream's best; racing a fresh one", "at", f.pos, "speed", int64(f.routeRate), "best", int64(s.routeBest))
+			s._giveLane(f)
+		case f.routeSlow >= routeSamples && p.replaced < maxReplaced:
+			s.log.Debug("request still far slower than the stream's best; replacing it", "at", f.pos, "speed", int64(f.routeRate), "best", int64(s.routeBest))
 			f.cancel(errSlowRoute)
 		}
 	}

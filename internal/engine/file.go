@@ -216,6 +216,7 @@ func (f *file) retire(chunks []*chunk) {
 			f.e.Cache.Put(f.cacheKey(c.index), c.bytes(c.start, c.end))
 		}
 		f.e.buffers.Put(c.buf)
+		f.e.held.Add(-f.e.ChunkSize)
 	}
 }
 

@@ -44,6 +44,8 @@ type stream struct {
 	fetches       map[*fetch]*piece // this stream's connections and the pieces they work on
 	busy          int               // fetches holding a lane
 	connRate      float64           // the stream's usual speed of one connection, bytes/s (moving average)
+	routeBest     float64           // the best speed of one request lately, bytes/s (a fading maximum)
+	routeBestBy   *fetch            // the request that reached routeBest
 	firstByte     time.Duration     // the stream's usual wait for an answer (moving average); 0 until seen
 	retries       int               // retries of all pieces
 	replaced      int               // requests asked again for being slow
@@ -301,12 +303,13 @@ func (s *stream) _head() *piece {
 }
 
 // _pickPiece chooses what an idle connection does, best first: a piece the player needs that nobody
-// fetches; the rest of the head the player waits on, when its connection lags; half of the piece that
-// needs longest; a piece only the cache wants.
+// fetches, or that only a request on a slow route fetches (the earliest first); the rest of the head the
+// player waits on, when its connection lags; half of the piece that needs longest; a piece only the cache
+// wants.
 func (s *stream) _pickPiece() *piece {
 	for _, c := range s.window {
 		for _, p := range c.pieces {
-			if !p.done() && len(p.fetches) == 0 && s._needs(p) {
+			if !p.done() && s._needs(p) && (len(p.fetches) == 0 || len(p.fetches) == 1 && p.fetches[0].routeSlow > 0) {
 				return p
 			}
 		}
@@ -370,20 +373,34 @@ func (s *stream) finishWait() <-chan struct{} {
 	return nil
 }
 
-// _lagging reports whether an attempt, sampled at least once, delivers nothing or far less than the
-// stream's usual speed.
-func (s *stream) _lagging(f *fetch) bool {
-	return f.cancel != nil && f.samples > 0 && (f.rate == 0 || f.rate*lagFactor < s.connRate)
+// _speed is f's latest speed and whether it has been measured: over the last route check when there was a
+// whole one, else over the last one-second sample.
+func (f *fetch) _speed() (float64, bool) {
+	switch {
+	case f.routeSeen >= 2:
+		return f.routeRate, true
+	case f.samples > 0:
+		return f.rate, true
+	}
+	return 0, false
 }
 
-// _timeLeft estimates how long the connections on p need to finish it; 0 until each has been sampled.
+// _lagging reports whether an attempt, measured at least once, delivers nothing or far less than the
+// stream's usual speed.
+func (s *stream) _lagging(f *fetch) bool {
+	rate, ok := f._speed()
+	return f.cancel != nil && ok && (rate == 0 || rate*lagFactor < max(s.connRate, s.routeBest))
+}
+
+// _timeLeft estimates how long the connections on p need to finish it; 0 until each has been measured.
 func (s *stream) _timeLeft(p *piece) time.Duration {
 	var rate float64
 	for _, f := range p.fetches {
-		if f.samples == 0 {
+		r, ok := f._speed()
+		if !ok {
 			return 0
 		}
-		rate += f.rate
+		rate += r
 	}
 	if len(p.fetches) == 0 {
 		return 0
