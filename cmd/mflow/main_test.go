@@ -9,11 +9,14 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+
+	"mflow/internal/upstreamtest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -121,5 +124,75 @@ func TestPrivilegedPortSuggestsAnother(t *testing.T) {
 	msg := listenProblem("0.0.0.0:80", 80, err)
 	if !strings.Contains(msg, "no permission") || !strings.Contains(msg, "--port 8080") || strings.Contains(msg, "\n") {
 		t.Errorf("%q", msg)
+	}
+}
+
+// lockedBuffer collects logs written from the server's goroutines.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestShutdownEndsAStreamThePlayerHolds(t *testing.T) {
+	u := upstreamtest.New(upstreamtest.RandomFile(32<<20), upstreamtest.Options{})
+	defer u.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close()
+	ctx, stop := context.WithCancel(t.Context())
+	done := make(chan int, 1)
+	logs := &lockedBuffer{}
+	go func() {
+		done <- run(ctx, []string{"--listen", "127.0.0.1", "-p", port, "--in-memory", "-s", "64K"}, io.Discard, logs)
+	}()
+	client := &http.Client{Transport: &http.Transport{}}
+	defer client.CloseIdleConnections()
+	var resp *http.Response
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if resp, err = client.Get("http://127.0.0.1:" + port + "/stream?url=" + u.URL + "/film.mp4"); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if _, err := io.ReadFull(resp.Body, make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	last, same := int64(-1), 0
+	upstreamtest.WaitFor(t, "the stream to block on the player", func() bool {
+		if v := u.Served(); v == last {
+			same++
+		} else {
+			last, same = v, 0
+		}
+		return same >= 20
+	})
+	stop() // as SIGTERM does, with the player reading nothing more
+	if code := <-done; code != 0 {
+		t.Fatalf("exit %d after the signal", code)
+	}
+	// The stream ended at once, before mflow gave up waiting for it.
+	if l := logs.String(); !strings.Contains(l, "stream end") {
+		t.Errorf("mflow stopped before its stream ended:\n%s", l)
+	}
+	if _, err := io.Copy(io.Discard, resp.Body); err == nil {
+		t.Error("the player got a clean end from a stream cut by the shutdown")
 	}
 }

@@ -6,6 +6,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -15,6 +16,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -23,6 +25,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -192,8 +195,9 @@ func waitRPC(u string) error {
 	}
 }
 
-// nginxConf is the upstream: files capped per connection, a chain of redirects, locations that demand
-// a drive's headers, one without Range support, and its status page.
+// nginxConf is the upstream: files capped per connection (and uncapped under /fast/), a chain of
+// redirects, locations that demand a drive's headers, one without Range support, fixed error answers, and
+// its status page.
 func nginxConf(dir string, port int) string {
 	return fmt.Sprintf(`daemon off;
 pid %[1]s/nginx.pid;
@@ -216,6 +220,14 @@ http {
     location /cookie/ { if ($http_cookie !~ "session=abc") { return 403; } alias %[1]s/www/files/; }
     location /referer/ { if ($http_referer = "") { return 403; } alias %[1]s/www/files/; }
     location /norange/ { max_ranges 0; alias %[1]s/www/files/; }
+    location /fast/ { alias %[1]s/www/files/; }
+    location = /answer/401 { return 401; }
+    location = /answer/403 { return 403; }
+    location = /answer/404 { return 404; }
+    location = /answer/410 { return 410; }
+    location = /answer/429 { return 429; }
+    location = /answer/500 { return 500; }
+    location = /answer/503 { return 503; }
     location = /status { stub_status; }
   }
 }
@@ -508,5 +520,134 @@ func TestTaskHeadersReachADriveThatDemandsThem(t *testing.T) {
 		if err != nil || code != 206 || !bytes.Equal(got, env.data[1000:301000]) {
 			t.Errorf("%s: /stream?gid= answered %d with %d bytes (err %v): %.100s", name, code, len(got), err, got)
 		}
+	}
+}
+
+// taskError adds uri as a task on the JSON-RPC at rpc and waits for it to fail, then returns its error code
+// and message.
+func taskError(t *testing.T, rpc, uri string) (string, string) {
+	t.Helper()
+	body, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": 1, "method": "aria2.addUri",
+		"params": []any{"token:s3", []string{uri}, map[string]string{"max-tries": "1"}}})
+	_, reply := rpcPost(t, rpc, string(body))
+	gid, _ := reply.(map[string]any)["result"].(string)
+	if gid == "" {
+		t.Fatalf("%s: addUri answered %v", rpc, reply)
+	}
+	status := fmt.Sprintf(`{"jsonrpc":"2.0","id":2,"method":"aria2.tellStatus","params":["token:s3",%q,["status","errorCode","errorMessage"]]}`, gid)
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		_, reply := rpcPost(t, rpc, status)
+		st, _ := reply.(map[string]any)["result"].(map[string]any)
+		if st["status"] == "error" {
+			return fmt.Sprint(st["errorCode"]), fmt.Sprint(st["errorMessage"])
+		}
+	}
+	t.Fatalf("%s: the task for %s never failed", rpc, uri)
+	return "", ""
+}
+
+func TestTaskErrorsAsARealAria2c(t *testing.T) {
+	for _, code := range []int{401, 403, 404, 410, 429, 500, 503} {
+		uri := fmt.Sprintf("%s/answer/%d", env.upstream, code)
+		wantCode, wantMessage := taskError(t, env.aria2, uri)
+		gotCode, gotMessage := taskError(t, env.proxy+"/jsonrpc", uri)
+		if gotCode != wantCode || gotMessage != wantMessage {
+			t.Errorf("upstream %d: mflow says %s %q, aria2c %s %q", code, gotCode, gotMessage, wantCode, wantMessage)
+		}
+	}
+}
+
+// faultyFront stands in front of nginx and spoils a quarter of the requests, the probes included: an
+// error status, a connection cut mid-body, a gzip-compressed body, or an answer after a pause.
+func faultyFront(t *testing.T, upstream string) *httptest.Server {
+	var mu sync.Mutex
+	dice := rand.New(rand.NewPCG(9, 10))
+	roll := func() (float64, int) {
+		mu.Lock()
+		defer mu.Unlock()
+		return dice.Float64(), dice.IntN(6)
+	}
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		x, kind := roll()
+		if x >= 0.25 {
+			kind = -1
+		}
+		switch kind {
+		case 0:
+			http.Error(w, "busy", http.StatusServiceUnavailable)
+			return
+		case 1:
+			w.Header().Set("Retry-After", "0")
+			http.Error(w, "slow down", http.StatusTooManyRequests)
+			return
+		case 2:
+			time.Sleep(200 * time.Millisecond) // a distant route
+		}
+		req, _ := http.NewRequestWithContext(r.Context(), r.Method, upstream+r.URL.RequestURI(), nil)
+		req.Header = r.Header.Clone()
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		maps.Copy(w.Header(), resp.Header)
+		switch kind {
+		case 3: // cut mid-body
+			w.WriteHeader(resp.StatusCode)
+			io.CopyN(w, resp.Body, 3000)
+			panic(http.ErrAbortHandler)
+		case 4: // compressed, under the same Content-Range
+			var z bytes.Buffer
+			zw := gzip.NewWriter(&z)
+			io.Copy(zw, resp.Body)
+			zw.Close()
+			w.Header().Set("Content-Encoding", "gzip")
+			w.Header().Set("Content-Length", strconv.Itoa(z.Len()))
+			w.WriteHeader(resp.StatusCode)
+			w.Write(z.Bytes())
+			return
+		case 5: // a 200 with the whole file for a Range
+			if resp.StatusCode == http.StatusPartialContent {
+				whole, err := http.Get(upstream + r.URL.RequestURI())
+				if err == nil {
+					defer whole.Body.Close()
+					w.Header().Del("Content-Range")
+					w.Header().Set("Content-Length", strconv.FormatInt(whole.ContentLength, 10))
+					w.WriteHeader(http.StatusOK)
+					io.Copy(w, whole.Body)
+					return
+				}
+			}
+		}
+		w.WriteHeader(resp.StatusCode)
+		io.Copy(w, resp.Body)
+	}))
+	t.Cleanup(front.Close)
+	return front
+}
+
+func TestFaultSoakThroughNginx(t *testing.T) {
+	front := faultyFront(t, env.upstream)
+	r := rand.New(rand.NewPCG(3, 4))
+	size := int64(len(env.data))
+	exact, cut := 0, 0
+	for i := range 30 {
+		a := r.Int64N(size)
+		b := a + r.Int64N(min(size-a, 3<<20))
+		u := env.proxy + "/stream?url=" + url.QueryEscape(fmt.Sprintf("%s/fast/data.bin?play=%d", front.URL, i)) // a new link: a probe each play
+		code, got, err := get(t, u, fmt.Sprintf("bytes=%d-%d", a, b))
+		switch {
+		case err != nil || code >= 400:
+			cut++
+		case code != 206 || !bytes.Equal(got, env.data[a:b+1]):
+			t.Fatalf("play %d (bytes %d-%d): %d with %d bytes: a clean end with the wrong bytes", i, a, b, code, len(got))
+		default:
+			exact++
+		}
+	}
+	t.Logf("%d plays byte-exact, %d cut or refused", exact, cut)
+	if exact < 25 {
+		t.Errorf("only %d of 30 plays succeeded through a quarter of faults", exact)
 	}
 }

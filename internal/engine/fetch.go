@@ -45,7 +45,6 @@ func (s *stream) fill(p *piece, f *fetch) {
 			return
 		}
 		if errors.Is(err, errSlowRoute) && s.racedBy(p, f) {
-			s.countReplaced(p)
 			return // the fresh request racing it carries on
 		}
 		wait, fatal := s.retryPlan(p, f, err)
@@ -190,7 +189,12 @@ func (s *stream) endAttempt(f *fetch, span httprange.Span, err error) {
 	if !f.answered.IsZero() {
 		attrs = append(attrs, "first_byte", f.answered.Sub(f.sent).Round(time.Millisecond))
 		if d := time.Since(f.answered); d > 0 {
-			attrs = append(attrs, "speed", fmt.Sprintf("%.0fKiB/s", float64(f.got)/d.Seconds()/1024))
+			speed := float64(f.got) / d.Seconds()
+			attrs = append(attrs, "speed", fmt.Sprintf("%.0fKiB/s", speed/1024))
+			// A request too short for a route check still tells what a good route gives.
+			if f.got >= 4*readSize && speed > s.routeBest {
+				s.routeBest, s.routeBestBy = speed, f
+			}
 		}
 	}
 	if f.mirror > 0 {
@@ -491,10 +495,12 @@ func (s *stream) checkRoutes() {
 			continue
 		}
 		switch f.routeSlow++; {
-		case f.routeSlow == 1 && f.lane:
+		case f.routeSlow == 1 && f.lane && p.replaced < maxReplaced:
 			s.log.Debug("request far slower than the stream's best; racing a fresh one", "at", f.pos, "speed", int64(f.routeRate), "best", int64(s.routeBest))
 			s._giveLane(f)
-		case f.routeSlow >= routeSamples && p.replaced < maxReplaced:
+			p.replaced++
+			s.replaced++
+		case f.routeSlow >= routeSamples && (len(p.fetches) > 1 || p.replaced < maxReplaced):
 			s.log.Debug("request still far slower than the stream's best; replacing it", "at", f.pos, "speed", int64(f.routeRate), "best", int64(s.routeBest))
 			f.cancel(errSlowRoute)
 		}

@@ -367,6 +367,11 @@ func readProbe(resp *http.Response, final string, want httprange.Span, head bool
 	switch resp.StatusCode {
 	case http.StatusPartialContent:
 		cr, err := httprange.ParseContentRange(resp.Header.Get("Content-Range"))
+		if err == nil {
+			if err := upstream.CheckSize(cr.Size); err != nil {
+				return nil, false, err
+			}
+		}
 		// The answer must start where asked and end where asked, or at the end of a smaller file.
 		if err != nil || cr.Unsatisfied || cr.Start != want.Start || (cr.End != want.End && cr.End != cr.Size-1) || cr.End > want.End {
 			return nil, false, fmt.Errorf("%w: Content-Range %q for the probe's %s", upstream.ErrBadAnswer, resp.Header.Get("Content-Range"), want.Header())

@@ -1,17 +1,21 @@
 package link_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/goleak"
 
+	"mflow/internal/httprange"
 	"mflow/internal/link"
 	"mflow/internal/upstream"
 	"mflow/internal/upstreamtest"
@@ -120,5 +124,86 @@ func TestCleanHeaderDropsHopByHopAndRange(t *testing.T) {
 	want := http.Header{"Cookie": {"a=b"}, "Referer": {"https://drive.example/"}}
 	if len(h) != len(want) || h.Get("Cookie") != "a=b" || h.Get("Referer") != "https://drive.example/" {
 		t.Errorf("CleanHeader = %v, want %v", h, want)
+	}
+}
+
+func TestAProbeIsRetriedThenGivesUp(t *testing.T) {
+	u := upstreamtest.New(make([]byte, 1000), upstreamtest.Options{Fault: func(n int64, _ *http.Request) upstreamtest.Fault {
+		return upstreamtest.Fault{Status: http.StatusServiceUnavailable}
+	}})
+	defer u.Close()
+	r := resolver(t)
+	r.Retry = upstream.Retry{Max: 2, Base: time.Millisecond}
+	_, err := r.Resolve(t.Context(), link.Link{URL: u.URL + "/f"})
+	var status *upstream.StatusError
+	if !errors.As(err, &status) || status.Code != 503 || u.Requests() != 3 {
+		t.Fatalf("err = %v after %d requests, want the 503 after the first try and 2 retries", err, u.Requests())
+	}
+	notFound := upstreamtest.New(make([]byte, 1000), upstreamtest.Options{Fault: func(int64, *http.Request) upstreamtest.Fault {
+		return upstreamtest.Fault{Status: http.StatusNotFound}
+	}})
+	defer notFound.Close()
+	if _, err := r.Resolve(t.Context(), link.Link{URL: notFound.URL + "/f"}); notFound.Requests() != 1 || err == nil {
+		t.Errorf("a 404 was tried %d times (%v); a refusal is final", notFound.Requests(), err)
+	}
+}
+
+func TestAStalledProbeCostsAboutTheStallTime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		u := upstreamtest.NewInMemory(make([]byte, 1000), upstreamtest.Options{Fault: func(n int64, _ *http.Request) upstreamtest.Fault {
+			if n == 1 {
+				return upstreamtest.Fault{Latency: time.Hour} // no answer at all
+			}
+			return upstreamtest.Fault{}
+		}})
+		defer u.Close()
+		c := upstream.NewClient(upstream.Config{Dial: u.Dial()})
+		defer c.CloseIdleConnections()
+		r := &link.Resolver{Client: c, MaxRedirects: 3, Retry: upstream.Retry{Max: 3, Base: time.Millisecond}}
+		began := time.Now()
+		m, err := r.Resolve(t.Context(), link.Link{URL: u.URL + "/f"})
+		took := time.Since(began)
+		if err != nil || m.Version.Size != 1000 {
+			t.Fatalf("%+v, %v", m, err)
+		}
+		if took < 10*time.Second || took > 11*time.Second || u.Requests() != 2 {
+			t.Errorf("took %v over %d requests, want the 10 s stall rule and one retry", took, u.Requests())
+		}
+	})
+}
+
+func TestAnEncodedProbeAnswerIsRefused(t *testing.T) {
+	u := upstreamtest.New(make([]byte, 1000), upstreamtest.Options{Fault: func(int64, *http.Request) upstreamtest.Fault {
+		return upstreamtest.Fault{Gzip: true}
+	}})
+	defer u.Close()
+	if _, err := resolver(t).Resolve(t.Context(), link.Link{URL: u.URL + "/f"}); !errors.Is(err, upstream.ErrBadAnswer) {
+		t.Fatalf("err = %v, want ErrBadAnswer", err)
+	}
+}
+
+func TestAProbeForTheFirstPieceHandsItsAnswerOver(t *testing.T) {
+	file := upstreamtest.RandomFile(5000)
+	u := upstreamtest.New(file, upstreamtest.Options{})
+	defer u.Close()
+	r := resolver(t)
+	m, resp, err := r.Open(t.Context(), link.Link{URL: u.URL + "/f"}, httprange.Span{Start: 1000, End: 3999})
+	if err != nil || resp == nil {
+		t.Fatalf("%v, %v", resp, err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || !bytes.Equal(body, file[1000:4000]) || m.Version.Size != 5000 {
+		t.Fatalf("%d bytes, %v, size %d", len(body), err, m.Version.Size)
+	}
+	// Reused: no answer to hand over, and no request.
+	if _, resp, err := r.Open(t.Context(), link.Link{URL: u.URL + "/f"}, httprange.Span{Start: 0, End: 999}); resp != nil || err != nil || u.Requests() != 1 {
+		t.Errorf("a reused probe: %v, %v, %d requests", resp, err, u.Requests())
+	}
+	// Past the end: the size is learnt from the 416.
+	past := upstreamtest.New(file, upstreamtest.Options{})
+	defer past.Close()
+	if m, resp, err := r.Open(t.Context(), link.Link{URL: past.URL + "/f"}, httprange.Span{Start: 9000, End: 9999}); err != nil || resp != nil || m.Version.Size != 5000 || !m.Ranges {
+		t.Errorf("past the end: %+v, %v, %v", m, resp, err)
 	}
 }

@@ -319,9 +319,18 @@ func TestTaskLifecycle(t *testing.T) {
 	if len(uris) != 1 || uris[0]["status"] != "waiting" {
 		t.Errorf("getUris: %v", uris)
 	}
+	// Announced as started at addUri: removing it must end it as aria2 ends a started download.
 	r.call(t, nil, "aria2.remove", gid)
-	if msg := r.fails(t, "aria2.tellStatus", gid); msg != "GID "+gid+" is not found" {
-		t.Errorf("tellStatus after removing a waiting task: %q (aria2 forgets it)", msg)
+	var removed map[string]string
+	r.call(t, &removed, "aria2.tellStatus", gid, []string{"status", "errorCode", "errorMessage"})
+	if removed["status"] != "removed" || removed["errorCode"] != "31" || removed["errorMessage"] != "" {
+		t.Errorf("tellStatus after removing an announced task: %v, want removed with errorCode 31", removed)
+	}
+	var quiet string
+	r.call(t, &quiet, "aria2.addUri", []string{"http://drive.example/later.mp4"}, map[string]string{"pause": "true"})
+	r.call(t, nil, "aria2.remove", quiet)
+	if msg := r.fails(t, "aria2.tellStatus", quiet); msg != "GID "+quiet+" is not found" {
+		t.Errorf("tellStatus after removing a task never started: %q (aria2 forgets it)", msg)
 	}
 }
 
@@ -473,4 +482,9 @@ func TestWebSocketCallsAndNotifications(t *testing.T) {
 	stream.End()
 	send(request("aria2.addUri", []string{"http://h/missing.mp4"}))
 	expect(true, task.OnStart, task.OnError)
+	send(request("aria2.addUri", []string{"http://h/waiting.mp4"}))
+	reply = expect(true, task.OnStart)
+	json.Unmarshal(reply["result"], &gid)
+	send(request("aria2.remove", gid))
+	expect(true, task.OnStop) // announced, never streamed: still ended for the client
 }

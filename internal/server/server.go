@@ -313,11 +313,11 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, p plan, log *slog.L
 	switch {
 	case err == nil:
 		log.Info("stream end", attrs...)
-	case r.Context().Err() != nil:
-		log.Info("stream end: player left", attrs...)
-	case p.ctx.Err() != nil:
+	case errors.Is(context.Cause(p.ctx), task.ErrStopped):
 		log.Info("stream end: task paused or removed", attrs...)
 		panic(http.ErrAbortHandler)
+	case r.Context().Err() != nil:
+		log.Info("stream end: player left", attrs...)
 	case errors.Is(err, engine.ErrPlayerGone):
 		log.Info("stream end: player left", attrs...)
 	default:

@@ -41,7 +41,7 @@ func newProxy(t *testing.T, tune func(*server.Server)) *proxy {
 	client := upstream.NewClient(upstream.Config{HeaderTimeout: time.Second})
 	quiet := slog.New(slog.DiscardHandler)
 	s := &server.Server{
-		Resolver:  &link.Resolver{Client: client, MaxRedirects: 3},
+		Resolver:  &link.Resolver{Client: client, MaxRedirects: 3, Retry: upstream.Retry{Max: 5, Base: time.Millisecond}},
 		Engine:    &engine.Engine{Client: client, ChunkSize: 64 << 10, Connections: 4, Retries: 5, MaxRedirects: 3, RetryBase: time.Millisecond, Logger: quiet},
 		UserAgent: "mflow-test",
 		Version:   "test",

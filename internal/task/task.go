@@ -57,6 +57,9 @@ type Task struct {
 	Size         int64             `json:"size"`      // -1 until probed
 	Delivered    int64             `json:"delivered"` // bytes players took
 	Added        time.Time         `json:"added"`
+	// Announced is set once onDownloadStart was sent for the task: a client that heard it shows the task
+	// as started until it hears Stop or Error, so removing it must send Stop and keep it as removed.
+	Announced bool `json:"announced,omitempty"`
 
 	streams     map[*Stream]struct{} // players streaming it now
 	sampleAt    time.Time            // when speed was last computed
@@ -110,6 +113,8 @@ var (
 	ErrCannotStart = errors.New("cannot be unpaused now")
 	ErrNotActive   = errors.New("Active Download not found")
 	ErrPaused      = errors.New("task is paused")
+	// ErrStopped is why a task's streams end when it is paused or removed.
+	ErrStopped = errors.New("task paused or removed")
 )
 
 // OptionError is a bad value for an aria2 option.
@@ -168,6 +173,12 @@ func (s *Store) Subscribe() (<-chan Event, func()) {
 	}
 }
 
+// _announce tells the subscribers that t started. Call with the lock held.
+func (s *Store) _announce(t *Task) {
+	t.Announced = true
+	s._notify(OnStart, t.GID)
+}
+
 // _notify sends an event to every subscriber. Call with the lock held.
 func (s *Store) _notify(method, gid string) {
 	for ch := range s.subs {
@@ -222,7 +233,7 @@ func (s *Store) Add(uris []string, options map[string]string, position int) (str
 	}
 	s.queue = slices.Insert(s.queue, position, gid)
 	if !paused {
-		s._notify(OnStart, gid)
+		s._announce(t)
 	}
 	s.wg.Go(func() { s.probeSize(gid) })
 	return gid, nil
@@ -287,7 +298,7 @@ func (s *Store) _stop(t *Task, state Status) {
 	s.done = append(s.done, t.GID)
 	s.stops++
 	for st := range t.streams {
-		st.cancel()
+		st.cancel(ErrStopped)
 	}
 	s._persist(t)
 }
@@ -329,14 +340,15 @@ func (s *Store) update(gid string, change func(t *Task) error) (string, error) {
 	return t.GID, nil
 }
 
-// Remove stops a task. One being streamed becomes Removed and its streams end; a waiting or paused one is
-// forgotten, as aria2 does.
+// Remove stops a task. One announced as started (or being streamed) becomes Removed, its streams end and
+// onDownloadStop is sent, as aria2 does for a download it started; one never announced (added paused) is
+// forgotten silently, as aria2 forgets a download it never started.
 func (s *Store) Remove(gid string) (string, error) {
 	return s.update(gid, func(t *Task) error {
 		switch {
 		case t.stopped():
 			return fmt.Errorf("%w for GID#%s", ErrNotActive, t.GID)
-		case len(t.streams) > 0:
+		case len(t.streams) > 0 || t.Announced:
 			s._stop(t, Removed)
 			s._notify(OnStop, t.GID)
 		default:
@@ -369,7 +381,7 @@ func (s *Store) Pause(gid string) (string, error) {
 func (s *Store) _pause(t *Task) {
 	t.State = Paused
 	for st := range t.streams {
-		st.cancel()
+		st.cancel(ErrStopped)
 	}
 	s._persist(t)
 	s._notify(OnPause, t.GID)
@@ -388,8 +400,8 @@ func (s *Store) Unpause(gid string) (string, error) {
 
 func (s *Store) _unpause(t *Task) {
 	t.State = Waiting
+	s._announce(t)
 	s._persist(t)
-	s._notify(OnStart, t.GID)
 }
 
 // PauseAll pauses every waiting or active task.
@@ -590,7 +602,7 @@ type Stream struct {
 
 	store  *Store
 	task   *Task
-	cancel context.CancelFunc
+	cancel context.CancelCauseFunc
 }
 
 // Begin starts a player's stream of gid, within ctx: the stream's Context ends when ctx does, or when
@@ -619,7 +631,7 @@ func (s *Store) Begin(ctx context.Context, gid string) (*Stream, error) {
 		st.MinSpeed = s.settings.MinSpeed
 	}
 	st.Proxy = s._proxy(t)
-	st.Context, st.cancel = context.WithCancel(ctx)
+	st.Context, st.cancel = context.WithCancelCause(ctx)
 	if len(t.streams) == 0 {
 		t.sampleAt, t.sampleBytes, t.speed = time.Now(), t.Delivered, 0
 	}
@@ -655,7 +667,7 @@ func (st *Stream) Fail(err error) {
 
 // End ends the stream.
 func (st *Stream) End() {
-	st.cancel()
+	st.cancel(nil)
 	st.store.mu.Lock()
 	defer st.store.mu.Unlock()
 	delete(st.task.streams, st)
@@ -686,15 +698,18 @@ func proxyURL(p, user, pass string) *url.URL {
 	return u
 }
 
-// ariaError is aria2's error code and message for an upstream failure.
+// ariaError is aria2's error code and message for an upstream failure, as aria2c 1.36 reports them for the
+// same HTTP statuses.
 func ariaError(err error) (string, string) {
 	var status *upstream.StatusError
 	var netErr *upstream.NetError
 	switch {
 	case errors.As(err, &status) && status.Code == http.StatusNotFound:
 		return "3", "Resource not found"
-	case errors.As(err, &status) && (status.Code == http.StatusUnauthorized || status.Code == http.StatusForbidden):
-		return "24", "Authorization failed: " + err.Error()
+	case errors.As(err, &status) && status.Code == http.StatusUnauthorized:
+		return "24", "Authorization failed."
+	case errors.As(err, &status) && status.Code == http.StatusServiceUnavailable:
+		return "29", fmt.Sprintf("The response status is not successful. status=%d", status.Code)
 	case errors.As(err, &status):
 		return "22", fmt.Sprintf("The response status is not successful. status=%d", status.Code)
 	case errors.As(err, &netErr) && netErr.Timeout():

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"errors"
+	"io"
 	"net/http"
 	"sync"
 	"testing"
@@ -80,6 +81,9 @@ func TestCheckPartial(t *testing.T) {
 		"etag dropped":    {answer(206, with("ETag", "")), ErrChanged},
 		"other modified":  {answer(206, with("Last-Modified", "Tue, 03 Jan 2006 15:04:05 GMT")), ErrChanged},
 		"unknown size ok": {answer(206, with("Content-Range", "bytes 100-199/*")), nil},
+		"gzip":            {answer(206, with("Content-Encoding", "gzip")), ErrBadAnswer},
+		"br, listed":      {answer(206, with("Content-Encoding", "identity, br")), ErrBadAnswer},
+		"identity":        {answer(206, with("Content-Encoding", "identity")), nil},
 	} {
 		err := CheckPartial(c.resp, "http://x/f", span, v)
 		if (c.want == nil) != (err == nil) || (c.want != nil && !errors.Is(err, c.want)) {
@@ -111,6 +115,36 @@ func TestRedact(t *testing.T) {
 	} {
 		if got := Redact(in); got != want {
 			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestRetryPolicy(t *testing.T) {
+	r := Retry{Max: 5, Base: 100 * time.Millisecond}
+	for n, want := range map[int]time.Duration{1: 100 * time.Millisecond, 3: 400 * time.Millisecond, 20: MaxBackoff} {
+		if got := r.Wait(n, errors.New("x")); got < want/2 || got > want {
+			t.Errorf("Wait(%d) = %v, want %v with jitter down to half", n, got, want)
+		}
+	}
+	if got := r.Wait(1, &StatusError{Code: 503, RetryAfter: 3 * time.Second}); got != 3*time.Second {
+		t.Errorf("Wait after Retry-After: 3 = %v", got)
+	}
+	for err, want := range map[error]bool{
+		&StatusError{Code: 503}: true,
+		&StatusError{Code: 429}: true,
+		&StatusError{Code: 404}: false,
+		&StatusError{Code: 403}: false,
+		&NetError{Err: io.EOF}:  true,
+		ErrBadAnswer:            true,
+		ErrStalled:              true,
+		ErrShortBody:            true,
+		ErrChanged:              false,
+		ErrTooBig:               false,
+		ErrTooManyRedirects:     false,
+		errors.New("bad URL"):   false,
+	} {
+		if Retryable(err) != want {
+			t.Errorf("Retryable(%v) = %v, want %v", err, !want, want)
 		}
 	}
 }
