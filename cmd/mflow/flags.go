@@ -2,9 +2,11 @@ package main
 
 import (
 	"fmt"
+	"net/netip"
 	"strconv"
 	"strings"
 
+	"mflow/internal/access"
 	"mflow/internal/logging"
 )
 
@@ -28,6 +30,28 @@ func (f intFlag) Set(s string) error {
 		return fmt.Errorf("want a whole number from %d to %d", f.min, f.max)
 	}
 	*f.p = n
+	return nil
+}
+
+// prefixFlag is --allow-target and --deny-target: comma-separated CIDRs.
+type prefixFlag struct{ p *[]netip.Prefix }
+
+func (f prefixFlag) String() string {
+	var parts []string
+	for _, p := range *f.p {
+		parts = append(parts, p.String())
+	}
+	return strings.Join(parts, ",")
+}
+
+func (f prefixFlag) Type() string { return "CIDRs" }
+
+func (f prefixFlag) Set(s string) error {
+	p, err := access.ParsePrefixes(s)
+	if err != nil {
+		return err
+	}
+	*f.p = append(*f.p, p...)
 	return nil
 }
 

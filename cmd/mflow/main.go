@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"mflow/internal/access"
 	"mflow/internal/bytesize"
 	"mflow/internal/chunkcache"
 	"mflow/internal/engine"
@@ -60,6 +62,13 @@ type options struct {
 	insecure        bool
 	relayNoRange    bool
 	rpcSecret       string
+	rpcListenAll    bool
+	rpcOriginAll    bool
+	allowTarget     []netip.Prefix
+	denyTarget      []netip.Prefix
+	maxStreams      int
+	maxStopped      int
+	maxWaiting      int
 	stateDir        string
 	inMemory        bool
 }
@@ -87,7 +96,14 @@ func parseFlags(args []string) (options, string, error) {
 	fs.Var(newIntFlag(&o.hostConnections, 16, 1, 256), "host-connections", "connections to one upstream host across all streams")
 	fs.BoolVar(&o.insecure, "insecure", false, "skip TLS certificate verification upstream")
 	fs.BoolVar(&o.relayNoRange, "relay-no-range", false, "relay upstreams without Range support over one connection instead of answering 403")
-	fs.StringVar(&o.rpcSecret, "rpc-secret", "", "aria2 JSON-RPC secret: calls must send token:SECRET")
+	fs.StringVar(&o.rpcSecret, "rpc-secret", "", "aria2 JSON-RPC secret: calls must send token:SECRET; without one, only this machine is answered")
+	fs.BoolVar(&o.rpcListenAll, "rpc-listen-all", false, "answer the JSON-RPC from any address even without --rpc-secret (aria2's flag)")
+	fs.BoolVar(&o.rpcOriginAll, "rpc-allow-origin-all", false, "let web pages of any site use the JSON-RPC, with CORS headers (aria2's flag; AriaNg served from elsewhere needs it)")
+	fs.Var(prefixFlag{&o.allowTarget}, "allow-target", "addresses mflow may fetch from for any player, as comma-separated CIDRs (192.168.1.0/24,fd00::/8)")
+	fs.Var(prefixFlag{&o.denyTarget}, "deny-target", "addresses mflow never fetches from, as comma-separated CIDRs")
+	fs.Var(newIntFlag(&o.maxStreams, 64, 1, 100000), "max-streams", "streams played at once; more are answered 503")
+	fs.Var(newIntFlag(&o.maxStopped, 1000, 0, 1000000), "max-download-result", "stopped tasks kept, the oldest forgotten first (aria2's flag)")
+	fs.Var(newIntFlag(&o.maxWaiting, 1000, 1, 1000000), "max-waiting", "waiting and paused tasks kept; more adds are refused")
 	fs.StringVar(&o.stateDir, "state-dir", "", "where tasks are kept across restarts (default: the user's state folder, ~/.local/state/mflow on Linux)")
 	fs.BoolVar(&o.inMemory, "in-memory", false, "keep tasks in memory only: they are gone when mflow stops")
 	showVersion := fs.Bool("version", false, "print the version and exit")
@@ -147,11 +163,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 
-	client := upstream.NewClient(upstream.Config{HostConnections: o.hostConnections, Insecure: o.insecure})
+	policy := &access.Policy{Allow: o.allowTarget, Deny: o.denyTarget, Own: ownAddresses(ln.Addr())}
+	client := upstream.NewClient(upstream.Config{HostConnections: o.hostConnections, Insecure: o.insecure, Policy: policy})
 	defer client.CloseIdleConnections()
 	resolver := &link.Resolver{Client: client, MaxRedirects: o.maxRedirects, Retry: upstream.Retry{Max: o.retry}, Logger: log}
 	userAgent := "mflow/" + versionString()
-	tasks, err := openTasks(o, task.Settings{Connections: o.connections, MinSpeed: o.minSpeed, UserAgent: userAgent}, resolver.Size)
+	tasks, err := openTasks(o, task.Settings{Connections: o.connections, MinSpeed: o.minSpeed, UserAgent: userAgent, MaxStopped: max(o.maxStopped, 1), MaxWaiting: o.maxWaiting}, resolver.Size)
 	if err != nil {
 		ln.Close()
 		fmt.Fprintf(stderr, "mflow: %v\n", err)
@@ -167,7 +184,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	srv := &server.Server{
 		Resolver:     resolver,
 		Tasks:        tasks,
-		RPC:          &rpc.Handler{Store: tasks, Secret: o.rpcSecret, Version: versionString(), Logger: log},
+		RPC:          &rpc.Handler{Store: tasks, Secret: o.rpcSecret, ListenAll: o.rpcListenAll, AllowOriginAll: o.rpcOriginAll, Version: versionString(), Logger: log},
+		MaxStreams:   o.maxStreams,
 		Engine:       &engine.Engine{Client: client, ChunkSize: o.chunkSize, Connections: o.connections, Retries: o.retry, MinSpeed: o.minSpeed, MaxRedirects: o.maxRedirects, Cache: cache, Logger: log},
 		RelayNoRange: o.relayNoRange,
 		UserAgent:    userAgent,
@@ -180,11 +198,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	hs := &http.Server{
 		Handler:           srv.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    64 << 10,
 		IdleTimeout:       2 * time.Minute,
 		BaseContext:       func(net.Listener) context.Context { return base },
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	log.Info("mflow listening", "address", ln.Addr().String(), "version", versionString(), "connections", o.connections, "chunk", bytesize.Format(o.chunkSize))
+	log.Info("who can reach what", "jsonrpc", rpcReach(o), "streams", "any client; LAN and this machine only for players on them")
 
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
@@ -203,6 +223,42 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	<-served
 	return 0
+}
+
+// rpcReach says in a few words who the JSON-RPC answers.
+func rpcReach(o options) string {
+	who := "this machine only (set --rpc-secret to let others in)"
+	switch {
+	case o.rpcSecret != "":
+		who = "any client sending the secret"
+	case o.rpcListenAll:
+		who = "any client, no secret (--rpc-listen-all)"
+	}
+	if o.rpcOriginAll {
+		return who + "; web pages of any site (--rpc-allow-origin-all)"
+	}
+	return who + "; no web page of another site"
+}
+
+// ownAddresses are the addresses mflow answers on, which it must never fetch from: the listening address,
+// or every address of this machine when it listens on all of them.
+func ownAddresses(addr net.Addr) []netip.AddrPort {
+	ap, err := netip.ParseAddrPort(addr.String())
+	if err != nil {
+		return nil
+	}
+	if !ap.Addr().IsUnspecified() {
+		return []netip.AddrPort{ap}
+	}
+	own := []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ap.Port()), netip.AddrPortFrom(netip.IPv6Loopback(), ap.Port())}
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil {
+				own = append(own, netip.AddrPortFrom(p.Addr(), ap.Port()))
+			}
+		}
+	}
+	return own
 }
 
 // openCache builds the chunk cache the flags ask for: memory with --cache, disk with --cache-dir, or both.

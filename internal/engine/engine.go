@@ -32,6 +32,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"mflow/internal/access"
 	"mflow/internal/httprange"
 	"mflow/internal/upstream"
 )
@@ -81,13 +82,14 @@ const (
 	sampleEvery = time.Second
 	// slowSamples is how many samples in a row below MinSpeed drop a connection.
 	slowSamples = 3
-	// routeEvery is how often each request's speed is compared with its siblings'.
-	routeEvery = 250 * time.Millisecond
+	// routeEvery is how often each request's speed is compared with the stream's best.
+	routeEvery = 100 * time.Millisecond
 	// routeSamples is how many comparisons in a row a request must lose, lagFactor times slower than the
 	// stream's best lately, before it is asked again on a fresh request.
 	routeSamples = 2
-	// routeFade is how much of the stream's best speed is kept at each route check.
-	routeFade = 0.85
+	// routeFade is how much of the stream's best speed is kept at each route check: half of it after a
+	// second.
+	routeFade = 0.933
 	// maxReplaced bounds the fresh requests one piece gets for being slow; after that its connection stays.
 	maxReplaced = 3
 	// minSplit is the smallest half an idle connection takes from a piece.
@@ -131,6 +133,8 @@ type Request struct {
 	MinSpeed int64
 	// Logger, when set, replaces Engine.Logger for this stream (to carry the stream's id).
 	Logger *slog.Logger
+	// From is the class of the player: where requests may connect depends on it (access.Policy).
+	From access.Client
 }
 
 // Stats describes a finished stream.

@@ -16,6 +16,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"mflow/internal/access"
 	"mflow/internal/engine"
 	"mflow/internal/httprange"
 	"mflow/internal/upstream"
@@ -373,7 +374,7 @@ func TestRelayServesAnUpstreamWithoutRange(t *testing.T) {
 	e := newEngine(t, u, 64<<10, 4)
 	var out bytes.Buffer
 	span := httprange.Span{Start: 5000, End: 250_000}
-	if _, err := e.Relay(t.Context(), &out, target(u), span); err != nil {
+	if _, err := e.Relay(t.Context(), &out, target(u), span, access.Loopback); err != nil {
 		t.Fatal(err)
 	}
 	checkBytes(t, out.Bytes(), file, span)

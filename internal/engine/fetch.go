@@ -31,8 +31,9 @@ type fetch struct {
 	quiet     time.Duration           // time since it last delivered a byte (or since it was sent)
 	slowCount int                     // one-second samples in a row below the minimum speed
 	routeGot  int64                   // got at the last route check
-	routeRate float64                 // bytes/s since the route check before
-	routeSeen int                     // route checks since its answer arrived
+	routeAt   time.Time               // when routeGot was taken
+	routeRate float64                 // bytes/s since the route check before (since its answer, the first time)
+	measured  bool                    // routeRate is set: the request ran past its grace time
 	routeSlow int                     // route checks in a row it lost to the stream's best
 }
 
@@ -141,7 +142,7 @@ func (s *stream) open(t try) (*http.Response, error) {
 		resp.Body.Close()
 		s.log.Debug("the probe's answer does not fit the first piece; asking again", "err", err)
 	}
-	resp, _, err := s.e.Client.Get(t.ctx, t.target.URL, t.target.Header, t.span.Header(), s.e.MaxRedirects)
+	resp, _, err := s.e.Client.Get(t.ctx, t.target.URL, t.target.Header, t.span.Header(), s.e.MaxRedirects, s.from)
 	if err != nil {
 		return nil, attemptError(t.ctx, err)
 	}
@@ -175,7 +176,7 @@ func (s *stream) startAttempt(p *piece, f *fetch) (try, bool) {
 	t.ctx = ctx
 	f.cancel, f.gen, f.sent, f.answered = cancel, s.targetGen, time.Now(), time.Time{}
 	f.got, f.sampled, f.samples, f.rate, f.quiet, f.slowCount = 0, 0, 0, 0, 0, 0
-	f.routeGot, f.routeRate, f.routeSeen, f.routeSlow = 0, 0, 0, 0
+	f.routeGot, f.routeAt, f.routeRate, f.measured, f.routeSlow = 0, time.Time{}, 0, false, 0
 	return t, true
 }
 
@@ -464,28 +465,37 @@ func (s *stream) sample() {
 
 // checkRoutes compares each answered request's speed with the best speed this stream's requests reached
 // lately (a maximum that fades by routeFade each check, so a drive that slows down as a whole is soon the
-// new normal). A request lagFactor times slower, with more than a moment of work left, gives its lane up
-// at once, so a fresh request races it on the same piece (first bytes win); still that slow at the next
-// check, it is cancelled, and the fresh request goes on alone. Drives route each request on its own, so a
-// fresh one usually lands on a good route; a request only slow to start (TCP's slow start on a distant
-// drive) costs some bytes fetched twice, not time. The best is kept across requests because a slow request
-// often runs alone: the others finished the window and wait for it.
+// new normal). A request is judged once it has run for its grace time, four first-byte times (TCP's slow
+// start on a distant drive is over by then) and at least routeEvery. One lagFactor times slower, with more
+// than a moment of work left, gives its lane up at once, so a fresh request races it on the same piece
+// (first bytes win); still that slow at the next check, it is cancelled, and the fresh request goes on
+// alone. Drives route each request on its own, so a fresh one usually lands on a good route; a request
+// misjudged costs some bytes fetched twice, not time. The best is kept across requests because a slow
+// request often runs alone: the others finished the window and wait for it.
 func (s *stream) checkRoutes() {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
+	now := time.Now()
+	grace := max(routeEvery, 4*s.firstByte)
 	s.routeBest *= routeFade
 	for f := range s.fetches {
-		if f.cancel == nil || f.answered.IsZero() {
+		if f.cancel == nil || f.answered.IsZero() || now.Sub(f.answered) < grace {
 			continue
 		}
-		f.routeRate = float64(f.got-f.routeGot) / routeEvery.Seconds()
-		f.routeGot = f.got
-		if f.routeSeen++; f.routeSeen > 1 && f.routeRate > s.routeBest { // the first check saw part of a period only
+		since := f.routeAt
+		if !f.measured {
+			since = f.answered
+		}
+		if d := now.Sub(since); d > 0 {
+			f.routeRate = float64(f.got-f.routeGot) / d.Seconds()
+		}
+		f.routeGot, f.routeAt, f.measured = f.got, now, true
+		if f.routeRate > s.routeBest {
 			s.routeBest, s.routeBestBy = f.routeRate, f
 		}
 	}
 	for f, p := range s.fetches {
-		if f.cancel == nil || f.routeSeen < 2 || s.routeBestBy == f { // never judged by its own past
+		if f.cancel == nil || !f.measured || s.routeBestBy == f { // never judged by its own past
 			continue
 		}
 		left := float64(p.end - max(p.filled, f.pos))

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"mflow/internal/access"
 	"mflow/internal/httprange"
 )
 
@@ -24,6 +25,7 @@ type stream struct {
 	lanes     int            // requests kept going at once
 	minSpeed  int64          // bytes per second, 0 = off
 	lastChunk int64          // index of the chunk holding span.End
+	from      access.Client  // the player's class
 	wg        sync.WaitGroup // the workers and the watcher
 
 	// refreshMu lets one worker at a time resolve an expired link; the others find the new target.
@@ -62,6 +64,7 @@ func (e *Engine) newStream(ctx context.Context, f *file, req Request) *stream {
 		lanes:       max(req.Connections, 0),
 		minSpeed:    req.MinSpeed,
 		lastChunk:   req.Span.End / e.ChunkSize,
+		from:        req.From,
 		target:      req.Target,
 		mirrors:     req.Mirrors,
 		mirrorAside: make([]bool, len(req.Mirrors)),
@@ -377,7 +380,7 @@ func (s *stream) finishWait() <-chan struct{} {
 // whole one, else over the last one-second sample.
 func (f *fetch) _speed() (float64, bool) {
 	switch {
-	case f.routeSeen >= 2:
+	case f.measured:
 		return f.routeRate, true
 	case f.samples > 0:
 		return f.rate, true

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"mflow/internal/access"
 	"mflow/internal/engine"
 	"mflow/internal/httprange"
 	"mflow/internal/upstream"
@@ -31,6 +32,9 @@ type Link struct {
 	Name string
 	// Mirrors are other URLs of the same file, asked for with the same headers.
 	Mirrors []string
+	// From is the class of the player asking: where the link may lead depends on it (access.Policy), so
+	// it is part of the link's identity, and a probe or a cached chunk of one class never serves another.
+	From access.Client
 }
 
 // Meta is what a probe learned about a link.
@@ -222,7 +226,7 @@ func (r *Resolver) Mirrors(ctx context.Context, l Link) func(primary *Meta) []en
 	}
 	answers := make(chan answer, len(l.Mirrors))
 	for i, u := range l.Mirrors {
-		mirror := Link{URL: u, Header: l.Header}
+		mirror := Link{URL: u, Header: l.Header, From: l.From}
 		go func() {
 			m, _ := r.Resolve(ctx, mirror)
 			answers <- answer{i, m}
@@ -269,10 +273,11 @@ func (r *Resolver) ttl() time.Duration {
 	return r.TTL
 }
 
-// Identity names a link by its URL and headers: the same URL with another Cookie may be another file.
+// Identity names a link by its URL and headers (the same URL with another Cookie may be another file) and
+// the class of player asking.
 func Identity(l Link) string {
 	var b strings.Builder
-	b.WriteString(l.URL)
+	fmt.Fprintf(&b, "%d\x00%s", l.From, l.URL)
 	for _, name := range slices.Sorted(maps.Keys(l.Header)) {
 		fmt.Fprintf(&b, "\n%s: %s", name, strings.Join(l.Header[name], ", "))
 	}
@@ -317,7 +322,7 @@ func (r *Resolver) probeOnce(ctx context.Context, l Link, first httprange.Span) 
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	stall := time.AfterFunc(r.stallTimeout(), func() { cancel(upstream.ErrStalled) })
-	resp, final, err := r.Client.Get(ctx, l.URL, l.Header, want.Header(), r.MaxRedirects)
+	resp, final, err := r.Client.Get(ctx, l.URL, l.Header, want.Header(), r.MaxRedirects, l.From)
 	stall.Stop()
 	if err != nil {
 		cancel(nil)

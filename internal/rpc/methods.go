@@ -145,7 +145,7 @@ func (p params) options(i int) (map[string]string, error) {
 	return out, nil
 }
 
-func addURI(h *Handler, _ context.Context, p params) (any, error) {
+func addURI(h *Handler, ctx context.Context, p params) (any, error) {
 	if p.has(0) {
 		var raw []json.RawMessage
 		if json.Unmarshal(p[0], &raw) != nil {
@@ -172,7 +172,7 @@ func addURI(h *Handler, _ context.Context, p params) (any, error) {
 			return nil, errors.New("Position must be greater than or equal to 0.")
 		}
 	}
-	return h.Store.Add(uris, opts, position)
+	return h.Store.Add(uris, opts, position, callerOf(ctx))
 }
 
 // keys reads the optional key filter at i.
@@ -421,6 +421,9 @@ func multicall(h *Handler, ctx context.Context, p params) (any, error) {
 	var calls []json.RawMessage
 	if !p.has(0) || json.Unmarshal(p[0], &calls) != nil {
 		return nil, wrongType(0)
+	}
+	if len(calls) > maxCalls {
+		return nil, fmt.Errorf("Too many calls in one system.multicall: %d, at most %d.", len(calls), maxCalls)
 	}
 	out := []any{}
 	for _, raw := range calls {

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -15,12 +16,15 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/coder/websocket"
+	"golang.org/x/sync/semaphore"
 
+	"mflow/internal/access"
 	"mflow/internal/task"
 )
 
@@ -28,21 +32,42 @@ import (
 type Handler struct {
 	// Store holds the tasks.
 	Store *task.Store
-	// Secret, when set, must come as "token:SECRET" first in every call's params.
+	// Secret, when set, must come as "token:SECRET" first in every call's params; then any client that
+	// sends it is answered.
 	Secret string
-	// AuthDelay is the wait before answering Unauthorized, which slows guessing as aria2 does. Default 1 s.
+	// ListenAll answers clients on any address without a Secret (aria2's --rpc-listen-all). By default,
+	// without a Secret, only clients on this machine are answered, as aria2 listens on loopback only.
+	ListenAll bool
+	// AllowOriginAll answers pages of any origin, with CORS headers (aria2's --rpc-allow-origin-all). By
+	// default only clients that are not browser pages, pages mflow serves, and browser extensions are.
+	AllowOriginAll bool
+	// AuthDelay is how long each wrong token holds up the next: failures wait in one line for all
+	// clients, so guessing is slow however many connections try. Default 1 s.
 	AuthDelay time.Duration
 	// Version is mflow's, reported among getVersion's features.
 	Version string
 	// Logger receives a DEBUG line per call. Default slog.Default().
 	Logger *slog.Logger
 
-	sessionOnce sync.Once // makes sessionID
-	sessionID   string    // getSessionInfo's answer, the same for the life of the handler
+	sessionOnce sync.Once           // makes sessionID
+	sessionID   string              // getSessionInfo's answer, the same for the life of the handler
+	failures    *semaphore.Weighted // the one line wrong tokens wait in
+	failOnce    sync.Once           // makes failures
 }
 
-// maxBody is the largest request body accepted, as aria2.
-const maxBody = 2 << 20
+const (
+	// maxBody is the largest request body accepted, as aria2.
+	maxBody = 2 << 20
+	// maxCalls bounds the calls of one batch or one system.multicall.
+	maxCalls = 256
+	// maxAnswer bounds the answer to one request: a client asking for more must ask for fewer at a time.
+	maxAnswer = 16 << 20
+	// bodyTimeout bounds the wait for a request's body.
+	bodyTimeout = 10 * time.Second
+)
+
+// jsonpCallback is what a JSONP callback name may be made of: a script identifier, dots for a namespace.
+var jsonpCallback = regexp.MustCompile(`^[A-Za-z0-9_.$]{1,128}$`)
 
 // rpcError is a JSON-RPC error object.
 type rpcError struct {
@@ -73,12 +98,30 @@ func (h *Handler) logger() *slog.Logger {
 	return slog.Default()
 }
 
+// Allows reports whether a request may use the JSON-RPC, and why not: the status pages follow the same rule.
+func (h *Handler) Allows(r *http.Request) (bool, string) {
+	if h.Secret == "" && !h.ListenAll && access.ClientOf(r.RemoteAddr) != access.Loopback {
+		return false, "the JSON-RPC answers only this machine unless mflow has --rpc-secret (or --rpc-listen-all)"
+	}
+	if !h.AllowOriginAll && !access.SameOriginOrExtension(r) {
+		return false, "the JSON-RPC does not answer pages of other sites; start mflow with --rpc-allow-origin-all to let them in"
+	}
+	return true, ""
+}
+
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if ok, why := h.Allows(r); !ok {
+		http.Error(w, "mflow: "+why, http.StatusForbidden)
+		return
+	}
 	hdr := w.Header()
-	hdr.Set("Access-Control-Allow-Origin", "*")
+	if h.AllowOriginAll {
+		hdr.Set("Access-Control-Allow-Origin", "*")
+	}
+	ctx := context.WithValue(r.Context(), callerKey{}, access.ClientOf(r.RemoteAddr))
 	switch r.Method {
 	case http.MethodOptions:
-		if r.Header.Get("Origin") != "" && r.Header.Get("Access-Control-Request-Method") != "" {
+		if h.AllowOriginAll && r.Header.Get("Origin") != "" && r.Header.Get("Access-Control-Request-Method") != "" {
 			hdr.Set("Access-Control-Allow-Methods", "POST, GET, OPTIONS")
 			hdr.Set("Access-Control-Max-Age", "1728000")
 			if ah := r.Header.Get("Access-Control-Request-Headers"); ah != "" {
@@ -95,9 +138,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		body, callback := getRequest(r.URL.RawQuery)
-		out, status := h.process(r.Context(), body)
+		if callback != "" && !jsonpCallback.MatchString(callback) {
+			http.Error(w, "mflow: jsoncallback must be a script name: letters, digits, _ . $", http.StatusBadRequest)
+			return
+		}
+		out, status := h.process(ctx, body)
 		h.reply(w, out, status, callback)
 	case http.MethodPost:
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyTimeout))
 		body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
 		if err != nil {
 			return
@@ -107,7 +155,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "mflow: JSON-RPC request over 2 MiB", http.StatusRequestEntityTooLarge)
 			return
 		}
-		out, status := h.process(r.Context(), body)
+		out, status := h.process(ctx, body)
 		h.reply(w, out, status, "")
 	default:
 		hdr.Set("Allow", "GET, POST, OPTIONS")
@@ -181,6 +229,9 @@ func (h *Handler) process(ctx context.Context, body []byte) ([]byte, int) {
 		if err := json.Unmarshal(body, &batch); err != nil {
 			return marshal(response{ID: null, JSONRPC: "2.0", Error: errParse}), http.StatusInternalServerError
 		}
+		if len(batch) > maxCalls {
+			return marshal(response{ID: null, JSONRPC: "2.0", Error: &rpcError{1, fmt.Sprintf("Too many calls in one batch: %d, at most %d.", len(batch), maxCalls)}}), http.StatusBadRequest
+		}
 		out := []response{}
 		for _, raw := range batch {
 			if t := bytes.TrimSpace(raw); len(t) == 0 || t[0] != '{' {
@@ -189,13 +240,13 @@ func (h *Handler) process(ctx context.Context, body []byte) ([]byte, int) {
 			resp, _ := h.one(ctx, raw)
 			out = append(out, resp)
 		}
-		return marshal(out), http.StatusOK
+		return bounded(marshal(out), http.StatusOK)
 	}
 	if !json.Valid(body) {
 		return marshal(response{ID: null, JSONRPC: "2.0", Error: errParse}), http.StatusInternalServerError
 	}
 	resp, status := h.one(ctx, body)
-	return marshal(resp), status
+	return bounded(marshal(resp), status)
 }
 
 func marshal(v any) []byte {
@@ -204,6 +255,14 @@ func marshal(v any) []byte {
 		return []byte(`{"id":null,"jsonrpc":"2.0","error":{"code":1,"message":"internal error"}}`)
 	}
 	return b
+}
+
+// bounded replaces an answer over maxAnswer by an error that says how to ask.
+func bounded(out []byte, status int) ([]byte, int) {
+	if len(out) <= maxAnswer {
+		return out, status
+	}
+	return marshal(response{ID: null, JSONRPC: "2.0", Error: &rpcError{1, fmt.Sprintf("The answer would be over %d MiB; ask for fewer tasks or keys at a time.", maxAnswer>>20)}}), http.StatusBadRequest
 }
 
 // one answers a single request object.
@@ -250,20 +309,39 @@ func (h *Handler) call(ctx context.Context, method string, params []json.RawMess
 			token, params = strings.TrimPrefix(s, "token:"), params[1:]
 		}
 	}
-	if h.Secret != "" && token != h.Secret {
-		delay := h.AuthDelay
-		if delay == 0 {
-			delay = time.Second
-		}
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-		}
+	if h.Secret != "" && subtle.ConstantTimeCompare([]byte(token), []byte(h.Secret)) != 1 {
+		h.slowDown(ctx)
 		return nil, errors.New("Unauthorized")
 	}
 	return m(h, ctx, params)
+}
+
+// slowDown makes a wrong token wait its turn in the one line for all clients, then AuthDelay.
+func (h *Handler) slowDown(ctx context.Context) {
+	h.failOnce.Do(func() { h.failures = semaphore.NewWeighted(1) })
+	if h.failures.Acquire(ctx, 1) != nil {
+		return
+	}
+	defer h.failures.Release(1)
+	delay := h.AuthDelay
+	if delay == 0 {
+		delay = time.Second
+	}
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// callerKey carries the class of the client making a call, from ServeHTTP to addUri: a task's background
+// probe may reach what its adder could reach, no more.
+type callerKey struct{}
+
+func callerOf(ctx context.Context) access.Client {
+	c, _ := ctx.Value(callerKey{}).(access.Client)
+	return c
 }
 
 // session is the id getSessionInfo reports.
@@ -284,12 +362,13 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusUpgradeRequired)
 		return
 	}
+	// Allows already applied the origin rule to the upgrade.
 	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
 	if err != nil {
 		return
 	}
 	conn.SetReadLimit(maxBody)
-	ctx, cancel := context.WithCancel(r.Context())
+	ctx, cancel := context.WithCancel(context.WithValue(r.Context(), callerKey{}, access.ClientOf(r.RemoteAddr)))
 	events, unsubscribe := h.Store.Subscribe()
 	defer unsubscribe()
 	done := make(chan struct{})

@@ -43,9 +43,12 @@ type rig struct {
 	store *task.Store
 }
 
-func newRig(t *testing.T, secret string) *rig {
+func newRig(t *testing.T, secret string, tune ...func(*rpc.Handler)) *rig {
 	store := task.NewStore(task.Settings{Connections: 4, UserAgent: "mflow-test"}, fakeProbe)
 	h := &rpc.Handler{Store: store, Secret: secret, AuthDelay: time.Millisecond, Version: "test"}
+	for _, f := range tune {
+		f(h)
+	}
 	ts := httptest.NewServer(h)
 	t.Cleanup(func() {
 		ts.Close()
@@ -195,7 +198,7 @@ func TestGetAndJSONP(t *testing.T) {
 }
 
 func TestPreflightAndLimits(t *testing.T) {
-	r := newRig(t, "s3")
+	r := newRig(t, "s3", func(h *rpc.Handler) { h.AllowOriginAll = true })
 	req, _ := http.NewRequest(http.MethodOptions, r.URL+"/jsonrpc", nil)
 	req.Header.Set("Origin", "https://ariang.example")
 	req.Header.Set("Access-Control-Request-Method", "POST")

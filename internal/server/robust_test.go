@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"mflow/internal/access"
 	"mflow/internal/server"
 	"mflow/internal/upstreamtest"
 )
@@ -109,7 +110,7 @@ func TestPausingATaskCutsItsPlayingStream(t *testing.T) {
 	p := newProxy(t, func(s *server.Server) {
 		s.Logger = slog.New(slog.NewTextHandler(logs, nil))
 		s.Tasks = newStore(t, s.Resolver)
-		gid, _ = s.Tasks.Add([]string{u.URL + "/film.mp4"}, nil, -1)
+		gid, _ = s.Tasks.Add([]string{u.URL + "/film.mp4"}, nil, -1, access.Loopback)
 	})
 	for i, stop := range []string{"pause", "remove"} {
 		t.Run(stop, func(t *testing.T) {

@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"mflow/internal/access"
 	"mflow/internal/bytesize"
 	"mflow/internal/engine"
 	"mflow/internal/httprange"
@@ -41,10 +42,14 @@ type Server struct {
 	UserAgent string
 	// Version is shown on the index page.
 	Version string
+	// MaxStreams bounds the streams playing at once; one more is answered 503 with Retry-After. 0 is no
+	// bound.
+	MaxStreams int
 	// Logger receives a line per stream start and end. Default slog.Default().
 	Logger *slog.Logger
 
 	streams atomic.Int64 // numbers the streams in the log
+	playing atomic.Int64 // /stream requests being answered now
 }
 
 // Handler returns the routes.
@@ -138,7 +143,9 @@ func (s *Server) planFor(w http.ResponseWriter, r *http.Request) (plan, bool) {
 		if st.Proxy != nil {
 			ctx = upstream.WithProxy(ctx, st.Proxy)
 		}
-		return plan{link: st.Link, ctx: ctx, connections: st.Connections, minSpeed: st.MinSpeed, task: st}, true
+		l := st.Link
+		l.From = access.ClientOf(r.RemoteAddr) // the player's reach, not the task adder's
+		return plan{link: l, ctx: ctx, connections: st.Connections, minSpeed: st.MinSpeed, task: st}, true
 	}
 	raw := q.Get("url")
 	// A link pasted as is keeps its own query: "?url=https://host/f?a=1&b=2" means all of it.
@@ -160,10 +167,17 @@ func (s *Server) planFor(w http.ResponseWriter, r *http.Request) (plan, bool) {
 	}
 	h := http.Header{}
 	h.Set("User-Agent", s.UserAgent)
-	return plan{link: link.Link{URL: u.String(), Header: h}, ctx: r.Context()}, true
+	return plan{link: link.Link{URL: u.String(), Header: h, From: access.ClientOf(r.RemoteAddr)}, ctx: r.Context()}, true
 }
 
 func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
+	if n := s.playing.Add(1); s.MaxStreams > 0 && n > int64(s.MaxStreams) {
+		s.playing.Add(-1)
+		w.Header().Set("Retry-After", "5")
+		fail(w, http.StatusServiceUnavailable, fmt.Sprintf("%d streams are playing, the most mflow plays at once (--max-streams)", s.MaxStreams))
+		return
+	}
+	defer s.playing.Add(-1)
 	p, ok := s.planFor(w, r)
 	if !ok {
 		return
@@ -296,12 +310,12 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, p plan, log *slog.L
 	if meta.Ranges {
 		identity := link.Identity(p.link)
 		if p.task != nil {
-			identity = "task " + p.task.GID
+			identity = fmt.Sprintf("task %s %d", p.task.GID, p.link.From)
 		}
 		stats, err = s.Engine.Stream(p.ctx, out, engine.Request{Target: meta.Target(p.link), Head: head, FileKey: meta.FileKey(identity), Mirrors: mirrors, Span: span, Refresh: s.Resolver.Refresher(p.link),
-			Connections: p.connections, MinSpeed: p.minSpeed, Logger: log})
+			Connections: p.connections, MinSpeed: p.minSpeed, Logger: log, From: p.link.From})
 	} else {
-		stats, err = s.Engine.Relay(p.ctx, out, meta.Target(p.link), span)
+		stats, err = s.Engine.Relay(p.ctx, out, meta.Target(p.link), span, p.link.From)
 	}
 	// A stream that ended early may have cut the player's writes; what is still to be written must go out.
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
@@ -377,7 +391,10 @@ func (l *lazyHeader) SetWriteDeadline(t time.Time) error {
 func upstreamFailure(err error) (int, string) {
 	var status *upstream.StatusError
 	var netErr *upstream.NetError
+	var refused *access.RefusedError
 	switch {
+	case errors.As(err, &refused):
+		return http.StatusForbidden, refused.Error()
 	case errors.As(err, &status) && status.Code >= 400 && status.Code < 500:
 		return status.Code, status.Error()
 	case errors.As(err, &netErr) && netErr.Timeout(), errors.Is(err, context.DeadlineExceeded):

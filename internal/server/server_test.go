@@ -19,6 +19,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"mflow/internal/access"
 	"mflow/internal/chunkcache"
 	"mflow/internal/engine"
 	"mflow/internal/link"
@@ -309,7 +310,7 @@ func TestLinkHeadersReachEveryHop(t *testing.T) {
 		s.Tasks = newStore(t, s.Resolver)
 		var err error
 		gid, err = s.Tasks.Add([]string{redir.URL + "/hop/1"}, map[string]string{
-			"header": "Cookie: session=abc\nUser-Agent: DriveUA/1.0\n", "out": "Film (2024).mp4", "gid": "4c885fede4f1d14a"}, -1)
+			"header": "Cookie: session=abc\nUser-Agent: DriveUA/1.0\n", "out": "Film (2024).mp4", "gid": "4c885fede4f1d14a"}, -1, access.Loopback)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -521,7 +522,7 @@ func TestATaskWithMirrorsSpreadsItsChunks(t *testing.T) {
 	var gid string
 	p := newProxy(t, func(s *server.Server) {
 		s.Tasks = newStore(t, s.Resolver)
-		gid, _ = s.Tasks.Add([]string{a.URL + "/f.mp4", other.URL + "/f.mp4", b.URL + "/f.mp4"}, nil, -1)
+		gid, _ = s.Tasks.Add([]string{a.URL + "/f.mp4", other.URL + "/f.mp4", b.URL + "/f.mp4"}, nil, -1, access.Loopback)
 	})
 	resp, body := p.get(t, "GET", "/stream?gid="+gid, "")
 	if resp.StatusCode != 200 || !bytes.Equal(body, file) {
@@ -566,7 +567,7 @@ func TestATaskWithAProxyFetchesThroughIt(t *testing.T) {
 	var gid string
 	p := newProxy(t, func(s *server.Server) {
 		s.Tasks = newStore(t, s.Resolver)
-		gid, _ = s.Tasks.Add([]string{u.URL + "/f.mp4"}, map[string]string{"all-proxy": strings.TrimPrefix(proxy.URL, "http://")}, -1)
+		gid, _ = s.Tasks.Add([]string{u.URL + "/f.mp4"}, map[string]string{"all-proxy": strings.TrimPrefix(proxy.URL, "http://")}, -1, access.Loopback)
 	})
 	resp, body := p.get(t, "GET", "/stream?gid="+gid, "bytes=100-400099")
 	if resp.StatusCode != 206 || !bytes.Equal(body, file[100:400100]) {

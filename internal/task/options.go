@@ -51,10 +51,24 @@ var options = map[string]optionRule{
 	},
 }
 
+// Bounds on what one task's options may hold: a drive's cookies are a few KiB; more is an attempt to fill
+// mflow's memory and its store.
+const (
+	maxOptionBytes = 16 << 10
+	maxHeaderLines = 50
+)
+
 // normalize checks options and keeps those mflow knows, as aria2 would report them back.
 func normalize(in map[string]string) (map[string]string, error) {
 	out := map[string]string{}
+	total := 0
 	for name, v := range in {
+		if total += len(name) + len(v); total > maxOptionBytes {
+			return nil, &OptionError{Name: name}
+		}
+		if name == "header" && strings.Count(v, "\n") >= maxHeaderLines {
+			return nil, &OptionError{Name: name}
+		}
 		rule, ok := options[name]
 		if !ok {
 			continue

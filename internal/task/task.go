@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"mflow/internal/access"
 	"mflow/internal/link"
 	"mflow/internal/upstream"
 )
@@ -60,6 +61,9 @@ type Task struct {
 	// Announced is set once onDownloadStart was sent for the task: a client that heard it shows the task
 	// as started until it hears Stop or Error, so removing it must send Stop and keep it as removed.
 	Announced bool `json:"announced,omitempty"`
+	// From is the class of the client that added the task: its background probe may reach what that
+	// client could reach through a player, no more.
+	From access.Client `json:"from,omitempty"`
 
 	streams     map[*Stream]struct{} // players streaming it now
 	sampleAt    time.Time            // when speed was last computed
@@ -76,11 +80,16 @@ type View struct {
 	Name        string // the file name players are told
 }
 
-// Settings are a store's defaults for tasks that set nothing.
+// Settings are a store's defaults for tasks that set nothing, and its bounds.
 type Settings struct {
 	Connections int    // per stream
 	MinSpeed    int64  // bytes/s, 0 = off
 	UserAgent   string // sent when a task sets none
+	// MaxStopped is how many stopped tasks are kept, the oldest forgotten first (aria2's
+	// --max-download-result). Default 1000.
+	MaxStopped int
+	// MaxWaiting bounds the waiting and paused tasks: an add beyond it is refused. Default 1000.
+	MaxWaiting int
 }
 
 // Store keeps tasks. Its methods are safe for concurrent use.
@@ -115,6 +124,8 @@ var (
 	ErrPaused      = errors.New("task is paused")
 	// ErrStopped is why a task's streams end when it is paused or removed.
 	ErrStopped = errors.New("task paused or removed")
+	// ErrTooMany refuses a task beyond Settings.MaxWaiting.
+	ErrTooMany = errors.New("Too many tasks waiting")
 )
 
 // OptionError is a bad value for an aria2 option.
@@ -126,6 +137,12 @@ func (e *OptionError) Error() string {
 
 // NewStore returns an empty store in memory. probe learns a link's size for a new task.
 func NewStore(settings Settings, probe func(context.Context, link.Link) (int64, error)) *Store {
+	if settings.MaxStopped <= 0 {
+		settings.MaxStopped = 1000
+	}
+	if settings.MaxWaiting <= 0 {
+		settings.MaxWaiting = 1000
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Store{settings: settings, probe: probe, ctx: ctx, cancel: cancel, tasks: map[string]*Task{},
 		subs: map[chan Event]struct{}{}, global: map[string]string{}}
@@ -199,7 +216,7 @@ func (s *Store) _persist(t *Task) error {
 
 // Add registers a task for uris with aria2 options, at position in the queue (-1: at the end), and
 // starts probing its size in the background. It returns the GID.
-func (s *Store) Add(uris []string, options map[string]string, position int) (string, error) {
+func (s *Store) Add(uris []string, options map[string]string, position int, from access.Client) (string, error) {
 	opts, err := normalize(options)
 	if err != nil {
 		return "", err
@@ -213,6 +230,9 @@ func (s *Store) Add(uris []string, options map[string]string, position int) (str
 	delete(opts, "pause") // aria2 does not keep it per task
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if len(s.queue) >= s.settings.MaxWaiting {
+		return "", fmt.Errorf("%w: at most %d; remove some, or start mflow with a larger --max-waiting", ErrTooMany, s.settings.MaxWaiting)
+	}
 	gid := opts["gid"]
 	delete(opts, "gid")
 	if gid == "" {
@@ -220,7 +240,7 @@ func (s *Store) Add(uris []string, options map[string]string, position int) (str
 	} else if _, taken := s.tasks[gid]; taken {
 		return "", errors.New("No URI to download.")
 	}
-	t := &Task{GID: gid, URIs: uris, Options: opts, State: Waiting, Size: -1, Added: time.Now(), streams: map[*Stream]struct{}{}}
+	t := &Task{GID: gid, URIs: uris, Options: opts, State: Waiting, Size: -1, Added: time.Now(), From: from, streams: map[*Stream]struct{}{}}
 	if paused {
 		t.State = Paused
 	}
@@ -301,6 +321,9 @@ func (s *Store) _stop(t *Task, state Status) {
 		st.cancel(ErrStopped)
 	}
 	s._persist(t)
+	for len(s.done) > s.settings.MaxStopped {
+		s._forget(s.tasks[s.done[0]])
+	}
 }
 
 // _find resolves a GID or a unique prefix of one. Call with the lock held.
@@ -456,9 +479,14 @@ func (s *Store) ChangeOptions(gid string, options map[string]string) error {
 	delete(opts, "pause")
 	delete(opts, "gid")
 	_, err = s.update(gid, func(t *Task) error {
+		merged := maps(t.Options)
 		for k, v := range opts {
-			t.Options[k] = v
+			merged[k] = v
 		}
+		if _, err := normalize(merged); err != nil {
+			return err // together they would be over the bounds
+		}
+		t.Options = merged
 		return s._persist(t)
 	})
 	return err
@@ -588,7 +616,7 @@ func (s *Store) _link(t *Task) link.Link {
 			h.Set(strings.TrimSpace(name), strings.TrimSpace(value)) // a header line replaces the default
 		}
 	}
-	return link.Link{URL: t.URIs[0], Header: link.CleanHeader(h), Name: t.Options["out"], Mirrors: t.URIs[1:]}
+	return link.Link{URL: t.URIs[0], Header: link.CleanHeader(h), Name: t.Options["out"], Mirrors: t.URIs[1:], From: t.From}
 }
 
 // Stream is one player's stream of a task.
@@ -703,7 +731,10 @@ func proxyURL(p, user, pass string) *url.URL {
 func ariaError(err error) (string, string) {
 	var status *upstream.StatusError
 	var netErr *upstream.NetError
+	var refused *access.RefusedError
 	switch {
+	case errors.As(err, &refused):
+		return "1", refused.Error()
 	case errors.As(err, &status) && status.Code == http.StatusNotFound:
 		return "3", "Resource not found"
 	case errors.As(err, &status) && status.Code == http.StatusUnauthorized:

@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"mflow/internal/access"
 	"mflow/internal/link"
 )
 
@@ -25,9 +26,9 @@ func TestTasksSurviveARestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kept, _ := s.Add([]string{"http://h/a.mp4"}, map[string]string{"header": "Cookie: a=b\n", "out": "A.mp4"}, -1)
-	paused, _ := s.Add([]string{"http://h/b.mp4"}, map[string]string{"pause": "true"}, -1)
-	gone, _ := s.Add([]string{"http://h/c.mp4"}, nil, -1)
+	kept, _ := s.Add([]string{"http://h/a.mp4"}, map[string]string{"header": "Cookie: a=b\n", "out": "A.mp4"}, -1, access.Loopback)
+	paused, _ := s.Add([]string{"http://h/b.mp4"}, map[string]string{"pause": "true"}, -1, access.Loopback)
+	gone, _ := s.Add([]string{"http://h/c.mp4"}, nil, -1, access.Loopback)
 	if _, err := s.Remove(gone); err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +103,7 @@ func TestConnectionsFromSplitAndMaxConnections(t *testing.T) {
 				o[k] = v
 			}
 		}
-		gid, err := s.Add([]string{"http://h/f"}, o, -1)
+		gid, err := s.Add([]string{"http://h/f"}, o, -1, access.Loopback)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -12,9 +12,12 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sync/semaphore"
+
+	"mflow/internal/access"
 )
 
 // Config tunes a Client. Zero fields take the defaults noted.
@@ -30,27 +33,34 @@ type Config struct {
 	ConnectTimeout time.Duration
 	// HeaderTimeout bounds the wait for an answer's headers once the request is sent. Default 20 s.
 	HeaderTimeout time.Duration
-	// Dial, when set, replaces the network dialer (tests connect to in-memory upstreams with it).
+	// Dial, when set, replaces the network dialer (tests connect to in-memory upstreams with it); the
+	// target policy is not applied to it.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Policy says where requests may connect, checked on the resolved address before each connection,
+	// redirects and proxies included. Nil allows every address (tests, the benchmark).
+	Policy *access.Policy
 }
 
 // Client sends requests upstream. Each host has HostConnections slots, and each slot has a transport of its
 // own that carries one request at a time: a stream with N requests open really holds N connections, even
 // to an HTTP/2 server (one shared transport would multiplex them onto one connection), and a slot's
-// keep-alive connection serves its next request.
+// keep-alive connection serves its next request. Each class of player has its own transports, so a
+// connection the policy let one class open is never reused for another.
 type Client struct {
 	cfg        Config
-	transports []*http.Transport // indexed by slot
+	transports [3][]*http.Transport // by access.Client, then by slot
 
-	mu    sync.Mutex            // guards hosts
-	hosts map[string]*hostSlots // by host:port
+	mu    sync.Mutex            // protects hosts and each hostSlots' users
+	hosts map[string]*hostSlots // by host:port, while some request uses the host
 }
 
 // hostSlots hands out the slot numbers of one host.
 type hostSlots struct {
-	sem  *semaphore.Weighted // counts free slots; waiting on it honours the request's context
-	mu   sync.Mutex          // guards free
-	free []int               // free slot numbers; the last one freed is reused first, its connection warm
+	sem   *semaphore.Weighted // counts free slots; waiting on it honours the request's context
+	users int                 // requests holding or waiting for a slot; protected by Client.mu
+
+	mu   sync.Mutex // protects free
+	free []int      // free slot numbers; the last one freed is reused first, its connection warm
 }
 
 // NewClient returns a Client for cfg.
@@ -73,12 +83,34 @@ func NewClient(cfg Config) *Client {
 		tlsConfig.InsecureSkipVerify = true
 	}
 	c := &Client{cfg: cfg, hosts: map[string]*hostSlots{}}
+	for class := range c.transports {
+		c.transports[class] = c.newTransports(access.Client(class), tlsConfig)
+	}
+	return c
+}
+
+// newTransports makes the slots' transports for requests from players of class.
+func (c *Client) newTransports(class access.Client, tlsConfig *tls.Config) []*http.Transport {
+	cfg := c.cfg
 	dial := cfg.Dial
 	if dial == nil {
-		dial = (&net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext
+		d := &net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
+		if policy := cfg.Policy; policy != nil {
+			// On the resolved address, before the connection is tried: no name can be made to point
+			// inside after it was checked.
+			d.Control = func(_, address string, _ syscall.RawConn) error {
+				addr, err := access.DialAddr(address)
+				if err != nil {
+					return err
+				}
+				return policy.Check(class, addr)
+			}
+		}
+		dial = d.DialContext
 	}
+	var transports []*http.Transport
 	for range cfg.HostConnections {
-		c.transports = append(c.transports, &http.Transport{
+		transports = append(transports, &http.Transport{
 			Proxy:                 proxyFor,
 			DialContext:           dial,
 			TLSClientConfig:       tlsConfig.Clone(), // HTTP/2 setup edits it: one each
@@ -92,7 +124,7 @@ func NewClient(cfg Config) *Client {
 			IdleConnTimeout:     60 * time.Second,
 		})
 	}
-	return c
+	return transports
 }
 
 // proxyKey is the context key of a per-request upstream proxy.
@@ -112,16 +144,26 @@ func proxyFor(r *http.Request) (*url.URL, error) {
 
 // CloseIdleConnections closes the keep-alive connections no request is using.
 func (c *Client) CloseIdleConnections() {
-	for _, t := range c.transports {
-		t.CloseIdleConnections()
+	for _, class := range c.transports {
+		for _, t := range class {
+			t.CloseIdleConnections()
+		}
 	}
 }
 
-// Do sends req once, following no redirect, after waiting for a free slot of its host. The slot is held
-// until the answer's body is closed.
-func (c *Client) Do(req *http.Request) (*http.Response, error) {
-	slots := c.slots(req.URL.Host)
+// Hosts is the number of hosts the client keeps slots for now: those some request uses.
+func (c *Client) Hosts() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.hosts)
+}
+
+// Do sends req for a player of class from once, following no redirect, after waiting for a free slot of
+// its host. The slot is held until the answer's body is closed.
+func (c *Client) Do(req *http.Request, from access.Client) (*http.Response, error) {
+	slots := c.useHost(req.URL.Host)
 	if err := slots.sem.Acquire(req.Context(), 1); err != nil {
+		c.leaveHost(req.URL.Host, slots)
 		return nil, err
 	}
 	slots.mu.Lock()
@@ -133,8 +175,9 @@ func (c *Client) Do(req *http.Request) (*http.Response, error) {
 		slots.free = append(slots.free, slot)
 		slots.mu.Unlock()
 		slots.sem.Release(1)
+		c.leaveHost(req.URL.Host, slots)
 	})
-	resp, err := c.transports[slot].RoundTrip(req)
+	resp, err := c.transports[from][slot].RoundTrip(req)
 	if err != nil {
 		release()
 		return nil, err
@@ -143,19 +186,31 @@ func (c *Client) Do(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
-func (c *Client) slots(host string) *hostSlots {
+// useHost returns host's slots, counting one more user; leaveHost must follow.
+func (c *Client) useHost(host string) *hostSlots {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := c.hosts[host]
 	if s == nil {
-		n := len(c.transports)
+		n := c.cfg.HostConnections
 		s = &hostSlots{sem: semaphore.NewWeighted(int64(n))}
 		for i := n - 1; i >= 0; i-- {
 			s.free = append(s.free, i)
 		}
 		c.hosts[host] = s
 	}
+	s.users++
 	return s
+}
+
+// leaveHost counts one user less of host, and forgets it when none is left: the table holds the hosts in
+// use, not every host ever seen.
+func (c *Client) leaveHost(host string, s *hostSlots) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s.users--; s.users == 0 && c.hosts[host] == s {
+		delete(c.hosts, host)
+	}
 }
 
 // releasingBody frees its request's slot when closed.
@@ -170,16 +225,22 @@ func (b *releasingBody) Close() error {
 	return err
 }
 
-// Get sends a GET for rawURL with header (and Range, when rng is not empty), following up to maxRedirects
-// redirects itself so that every hop carries the same headers: drives want their Cookie and Referer on the
-// CDN host too. It returns the answer and the URL that gave it.
-func (c *Client) Get(ctx context.Context, rawURL string, header http.Header, rng string, maxRedirects int) (*http.Response, string, error) {
+// Get sends a GET for rawURL with header (and Range, when rng is not empty) for a player of class from,
+// following up to maxRedirects redirects itself so that every hop carries the same headers: drives want
+// their Cookie and Referer on the CDN host too. After a redirect from https to http, the credentials
+// (Cookie, Authorization) stay behind: they would cross the network in clear. It returns the answer and the
+// URL that gave it.
+func (c *Client) Get(ctx context.Context, rawURL string, header http.Header, rng string, maxRedirects int, from access.Client) (*http.Response, string, error) {
+	downgraded := false
 	for hop := 0; ; hop++ {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
 		if err != nil {
 			return nil, "", fmt.Errorf("bad upstream URL: %w", err)
 		}
 		for name, values := range header {
+			if downgraded && credentials[name] {
+				continue
+			}
 			req.Header[name] = values
 		}
 		if rng != "" {
@@ -187,7 +248,7 @@ func (c *Client) Get(ctx context.Context, rawURL string, header http.Header, rng
 		}
 		// The bytes must be the file's own: a compressed answer has other offsets than the Range asked.
 		req.Header.Set("Accept-Encoding", "identity")
-		resp, err := c.Do(req)
+		resp, err := c.Do(req, from)
 		if err != nil {
 			return nil, "", &NetError{URL: Redact(rawURL), Err: err}
 		}
@@ -206,9 +267,18 @@ func (c *Client) Get(ctx context.Context, rawURL string, header http.Header, rng
 		if err != nil {
 			return nil, "", fmt.Errorf("bad redirect from %s: %w", Redact(rawURL), err)
 		}
+		if next.Scheme != "http" && next.Scheme != "https" {
+			return nil, "", fmt.Errorf("bad redirect from %s to a %s: URL", Redact(rawURL), next.Scheme)
+		}
+		downgraded = downgraded || (req.URL.Scheme == "https" && next.Scheme == "http")
 		rawURL = next.String()
 	}
 }
+
+// credentials are the headers that stay behind after a redirect from https to http. Other headers, and
+// these on same-scheme redirects to other hosts, follow: drives send their CDN's link with the session's
+// cookie expected there, as aria2 does.
+var credentials = map[string]bool{"Cookie": true, "Authorization": true}
 
 func isRedirect(code int) bool {
 	switch code {

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"math/rand/v2"
 	"time"
+
+	"mflow/internal/access"
 )
 
 // Retry is the one policy for asking again after a failed request, for probes and chunks alike: how many
@@ -41,7 +43,10 @@ func (r Retry) Wait(n int, err error) time.Duration {
 func Retryable(err error) bool {
 	var status *StatusError
 	var netErr *NetError
+	var refused *access.RefusedError
 	switch {
+	case errors.As(err, &refused):
+		return false
 	case errors.As(err, &status):
 		return status.Temporary()
 	case errors.Is(err, ErrChanged), errors.Is(err, ErrTooManyRedirects), errors.Is(err, ErrTooBig):

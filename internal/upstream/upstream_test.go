@@ -4,12 +4,15 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
+	"mflow/internal/access"
 	"mflow/internal/httprange"
 	"mflow/internal/upstreamtest"
 )
@@ -24,7 +27,7 @@ func TestHostConnectionsCapHoldsAcrossCallers(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 10 { // ten streams' worth of requests at once
 		wg.Go(func() {
-			resp, _, err := c.Get(t.Context(), u.URL+"/f", nil, "bytes=0-65535", 0)
+			resp, _, err := c.Get(t.Context(), u.URL+"/f", nil, "bytes=0-65535", 0, access.Loopback)
 			if err != nil {
 				t.Error(err)
 				return
@@ -146,5 +149,74 @@ func TestRetryPolicy(t *testing.T) {
 		if Retryable(err) != want {
 			t.Errorf("Retryable(%v) = %v, want %v", err, !want, want)
 		}
+	}
+}
+
+func TestCredentialsStayBehindOnADowngrade(t *testing.T) {
+	seen := make(chan http.Header, 2)
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Clone()
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer plain.Close()
+	secure := upstreamtest.NewTLS(nil, false, upstreamtest.Options{})
+	defer secure.Close()
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Clone()
+		http.Redirect(w, r, plain.URL+"/f", http.StatusFound) // same scheme, another host
+	}))
+	defer other.Close()
+	header := http.Header{"Cookie": {"session=abc"}, "Authorization": {"Bearer x"}, "Referer": {"https://drive.example/"}}
+
+	c := NewClient(Config{TLS: secure.TLS()})
+	defer c.CloseIdleConnections()
+	resp, _, err := c.Get(t.Context(), other.URL+"/start", header, "", 3, access.Loopback)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	for _, h := range []http.Header{<-seen, <-seen} {
+		if h.Get("Cookie") != "session=abc" || h.Get("Referer") == "" {
+			t.Errorf("a same-scheme redirect to another host lost the drive's headers: %v", h)
+		}
+	}
+
+	// https → http: the Cookie and Authorization would cross the network in clear.
+	down := httptest.NewUnstartedServer(http.RedirectHandler(plain.URL+"/f", http.StatusFound))
+	down.StartTLS()
+	defer down.Close()
+	c2 := NewClient(Config{Insecure: true})
+	defer c2.CloseIdleConnections()
+	resp, _, err = c2.Get(t.Context(), down.URL+"/start", header, "", 3, access.Loopback)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if h := <-seen; h.Get("Cookie") != "" || h.Get("Authorization") != "" || h.Get("Referer") == "" {
+		t.Errorf("after https → http: %v; want no Cookie or Authorization, the rest kept", h)
+	}
+}
+
+func TestTheHostTableForgetsIdleHosts(t *testing.T) {
+	var urls []string
+	for range 3 {
+		u := upstreamtest.New(make([]byte, 1000), upstreamtest.Options{})
+		defer u.Close()
+		urls = append(urls, u.URL, strings.Replace(u.URL, "127.0.0.1", "localhost", 1))
+	}
+	c := NewClient(Config{})
+	defer c.CloseIdleConnections()
+	for _, u := range urls { // six hosts, one after another
+		resp, _, err := c.Get(t.Context(), u+"/f", nil, "", 0, access.Loopback)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Hosts() != 1 {
+			t.Errorf("%d hosts while one request is open", c.Hosts())
+		}
+		resp.Body.Close()
+	}
+	if n := c.Hosts(); n != 0 {
+		t.Errorf("%d hosts kept with no request open, want 0", n)
 	}
 }
