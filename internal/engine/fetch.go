@@ -32,8 +32,8 @@ type fetch struct {
 	slowCount int                     // one-second samples in a row below the minimum speed
 	routeGot  int64                   // got at the last route check
 	routeAt   time.Time               // when routeGot was taken
-	routeRate float64                 // bytes/s since the route check before (since its answer, the first time)
-	measured  bool                    // routeRate is set: the request ran past its grace time
+	routeRate float64                 // bytes/s since the route check before (or since its answer)
+	measured  bool                    // routeRate counts: the request ran past its grace time
 	routeSlow int                     // route checks in a row it lost to the stream's best
 }
 
@@ -465,8 +465,9 @@ func (s *stream) sample() {
 
 // checkRoutes compares each answered request's speed with the best speed this stream's requests reached
 // lately (a maximum that fades by routeFade each check, so a drive that slows down as a whole is soon the
-// new normal). A request is judged once it has run for its grace time, four first-byte times (TCP's slow
-// start on a distant drive is over by then) and at least routeEvery. One lagFactor times slower, with more
+// new normal). A request is judged on its speed over the last check's interval, once it has run for its
+// grace time, four first-byte times (TCP's slow start on a distant drive is over by then) and at least
+// routeEvery. One lagFactor times slower, with more
 // than a moment of work left, gives its lane up at once, so a fresh request races it on the same piece
 // (first bytes win); still that slow at the next check, it is cancelled, and the fresh request goes on
 // alone. Drives route each request on its own, so a fresh one usually lands on a good route; a request
@@ -479,17 +480,23 @@ func (s *stream) checkRoutes() {
 	grace := max(routeEvery, 4*s.firstByte)
 	s.routeBest *= routeFade
 	for f := range s.fetches {
-		if f.cancel == nil || f.answered.IsZero() || now.Sub(f.answered) < grace {
+		if f.cancel == nil || f.answered.IsZero() {
 			continue
 		}
+		// The speed over the last check's interval, never since the answer: a request's first round
+		// trips are slower on any route.
 		since := f.routeAt
-		if !f.measured {
+		if since.IsZero() {
 			since = f.answered
 		}
 		if d := now.Sub(since); d > 0 {
 			f.routeRate = float64(f.got-f.routeGot) / d.Seconds()
 		}
-		f.routeGot, f.routeAt, f.measured = f.got, now, true
+		f.routeGot, f.routeAt = f.got, now
+		if now.Sub(f.answered) < grace || now.Sub(since) < routeEvery/2 {
+			continue // too early to judge, or an interval too short to tell
+		}
+		f.measured = true
 		if f.routeRate > s.routeBest {
 			s.routeBest, s.routeBestBy = f.routeRate, f
 		}
