@@ -38,6 +38,7 @@ var env struct {
 	upstream string // nginx's base URL
 	proxy    string // mflow's base URL, its JSON-RPC secret s3
 	aria2    string // a real aria2c's JSON-RPC URL, secret s3
+	bin      string // the mflow binary
 	mflowLog string // where mflow logs
 	data     []byte // files/data.bin
 }
@@ -62,6 +63,9 @@ func run(m *testing.M) int {
 			}
 		}
 		tools[name] = path
+	}
+	if path, err := exec.LookPath("chromium"); err == nil { // for the browser's rules; its test says when missing
+		tools["chromium"] = path
 	}
 	if len(missing) > 0 {
 		if os.Getenv("CI") != "" {
@@ -137,6 +141,7 @@ func setUp() (func(), error) {
 	}
 
 	bin := filepath.Join(env.dir, "mflow")
+	env.bin = bin
 	if out, err := exec.Command("go", "build", "-o", bin, "mflow/cmd/mflow").CombinedOutput(); err != nil {
 		return stop, fmt.Errorf("building mflow: %v: %s", err, out)
 	}
@@ -649,5 +654,83 @@ func TestFaultSoakThroughNginx(t *testing.T) {
 	t.Logf("%d plays byte-exact, %d cut or refused", exact, cut)
 	if exact < 25 {
 		t.Errorf("only %d of 30 plays succeeded through a quarter of faults", exact)
+	}
+}
+
+// crossOriginPage tries, from its own origin, what a web page of another site would try against mflow's
+// JSON-RPC at rpc: read it with fetch, open its WebSocket, and read it through JSONP. It writes what worked.
+const crossOriginPage = `<!doctype html><html><body><pre id="out">pending</pre><script>
+const rpc = %q, out = [];
+async function main() {
+  try {
+    const r = await fetch(rpc, {method: "POST", body: JSON.stringify({jsonrpc: "2.0", id: 1, method: "aria2.tellActive", params: ["token:s3"]})});
+    out.push("fetch:" + ((await r.text()).includes("result") ? "read" : "refused"));
+  } catch (e) { out.push("fetch:blocked"); }
+  await new Promise(done => {
+    const ws = new WebSocket(rpc.replace("http", "ws"));
+    ws.onopen = () => { out.push("ws:open"); ws.close(); done(); };
+    ws.onerror = () => { out.push("ws:blocked"); done(); };
+  });
+  await new Promise(done => {
+    window.cb = () => { out.push("jsonp:read"); done(); };
+    const s = document.createElement("script");
+    s.src = rpc + "?method=aria2.getGlobalStat&id=1&jsoncallback=cb&params=" + encodeURIComponent(btoa('["token:s3"]'));
+    s.onerror = () => { out.push("jsonp:blocked"); done(); };
+    document.body.appendChild(s);
+  });
+  document.getElementById("out").textContent = "done " + out.join(" ");
+}
+main();
+</script></body></html>`
+
+// visit loads url in a headless Chromium and returns the page's text once its script has run.
+func visit(t *testing.T, url string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, tools["chromium"], "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--user-data-dir="+t.TempDir(),
+		"--virtual-time-budget=15000", "--dump-dom", url).Output()
+	if err != nil {
+		t.Fatalf("chromium: %v", err)
+	}
+	m := regexp.MustCompile(`<pre id="out">([^<]*)</pre>`).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("chromium showed no result: %.300s", out)
+	}
+	return string(m[1])
+}
+
+func TestAPageOfAnotherSiteCannotUseTheRPC(t *testing.T) {
+	if tools["chromium"] == "" {
+		if os.Getenv("CI") != "" {
+			t.Fatal("chromium not installed; .ci/e2e-deps installs it")
+		}
+		t.Skip("chromium not installed (apt-get install chromium)")
+	}
+	// A second mflow that lets every origin in, so the page is seen to read what it can read.
+	port := freePort()
+	open := exec.Command(env.bin, "--listen", "127.0.0.1", "--port", strconv.Itoa(port), "--in-memory", "--rpc-secret", "s3", "--rpc-allow-origin-all")
+	if err := open.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { open.Process.Kill(); open.Wait() }()
+	openURL := "http://127.0.0.1:" + strconv.Itoa(port)
+	if err := waitHTTP(openURL + "/"); err != nil {
+		t.Fatal(err)
+	}
+	for rpc, want := range map[string]string{
+		env.proxy + "/jsonrpc": "done fetch:blocked ws:blocked jsonp:blocked",
+		openURL + "/jsonrpc":   "done fetch:read ws:open jsonp:read",
+	} {
+		page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/html")
+			fmt.Fprintf(w, crossOriginPage, rpc)
+		}))
+		got := visit(t, page.URL+"/")
+		page.Close()
+		if got != want {
+			t.Errorf("a page of another origin against %s: %q, want %q", rpc, got, want)
+		}
 	}
 }
