@@ -100,7 +100,7 @@ func (b *bench) run(only, plotTo string) error {
 // routeSeeds are the seeds the uneven-routes model is measured with: its routes are drawn per request, so
 // one run of a tool that makes few requests (aria2c makes about four) is a lottery. Each tool gets its own
 // upstream per seed, so each meets the same draws in the order of its requests.
-var routeSeeds = []uint64{1, 2, 3, 4}
+var routeSeeds = []uint64{1, 2, 3, 4, 5, 6, 7, 8}
 
 func (b *bench) measure(name string, opts upstreamtest.Options) (result, error) {
 	r := result{name: name, ideal: connections * b.perConn}
