@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"mflow/internal/bytesize"
+	"mflow/internal/chunkcache"
 	"mflow/internal/engine"
 	"mflow/internal/link"
 	"mflow/internal/server"
@@ -73,6 +74,8 @@ type result struct {
 	firstDirect, firstProxy time.Duration
 	replayDirect, replay    time.Duration
 	waitProxy, waitDirect   time.Duration // a paced player's total wait after its first byte; 0: not measured
+	cacheFirst, cacheReplay float64       // a play and its replay with --cache, bytes/s; 0: not measured
+	replayRequests          int64         // upstream requests of the replay
 }
 
 func (b *bench) run(only, plotTo string) error {
@@ -118,7 +121,7 @@ func (b *bench) measure(name string, opts upstreamtest.Options) (result, error) 
 		r.one = float64(b.size) / took.Seconds()
 		r.ideal = connections * r.one
 	}
-	proxy, eng, stop := startProxy()
+	proxy, eng, stop := startProxy(nil)
 	defer stop()
 	var mflowTook, ariaTook time.Duration
 	for i, seed := range seeds {
@@ -168,6 +171,21 @@ func (b *bench) measure(name string, opts upstreamtest.Options) (result, error) 
 		}
 	}
 	r.firstDirect, r.firstProxy, r.replayDirect, r.replay = median(direct), median(first), median(replayDirect), median(replay)
+	if opts.SlowChance == 0 && opts.Latency == 0 { // a replay with --cache: what the drive is not asked again
+		cached, _, stopCached := startProxy(chunkcache.NewMemory(int64(b.size) * 2))
+		defer stopCached()
+		u := cached + "/stream?url=" + url.QueryEscape(fileURL+"?replay")
+		first, err := b.timeGet(u)
+		if err != nil {
+			return r, fmt.Errorf("first play with --cache: %w", err)
+		}
+		before := up.Requests()
+		replay, err := b.timeGet(u)
+		if err != nil {
+			return r, fmt.Errorf("replay with --cache: %w", err)
+		}
+		r.cacheFirst, r.cacheReplay, r.replayRequests = float64(b.size)/first.Seconds(), float64(b.size)/replay.Seconds(), up.Requests()-before
+	}
 	if opts.Latency == 150*time.Millisecond {
 		var err error
 		if r.waitProxy, err = b.pacedWait(proxy + "/stream?url=" + url.QueryEscape(fileURL+"?paced")); err != nil {
@@ -202,6 +220,10 @@ func (b *bench) print(results []result) {
 			msText(r.replayDirect), msText(r.replay), ms(r.replay-r.replayDirect))
 	}
 	for _, r := range results {
+		if r.cacheFirst > 0 {
+			fmt.Printf("\nA replay with --cache on the %s drive: first play %s/s, replay %s/s (%.0f×), %d requests upstream for the replay (its probe reused).\n",
+				r.name, bytesize.Human(r.cacheFirst), bytesize.Human(r.cacheReplay), r.cacheReplay/r.cacheFirst, r.replayRequests)
+		}
 		if r.waitDirect > 0 {
 			fmt.Printf("\nA player reading at %s/s on the %s drive waits, in all after its first byte: through mflow %s, over one direct connection %s.\n",
 				bytesize.Human(b.playerRate), r.name, r.waitProxy.Round(time.Millisecond), r.waitDirect.Round(time.Millisecond))
@@ -216,11 +238,12 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 
 func msText(d time.Duration) string { return fmt.Sprintf("%.1f ms", ms(d)) }
 
-// startProxy runs mflow in this process with the seed's defaults, through the same server it serves with.
-func startProxy() (string, *engine.Engine, func()) {
+// startProxy runs mflow in this process with the seed's defaults and cache (nil: none), through the same
+// server it serves with.
+func startProxy(cache engine.Cache) (string, *engine.Engine, func()) {
 	client := upstream.NewClient(upstream.Config{})
 	quiet := slog.New(slog.DiscardHandler)
-	e := &engine.Engine{Client: client, ChunkSize: chunkSize, Connections: connections, Retries: 5, MaxRedirects: 3, Logger: quiet}
+	e := &engine.Engine{Client: client, ChunkSize: chunkSize, Connections: connections, Retries: 5, MaxRedirects: 3, Cache: cache, Logger: quiet}
 	s := &server.Server{
 		Resolver:  &link.Resolver{Client: client, MaxRedirects: 3, Retry: upstream.Retry{Max: 5}, Logger: quiet},
 		Engine:    e,

@@ -92,9 +92,6 @@ const (
 	routeFade = 0.933
 	// maxReplaced bounds the fresh requests one piece gets for being slow; after that its connection stays.
 	maxReplaced = 3
-	// spanChunks is how many chunks one request covers at most: a lane's share of the 2 × Connections
-	// window.
-	spanChunks = 2
 	// minSplit is the smallest half an idle connection takes from a piece.
 	minSplit = 128 << 10
 	// splitAfter is how long a piece must still need before an idle connection takes half of it: below

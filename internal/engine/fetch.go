@@ -6,28 +6,17 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"time"
 
 	"mflow/internal/httprange"
 	"mflow/internal/upstream"
 )
 
-// fetch is a worker's claim on a run of pieces that one request fetches, kept across its retries: the
-// piece it fills now, the pieces after it the request also covers, and perhaps the chunk just past the
-// window, which the request reads into once the window admits it. Its fields are protected by the file's
-// lock.
+// fetch is a worker's claim on a piece, kept across its retries. Its fields are protected by the file's lock.
 type fetch struct {
-	p      *piece   // the piece it fills now
-	ahead  []*piece // the pieces after p it holds for this request, in order
-	future int64    // the chunk past the window the request covers, -1 for none; see stream.reserved
-	until  int64    // the end of the request's range, exclusive
-	pos    int64    // next offset this connection will read
-	began  time.Time
-	lane   bool // holds one of the stream's lanes; given up near the end, so the next request can start
-	// waiting: the request reached the chunk past the window and waits for the player to make room. Its
-	// silence then is not a stall.
-	waiting bool
+	pos   int64     // next offset this connection will read
+	began time.Time // when the claim was made
+	lane  bool      // holds one of the stream's lanes; given up near the end, so the next request can start
 
 	// The current attempt:
 	cancel    context.CancelCauseFunc // ends it; nil between attempts
@@ -48,15 +37,14 @@ type fetch struct {
 	routeSlow int                     // route checks in a row it lost to the stream's best
 }
 
-// fill works on f's pieces until they are done, the stream ends, or the retries run out.
-func (s *stream) fill(f *fetch) {
-	defer s.leave(f)
+// fill works on p until it is done, the stream ends, or its retries run out.
+func (s *stream) fill(p *piece, f *fetch) {
+	defer s.leave(p, f)
 	for {
-		err := s.attempt(f)
+		err := s.attempt(p, f)
 		if err == nil || s.ctx.Err() != nil {
 			return
 		}
-		p := s.current(f)
 		if errors.Is(err, errSlowRoute) && s.racedBy(p, f) {
 			return // the fresh request racing it carries on
 		}
@@ -77,87 +65,22 @@ func (s *stream) fill(f *fetch) {
 	}
 }
 
-func (s *stream) current(f *fetch) *piece {
+// leave drops f's claim on p, and logs p once it is done.
+func (s *stream) leave(p *piece, f *fetch) {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
-	return f.p
-}
-
-// leave drops f's claims: its piece, the pieces ahead, the chunk past the window.
-func (s *stream) leave(f *fetch) {
-	s.f.mu.Lock()
-	defer s.f.mu.Unlock()
-	for _, p := range append([]*piece{f.p}, f.ahead...) {
-		p.fetches = slices.DeleteFunc(p.fetches, func(g *fetch) bool { return g == f })
-	}
-	f.ahead = nil
-	if f.future >= 0 && s.reserved[f.future] == f {
-		delete(s.reserved, f.future)
+	for i, g := range p.fetches {
+		if g == f {
+			p.fetches = append(p.fetches[:i], p.fetches[i+1:]...)
+			break
+		}
 	}
 	delete(s.fetches, f)
 	s._giveLane(f)
+	if p.done() && f.pos >= p.end {
+		s.log.Debug("piece done", "from", p.start, "to", p.end-1, "took", time.Since(f.began).Round(time.Millisecond), "retries", p.retries)
+	}
 	s.f._broadcast()
-}
-
-// _extend makes f's request cover the pieces after p that nobody fetches, up to spanChunks chunks, and the
-// chunk just past the window when the run reaches it: fewer requests, each a first-byte wait less and a
-// draw of a route less.
-func (s *stream) _extend(f *fetch) {
-	size := s.e.ChunkSize
-	for f.until-f.p.start < spanChunks*size && f.until <= s.span.End {
-		k := f.until / size
-		if k >= s.nextChunk {
-			if k == s.nextChunk && k <= s.lastChunk && s.reserved[k] == nil {
-				s.reserved[k], f.future = f, k
-				f.until = min((k+1)*size, s.span.End+1)
-			}
-			return
-		}
-		var q *piece
-		for _, c := range s.window {
-			if c.index == k {
-				q = c._pieceAt(f.until)
-			}
-		}
-		if q == nil || q.start != f.until || len(q.fetches) > 0 || q.done() || !s._needs(q) {
-			return
-		}
-		q.fetches = append(q.fetches, f)
-		f.ahead = append(f.ahead, q)
-		f.until = q.end
-	}
-}
-
-// _admitted gives the fetch that covers chunk c, just admitted to the window, the piece it reaches there.
-func (s *stream) _admitted(c *chunk) {
-	f := s.reserved[c.index]
-	if f == nil {
-		return
-	}
-	delete(s.reserved, c.index)
-	f.future = -1
-	at := c.index * s.e.ChunkSize
-	if q := c._pieceAt(at); q != nil && q.start == at && len(q.fetches) == 0 && !q.done() {
-		q.fetches = append(q.fetches, f)
-		f.ahead = append(f.ahead, q)
-	}
-}
-
-// _advance moves f on to the next piece its request covers, once it is at its piece's end; false when
-// there is none to move to (now: see f.future).
-func (s *stream) _advance(f *fetch) bool {
-	if len(f.ahead) == 0 {
-		return false
-	}
-	q := f.ahead[0]
-	if q.start != f.pos || q.done() || q.c.released {
-		return false
-	}
-	f.ahead = f.ahead[1:]
-	f.p.fetches = slices.DeleteFunc(f.p.fetches, func(g *fetch) bool { return g == f })
-	f.p = q
-	s.fetches[f] = q
-	return true
 }
 
 // _giveLane lets another worker start a request in f's lane.
@@ -177,10 +100,10 @@ type try struct {
 	head   *http.Response // the probe's answer, when this attempt may use it
 }
 
-// attempt sends one request for the rest of f's run (or takes the probe's answer) and copies its answer in.
-// It returns nil when the run needs this connection no more.
-func (s *stream) attempt(f *fetch) (err error) {
-	t, ok := s.startAttempt(f)
+// attempt sends one request for the rest of p (or takes the probe's answer) and copies its answer in.
+// It returns nil when p needs this connection no more.
+func (s *stream) attempt(p *piece, f *fetch) (err error) {
+	t, ok := s.startAttempt(p, f)
 	if !ok {
 		return nil
 	}
@@ -194,19 +117,8 @@ func (s *stream) attempt(f *fetch) (err error) {
 	buf := make([]byte, readSize)
 	for {
 		n, err := resp.Body.Read(buf)
-		for data := buf[:n]; len(data) > 0; {
-			rest, more, wait := s.deliver(f, data)
-			if !more {
-				return nil
-			}
-			if wait != nil {
-				select {
-				case <-wait:
-				case <-t.ctx.Done():
-					return attemptError(t.ctx, context.Cause(t.ctx))
-				}
-			}
-			data = rest
+		if n > 0 && !s.deliver(p, f, buf[:n]) {
+			return nil
 		}
 		if err == io.EOF {
 			return fmt.Errorf("%w at byte %d of %s", upstream.ErrShortBody, s.position(f), t.span.Header())
@@ -241,17 +153,15 @@ func (s *stream) open(t try) (*http.Response, error) {
 	return resp, nil
 }
 
-// startAttempt sets f up for a new attempt on the rest of its run; false when it needs no more bytes.
-func (s *stream) startAttempt(f *fetch) (try, bool) {
+// startAttempt sets f up for a new attempt on the rest of p; false when p needs no more bytes.
+func (s *stream) startAttempt(p *piece, f *fetch) (try, bool) {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
-	p := f.p
 	if p.done() || p.c.released {
 		return try{}, false
 	}
 	f.pos = max(f.pos, p.filled)
-	f.waiting = false
-	t := try{span: httprange.Span{Start: f.pos, End: f.until - 1}}
+	t := try{span: httprange.Span{Start: f.pos, End: p.end - 1}}
 	if s.head != nil && f.pos == s.span.Start {
 		t.head, s.head = s.head, nil
 		f.mirror = 0
@@ -344,61 +254,38 @@ func attemptError(ctx context.Context, err error) error {
 	return nil
 }
 
-// deliver copies the bytes a connection read at f.pos into f's piece, past what the piece already holds,
-// moving on to the next piece of the run at the piece's end. It returns the bytes not yet delivered,
-// whether the connection should go on reading, and, when the run reached the chunk past the window, what
-// to wait on before delivering the rest. A request near its end gives its lane up here.
-func (s *stream) deliver(f *fetch, data []byte) (rest []byte, more bool, wait <-chan struct{}) {
+// deliver copies the bytes a connection read at f.pos into p, past what p already holds, and reports
+// whether the connection should go on reading. A request near its end gives its lane up here.
+func (s *stream) deliver(p *piece, f *fetch, data []byte) bool {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
-	if f.pos >= f.p.end {
-		if !s._advance(f) {
-			if f.future >= 0 && f.pos < f.until {
-				f.waiting = true
-				s._giveLane(f) // another request may be needed for the window to move
-				return data, true, s.f.changed
-			}
-			return nil, false, nil
-		}
-		if f.waiting {
-			f.waiting, f.quiet, f.routeGot, f.routeAt = false, 0, f.got, time.Now()
-		}
-	}
-	p := f.p
 	if p.done() || p.c.released {
-		return nil, false, nil
+		return false
 	}
-	n := min(int64(len(data)), p.end-f.pos)
 	from := f.pos
-	f.pos += n
-	f.got += n
+	f.pos += int64(len(data))
+	f.got += int64(len(data))
 	f.quiet = 0
-	if f.pos > p.filled {
-		copy(p.c.bytes(p.filled, f.pos), data[p.filled-from:n])
-		p.filled = f.pos
+	if to := min(f.pos, p.end); to > p.filled {
+		copy(p.c.bytes(p.filled, to), data[p.filled-from:to-from])
+		p.filled = to
 		s.f._progress()
 	}
 	if !p.done() {
-		s._handOverNearEnd(f)
-		return data[n:], true, nil
+		s._handOverNearEnd(p, f)
+		return true
 	}
 	for _, g := range p.fetches {
-		if g != f && g.p == p && g.cancel != nil {
+		if g != f && g.cancel != nil {
 			g.cancel(errRaceLost)
 		}
 	}
-	if f.pos >= f.until {
-		return data[n:], false, nil
-	}
-	// Move on now, before the writer lets go of the finished chunk; when the next piece is not there yet,
-	// the next delivery waits for it or ends the request.
-	s._advance(f)
-	return data[n:], true, nil
+	return false
 }
 
-// _handOverNearEnd gives f's lane up once what is left of its request will take less than the stream's
-// usual wait for an answer: the next request then arrives as this one ends.
-func (s *stream) _handOverNearEnd(f *fetch) {
+// _handOverNearEnd gives f's lane up once what is left of p will take less than the stream's usual wait
+// for an answer: the next request then arrives as this one ends.
+func (s *stream) _handOverNearEnd(p *piece, f *fetch) {
 	if !f.lane || s.firstByte <= 0 || f.got < 2*readSize {
 		return
 	}
@@ -407,7 +294,7 @@ func (s *stream) _handOverNearEnd(f *fetch) {
 		return
 	}
 	rate := float64(f.got) / elapsed.Seconds()
-	if left := float64(f.until-f.pos) / rate; left <= s.firstByte.Seconds() {
+	if left := float64(p.end-max(p.filled, f.pos)) / rate; left <= s.firstByte.Seconds() {
 		s._giveLane(f)
 	}
 }
@@ -546,7 +433,7 @@ func (s *stream) sample() {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
 	for f := range s.fetches {
-		if f.cancel == nil || f.waiting {
+		if f.cancel == nil {
 			continue
 		}
 		delta := f.got - f.sampled
@@ -593,8 +480,7 @@ func (s *stream) checkRoutes() {
 	grace := max(routeEvery, 4*s.firstByte)
 	s.routeBest *= routeFade
 	for f := range s.fetches {
-		if f.cancel == nil || f.answered.IsZero() || f.waiting {
-			f.measured = f.measured && !f.waiting
+		if f.cancel == nil || f.answered.IsZero() {
 			continue
 		}
 		// The speed over the last check's interval, never since the answer: a request's first round
@@ -619,7 +505,7 @@ func (s *stream) checkRoutes() {
 		if f.cancel == nil || !f.measured || s.routeBestBy == f { // never judged by its own past
 			continue
 		}
-		left := float64(f.until - max(p.filled, f.pos))
+		left := float64(p.end - max(p.filled, f.pos))
 		worth := f.routeRate == 0 || left/f.routeRate > (2*routeEvery).Seconds()
 		if f.routeRate*lagFactor >= s.routeBest || !worth || p.done() {
 			f.routeSlow = 0

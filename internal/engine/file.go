@@ -197,7 +197,7 @@ func (f *file) _release(c *chunk) *chunk {
 	c.released = true
 	for _, p := range c.pieces {
 		for _, g := range p.fetches {
-			if g.p == p && g.cancel != nil {
+			if g.cancel != nil {
 				g.cancel(errRaceLost) // nobody needs these bytes any more
 			}
 		}

@@ -43,8 +43,7 @@ type stream struct {
 	nextChunk     int64             // index of the next chunk to hold
 	written       int64             // offset of the next byte for the player; only the writer changes it
 	writerWaiting bool              // the writer is waiting on the head
-	fetches       map[*fetch]*piece // this stream's connections and the pieces they fill now
-	reserved      map[int64]*fetch  // chunks past the window that a request covers, by index
+	fetches       map[*fetch]*piece // this stream's connections and the pieces they work on
 	busy          int               // fetches holding a lane
 	connRate      float64           // the stream's usual speed of one connection, bytes/s (moving average)
 	routeBest     float64           // the best speed of one request lately, bytes/s (a fading maximum)
@@ -73,7 +72,6 @@ func (e *Engine) newStream(ctx context.Context, f *file, req Request) *stream {
 		nextChunk:   req.Span.Start / e.ChunkSize,
 		written:     req.Span.Start,
 		fetches:     map[*fetch]*piece{},
-		reserved:    map[int64]*fetch{},
 	}
 	s.ctx, s.cancel = context.WithCancelCause(ctx)
 	if s.lanes == 0 {
@@ -116,10 +114,8 @@ func (s *stream) holdChunks(lookedUp int64, data []byte) (next int64, lookup boo
 		if k == lookedUp {
 			cached = data
 		}
-		c := s.f._acquire(k, max(s.span.Start, k*size), min((k+1)*size, s.span.End+1), cached)
-		s.window = append(s.window, c)
+		s.window = append(s.window, s.f._acquire(k, max(s.span.Start, k*size), min((k+1)*size, s.span.End+1), cached))
 		s.nextChunk++
-		s._admitted(c)
 	}
 	s.f._broadcast()
 	return 0, false
@@ -257,23 +253,23 @@ func (s *stream) wrote(c *chunk, n int) (released *chunk, passed bool) {
 	return released, true
 }
 
-// work is one worker's loop: take a run of pieces, fill it, repeat until the stream is over.
+// work is one worker's loop: take a piece, fill it, repeat until the stream is over.
 func (s *stream) work() {
 	for {
-		f := s.nextJob()
-		if f == nil {
+		p, f := s.nextJob()
+		if p == nil {
 			return
 		}
-		s.fill(f)
+		s.fill(p, f)
 	}
 }
 
 // nextJob waits for a free lane and something to do with it, and claims it; nil once the stream is over.
-func (s *stream) nextJob() *fetch {
+func (s *stream) nextJob() (*piece, *fetch) {
 	for {
-		f, wait := s.claim()
-		if f != nil || wait == nil {
-			return f
+		p, f, wait := s.claim()
+		if p != nil || wait == nil {
+			return p, f
 		}
 		select {
 		case <-wait:
@@ -282,50 +278,23 @@ func (s *stream) nextJob() *fetch {
 	}
 }
 
-// claim takes a lane and a run of pieces, or returns what to wait on for one; both nil once the stream is
-// over.
-func (s *stream) claim() (*fetch, <-chan struct{}) {
+// claim takes a lane and a piece, or returns what to wait on for one; all nil once the stream is over.
+func (s *stream) claim() (*piece, *fetch, <-chan struct{}) {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
 	if s.ctx.Err() != nil {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if s.busy < s.lanes {
 		if p := s._pickPiece(); p != nil {
-			f := &fetch{p: p, pos: p.filled, until: p.end, future: -1, began: time.Now(), lane: true}
+			f := &fetch{pos: p.filled, began: time.Now(), lane: true}
 			s.busy++
-			fresh := len(p.fetches) == 0
-			if !fresh && p.fetches[0].routeSlow > 0 {
-				s._takeOver(f, p.fetches[0])
-				fresh = true
-			}
 			p.fetches = append(p.fetches, f)
 			s.fetches[f] = p
-			if fresh && !(s.head != nil && p.start == s.span.Start) { // the probe's answer covers the first piece only
-				s._extend(f)
-			}
-			return f, nil
+			return p, f, nil
 		}
 	}
-	return nil, s.f.changed
-}
-
-// _takeOver gives f, racing slow on its piece, the pieces slow held for later, and its chunk past the
-// window: slow keeps only its piece, and the race's winner goes on with the run.
-func (s *stream) _takeOver(f, slow *fetch) {
-	for _, q := range slow.ahead {
-		for i, g := range q.fetches {
-			if g == slow {
-				q.fetches[i] = f
-			}
-		}
-	}
-	f.ahead, slow.ahead = slow.ahead, nil
-	f.until, slow.until = slow.until, slow.p.end
-	if slow.future >= 0 {
-		f.future, slow.future = slow.future, -1
-		s.reserved[f.future] = f
-	}
+	return nil, nil, s.f.changed
 }
 
 // _head is the piece holding the next byte for the player.
@@ -429,19 +398,14 @@ func (s *stream) _lagging(f *fetch) bool {
 // _timeLeft estimates how long the connections on p need to finish it; 0 until each has been measured.
 func (s *stream) _timeLeft(p *piece) time.Duration {
 	var rate float64
-	filling := 0
 	for _, f := range p.fetches {
-		if f.p != p {
-			continue // holds it for later: not filling it yet
-		}
 		r, ok := f._speed()
 		if !ok {
 			return 0
 		}
 		rate += r
-		filling++
 	}
-	if filling == 0 {
+	if len(p.fetches) == 0 {
 		return 0
 	}
 	if rate == 0 {
