@@ -409,6 +409,7 @@ set yrange [0:1.2]
 plot $speeds using 3:xtic(2) title "mflow" lc rgb "#1f77b4", '' using 4 title "aria2c -x4" lc rgb "#ff7f0e", 1 notitle dt 2 lc rgb "#999999"
 set ylabel "first byte, ms"
 set yrange [0:*]
+set key top left
 plot $firsts using 3:xtic(2) title "direct" lc rgb "#2ca02c", '' using 4 title "mflow, first play" lc rgb "#1f77b4", '' using 5 title "mflow, replay" lc rgb "#9ecae1"
 unset multiplot
 `, path, perConn/1e6)

@@ -11,7 +11,6 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -93,7 +92,10 @@ func TestPortInUseSuggestsAnother(t *testing.T) {
 	}
 }
 
-func TestServesUntilSignalledThenStops(t *testing.T) {
+// startMflow runs mflow with args on a free loopback port until the function it returns is called, which
+// stops it as SIGINT does and returns its exit code. It returns once mflow answers.
+func startMflow(t *testing.T, args []string, logs io.Writer) (string, func() int) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -102,27 +104,33 @@ func TestServesUntilSignalledThenStops(t *testing.T) {
 	ln.Close()
 	ctx, stop := context.WithCancel(t.Context())
 	done := make(chan int, 1)
-	var logs bytes.Buffer
 	go func() {
-		done <- run(ctx, []string{"--listen", "127.0.0.1", "-p", port, "--state-dir", t.TempDir()}, io.Discard, &logs)
+		done <- run(ctx, append([]string{"--listen", "127.0.0.1", "-p", port}, args...), io.Discard, logs)
 	}()
+	base := "http://127.0.0.1:" + port
 	client := &http.Client{Transport: &http.Transport{}}
 	defer client.CloseIdleConnections()
 	var resp *http.Response
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if resp, err = client.Get("http://127.0.0.1:" + port + "/"); err == nil || time.Now().After(deadline) {
+		if resp, err = client.Get(base + "/"); err == nil || time.Now().After(deadline) {
 			break
 		}
 	}
 	if err != nil {
+		stop()
+		<-done
 		t.Fatal(err)
 	}
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
-		t.Fatalf("GET / = %d", resp.StatusCode)
+		t.Errorf("GET / = %d", resp.StatusCode)
 	}
-	stop() // as SIGINT does
-	if code := <-done; code != 0 {
+	return base, func() int { stop(); return <-done }
+}
+
+func TestServesUntilSignalledThenStops(t *testing.T) {
+	_, stop := startMflow(t, []string{"--state-dir", t.TempDir()}, io.Discard)
+	if code := stop(); code != 0 {
 		t.Fatalf("exit %d after the signal", code)
 	}
 }
@@ -135,47 +143,14 @@ func TestPrivilegedPortSuggestsAnother(t *testing.T) {
 	}
 }
 
-// lockedBuffer collects logs written from the server's goroutines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func TestShutdownEndsAStreamThePlayerHolds(t *testing.T) {
 	u := upstreamtest.New(upstreamtest.RandomFile(32<<20), upstreamtest.Options{})
 	defer u.Close()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
-	ln.Close()
-	ctx, stop := context.WithCancel(t.Context())
-	done := make(chan int, 1)
-	logs := &lockedBuffer{}
-	go func() {
-		done <- run(ctx, []string{"--listen", "127.0.0.1", "-p", port, "--in-memory", "-s", "64K"}, io.Discard, logs)
-	}()
+	logs := &upstreamtest.SyncBuffer{}
+	base, stop := startMflow(t, []string{"--in-memory", "-s", "64K"}, logs)
 	client := &http.Client{Transport: &http.Transport{}}
 	defer client.CloseIdleConnections()
-	var resp *http.Response
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if resp, err = client.Get("http://127.0.0.1:" + port + "/stream?url=" + u.URL + "/film.mp4"); err == nil || time.Now().After(deadline) {
-			break
-		}
-	}
+	resp, err := client.Get(base + "/stream?url=" + u.URL + "/film.mp4")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,17 +158,8 @@ func TestShutdownEndsAStreamThePlayerHolds(t *testing.T) {
 	if _, err := io.ReadFull(resp.Body, make([]byte, 1000)); err != nil {
 		t.Fatal(err)
 	}
-	last, same := int64(-1), 0
-	upstreamtest.WaitFor(t, "the stream to block on the player", func() bool {
-		if v := u.Served(); v == last {
-			same++
-		} else {
-			last, same = v, 0
-		}
-		return same >= 20
-	})
-	stop() // as SIGTERM does, with the player reading nothing more
-	if code := <-done; code != 0 {
+	upstreamtest.WaitFor(t, "the stream to block on the player", upstreamtest.Stable(u.Served))
+	if code := stop(); code != 0 { // as SIGTERM does, with the player reading nothing more
 		t.Fatalf("exit %d after the signal", code)
 	}
 	// The stream ended at once, before mflow gave up waiting for it.

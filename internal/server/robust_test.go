@@ -92,7 +92,7 @@ func TestEveryFailedPlayLogsOneWarning(t *testing.T) {
 		return upstreamtest.Fault{Status: http.StatusNotFound}
 	}})
 	defer gone.Close()
-	logs := &syncBuffer{}
+	logs := &upstreamtest.SyncBuffer{}
 	p := newProxy(t, func(s *server.Server) { s.Logger = slog.New(slog.NewTextHandler(logs, nil)) })
 	p.get(t, "GET", streamPath(gone.URL+"/f?sig=secret"), "")
 	l := logs.String()
@@ -106,7 +106,7 @@ func TestPausingATaskCutsItsPlayingStream(t *testing.T) {
 	u := upstreamtest.New(file, upstreamtest.Options{})
 	defer u.Close()
 	var gid string
-	logs := &syncBuffer{}
+	logs := &upstreamtest.SyncBuffer{}
 	p := newProxy(t, func(s *server.Server) {
 		s.Logger = slog.New(slog.NewTextHandler(logs, nil))
 		s.Tasks = newStore(t, s.Resolver)
@@ -124,7 +124,7 @@ func TestPausingATaskCutsItsPlayingStream(t *testing.T) {
 			}
 			// The player stops reading: once the sockets' buffers are full, mflow's write to it blocks and
 			// the upstream goes quiet.
-			upstreamtest.WaitFor(t, "the stream to block on the player", stable(u.Served))
+			upstreamtest.WaitFor(t, "the stream to block on the player", upstreamtest.Stable(u.Served))
 			if stop == "pause" {
 				_, err = p.srv.Tasks.Pause(gid)
 			} else {
@@ -143,19 +143,6 @@ func TestPausingATaskCutsItsPlayingStream(t *testing.T) {
 				p.srv.Tasks.Unpause(gid)
 			}
 		})
-	}
-}
-
-// stable reports true once get returns the same value twenty polls in a row.
-func stable(get func() int64) func() bool {
-	last, same := int64(-1), 0
-	return func() bool {
-		if v := get(); v == last {
-			same++
-		} else {
-			last, same = v, 0
-		}
-		return same >= 20
 	}
 }
 

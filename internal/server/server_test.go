@@ -441,7 +441,7 @@ func TestPlayerCutOffLeavesNoUpstreamRequestOpen(t *testing.T) {
 	file := upstreamtest.RandomFile(8 << 20)
 	u := upstreamtest.New(file, upstreamtest.Options{PerConn: 1 << 20})
 	defer u.Close()
-	logs := &syncBuffer{}
+	logs := &upstreamtest.SyncBuffer{}
 	p := newProxy(t, func(s *server.Server) { s.Logger = slog.New(slog.NewTextHandler(logs, nil)) })
 	ctx, cancel := context.WithCancel(t.Context())
 	req, _ := http.NewRequestWithContext(ctx, "GET", p.URL+streamPath(u.URL+"/f"), nil)
@@ -465,24 +465,6 @@ func TestPlayerCutOffLeavesNoUpstreamRequestOpen(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log destination safe for the server's goroutines and the test's.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func TestAStreamLogsOneLineAtStartAndOneAtEnd(t *testing.T) {
 	u := upstreamtest.New(upstreamtest.RandomFile(300_000), upstreamtest.Options{Fault: func(n int64, _ *http.Request) upstreamtest.Fault {
 		if n == 2 {
@@ -491,7 +473,7 @@ func TestAStreamLogsOneLineAtStartAndOneAtEnd(t *testing.T) {
 		return upstreamtest.Fault{}
 	}})
 	defer u.Close()
-	logs := &syncBuffer{}
+	logs := &upstreamtest.SyncBuffer{}
 	p := newProxy(t, func(s *server.Server) {
 		s.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	})

@@ -1,7 +1,9 @@
 package upstreamtest
 
 import (
+	"bytes"
 	"math/rand/v2"
+	"sync"
 	"testing"
 	"time"
 )
@@ -24,5 +26,37 @@ func WaitFor(t testing.TB, what string, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for: %s", what)
 		}
+	}
+}
+
+// SyncBuffer collects what goroutines write (logs), safely read by the test.
+type SyncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *SyncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *SyncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// Stable is a WaitFor condition: true once get returned the same value twenty polls in a row, as the bytes
+// an upstream served once a stream is blocked on its player.
+func Stable(get func() int64) func() bool {
+	last, same := int64(-1), 0
+	return func() bool {
+		if v := get(); v == last {
+			same++
+		} else {
+			last, same = v, 0
+		}
+		return same >= 20
 	}
 }
