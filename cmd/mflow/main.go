@@ -127,14 +127,37 @@ func parseFlags(args []string) (options, string, error) {
 	return o, "", nil
 }
 
+// versionString is the version: the one set at build time, else the module's, else "dev" with the commit
+// the binary was built from (and "dirty" when the checkout had changes), as go build records it.
 func versionString() string {
 	if version != "" {
 		return version
 	}
-	if info, ok := debug.ReadBuildInfo(); ok && info.Main.Version != "" && info.Main.Version != "(devel)" {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "dev"
+	}
+	if info.Main.Version != "" && info.Main.Version != "(devel)" {
 		return info.Main.Version
 	}
-	return "dev"
+	return devVersion(info.Settings)
+}
+
+// devVersion is "dev", with the commit from a build's VCS settings when there is one.
+func devVersion(settings []debug.BuildSetting) string {
+	var commit, dirty string
+	for _, s := range settings {
+		switch {
+		case s.Key == "vcs.revision" && len(s.Value) >= 12:
+			commit = s.Value[:12]
+		case s.Key == "vcs.modified" && s.Value == "true":
+			dirty = "-dirty"
+		}
+	}
+	if commit == "" {
+		return "dev"
+	}
+	return "dev-" + commit + dirty
 }
 
 // run is mflow's main, testable: it serves until ctx ends and returns the exit code.

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"reflect"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -168,5 +169,17 @@ func TestShutdownEndsAStreamThePlayerHolds(t *testing.T) {
 	}
 	if _, err := io.Copy(io.Discard, resp.Body); err == nil {
 		t.Error("the player got a clean end from a stream cut by the shutdown")
+	}
+}
+
+func TestTheVersionNamesTheCommit(t *testing.T) {
+	for want, settings := range map[string][]debug.BuildSetting{
+		"dev":                    nil,
+		"dev-0123456789ab":       {{Key: "vcs.revision", Value: "0123456789abcdef0123"}, {Key: "vcs.modified", Value: "false"}},
+		"dev-0123456789ab-dirty": {{Key: "vcs.revision", Value: "0123456789abcdef0123"}, {Key: "vcs.modified", Value: "true"}},
+	} {
+		if got := devVersion(settings); got != want {
+			t.Errorf("devVersion(%v) = %q, want %q", settings, got, want)
+		}
 	}
 }

@@ -1,6 +1,9 @@
 package rpc_test
 
 import (
+	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -159,5 +162,20 @@ func TestBatchesAndMulticallsAreBounded(t *testing.T) {
 	multi := `{"methodName":"aria2.getGlobalStat","params":["token:s3"]}`
 	if _, out := r.post(t, `{"id":1,"method":"system.multicall","params":[[`+strings.Repeat(multi+",", 256)+multi+`]]}`); !strings.Contains(out, "Too many calls") {
 		t.Errorf("a multicall of 257: %.200s", out)
+	}
+}
+
+func TestASlowBodyIsNotWaitedForForever(t *testing.T) {
+	r := newRig(t, "s3", func(h *rpc.Handler) { h.BodyTimeout = 100 * time.Millisecond })
+	conn, err := net.Dial("tcp", strings.TrimPrefix(r.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// Headers promise a body that never comes.
+	fmt.Fprintf(conn, "POST /jsonrpc HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"id\":")
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(conn); err != nil {
+		t.Errorf("the connection of a client that never finished its body was kept: %v", err)
 	}
 }

@@ -41,6 +41,9 @@ type Handler struct {
 	// AllowOriginAll answers pages of any origin, with CORS headers (aria2's --rpc-allow-origin-all). By
 	// default only clients that are not browser pages, pages mflow serves, and browser extensions are.
 	AllowOriginAll bool
+	// BodyTimeout bounds the wait for a request's body, so a client that sends it slowly is not held
+	// forever. Default 10 s.
+	BodyTimeout time.Duration
 	// AuthDelay is how long each wrong token holds up the next: failures wait in one line for all
 	// clients, so guessing is slow however many connections try. Default 1 s.
 	AuthDelay time.Duration
@@ -62,8 +65,6 @@ const (
 	maxCalls = 256
 	// maxAnswer bounds the answer to one request: a client asking for more must ask for fewer at a time.
 	maxAnswer = 16 << 20
-	// bodyTimeout bounds the wait for a request's body.
-	bodyTimeout = 10 * time.Second
 )
 
 // jsonpCallback is what a JSONP callback name may be made of: a script identifier, dots for a namespace.
@@ -145,7 +146,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		out, status := h.process(ctx, body)
 		h.reply(w, out, status, callback)
 	case http.MethodPost:
-		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyTimeout))
+		timeout := h.BodyTimeout
+		if timeout <= 0 {
+			timeout = 10 * time.Second
+		}
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(timeout))
 		body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
 		if err != nil {
 			return

@@ -2,6 +2,7 @@ package task
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -115,5 +116,60 @@ func TestConnectionsFromSplitAndMaxConnections(t *testing.T) {
 			t.Errorf("%q: %d connections, want %d", opts, st.Connections, want)
 		}
 		st.End()
+	}
+}
+
+func TestTheStoreIsBounded(t *testing.T) {
+	s := NewStore(Settings{Connections: 4, MaxStopped: 2, MaxWaiting: 3}, sized)
+	defer s.Close()
+	var gids []string
+	for range 3 {
+		gid, err := s.Add([]string{"http://h/a.mp4"}, nil, -1, access.Loopback)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gids = append(gids, gid)
+	}
+	if _, err := s.Add([]string{"http://h/a.mp4"}, nil, -1, access.Loopback); !errors.Is(err, ErrTooMany) || !strings.Contains(err.Error(), "--max-waiting") {
+		t.Errorf("a fourth waiting task: %v, want ErrTooMany naming --max-waiting", err)
+	}
+	for _, gid := range gids { // announced: each becomes a stopped, removed task
+		if _, err := s.Remove(gid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, _, stopped := s.Lists()
+	if len(stopped) != 2 || stopped[0].GID != gids[1] || stopped[1].GID != gids[2] {
+		t.Errorf("stopped tasks %v, want the two newest of %v", stopped, gids)
+	}
+	if _, err := s.Get(gids[0]); err == nil {
+		t.Error("the oldest stopped task was kept past --max-download-result")
+	}
+}
+
+func TestATasksOptionsAreBounded(t *testing.T) {
+	s := NewStore(Settings{Connections: 4}, sized)
+	defer s.Close()
+	big := strings.Repeat("Cookie: "+strings.Repeat("x", 100)+"\n", 200) // 22 KB of header lines
+	var opt *OptionError
+	if _, err := s.Add([]string{"http://h/a.mp4"}, map[string]string{"header": big}, -1, access.Loopback); !errors.As(err, &opt) {
+		t.Errorf("22 KB of headers: %v, want an option error", err)
+	}
+	lines := strings.Repeat("X-A: b\n", 60) // small, but too many lines
+	if _, err := s.Add([]string{"http://h/a.mp4"}, map[string]string{"header": lines}, -1, access.Loopback); !errors.As(err, &opt) {
+		t.Errorf("60 header lines: %v, want an option error", err)
+	}
+	gid, err := s.Add([]string{"http://h/a.mp4"}, map[string]string{"header": "Cookie: a=b\n"}, -1, access.Loopback)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 { // changes that add up past the bound
+		err = s.ChangeOptions(gid, map[string]string{"user-agent": strings.Repeat("u", 6000), "referer": strings.Repeat("r", 6000)})
+	}
+	if err != nil {
+		t.Fatal(err) // each change replaces the same options: within the bound
+	}
+	if err := s.ChangeOptions(gid, map[string]string{"out": strings.Repeat("o", 6000)}); !errors.As(err, &opt) {
+		t.Errorf("options adding up to over 16 KiB: %v, want an option error", err)
 	}
 }
