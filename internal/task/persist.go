@@ -11,6 +11,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"mflow/internal/link"
 )
@@ -46,7 +47,7 @@ func Open(dir string, settings Settings, probe func(context.Context, link.Link) 
 	}
 	file := filepath.Join(dir, "tasks.db")
 	db, err := bolt.Open(file, 0o600, &bolt.Options{Timeout: time.Second})
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("task store %s is in use by another mflow; stop it, or give this one another --state-dir", file)
 	}
 	if err != nil {
