@@ -79,6 +79,11 @@ func FuzzParseRequest(f *testing.F) {
 				t.Fatalf("round trip of %+v gave %+v %v", span, again, kind2)
 			}
 		}
+		// Before the size is known, Peek must place the range where ParseRequest will: the probe asks for
+		// those bytes, and the engine uses its answer only for the stream's first piece.
+		if peek, ok := Peek(header); ok && peek.Start != span.Start {
+			t.Fatalf("Peek(%q) starts at %d, ParseRequest(…, %d) at %d", header, peek.Start, size, span.Start)
+		}
 	})
 }
 
