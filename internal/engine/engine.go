@@ -141,7 +141,7 @@ type Request struct {
 type Stats struct {
 	Bytes    int64 // bytes written to the player
 	Retries  int   // chunk requests tried again after a failure
-	Replaced int   // requests asked again because they were far slower than their siblings
+	Replaced int   // requests raced or asked again for being far slower than the stream's best
 }
 
 var (
@@ -149,7 +149,8 @@ var (
 	ErrPlayerGone = errors.New("player went away")
 	// errSlow cancels a connection below --min-speed; a fresh one takes over.
 	errSlow = errors.New("connection below --min-speed")
-	// errSlowRoute cancels a request far slower than its siblings; a fresh one usually takes another route.
+	// errSlowRoute cancels a request far slower than the stream's best; a fresh one usually takes another
+	// route.
 	errSlowRoute = errors.New("request far slower than the stream's best")
 	// errRaceLost cancels a connection whose piece another connection finished first, or that nobody
 	// needs any more.

@@ -405,7 +405,7 @@ func (s *stream) setTarget(t Target) {
 }
 
 // watch samples the connections until the stream ends: each second for --min-speed and the stall rule,
-// and each routeEvery against their siblings.
+// and each routeEvery against the stream's best.
 func (s *stream) watch() {
 	second := time.NewTicker(sampleEvery)
 	defer second.Stop()
