@@ -198,8 +198,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 				p.task.Fail(err)
 			}
 			status, reason := upstreamFailure(err)
-			playFailed(log, l, status, reason)
-			fail(w, status, reason)
+			failPlay(w, log, l, status, reason)
 		}
 		return
 	}
@@ -218,9 +217,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !meta.Ranges && !s.RelayNoRange {
-		reason := "upstream does not support Range requests, so it cannot be fetched in parallel; start mflow with --relay-no-range to relay it over one connection"
-		playFailed(log, l, http.StatusForbidden, reason)
-		fail(w, http.StatusForbidden, reason)
+		failPlay(w, log, l, http.StatusForbidden, "upstream does not support Range requests, so it cannot be fetched in parallel; start mflow with --relay-no-range to relay it over one connection")
 		return
 	}
 
@@ -291,6 +288,12 @@ func playFailed(log *slog.Logger, l link.Link, status int, reason string) {
 	log.Warn("play failed", "file", upstream.Redact(l.URL), "status", status, "why", reason)
 }
 
+// failPlay answers a play that failed before its first byte, and logs it.
+func failPlay(w http.ResponseWriter, log *slog.Logger, l link.Link, status int, reason string) {
+	playFailed(log, l, status, reason)
+	fail(w, status, reason)
+}
+
 // ifRangeHolds reports whether an If-Range header (absent, or naming the current version) lets a Range
 // apply; otherwise the whole file is sent.
 func ifRangeHolds(ifRange string, v upstream.Version) bool {
@@ -330,9 +333,7 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, p plan, log *slog.L
 	case errors.Is(context.Cause(p.ctx), task.ErrStopped):
 		log.Info("stream end: task paused or removed", attrs...)
 		panic(http.ErrAbortHandler)
-	case r.Context().Err() != nil:
-		log.Info("stream end: player left", attrs...)
-	case errors.Is(err, engine.ErrPlayerGone):
+	case r.Context().Err() != nil, errors.Is(err, engine.ErrPlayerGone):
 		log.Info("stream end: player left", attrs...)
 	default:
 		log.Info("stream end: failed", attrs...)
@@ -344,8 +345,7 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, p plan, log *slog.L
 				w.Header().Del(name) // they described the answer that is not coming
 			}
 			status, reason := upstreamFailure(err)
-			playFailed(log, p.link, status, reason)
-			fail(w, status, reason)
+			failPlay(w, log, p.link, status, reason)
 			return
 		}
 		playFailed(log, p.link, out.status, fmt.Sprintf("cut after %d bytes: %v", stats.Bytes, err))
