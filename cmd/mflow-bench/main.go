@@ -25,12 +25,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"mflow/internal/app"
 	"mflow/internal/bytesize"
 	"mflow/internal/chunkcache"
 	"mflow/internal/engine"
-	"mflow/internal/link"
-	"mflow/internal/server"
-	"mflow/internal/upstream"
 	"mflow/internal/upstreamtest"
 )
 
@@ -241,17 +239,13 @@ func msText(d time.Duration) string { return fmt.Sprintf("%.1f ms", ms(d)) }
 // startProxy runs mflow in this process with the seed's defaults and cache (nil: none), through the same
 // server it serves with.
 func startProxy(cache engine.Cache) (string, *engine.Engine, func()) {
-	client := upstream.NewClient(upstream.Config{})
-	quiet := slog.New(slog.DiscardHandler)
-	e := &engine.Engine{Client: client, ChunkSize: chunkSize, Connections: connections, Retries: 5, MaxRedirects: 3, Cache: cache, Logger: quiet}
-	s := &server.Server{
-		Resolver:  &link.Resolver{Client: client, MaxRedirects: 3, Retry: upstream.Retry{Max: 5}, Logger: quiet},
-		Engine:    e,
-		UserAgent: "mflow-bench",
-		Logger:    quiet,
+	mflow, err := app.New(app.Config{Connections: connections, ChunkSize: chunkSize, Retry: 5, MaxRedirects: 3, HostConnections: 16, Cache: cache,
+		Version: "bench", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		panic(err) // New fails only on a task store, and the benchmark has none
 	}
-	ts := httptest.NewServer(s.Handler())
-	return ts.URL, e, func() { ts.Close(); client.CloseIdleConnections() }
+	ts := httptest.NewServer(mflow.Handler)
+	return ts.URL, mflow.Engine, func() { ts.Close(); mflow.Close() }
 }
 
 // watchPeak samples the engine's held bytes until the returned function is called, which gives the peak.

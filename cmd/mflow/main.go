@@ -21,15 +21,12 @@ import (
 	"github.com/spf13/pflag"
 
 	"mflow/internal/access"
+	"mflow/internal/app"
 	"mflow/internal/bytesize"
 	"mflow/internal/chunkcache"
 	"mflow/internal/engine"
-	"mflow/internal/link"
 	"mflow/internal/logging"
-	"mflow/internal/rpc"
-	"mflow/internal/server"
 	"mflow/internal/task"
-	"mflow/internal/upstream"
 )
 
 // version is set at build time with -ldflags "-X main.version=…"; else the module version, if any.
@@ -187,39 +184,36 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 
 	policy := &access.Policy{Allow: o.allowTarget, Deny: o.denyTarget, Own: ownAddresses(ln.Addr())}
-	client := upstream.NewClient(upstream.Config{HostConnections: o.hostConnections, Insecure: o.insecure, Policy: policy})
-	defer client.CloseIdleConnections()
-	resolver := &link.Resolver{Client: client, MaxRedirects: o.maxRedirects, Retry: upstream.Retry{Max: o.retry}, Logger: log}
-	userAgent := "mflow/" + versionString()
-	tasks, err := openTasks(o, task.Settings{Connections: o.connections, MinSpeed: o.minSpeed, UserAgent: userAgent, MaxStopped: max(o.maxStopped, 1), MaxWaiting: o.maxWaiting}, resolver.Size)
+	store, err := openTaskStore(o)
 	if err != nil {
 		ln.Close()
 		fmt.Fprintf(stderr, "mflow: %v\n", err)
 		return 1
 	}
-	defer tasks.Close()
 	cache, err := openCache(o, log)
 	if err != nil {
+		store.Close()
 		ln.Close()
 		fmt.Fprintf(stderr, "mflow: %v\n", err)
 		return 1
 	}
-	srv := &server.Server{
-		Resolver:     resolver,
-		Tasks:        tasks,
-		RPC:          &rpc.Handler{Store: tasks, Secret: o.rpcSecret, ListenAll: o.rpcListenAll, AllowOriginAll: o.rpcOriginAll, Version: versionString(), Logger: log},
-		MaxStreams:   o.maxStreams,
-		Engine:       &engine.Engine{Client: client, ChunkSize: o.chunkSize, Connections: o.connections, Retries: o.retry, MinSpeed: o.minSpeed, MaxRedirects: o.maxRedirects, Cache: cache, Logger: log},
-		RelayNoRange: o.relayNoRange,
-		UserAgent:    userAgent,
-		Version:      versionString(),
-		Logger:       log,
+	mflow, err := app.New(app.Config{
+		Connections: o.connections, ChunkSize: o.chunkSize, Retry: o.retry, MinSpeed: o.minSpeed, MaxRedirects: o.maxRedirects,
+		HostConnections: o.hostConnections, Insecure: o.insecure, RelayNoRange: o.relayNoRange, Policy: policy, Cache: cache,
+		MaxStreams: o.maxStreams, Tasks: store, MaxStopped: o.maxStopped, MaxWaiting: o.maxWaiting,
+		RPCSecret: o.rpcSecret, RPCListenAll: o.rpcListenAll, RPCAllowOriginAll: o.rpcOriginAll,
+		Version: versionString(), Logger: log,
+	})
+	if err != nil {
+		ln.Close()
+		fmt.Fprintf(stderr, "mflow: %v\n", err)
+		return 1
 	}
-	// Streams end with the server: their context is cancelled at shutdown, so none holds it up.
+	defer mflow.Close()
 	base, cancelStreams := context.WithCancel(context.Background())
 	defer cancelStreams()
 	hs := &http.Server{
-		Handler:           srv.Handler(),
+		Handler:           mflow.Handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		IdleTimeout:       2 * time.Minute,
@@ -312,9 +306,10 @@ func openCache(o options, log *slog.Logger) (engine.Cache, error) {
 }
 
 // openTasks opens the task store where the flags say: in memory, --state-dir, or the user's state folder.
-func openTasks(o options, settings task.Settings, probe func(context.Context, link.Link) (int64, error)) (*task.Store, error) {
+// openTaskStore opens the store the flags choose for tasks: memory, or a bbolt file.
+func openTaskStore(o options) (task.Persister, error) {
 	if o.inMemory {
-		return task.NewStore(settings, probe), nil
+		return task.NewMemory(), nil
 	}
 	dir := o.stateDir
 	if dir == "" {
@@ -323,10 +318,9 @@ func openTasks(o options, settings task.Settings, probe func(context.Context, li
 			return nil, fmt.Errorf("no folder for the task store (%v); give one with --state-dir, or use --in-memory", err)
 		}
 	}
-	return task.Open(dir, settings, probe)
+	return task.OpenBolt(dir)
 }
 
-// listenProblem explains a failed listen in one line, with what to do about it.
 func listenProblem(addr string, port int, err error) string {
 	switch {
 	case errors.Is(err, syscall.EADDRINUSE):

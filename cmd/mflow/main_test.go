@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"mflow/internal/testsync"
+
 	"go.uber.org/goleak"
 
 	"mflow/internal/upstreamtest"
@@ -147,7 +149,7 @@ func TestPrivilegedPortSuggestsAnother(t *testing.T) {
 func TestShutdownEndsAStreamThePlayerHolds(t *testing.T) {
 	u := upstreamtest.New(upstreamtest.RandomFile(32<<20), upstreamtest.Options{})
 	defer u.Close()
-	logs := &upstreamtest.SyncBuffer{}
+	logs := &testsync.SyncBuffer{}
 	base, stop := startMflow(t, []string{"--in-memory", "-s", "64K"}, logs)
 	client := &http.Client{Transport: &http.Transport{}}
 	defer client.CloseIdleConnections()
@@ -159,7 +161,7 @@ func TestShutdownEndsAStreamThePlayerHolds(t *testing.T) {
 	if _, err := io.ReadFull(resp.Body, make([]byte, 1000)); err != nil {
 		t.Fatal(err)
 	}
-	upstreamtest.WaitFor(t, "the stream to block on the player", upstreamtest.Stable(u.Served))
+	testsync.WaitFor(t, "the stream to block on the player", testsync.Stable(u.Served))
 	if code := stop(); code != 0 { // as SIGTERM does, with the player reading nothing more
 		t.Fatalf("exit %d after the signal", code)
 	}

@@ -29,6 +29,8 @@ import (
 	"testing"
 	"time"
 
+	"mflow/internal/testsync"
+
 	"mflow/internal/upstreamtest"
 )
 
@@ -396,10 +398,10 @@ func TestAPlayerCutOffLeavesNoUpstreamRequestOpen(t *testing.T) {
 	if _, err := io.ReadFull(bufio.NewReader(resp.Body), make([]byte, 1<<20)); err != nil {
 		t.Fatal(err)
 	}
-	upstreamtest.WaitFor(t, "nginx to send mflow's chunk requests mid-stream", func() bool { return writing(t) >= 1 })
+	testsync.WaitFor(t, "nginx to send mflow's chunk requests mid-stream", func() bool { return writing(t) >= 1 })
 	cancel()
 	resp.Body.Close()
-	upstreamtest.WaitFor(t, "nginx to send no response after the player left", func() bool { return writing(t) == 0 })
+	testsync.WaitFor(t, "nginx to send no response after the player left", func() bool { return writing(t) == 0 })
 }
 
 // rpcPost sends a raw JSON-RPC body and returns the HTTP status and the decoded reply.

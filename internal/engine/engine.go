@@ -32,8 +32,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"mflow/internal/access"
 	"mflow/internal/httprange"
+	"mflow/internal/source"
 	"mflow/internal/upstream"
 )
 
@@ -53,8 +53,6 @@ type Engine struct {
 	MinSpeed int64
 	// StallTimeout replaces a connection that delivers nothing for this long. Default 10 s.
 	StallTimeout time.Duration
-	// MaxRedirects bounds the redirects a chunk request follows.
-	MaxRedirects int
 	// RetryBase is the first back-off after an error; it doubles each retry up to upstream.MaxBackoff.
 	// Default 250 ms.
 	RetryBase time.Duration
@@ -103,16 +101,9 @@ const (
 	readSize = 32 << 10
 )
 
-// Target is what to fetch: one version of a file, at a URL, asked for with these headers.
-type Target struct {
-	URL     string           // where the bytes are; after redirects
-	Header  http.Header      // sent with every request, redirects included
-	Version upstream.Version // the version every answer must match
-}
-
 // Request is one range to stream.
 type Request struct {
-	Target Target         // what to fetch
+	Target source.Target  // what to fetch, for which player
 	Span   httprange.Span // the bytes to write, within Target.Version.Size
 	// Head, when set, is an answer already open for the first bytes of Span (the probe's, asked for as
 	// FirstRequest says): the first request uses it instead of asking again. Stream closes it.
@@ -123,18 +114,16 @@ type Request struct {
 	FileKey string
 	// Mirrors are other copies of the same file, each checked against its own version; chunk requests are
 	// spread across Target and them, and a mirror that fails is set aside for the rest of the stream.
-	Mirrors []Target
+	Mirrors []source.Target
 	// Refresh resolves the link again when its signed URL expires (403 or 410 mid-stream). Nil means an
 	// expired link fails the stream.
-	Refresh func(context.Context) (Target, error)
+	Refresh func(context.Context) (source.Target, error)
 	// Connections, when positive, replaces Engine.Connections for this stream.
 	Connections int
-	// MinSpeed, when positive, replaces Engine.MinSpeed for this stream.
+	// MinSpeed, when positive, replaces Engine.MinSpeed for this stream; negative turns the check off.
 	MinSpeed int64
 	// Logger, when set, replaces Engine.Logger for this stream (to carry the stream's id).
 	Logger *slog.Logger
-	// From is the class of the player: where requests may connect depends on it (access.Policy).
-	From access.Client
 }
 
 // Stats describes a finished stream.

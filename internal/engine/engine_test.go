@@ -14,11 +14,13 @@ import (
 	"testing"
 	"time"
 
+	"mflow/internal/testsync"
+
 	"go.uber.org/goleak"
 
-	"mflow/internal/access"
 	"mflow/internal/engine"
 	"mflow/internal/httprange"
+	"mflow/internal/source"
 	"mflow/internal/upstream"
 	"mflow/internal/upstreamtest"
 )
@@ -29,13 +31,13 @@ var quiet = slog.New(slog.DiscardHandler)
 
 // newEngine returns an engine on u with fast retries, and closes its connections when the test ends.
 func newEngine(t *testing.T, u *upstreamtest.Upstream, chunk int64, conns int) *engine.Engine {
-	c := upstream.NewClient(upstream.Config{Dial: u.Dial(), TLS: u.TLS()})
+	c := upstream.NewClient(upstream.Config{Dial: u.Dial(), TLS: u.TLS(), MaxRedirects: 3})
 	t.Cleanup(c.CloseIdleConnections)
-	return &engine.Engine{Client: c, ChunkSize: chunk, Connections: conns, Retries: 5, MaxRedirects: 3, RetryBase: time.Millisecond, Logger: quiet}
+	return &engine.Engine{Client: c, ChunkSize: chunk, Connections: conns, Retries: 5, RetryBase: time.Millisecond, Logger: quiet}
 }
 
-func target(u *upstreamtest.Upstream) engine.Target {
-	return engine.Target{URL: u.URL + "/file", Version: upstream.Version{Size: int64(len(u.Content)), ETag: u.ETag}}
+func target(u *upstreamtest.Upstream) source.Target {
+	return source.Target{Location: source.Location{URL: u.URL + "/file"}, Version: source.Version{Size: int64(len(u.Content)), ETag: u.ETag}}
 }
 
 // stream runs a stream of span and returns what the player got.
@@ -175,7 +177,7 @@ func TestStreamResolvesAnExpiredLinkAgain(t *testing.T) {
 	tgt := target(u)
 	tgt.URL += "?sig=1"
 	var refreshes atomic.Int64
-	refresh := func(context.Context) (engine.Target, error) {
+	refresh := func(context.Context) (source.Target, error) {
 		refreshes.Add(1)
 		t := target(u)
 		t.URL += "?sig=" + fmt.Sprint(current.Load())
@@ -251,7 +253,7 @@ func TestPlayerLeavingCancelsEveryUpstreamRequest(t *testing.T) {
 	if !errors.Is(err, engine.ErrPlayerGone) {
 		t.Fatalf("err = %v, want ErrPlayerGone", err)
 	}
-	upstreamtest.WaitFor(t, "no upstream request open", func() bool { return u.Open() == 0 })
+	testsync.WaitFor(t, "no upstream request open", func() bool { return u.Open() == 0 })
 }
 
 // blockingWriter passes the first write, then holds every later one until release is closed.
@@ -298,7 +300,7 @@ func TestSlowPlayerBoundsTheReadAhead(t *testing.T) {
 	// The window beyond what the player took fills (2 × conns chunks: a request can start before the one
 	// ahead of it ends), and the connections go idle.
 	const window = 2 * conns
-	upstreamtest.WaitFor(t, "the read-ahead window to fill", func() bool { return u.Served()-taken > (window-1)*chunk && u.Open() == 0 })
+	testsync.WaitFor(t, "the read-ahead window to fill", func() bool { return u.Served()-taken > (window-1)*chunk && u.Open() == 0 })
 	if ahead := u.Served() - taken; ahead > window*chunk || ahead <= (window-1)*chunk {
 		t.Errorf("fetched %d bytes beyond the %d the stalled player took, want %d chunks' worth (%d)", ahead, taken, window, window*chunk)
 	}
@@ -374,7 +376,7 @@ func TestRelayServesAnUpstreamWithoutRange(t *testing.T) {
 	e := newEngine(t, u, 64<<10, 4)
 	var out bytes.Buffer
 	span := httprange.Span{Start: 5000, End: 250_000}
-	if _, err := e.Relay(t.Context(), &out, target(u), span, access.Loopback); err != nil {
+	if _, err := e.Relay(t.Context(), &out, target(u), span); err != nil {
 		t.Fatal(err)
 	}
 	checkBytes(t, out.Bytes(), file, span)
@@ -405,7 +407,7 @@ func TestMirrorsShareTheChunksAndAFailingOneIsSetAside(t *testing.T) {
 	defer broken.Close()
 	e := newEngine(t, a, 64<<10, 4)
 	span := httprange.Span{Start: 0, End: int64(len(file)) - 1}
-	stats := streamOK(t, e, engine.Request{Target: target(a), Mirrors: []engine.Target{target(b), target(broken)}, Span: span}, file)
+	stats := streamOK(t, e, engine.Request{Target: target(a), Mirrors: []source.Target{target(b), target(broken)}, Span: span}, file)
 	if a.Requests() < 5 || b.Requests() < 5 {
 		t.Errorf("requests: %d to the target, %d to the good mirror; want the chunks spread over both", a.Requests(), b.Requests())
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"mflow/internal/httprange"
+	"mflow/internal/source"
 	"mflow/internal/upstream"
 )
 
@@ -95,7 +96,7 @@ func (s *stream) _giveLane(f *fetch) {
 // try is what one attempt needs, set up under the lock.
 type try struct {
 	span   httprange.Span
-	target Target
+	target source.Target
 	ctx    context.Context
 	head   *http.Response // the probe's answer, when this attempt may use it
 }
@@ -142,7 +143,7 @@ func (s *stream) open(t try) (*http.Response, error) {
 		resp.Body.Close()
 		s.log.Debug("the probe's answer does not fit the first piece; asking again", "err", err)
 	}
-	resp, _, err := s.e.Client.Get(t.ctx, t.target.URL, t.target.Header, t.span.Header(), s.e.MaxRedirects, s.from)
+	resp, _, err := s.e.Client.Get(t.ctx, t.target.Location, t.span.Header())
 	if err != nil {
 		return nil, attemptError(t.ctx, err)
 	}
@@ -391,13 +392,13 @@ func (s *stream) refreshTarget(gen int, cause error) error {
 	return nil
 }
 
-func (s *stream) currentTarget() (Target, int) {
+func (s *stream) currentTarget() (source.Target, int) {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
 	return s.target, s.targetGen
 }
 
-func (s *stream) setTarget(t Target) {
+func (s *stream) setTarget(t source.Target) {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
 	s.target = t

@@ -6,16 +6,16 @@ import (
 	"io"
 	"time"
 
-	"mflow/internal/access"
 	"mflow/internal/httprange"
+	"mflow/internal/source"
 	"mflow/internal/upstream"
 )
 
 // Relay streams span of a target whose upstream ignores Range, over one connection, for a player of class
 // from: it asks for the whole file, skips the bytes before span and writes span. Nothing can resume such a
 // download, so an error ends it. With an unknown size (span.End < 0) it writes the whole body.
-func (e *Engine) Relay(ctx context.Context, w io.Writer, t Target, span httprange.Span, from access.Client) (Stats, error) {
-	resp, _, err := e.Client.Get(ctx, t.URL, t.Header, "", e.MaxRedirects, from)
+func (e *Engine) Relay(ctx context.Context, w io.Writer, t source.Target, span httprange.Span) (Stats, error) {
+	resp, _, err := e.Client.Get(ctx, t.Location, "")
 	if err != nil {
 		return Stats{}, err
 	}

@@ -12,8 +12,11 @@ import (
 	"testing/synctest"
 	"time"
 
+	"mflow/internal/testsync"
+
 	"mflow/internal/engine"
 	"mflow/internal/httprange"
+	"mflow/internal/source"
 	"mflow/internal/upstream"
 	"mflow/internal/upstreamtest"
 )
@@ -103,7 +106,7 @@ func TestSizesBeyondTheMaximumAreRefused(t *testing.T) {
 	defer u.Close()
 	e := newEngine(t, u, 1<<20, 4)
 	for _, size := range []int64{upstream.MaxSize + 1, 1<<63 - 1} {
-		tg := engine.Target{URL: u.URL + "/f", Version: upstream.Version{Size: size, ETag: u.ETag}}
+		tg := source.Target{Location: source.Location{URL: u.URL + "/f"}, Version: source.Version{Size: size, ETag: u.ETag}}
 		if _, _, err := stream(t, e, engine.Request{Target: tg, Span: httprange.Span{Start: size - 1, End: size - 1}}); !errors.Is(err, upstream.ErrTooBig) {
 			t.Errorf("size %d: err = %v, want ErrTooBig", size, err)
 		}
@@ -133,14 +136,14 @@ func FuzzStreamAtTheEdges(f *testing.F) {
 		end = min(end, size-1, start+(512<<10)) // keep each case small and quick
 		u := upstreamtest.NewVirtual(size, upstreamtest.Options{})
 		defer u.Close()
-		c := upstream.NewClient(upstream.Config{Dial: u.Dial()})
+		c := upstream.NewClient(upstream.Config{Dial: u.Dial(), MaxRedirects: 1})
 		defer c.CloseIdleConnections()
-		e := &engine.Engine{Client: c, ChunkSize: max(chunk, 16<<10), Connections: conns, Retries: 2, MaxRedirects: 1, RetryBase: time.Millisecond, Logger: quiet}
+		e := &engine.Engine{Client: c, ChunkSize: max(chunk, 16<<10), Connections: conns, Retries: 2, RetryBase: time.Millisecond, Logger: quiet}
 		span := httprange.Span{Start: start, End: end}
 		var out bytes.Buffer
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		_, err := e.Stream(ctx, &out, engine.Request{Target: engine.Target{URL: u.URL + "/f", Version: upstream.Version{Size: size, ETag: u.ETag}}, Span: span})
+		_, err := e.Stream(ctx, &out, engine.Request{Target: source.Target{Location: source.Location{URL: u.URL + "/f"}, Version: source.Version{Size: size, ETag: u.ETag}}, Span: span})
 		if size > upstream.MaxSize {
 			if !errors.Is(err, upstream.ErrTooBig) {
 				t.Fatalf("size %d: err = %v, want ErrTooBig", size, err)
@@ -201,7 +204,7 @@ func TestCancellingCutsAWriteThePlayerHolds(t *testing.T) {
 	if err := <-done; err == nil {
 		t.Fatal("the stream ended cleanly after it was cancelled")
 	}
-	upstreamtest.WaitFor(t, "no upstream request open", func() bool { return u.Open() == 0 })
+	testsync.WaitFor(t, "no upstream request open", func() bool { return u.Open() == 0 })
 }
 
 func TestOnADistantDriveTheNextRequestGoesOutBeforeTheCurrentEnds(t *testing.T) {

@@ -9,8 +9,8 @@ import (
 	"sync"
 	"time"
 
-	"mflow/internal/access"
 	"mflow/internal/httprange"
+	"mflow/internal/source"
 )
 
 // stream is the state of one Stream call.
@@ -21,20 +21,19 @@ type stream struct {
 	cancel    context.CancelCauseFunc // ends ctx
 	log       *slog.Logger            // this stream's logger
 	span      httprange.Span          // the bytes asked for
-	refresh   func(context.Context) (Target, error)
+	refresh   func(context.Context) (source.Target, error)
 	lanes     int            // requests kept going at once
 	minSpeed  int64          // bytes per second, 0 = off
 	lastChunk int64          // index of the chunk holding span.End
-	from      access.Client  // the player's class
 	wg        sync.WaitGroup // the workers and the watcher
 
 	// refreshMu lets one worker at a time resolve an expired link; the others find the new target.
 	refreshMu sync.Mutex
 
 	// The file's lock (f.mu) protects the following fields.
-	target        Target            // current target; Refresh replaces it
+	target        source.Target     // current target; Refresh replaces it
 	targetGen     int               // counts target replacements
-	mirrors       []Target          // other copies of the file
+	mirrors       []source.Target   // other copies of the file
 	mirrorAside   []bool            // mirrors set aside after a failure
 	nextTarget    int               // round-robin position over target and the usable mirrors
 	head          *http.Response    // the probe's answer for span.Start, until the first request takes it
@@ -64,7 +63,6 @@ func (e *Engine) newStream(ctx context.Context, f *file, req Request) *stream {
 		lanes:       max(req.Connections, 0),
 		minSpeed:    req.MinSpeed,
 		lastChunk:   req.Span.End / e.ChunkSize,
-		from:        req.From,
 		target:      req.Target,
 		mirrors:     req.Mirrors,
 		mirrorAside: make([]bool, len(req.Mirrors)),
@@ -77,8 +75,11 @@ func (e *Engine) newStream(ctx context.Context, f *file, req Request) *stream {
 	if s.lanes == 0 {
 		s.lanes = max(e.Connections, 1)
 	}
-	if s.minSpeed <= 0 {
+	switch {
+	case s.minSpeed == 0:
 		s.minSpeed = e.MinSpeed
+	case s.minSpeed < 0:
+		s.minSpeed = 0
 	}
 	if s.log == nil {
 		s.log = e.logger()

@@ -8,63 +8,34 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net/http"
-	"net/textproto"
-	"slices"
-	"strings"
 	"sync"
 	"time"
 
-	"mflow/internal/access"
-	"mflow/internal/engine"
 	"mflow/internal/httprange"
+	"mflow/internal/source"
 	"mflow/internal/upstream"
 )
 
-// Link is what a player asked to stream.
-type Link struct {
-	URL string // as the user gave it, before redirects
-	// Header is sent with every request for the link, redirects included: drives want their Cookie,
-	// Referer and User-Agent on the CDN host too.
-	Header http.Header
-	// Name, when set, is the file name the player is told.
-	Name string
-	// Mirrors are other URLs of the same file, asked for with the same headers.
-	Mirrors []string
-	// From is the class of the player asking: where the link may lead depends on it (access.Policy), so
-	// it is part of the link's identity, and a probe or a cached chunk of one class never serves another.
-	From access.Client
-}
-
 // Meta is what a probe learned about a link.
 type Meta struct {
-	URL         string           // where the redirects led; chunk requests go there
-	Version     upstream.Version // size (-1 when unknown) and validators
-	Ranges      bool             // whether the upstream answers Range requests
-	ContentType string           // the upstream's Content-Type, "" when it sent none
-	Disposition string           // the upstream's Content-Disposition, "" when it sent none
-	probed      time.Time        // when the probe answered
-}
-
-// FileKey names the file this probe found, for sharing and caching its chunks: identity names the link
-// as the user gave it (or the task holding it), never a signed redirect target; the version's size and
-// validators make a changed file another key.
-func (m *Meta) FileKey(identity string) string {
-	return fmt.Sprintf("%s\x00%d\x00%s\x00%s", identity, m.Version.Size, m.Version.ETag, m.Version.LastModified)
+	URL         string         // where the redirects led; chunk requests go there
+	Version     source.Version // size (-1 when unknown) and validators
+	Ranges      bool           // whether the upstream answers Range requests
+	ContentType string         // the upstream's Content-Type, "" when it sent none
+	Disposition string         // the upstream's Content-Disposition, "" when it sent none
+	probed      time.Time      // when the probe answered
 }
 
 // Target is what the engine fetches for l, as this probe found it.
-func (m *Meta) Target(l Link) engine.Target {
-	return engine.Target{URL: m.URL, Header: l.Header, Version: m.Version}
+func (m *Meta) Target(l source.Link) source.Target {
+	return source.Target{Location: l.At(m.URL), Version: m.Version}
 }
 
 // Resolver probes links. Its fields are set before first use.
 type Resolver struct {
 	// Client sends the probes.
 	Client *upstream.Client
-	// MaxRedirects bounds the redirects a probe follows.
-	MaxRedirects int
 	// TTL is how long a probe is reused, so that a player's burst of requests (mpv opens a file several
 	// times while it finds the index) probes once. Default 30 s; negative turns reuse off.
 	TTL time.Duration
@@ -92,7 +63,7 @@ type probeCall struct {
 const maxCached = 512
 
 // Resolve returns what a recent probe of l found, or probes it.
-func (r *Resolver) Resolve(ctx context.Context, l Link) (*Meta, error) {
+func (r *Resolver) Resolve(ctx context.Context, l source.Link) (*Meta, error) {
 	m, _, err := r.open(ctx, l, noHead, false)
 	return m, err
 }
@@ -101,12 +72,12 @@ func (r *Resolver) Resolve(ctx context.Context, l Link) (*Meta, error) {
 // engine.FirstRequest) and returns the open answer with those bytes, so the probe's round trip is also the
 // first request's. The answer is nil when the probe was reused, shared, or found no such bytes; the
 // caller must close it.
-func (r *Resolver) Open(ctx context.Context, l Link, first httprange.Span) (*Meta, *http.Response, error) {
+func (r *Resolver) Open(ctx context.Context, l source.Link, first httprange.Span) (*Meta, *http.Response, error) {
 	return r.open(ctx, l, first, false)
 }
 
 // Refresh probes l again, whatever is cached, and caches the answer.
-func (r *Resolver) Refresh(ctx context.Context, l Link) (*Meta, error) {
+func (r *Resolver) Refresh(ctx context.Context, l source.Link) (*Meta, error) {
 	m, _, err := r.open(ctx, l, noHead, true)
 	return m, err
 }
@@ -114,8 +85,8 @@ func (r *Resolver) Refresh(ctx context.Context, l Link) (*Meta, error) {
 // noHead asks a probe for the first byte only.
 var noHead = httprange.Span{Start: -1, End: -1}
 
-func (r *Resolver) open(ctx context.Context, l Link, first httprange.Span, fresh bool) (*Meta, *http.Response, error) {
-	key := Identity(l)
+func (r *Resolver) open(ctx context.Context, l source.Link, first httprange.Span, fresh bool) (*Meta, *http.Response, error) {
+	key := l.Identity()
 	group := key
 	if fresh {
 		group = "fresh\x00" + key // a refresh never takes the answer of a probe that started before it
@@ -205,7 +176,7 @@ func (r *Resolver) finish(key, group string, call *probeCall, m *Meta, err error
 }
 
 // Size is the size of l's file, from a recent probe or a new one: the task store's background probe.
-func (r *Resolver) Size(ctx context.Context, l Link) (int64, error) {
+func (r *Resolver) Size(ctx context.Context, l source.Link) (int64, error) {
 	m, err := r.Resolve(ctx, l)
 	if err != nil {
 		return 0, err
@@ -219,20 +190,20 @@ const mirrorGrace = time.Second
 
 // Mirrors starts probing l's mirrors. The function it returns waits at most mirrorGrace more for their
 // answers and gives the mirrors that answer Range requests for a file of primary's size.
-func (r *Resolver) Mirrors(ctx context.Context, l Link) func(primary *Meta) []engine.Target {
+func (r *Resolver) Mirrors(ctx context.Context, l source.Link) func(primary *Meta) []source.Target {
 	type answer struct {
 		i int
 		m *Meta
 	}
 	answers := make(chan answer, len(l.Mirrors))
 	for i, u := range l.Mirrors {
-		mirror := Link{URL: u, Header: l.Header, From: l.From}
+		mirror := source.Link{Location: l.At(u)}
 		go func() {
 			m, _ := r.Resolve(ctx, mirror)
 			answers <- answer{i, m}
 		}()
 	}
-	return func(primary *Meta) []engine.Target {
+	return func(primary *Meta) []source.Target {
 		found := make([]*Meta, len(l.Mirrors))
 		grace := time.NewTimer(mirrorGrace)
 		defer grace.Stop()
@@ -245,10 +216,10 @@ func (r *Resolver) Mirrors(ctx context.Context, l Link) func(primary *Meta) []en
 				break wait
 			}
 		}
-		var targets []engine.Target
+		var targets []source.Target
 		for i, m := range found {
 			if m != nil && m.Ranges && m.Version.Size == primary.Version.Size {
-				targets = append(targets, m.Target(Link{URL: l.Mirrors[i], Header: l.Header}))
+				targets = append(targets, m.Target(source.Link{Location: l.At(l.Mirrors[i])}))
 			}
 		}
 		return targets
@@ -256,11 +227,11 @@ func (r *Resolver) Mirrors(ctx context.Context, l Link) func(primary *Meta) []en
 }
 
 // Refresher is the engine's hook to resolve l again when its signed URL expires mid-stream.
-func (r *Resolver) Refresher(l Link) func(context.Context) (engine.Target, error) {
-	return func(ctx context.Context) (engine.Target, error) {
+func (r *Resolver) Refresher(l source.Link) func(context.Context) (source.Target, error) {
+	return func(ctx context.Context) (source.Target, error) {
 		m, err := r.Refresh(ctx, l)
 		if err != nil {
-			return engine.Target{}, err
+			return source.Target{}, err
 		}
 		return m.Target(l), nil
 	}
@@ -273,19 +244,8 @@ func (r *Resolver) ttl() time.Duration {
 	return r.TTL
 }
 
-// Identity names a link by its URL and headers (the same URL with another Cookie may be another file) and
-// the class of player asking.
-func Identity(l Link) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%d\x00%s", l.From, l.URL)
-	for _, name := range slices.Sorted(maps.Keys(l.Header)) {
-		fmt.Fprintf(&b, "\n%s: %s", name, strings.Join(l.Header[name], ", "))
-	}
-	return b.String()
-}
-
 // probeWithRetries probes l, trying again under the Retry policy as a chunk would be.
-func (r *Resolver) probeWithRetries(ctx context.Context, l Link, first httprange.Span) (*Meta, *http.Response, error) {
+func (r *Resolver) probeWithRetries(ctx context.Context, l source.Link, first httprange.Span) (*Meta, *http.Response, error) {
 	for n := 1; ; n++ {
 		m, resp, err := r.probeOnce(ctx, l, first)
 		if err == nil {
@@ -315,14 +275,14 @@ func (r *Resolver) probeWithRetries(ctx context.Context, l Link, first httprange
 // probeOnce asks for the first byte (or for first, when set), not HEAD: presigned links often refuse HEAD,
 // and the answer to a Range request tells at once whether the upstream supports Range. A try that gets
 // no answer within StallTimeout is abandoned as stalled.
-func (r *Resolver) probeOnce(ctx context.Context, l Link, first httprange.Span) (*Meta, *http.Response, error) {
+func (r *Resolver) probeOnce(ctx context.Context, l source.Link, first httprange.Span) (*Meta, *http.Response, error) {
 	want := httprange.Span{Start: 0, End: 0}
 	if first.Start >= 0 {
 		want = first
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	stall := time.AfterFunc(r.stallTimeout(), func() { cancel(upstream.ErrStalled) })
-	resp, final, err := r.Client.Get(ctx, l.URL, l.Header, want.Header(), r.MaxRedirects, l.From)
+	resp, final, err := r.Client.Get(ctx, l.Location, want.Header())
 	stall.Stop()
 	if err != nil {
 		cancel(nil)
@@ -348,7 +308,7 @@ func (r *Resolver) probeOnce(ctx context.Context, l Link, first httprange.Span) 
 func readProbe(resp *http.Response, final string, want httprange.Span, head bool) (*Meta, bool, error) {
 	m := &Meta{
 		URL: final,
-		Version: upstream.Version{
+		Version: source.Version{
 			Size:         -1,
 			ETag:         resp.Header.Get("ETag"),
 			LastModified: resp.Header.Get("Last-Modified"),
@@ -415,29 +375,4 @@ func (r *Resolver) logger() *slog.Logger {
 		return r.Logger
 	}
 	return slog.Default()
-}
-
-// hopHeaders are the hop-by-hop headers (RFC 9110, 7.6.1) and the ones mflow sets itself per request:
-// a link's headers never carry them upstream.
-var hopHeaders = []string{
-	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-	"Te", "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Range", "Content-Length", "Accept-Encoding",
-}
-
-// CleanHeader drops the headers a link may not set (hopHeaders, and those a Connection header names) and
-// canonicalizes the names of the rest.
-func CleanHeader(h http.Header) http.Header {
-	out := http.Header{}
-	for name, values := range h {
-		out[textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(name))] = values
-	}
-	for _, c := range out.Values("Connection") {
-		for name := range strings.SplitSeq(c, ",") {
-			out.Del(strings.TrimSpace(name))
-		}
-	}
-	for _, name := range hopHeaders {
-		out.Del(name)
-	}
-	return out
 }

@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,6 +19,7 @@ import (
 
 	"mflow/internal/httprange"
 	"mflow/internal/link"
+	"mflow/internal/source"
 	"mflow/internal/upstream"
 	"mflow/internal/upstreamtest"
 )
@@ -24,32 +27,32 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func resolver(t *testing.T) *link.Resolver {
-	c := upstream.NewClient(upstream.Config{})
+	c := upstream.NewClient(upstream.Config{MaxRedirects: 3})
 	t.Cleanup(c.CloseIdleConnections)
-	return &link.Resolver{Client: c, MaxRedirects: 3}
+	return &link.Resolver{Client: c}
 }
 
 func TestProbeLearnsSizeVersionAndRangeSupport(t *testing.T) {
 	u := upstreamtest.New(make([]byte, 12345), upstreamtest.Options{})
 	defer u.Close()
-	m, err := resolver(t).Resolve(t.Context(), link.Link{URL: u.URL + "/f"})
+	m, err := resolver(t).Resolve(t.Context(), source.Link{Location: source.Location{URL: u.URL + "/f"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !m.Ranges || m.Version != (upstream.Version{Size: 12345, ETag: `"v1"`}) || m.ContentType != "video/mp4" || m.URL != u.URL+"/f" {
+	if !m.Ranges || m.Version != (source.Version{Size: 12345, ETag: `"v1"`}) || m.ContentType != "video/mp4" || m.URL != u.URL+"/f" {
 		t.Errorf("probe = %+v", m)
 	}
 
 	norange := upstreamtest.New(make([]byte, 500), upstreamtest.Options{NoRange: true})
 	defer norange.Close()
-	m, err = resolver(t).Resolve(t.Context(), link.Link{URL: norange.URL + "/f"})
+	m, err = resolver(t).Resolve(t.Context(), source.Link{Location: source.Location{URL: norange.URL + "/f"}})
 	if err != nil || m.Ranges || m.Version.Size != 500 {
 		t.Errorf("upstream without Range: %+v, %v", m, err)
 	}
 
 	empty := upstreamtest.New(nil, upstreamtest.Options{})
 	defer empty.Close()
-	m, err = resolver(t).Resolve(t.Context(), link.Link{URL: empty.URL + "/f"})
+	m, err = resolver(t).Resolve(t.Context(), source.Link{Location: source.Location{URL: empty.URL + "/f"}})
 	if err != nil || !m.Ranges || m.Version.Size != 0 {
 		t.Errorf("empty file: %+v, %v", m, err)
 	}
@@ -60,7 +63,7 @@ func TestProbeRejectsALyingContentRange(t *testing.T) {
 		return upstreamtest.Fault{Shift: 10}
 	}})
 	defer u.Close()
-	if _, err := resolver(t).Resolve(t.Context(), link.Link{URL: u.URL + "/f"}); !errors.Is(err, upstream.ErrBadAnswer) {
+	if _, err := resolver(t).Resolve(t.Context(), source.Link{Location: source.Location{URL: u.URL + "/f"}}); !errors.Is(err, upstream.ErrBadAnswer) {
 		t.Fatalf("err = %v, want ErrBadAnswer", err)
 	}
 }
@@ -77,7 +80,7 @@ func TestConcurrentResolvesShareOneProbe(t *testing.T) {
 	}))
 	defer up.Close()
 	r := resolver(t)
-	l := link.Link{URL: up.URL + "/f"}
+	l := source.Link{Location: source.Location{URL: up.URL + "/f"}}
 
 	// The caller that starts the probe leaves while it runs: the others still get its answer.
 	leaving, leave := context.WithCancel(t.Context())
@@ -111,22 +114,6 @@ func TestConcurrentResolvesShareOneProbe(t *testing.T) {
 	}
 }
 
-func TestCleanHeaderDropsHopByHopAndRange(t *testing.T) {
-	h := link.CleanHeader(http.Header{
-		"cookie":     {"a=b"},
-		"Connection": {"keep-alive, X-Secret"},
-		"X-Secret":   {"1"},
-		"Range":      {"bytes=0-"},
-		"Host":       {"evil"},
-		"Keep-Alive": {"300"},
-		"Referer":    {"https://drive.example/"},
-	})
-	want := http.Header{"Cookie": {"a=b"}, "Referer": {"https://drive.example/"}}
-	if len(h) != len(want) || h.Get("Cookie") != "a=b" || h.Get("Referer") != "https://drive.example/" {
-		t.Errorf("CleanHeader = %v, want %v", h, want)
-	}
-}
-
 func TestAProbeIsRetriedThenGivesUp(t *testing.T) {
 	u := upstreamtest.New(make([]byte, 1000), upstreamtest.Options{Fault: func(n int64, _ *http.Request) upstreamtest.Fault {
 		return upstreamtest.Fault{Status: http.StatusServiceUnavailable}
@@ -134,7 +121,7 @@ func TestAProbeIsRetriedThenGivesUp(t *testing.T) {
 	defer u.Close()
 	r := resolver(t)
 	r.Retry = upstream.Retry{Max: 2, Base: time.Millisecond}
-	_, err := r.Resolve(t.Context(), link.Link{URL: u.URL + "/f"})
+	_, err := r.Resolve(t.Context(), source.Link{Location: source.Location{URL: u.URL + "/f"}})
 	var status *upstream.StatusError
 	if !errors.As(err, &status) || status.Code != 503 || u.Requests() != 3 {
 		t.Fatalf("err = %v after %d requests, want the 503 after the first try and 2 retries", err, u.Requests())
@@ -143,7 +130,7 @@ func TestAProbeIsRetriedThenGivesUp(t *testing.T) {
 		return upstreamtest.Fault{Status: http.StatusNotFound}
 	}})
 	defer notFound.Close()
-	if _, err := r.Resolve(t.Context(), link.Link{URL: notFound.URL + "/f"}); notFound.Requests() != 1 || err == nil {
+	if _, err := r.Resolve(t.Context(), source.Link{Location: source.Location{URL: notFound.URL + "/f"}}); notFound.Requests() != 1 || err == nil {
 		t.Errorf("a 404 was tried %d times (%v); a refusal is final", notFound.Requests(), err)
 	}
 }
@@ -157,11 +144,11 @@ func TestAStalledProbeCostsAboutTheStallTime(t *testing.T) {
 			return upstreamtest.Fault{}
 		}})
 		defer u.Close()
-		c := upstream.NewClient(upstream.Config{Dial: u.Dial()})
+		c := upstream.NewClient(upstream.Config{Dial: u.Dial(), MaxRedirects: 3})
 		defer c.CloseIdleConnections()
-		r := &link.Resolver{Client: c, MaxRedirects: 3, Retry: upstream.Retry{Max: 3, Base: time.Millisecond}}
+		r := &link.Resolver{Client: c, Retry: upstream.Retry{Max: 3, Base: time.Millisecond}}
 		began := time.Now()
-		m, err := r.Resolve(t.Context(), link.Link{URL: u.URL + "/f"})
+		m, err := r.Resolve(t.Context(), source.Link{Location: source.Location{URL: u.URL + "/f"}})
 		took := time.Since(began)
 		if err != nil || m.Version.Size != 1000 {
 			t.Fatalf("%+v, %v", m, err)
@@ -177,7 +164,7 @@ func TestAnEncodedProbeAnswerIsRefused(t *testing.T) {
 		return upstreamtest.Fault{Gzip: true}
 	}})
 	defer u.Close()
-	if _, err := resolver(t).Resolve(t.Context(), link.Link{URL: u.URL + "/f"}); !errors.Is(err, upstream.ErrBadAnswer) {
+	if _, err := resolver(t).Resolve(t.Context(), source.Link{Location: source.Location{URL: u.URL + "/f"}}); !errors.Is(err, upstream.ErrBadAnswer) {
 		t.Fatalf("err = %v, want ErrBadAnswer", err)
 	}
 }
@@ -187,7 +174,7 @@ func TestAProbeForTheFirstPieceHandsItsAnswerOver(t *testing.T) {
 	u := upstreamtest.New(file, upstreamtest.Options{})
 	defer u.Close()
 	r := resolver(t)
-	m, resp, err := r.Open(t.Context(), link.Link{URL: u.URL + "/f"}, httprange.Span{Start: 1000, End: 3999})
+	m, resp, err := r.Open(t.Context(), source.Link{Location: source.Location{URL: u.URL + "/f"}}, httprange.Span{Start: 1000, End: 3999})
 	if err != nil || resp == nil {
 		t.Fatalf("%v, %v", resp, err)
 	}
@@ -197,13 +184,54 @@ func TestAProbeForTheFirstPieceHandsItsAnswerOver(t *testing.T) {
 		t.Fatalf("%d bytes, %v, size %d", len(body), err, m.Version.Size)
 	}
 	// Reused: no answer to hand over, and no request.
-	if _, resp, err := r.Open(t.Context(), link.Link{URL: u.URL + "/f"}, httprange.Span{Start: 0, End: 999}); resp != nil || err != nil || u.Requests() != 1 {
+	if _, resp, err := r.Open(t.Context(), source.Link{Location: source.Location{URL: u.URL + "/f"}}, httprange.Span{Start: 0, End: 999}); resp != nil || err != nil || u.Requests() != 1 {
 		t.Errorf("a reused probe: %v, %v, %d requests", resp, err, u.Requests())
 	}
 	// Past the end: the size is learnt from the 416.
 	past := upstreamtest.New(file, upstreamtest.Options{})
 	defer past.Close()
-	if m, resp, err := r.Open(t.Context(), link.Link{URL: past.URL + "/f"}, httprange.Span{Start: 9000, End: 9999}); err != nil || resp != nil || m.Version.Size != 5000 || !m.Ranges {
+	if m, resp, err := r.Open(t.Context(), source.Link{Location: source.Location{URL: past.URL + "/f"}}, httprange.Span{Start: 9000, End: 9999}); err != nil || resp != nil || m.Version.Size != 5000 || !m.Ranges {
 		t.Errorf("past the end: %+v, %v, %v", m, resp, err)
+	}
+}
+
+func TestAProxiedLinkIsProbedThroughItsProxyAndApart(t *testing.T) {
+	u := upstreamtest.New(make([]byte, 1000), upstreamtest.Options{})
+	defer u.Close()
+	var proxied atomic.Int64
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		proxied.Add(1) // a plain HTTP proxy: the request names the whole URL
+		if r.URL.Host == "" {
+			http.Error(w, "not a proxy request", http.StatusBadRequest)
+			return
+		}
+		resp, err := http.DefaultTransport.RoundTrip(r)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		maps.Copy(w.Header(), resp.Header)
+		w.WriteHeader(resp.StatusCode)
+		io.Copy(w, resp.Body)
+	}))
+	defer proxy.Close()
+	defer http.DefaultTransport.(*http.Transport).CloseIdleConnections()
+	proxyURL, _ := url.Parse(proxy.URL)
+
+	r := resolver(t)
+	plain := source.Link{Location: source.Location{URL: u.URL + "/f"}}
+	through := plain
+	through.Proxy = proxyURL
+	for _, l := range []source.Link{plain, through, plain, through} {
+		if _, err := r.Resolve(t.Context(), l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := proxied.Load(); n != 1 {
+		t.Errorf("the proxy saw %d probes, want 1: the proxied link's, once", n)
+	}
+	if n := u.Requests(); n != 2 {
+		t.Errorf("the upstream saw %d probes, want 2: one per way of asking, each reused", n)
 	}
 }

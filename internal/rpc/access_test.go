@@ -15,7 +15,6 @@ import (
 	"github.com/coder/websocket"
 
 	"mflow/internal/rpc"
-	"mflow/internal/task"
 )
 
 const listCall = `{"jsonrpc":"2.0","id":1,"method":"aria2.tellActive","params":["token:s3"]}`
@@ -33,9 +32,7 @@ func ask(h http.Handler, method, remote, body string, header map[string]string) 
 }
 
 func newHandler(t *testing.T, secret string) *rpc.Handler {
-	store := task.NewStore(task.Settings{Connections: 4}, fakeProbe)
-	t.Cleanup(store.Close)
-	return &rpc.Handler{Store: store, Secret: secret, AuthDelay: time.Millisecond}
+	return &rpc.Handler{Tasks: newTasks(t, rpc.Defaults{Connections: 4}), Secret: secret, AuthDelay: time.Millisecond}
 }
 
 func TestWithoutASecretOnlyThisMachineIsAnswered(t *testing.T) {
@@ -132,9 +129,7 @@ func TestWebSocketOriginRule(t *testing.T) {
 
 func TestWrongTokensWaitInOneLineForAllClients(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		store := task.NewStore(task.Settings{Connections: 4}, fakeProbe)
-		defer store.Close()
-		h := &rpc.Handler{Store: store, Secret: "s3", AuthDelay: time.Second}
+		h := &rpc.Handler{Tasks: newTasks(t, rpc.Defaults{Connections: 4}), Secret: "s3", AuthDelay: time.Second}
 		began := time.Now()
 		var wg sync.WaitGroup
 		for i := range 5 { // five clients, each on its own connection

@@ -3,8 +3,6 @@ package rpc
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"maps"
 	"slices"
 	"strconv"
@@ -20,31 +18,33 @@ type method func(h *Handler, ctx context.Context, p params) (any, error)
 var methods map[string]method
 
 func init() {
-	byGID := func(f func(s *task.Store, gid string) (string, error)) method {
+	byGID := func(f func(r *task.Registry, gid string) (string, error)) method {
 		return func(h *Handler, _ context.Context, p params) (any, error) {
 			gid, err := p.str(0)
 			if err != nil {
 				return nil, err
 			}
-			return f(h.Store, gid)
+			return f(h.Tasks, gid)
 		}
 	}
-	all := func(f func(s *task.Store)) method {
+	all := func(f func(r *task.Registry) error) method {
 		return func(h *Handler, _ context.Context, _ params) (any, error) {
-			f(h.Store)
+			if err := f(h.Tasks); err != nil {
+				return nil, err
+			}
 			return "OK", nil
 		}
 	}
 	methods = map[string]method{
 		"aria2.addUri":               addURI,
-		"aria2.remove":               byGID((*task.Store).Remove),
-		"aria2.forceRemove":          byGID((*task.Store).Remove),
-		"aria2.pause":                byGID((*task.Store).Pause),
-		"aria2.forcePause":           byGID((*task.Store).Pause),
-		"aria2.unpause":              byGID((*task.Store).Unpause),
-		"aria2.pauseAll":             all((*task.Store).PauseAll),
-		"aria2.forcePauseAll":        all((*task.Store).PauseAll),
-		"aria2.unpauseAll":           all((*task.Store).UnpauseAll),
+		"aria2.remove":               byGID((*task.Registry).Remove),
+		"aria2.forceRemove":          byGID((*task.Registry).Remove),
+		"aria2.pause":                byGID((*task.Registry).Pause),
+		"aria2.forcePause":           byGID((*task.Registry).Pause),
+		"aria2.unpause":              byGID((*task.Registry).Unpause),
+		"aria2.pauseAll":             all((*task.Registry).PauseAll),
+		"aria2.forcePauseAll":        all((*task.Registry).PauseAll),
+		"aria2.unpauseAll":           all((*task.Registry).UnpauseAll),
 		"aria2.tellStatus":           tellStatus,
 		"aria2.tellActive":           tellActive,
 		"aria2.tellWaiting":          tellList(func(_, waiting, _ []task.View) []task.View { return waiting }),
@@ -59,7 +59,7 @@ func init() {
 		"aria2.getVersion":           getVersion,
 		"aria2.getSessionInfo":       getSessionInfo,
 		"aria2.removeDownloadResult": removeDownloadResult,
-		"aria2.purgeDownloadResult":  all((*task.Store).PurgeResults),
+		"aria2.purgeDownloadResult":  all((*task.Registry).PurgeResults),
 		"system.multicall":           multicall,
 		"system.listMethods":         listMethods,
 		"system.listNotifications":   listNotifications,
@@ -69,8 +69,8 @@ func init() {
 // params are a call's parameters, read the way aria2 reads them.
 type params []json.RawMessage
 
-func missing(i int) error   { return fmt.Errorf("The parameter at %d is required but missing.", i) }
-func wrongType(i int) error { return fmt.Errorf("The parameter at %d has wrong type.", i) }
+func missing(i int) error   { return wiref("The parameter at %d is required but missing.", i) }
+func wrongType(i int) error { return wiref("The parameter at %d has wrong type.", i) }
 
 func (p params) has(i int) bool { return i < len(p) && string(p[i]) != "null" }
 
@@ -157,7 +157,7 @@ func addURI(h *Handler, ctx context.Context, p params) (any, error) {
 		return nil, err
 	}
 	if len(uris) == 0 {
-		return nil, errors.New("URI is not provided.")
+		return nil, wireError("URI is not provided.")
 	}
 	opts, err := p.options(1)
 	if err != nil {
@@ -169,10 +169,18 @@ func addURI(h *Handler, ctx context.Context, p params) (any, error) {
 			return nil, err
 		}
 		if position < 0 {
-			return nil, errors.New("Position must be greater than or equal to 0.")
+			return nil, wireError("Position must be greater than or equal to 0.")
 		}
 	}
-	return h.Store.Add(uris, opts, position, callerOf(ctx))
+	opts, err = normalize(opts)
+	if err != nil {
+		return nil, err
+	}
+	a := task.Addition{URIs: uris, Position: position, Paused: opts["pause"] == "true", GID: opts["gid"], From: callerOf(ctx)}
+	delete(opts, "pause") // aria2 keeps neither per task
+	delete(opts, "gid")
+	a.Options = opts
+	return h.Tasks.Add(a)
 }
 
 // keys reads the optional key filter at i.
@@ -187,11 +195,11 @@ func tellStatus(h *Handler, _ context.Context, p params) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	v, err := h.Store.Get(gid)
+	v, err := h.Tasks.Get(gid)
 	if err != nil {
 		return nil, err
 	}
-	return status(v, keys), nil
+	return h.status(v, keys), nil
 }
 
 func tellActive(h *Handler, _ context.Context, p params) (any, error) {
@@ -199,8 +207,8 @@ func tellActive(h *Handler, _ context.Context, p params) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	active, _, _ := h.Store.Lists()
-	return statuses(active, keys), nil
+	active, _, _ := h.Tasks.Lists()
+	return h.statuses(active, keys), nil
 }
 
 // tellList answers tellWaiting and tellStopped: offset, num and keys over one of the store's lists. A
@@ -219,7 +227,7 @@ func tellList(pick func(active, waiting, stopped []task.View) []task.View) metho
 		if err != nil {
 			return nil, err
 		}
-		list := pick(h.Store.Lists())
+		list := pick(h.Tasks.Lists())
 		var page []task.View
 		if offset >= 0 {
 			for i := offset; i < len(list) && len(page) < num; i++ {
@@ -230,42 +238,43 @@ func tellList(pick func(active, waiting, stopped []task.View) []task.View) metho
 				page = append(page, list[i])
 			}
 		}
-		return statuses(page, keys), nil
+		return h.statuses(page, keys), nil
 	}
 }
 
-func statuses(views []task.View, keys []string) []map[string]any {
+func (h *Handler) statuses(views []task.View, keys []string) []map[string]any {
 	out := []map[string]any{}
 	for _, v := range views {
-		out = append(out, status(v, keys))
+		out = append(out, h.status(v, keys))
 	}
 	return out
 }
 
 // status is tellStatus's answer for v: every number a decimal string, as every client requires.
-func status(v task.View, keys []string) map[string]any {
+func (h *Handler) status(v task.View, keys []string) map[string]any {
 	size := max(v.Size, 0)
+	piece := max(h.Defaults.PieceLength, 1)
 	done := v.Delivered
 	if v.Size >= 0 {
 		done = min(done, v.Size)
 	}
 	m := map[string]any{
 		"gid":             v.GID,
-		"status":          string(v.Status),
+		"status":          statusNames[v.State],
 		"totalLength":     itoa(size),
 		"completedLength": itoa(done),
 		"uploadLength":    "0",
 		"uploadSpeed":     "0",
 		"downloadSpeed":   itoa(v.Speed),
-		"connections":     strconv.Itoa(v.Connections),
+		"connections":     strconv.Itoa(h.connections(v)),
 		"dir":             v.Options["dir"],
-		"pieceLength":     "1048576",
-		"numPieces":       itoa((size + 1<<20 - 1) >> 20),
+		"pieceLength":     itoa(piece),
+		"numPieces":       itoa((size + piece - 1) / piece),
 		"files":           files(v),
 	}
-	switch v.Status {
+	switch v.State {
 	case task.Failed:
-		m["errorCode"], m["errorMessage"] = v.ErrorCode, v.ErrorMessage
+		m["errorCode"], m["errorMessage"] = errorCode(v.Failure)
 	case task.Removed:
 		m["errorCode"], m["errorMessage"] = "31", ""
 	}
@@ -286,7 +295,7 @@ func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 // files is the one-file list aria2 reports: its path is dir/out, or the link's file name.
 func files(v task.View) []map[string]any {
 	size := max(v.Size, 0)
-	p := v.Name
+	p := fileName(v)
 	if dir := v.Options["dir"]; dir != "" && p != "" {
 		p = strings.TrimSuffix(dir, "/") + "/" + p
 	}
@@ -304,7 +313,7 @@ func uris(v task.View) []map[string]string {
 	out := []map[string]string{}
 	for i, u := range v.URIs {
 		st := "waiting"
-		if v.Status == task.Active && i == 0 {
+		if v.State == task.Active && i == 0 {
 			st = "used"
 		}
 		out = append(out, map[string]string{"status": st, "uri": u})
@@ -317,8 +326,8 @@ func getURIs(h *Handler, _ context.Context, p params) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if v.Status == task.Removed || v.Status == task.Failed {
-		return nil, fmt.Errorf("No URI data is available for GID#%s", v.GID)
+	if v.State == task.Removed || v.State == task.Failed {
+		return nil, wiref("No URI data is available for GID#%s", v.GID)
 	}
 	return uris(v), nil
 }
@@ -336,7 +345,7 @@ func viewOf(h *Handler, p params) (task.View, error) {
 	if err != nil {
 		return task.View{}, err
 	}
-	return h.Store.Get(gid)
+	return h.Tasks.Get(gid)
 }
 
 func getOption(h *Handler, _ context.Context, p params) (any, error) {
@@ -344,7 +353,7 @@ func getOption(h *Handler, _ context.Context, p params) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := h.Store.Defaults()
+	out := h.Defaults.optionsShown()
 	maps.Copy(out, v.Options)
 	return out, nil
 }
@@ -358,16 +367,26 @@ func changeOption(h *Handler, _ context.Context, p params) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := h.Store.ChangeOptions(gid, opts); err != nil {
+	opts, err = normalize(opts)
+	if err != nil {
+		return nil, err
+	}
+	delete(opts, "pause")
+	delete(opts, "gid")
+	err = h.Tasks.ChangeOptions(gid, func(old map[string]string) (map[string]string, error) {
+		maps.Copy(old, opts)
+		return normalize(old) // together they may be over the bounds
+	})
+	if err != nil {
 		return nil, err
 	}
 	return "OK", nil
 }
 
 func getGlobalOption(h *Handler, _ context.Context, _ params) (any, error) {
-	out := h.Store.Defaults()
+	out := h.Defaults.optionsShown()
 	out["max-concurrent-downloads"] = "5"
-	maps.Copy(out, h.Store.Global())
+	maps.Copy(out, h.globalOptions())
 	return out, nil
 }
 
@@ -376,12 +395,12 @@ func changeGlobalOption(h *Handler, _ context.Context, p params) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	h.Store.ChangeGlobal(opts)
+	h.changeGlobalOptions(opts)
 	return "OK", nil
 }
 
 func getGlobalStat(h *Handler, _ context.Context, _ params) (any, error) {
-	active, waiting, stopped := h.Store.Lists()
+	active, waiting, stopped := h.Tasks.Lists()
 	var speed int64
 	for _, v := range active {
 		speed += v.Speed
@@ -392,7 +411,7 @@ func getGlobalStat(h *Handler, _ context.Context, _ params) (any, error) {
 		"numActive":       strconv.Itoa(len(active)),
 		"numWaiting":      strconv.Itoa(len(waiting)),
 		"numStopped":      strconv.Itoa(len(stopped)),
-		"numStoppedTotal": strconv.Itoa(h.Store.StoppedTotal()),
+		"numStoppedTotal": strconv.Itoa(h.Tasks.StoppedTotal()),
 	}, nil
 }
 
@@ -409,7 +428,7 @@ func removeDownloadResult(h *Handler, _ context.Context, p params) (any, error) 
 	if err != nil {
 		return nil, err
 	}
-	if err := h.Store.RemoveResult(gid); err != nil {
+	if err := h.Tasks.RemoveResult(gid); err != nil {
 		return nil, err
 	}
 	return "OK", nil
@@ -423,7 +442,7 @@ func multicall(h *Handler, ctx context.Context, p params) (any, error) {
 		return nil, wrongType(0)
 	}
 	if len(calls) > maxCalls {
-		return nil, fmt.Errorf("Too many calls in one system.multicall: %d, at most %d.", len(calls), maxCalls)
+		return nil, wiref("Too many calls in one system.multicall: %d, at most %d.", len(calls), maxCalls)
 	}
 	out := []any{}
 	for _, raw := range calls {
@@ -442,7 +461,7 @@ func multicall(h *Handler, ctx context.Context, p params) (any, error) {
 		default:
 			result, err := h.call(ctx, *c.MethodName, c.Params)
 			if err != nil {
-				out = append(out, rpcError{1, err.Error()})
+				out = append(out, rpcError{1, ariaMessage(err)})
 			} else {
 				out = append(out, []any{result})
 			}
@@ -456,5 +475,13 @@ func listMethods(_ *Handler, _ context.Context, _ params) (any, error) {
 }
 
 func listNotifications(_ *Handler, _ context.Context, _ params) (any, error) {
-	return []string{task.OnStart, task.OnPause, task.OnStop, "aria2.onDownloadComplete", task.OnError, "aria2.onBtDownloadComplete"}, nil
+	return notifications, nil
+}
+
+// connections is about how many upstream connections v's players hold now.
+func (h *Handler) connections(v task.View) int {
+	if v.State != task.Active {
+		return 0
+	}
+	return v.Streams * h.Defaults.connections(v.Options)
 }

@@ -10,10 +10,10 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -30,8 +30,10 @@ import (
 
 // Handler answers /jsonrpc over POST, GET (with JSONP) and WebSocket. Its fields are set before it serves.
 type Handler struct {
-	// Store holds the tasks.
-	Store *task.Store
+	// Tasks holds the tasks.
+	Tasks *task.Registry
+	// Defaults are what a task that sets no option gets, as getOption reports them.
+	Defaults Defaults
 	// Secret, when set, must come as "token:SECRET" first in every call's params; then any client that
 	// sends it is answered.
 	Secret string
@@ -51,6 +53,9 @@ type Handler struct {
 	Version string
 	// Logger receives a DEBUG line per call. Default slog.Default().
 	Logger *slog.Logger
+
+	globalMu sync.Mutex        // protects global
+	global   map[string]string // options set with changeGlobalOption, kept only to echo them
 
 	sessionOnce sync.Once           // makes sessionID
 	sessionID   string              // getSessionInfo's answer, the same for the life of the handler
@@ -293,7 +298,7 @@ func (h *Handler) one(ctx context.Context, raw json.RawMessage) (response, int) 
 	result, err := h.call(ctx, method, params)
 	h.logger().Debug("rpc", "method", method, "err", err)
 	if err != nil {
-		return response{ID: id, JSONRPC: "2.0", Error: &rpcError{1, err.Error()}}, http.StatusBadRequest
+		return response{ID: id, JSONRPC: "2.0", Error: &rpcError{1, ariaMessage(err)}}, http.StatusBadRequest
 	}
 	return response{ID: id, JSONRPC: "2.0", Result: result}, http.StatusOK
 }
@@ -302,7 +307,7 @@ func (h *Handler) one(ctx context.Context, raw json.RawMessage) (response, int) 
 func (h *Handler) call(ctx context.Context, method string, params []json.RawMessage) (any, error) {
 	m, known := methods[method]
 	if !known {
-		return nil, fmt.Errorf("No such method: %s", method)
+		return nil, wiref("No such method: %s", method)
 	}
 	if strings.HasPrefix(method, "system.") {
 		return m(h, ctx, params)
@@ -316,7 +321,7 @@ func (h *Handler) call(ctx context.Context, method string, params []json.RawMess
 	}
 	if h.Secret != "" && subtle.ConstantTimeCompare([]byte(token), []byte(h.Secret)) != 1 {
 		h.slowDown(ctx)
-		return nil, errors.New("Unauthorized")
+		return nil, wireError("Unauthorized")
 	}
 	return m(h, ctx, params)
 }
@@ -349,6 +354,30 @@ func callerOf(ctx context.Context) access.Client {
 	return c
 }
 
+// wireError is an error whose text is aria2's, sent to the client as it is.
+type wireError string
+
+func (e wireError) Error() string { return string(e) }
+
+func wiref(format string, args ...any) error { return wireError(fmt.Sprintf(format, args...)) }
+
+// globalOptions returns the options changeGlobalOption set.
+func (h *Handler) globalOptions() map[string]string {
+	h.globalMu.Lock()
+	defer h.globalMu.Unlock()
+	return maps.Clone(h.global)
+}
+
+// changeGlobalOptions records global options; mflow has no use for them, and keeps them only to echo.
+func (h *Handler) changeGlobalOptions(opts map[string]string) {
+	h.globalMu.Lock()
+	defer h.globalMu.Unlock()
+	if h.global == nil {
+		h.global = map[string]string{}
+	}
+	maps.Copy(h.global, opts)
+}
+
 // session is the id getSessionInfo reports.
 func (h *Handler) session() string {
 	h.sessionOnce.Do(func() {
@@ -374,7 +403,7 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 	conn.SetReadLimit(maxBody)
 	ctx, cancel := context.WithCancel(context.WithValue(r.Context(), callerKey{}, access.ClientOf(r.RemoteAddr)))
-	events, unsubscribe := h.Store.Subscribe()
+	events, unsubscribe := h.Tasks.Subscribe()
 	defer unsubscribe()
 	done := make(chan struct{})
 	go func() {
@@ -384,7 +413,7 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 			case <-ctx.Done():
 				return
 			case ev := <-events:
-				note := fmt.Sprintf(`{"jsonrpc":"2.0","method":%q,"params":[{"gid":%q}]}`, ev.Method, ev.GID)
+				note := fmt.Sprintf(`{"jsonrpc":"2.0","method":%q,"params":[{"gid":%q}]}`, eventNames[ev.Kind], ev.GID)
 				if conn.Write(ctx, websocket.MessageText, []byte(note)) != nil {
 					cancel()
 					return

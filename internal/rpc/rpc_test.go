@@ -18,8 +18,8 @@ import (
 	"github.com/coder/websocket"
 	"go.uber.org/goleak"
 
-	"mflow/internal/link"
 	"mflow/internal/rpc"
+	"mflow/internal/source"
 	"mflow/internal/task"
 	"mflow/internal/upstream"
 )
@@ -27,7 +27,7 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // fakeProbe sizes every link at 5 MiB, except those whose URL says "missing" (404) or "slow" (never).
-func fakeProbe(ctx context.Context, l link.Link) (int64, error) {
+func fakeProbe(ctx context.Context, l source.Link) (int64, error) {
 	switch {
 	case strings.Contains(l.URL, "missing"):
 		return 0, &upstream.StatusError{Code: 404, Status: "404 Not Found", URL: l.URL}
@@ -38,21 +38,32 @@ func fakeProbe(ctx context.Context, l link.Link) (int64, error) {
 	return 5 << 20, nil
 }
 
+// newTasks is a registry in memory that probes with fakeProbe and interprets options with d, closed when
+// the test ends.
+func newTasks(t *testing.T, d rpc.Defaults) *task.Registry {
+	r, err := task.New(task.Config{Interpret: d.Interpret, Probe: fakeProbe}, task.NewMemory())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
 type rig struct {
 	*httptest.Server
-	store *task.Store
+	store *task.Registry
 }
 
 func newRig(t *testing.T, secret string, tune ...func(*rpc.Handler)) *rig {
-	store := task.NewStore(task.Settings{Connections: 4, UserAgent: "mflow-test"}, fakeProbe)
-	h := &rpc.Handler{Store: store, Secret: secret, AuthDelay: time.Millisecond, Version: "test"}
+	defaults := rpc.Defaults{Connections: 4, UserAgent: "mflow-test", PieceLength: 1 << 20}
+	store := newTasks(t, defaults)
+	h := &rpc.Handler{Tasks: store, Defaults: defaults, Secret: secret, AuthDelay: time.Millisecond, Version: "test"}
 	for _, f := range tune {
 		f(h)
 	}
 	ts := httptest.NewServer(h)
 	t.Cleanup(func() {
 		ts.Close()
-		store.Close()
 		http.DefaultClient.CloseIdleConnections()
 	})
 	return &rig{Server: ts, store: store}
@@ -289,8 +300,8 @@ func TestTaskLifecycle(t *testing.T) {
 	}
 	h := stream.Link.Header
 	if h.Get("Cookie") != "SESSDATA=xyz; a=b" || h.Get("User-Agent") != "TestUA/1.0" || h.Get("Referer") != "http://drive.example/d/My%20Film.mkv?sig=1" ||
-		h.Get("Range") != "" || h.Get("Connection") != "" || stream.Connections != 8 || stream.MinSpeed != 102400 || stream.Proxy.String() != "http://127.0.0.1:3128" {
-		t.Errorf("stream of the task: header %v, %d connections, min speed %d, proxy %v", h, stream.Connections, stream.MinSpeed, stream.Proxy)
+		h.Get("Range") != "" || h.Get("Connection") != "" || stream.Spec.Connections != 8 || stream.Spec.MinSpeed != 102400 || stream.Spec.Proxy.String() != "http://127.0.0.1:3128" || stream.Link.Proxy != stream.Spec.Proxy {
+		t.Errorf("stream of the task: header %v, %d connections, min speed %d, proxy %v", h, stream.Spec.Connections, stream.Spec.MinSpeed, stream.Spec.Proxy)
 	}
 	stream.Delivered(1 << 20)
 	var active []map[string]any
@@ -465,13 +476,13 @@ func TestWebSocketCallsAndNotifications(t *testing.T) {
 		return reply
 	}
 	send(request("aria2.addUri", []string{"http://h/f.mp4"}))
-	reply := expect(true, task.OnStart)
+	reply := expect(true, "aria2.onDownloadStart")
 	var gid string
 	json.Unmarshal(reply["result"], &gid)
 	send(request("aria2.pause", gid))
-	expect(true, task.OnPause)
+	expect(true, "aria2.onDownloadPause")
 	send(request("aria2.unpause", gid))
-	expect(true, task.OnStart)
+	expect(true, "aria2.onDownloadStart")
 	send(`{"id":1,"method":`)
 	if m := expect(true); !bytes.Contains(m["error"], []byte("-32700")) {
 		t.Errorf("malformed frame: %v", m)
@@ -481,13 +492,13 @@ func TestWebSocketCallsAndNotifications(t *testing.T) {
 		t.Fatal(err)
 	}
 	send(request("aria2.remove", gid))
-	expect(true, task.OnStop)
+	expect(true, "aria2.onDownloadStop")
 	stream.End()
 	send(request("aria2.addUri", []string{"http://h/missing.mp4"}))
-	expect(true, task.OnStart, task.OnError)
+	expect(true, "aria2.onDownloadStart", "aria2.onDownloadError")
 	send(request("aria2.addUri", []string{"http://h/waiting.mp4"}))
-	reply = expect(true, task.OnStart)
+	reply = expect(true, "aria2.onDownloadStart")
 	json.Unmarshal(reply["result"], &gid)
 	send(request("aria2.remove", gid))
-	expect(true, task.OnStop) // announced, never streamed: still ended for the client
+	expect(true, "aria2.onDownloadStop") // announced, never streamed: still ended for the client
 }

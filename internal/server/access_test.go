@@ -19,9 +19,9 @@ import (
 // guarded is a proxy whose upstream client applies policy.
 func guarded(t *testing.T, policy *access.Policy) *proxy {
 	return newProxy(t, func(s *server.Server) {
-		c := upstream.NewClient(upstream.Config{HeaderTimeout: time.Second, Policy: policy})
+		c := upstream.NewClient(upstream.Config{HeaderTimeout: time.Second, MaxRedirects: 3, UserAgent: "mflow-test", Policy: policy})
 		t.Cleanup(c.CloseIdleConnections)
-		s.Resolver.Client, s.Engine.Client = c, c
+		s.Play.Resolver.Client, s.Play.Engine.Client = c, c
 	})
 }
 

@@ -13,8 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"mflow/internal/testsync"
+
 	"mflow/internal/access"
 	"mflow/internal/server"
+	"mflow/internal/task"
 	"mflow/internal/upstreamtest"
 )
 
@@ -78,7 +81,7 @@ func TestAProbeIsRetriedLikeAChunk(t *testing.T) {
 				return upstreamtest.Fault{}
 			}})
 			defer u.Close()
-			p := newProxy(t, func(s *server.Server) { s.Engine.StallTimeout = 200 * time.Millisecond })
+			p := newProxy(t, func(s *server.Server) { s.Play.Engine.StallTimeout = 200 * time.Millisecond })
 			resp, body := p.get(t, "GET", streamPath(u.URL+"/f"), "")
 			if resp.StatusCode != 200 || !bytes.Equal(body, file) {
 				t.Fatalf("%d, %d bytes: one failed probe failed the play", resp.StatusCode, len(body))
@@ -92,7 +95,7 @@ func TestEveryFailedPlayLogsOneWarning(t *testing.T) {
 		return upstreamtest.Fault{Status: http.StatusNotFound}
 	}})
 	defer gone.Close()
-	logs := &upstreamtest.SyncBuffer{}
+	logs := &testsync.SyncBuffer{}
 	p := newProxy(t, func(s *server.Server) { s.Logger = slog.New(slog.NewTextHandler(logs, nil)) })
 	p.get(t, "GET", streamPath(gone.URL+"/f?sig=secret"), "")
 	l := logs.String()
@@ -106,11 +109,11 @@ func TestPausingATaskCutsItsPlayingStream(t *testing.T) {
 	u := upstreamtest.New(file, upstreamtest.Options{})
 	defer u.Close()
 	var gid string
-	logs := &upstreamtest.SyncBuffer{}
+	logs := &testsync.SyncBuffer{}
 	p := newProxy(t, func(s *server.Server) {
 		s.Logger = slog.New(slog.NewTextHandler(logs, nil))
-		s.Tasks = newStore(t, s.Resolver)
-		gid, _ = s.Tasks.Add([]string{u.URL + "/film.mp4"}, nil, -1, access.Loopback)
+		s.Tasks = newStore(t, s.Play.Resolver)
+		gid, _ = s.Tasks.Add(task.Addition{URIs: []string{u.URL + "/film.mp4"}, Position: -1, From: access.Loopback})
 	})
 	for i, stop := range []string{"pause", "remove"} {
 		t.Run(stop, func(t *testing.T) {
@@ -124,7 +127,7 @@ func TestPausingATaskCutsItsPlayingStream(t *testing.T) {
 			}
 			// The player stops reading: once the sockets' buffers are full, mflow's write to it blocks and
 			// the upstream goes quiet.
-			upstreamtest.WaitFor(t, "the stream to block on the player", upstreamtest.Stable(u.Served))
+			testsync.WaitFor(t, "the stream to block on the player", testsync.Stable(u.Served))
 			if stop == "pause" {
 				_, err = p.srv.Tasks.Pause(gid)
 			} else {
@@ -134,11 +137,11 @@ func TestPausingATaskCutsItsPlayingStream(t *testing.T) {
 				t.Fatal(err)
 			}
 			// The stream must end while the player still reads nothing.
-			upstreamtest.WaitFor(t, "the stream to end on "+stop, func() bool { return strings.Count(logs.String(), "task paused or removed") > i })
+			testsync.WaitFor(t, "the stream to end on "+stop, func() bool { return strings.Count(logs.String(), "task paused or removed") > i })
 			if n, err := io.Copy(io.Discard, resp.Body); err == nil {
 				t.Errorf("the player got a clean end after %d more bytes", n)
 			}
-			upstreamtest.WaitFor(t, "no upstream request open", func() bool { return u.Open() == 0 })
+			testsync.WaitFor(t, "no upstream request open", func() bool { return u.Open() == 0 })
 			if stop == "pause" {
 				p.srv.Tasks.Unpause(gid)
 			}
@@ -180,9 +183,9 @@ func TestFaultSoak(t *testing.T) {
 	}})
 	defer u.Close()
 	p := newProxy(t, func(s *server.Server) {
-		s.Engine.StallTimeout = 300 * time.Millisecond
-		s.Resolver.StallTimeout = 300 * time.Millisecond
-		s.Resolver.TTL = -1 // every play probes, so the probe meets the faults too
+		s.Play.Engine.StallTimeout = 300 * time.Millisecond
+		s.Play.Resolver.StallTimeout = 300 * time.Millisecond
+		s.Play.Resolver.TTL = -1 // every play probes, so the probe meets the faults too
 	})
 	r := rand.New(rand.NewPCG(1, 50))
 	size := int64(len(file))

@@ -7,10 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"mime"
 	"net/http"
 	"net/url"
-	"path"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -18,37 +16,29 @@ import (
 	"time"
 
 	"mflow/internal/access"
-	"mflow/internal/bytesize"
-	"mflow/internal/engine"
 	"mflow/internal/httprange"
-	"mflow/internal/link"
+	"mflow/internal/play"
+	"mflow/internal/source"
 	"mflow/internal/task"
 	"mflow/internal/upstream"
 )
 
 // Server answers GET / and GET or HEAD /stream. Its fields are set before it serves.
 type Server struct {
-	// Resolver probes the links players ask for.
-	Resolver *link.Resolver
-	// Engine streams their bytes.
-	Engine *engine.Engine
-	// Tasks holds the aria2 tasks /stream?gid= plays; nil knows no gid.
-	Tasks *task.Store
+	// Play plays what players ask for.
+	Play *play.Service
+	// Tasks holds the tasks /stream?gid= plays; nil knows no gid.
+	Tasks *task.Registry
 	// RPC, when set, answers /jsonrpc.
 	RPC http.Handler
-	// RelayNoRange relays an upstream that ignores Range over one connection instead of refusing it.
-	RelayNoRange bool
-	// UserAgent is sent upstream for links that bring none.
-	UserAgent string
 	// Version is shown on the index page.
 	Version string
 	// MaxStreams bounds the streams playing at once; one more is answered 503 with Retry-After. 0 is no
 	// bound.
 	MaxStreams int
-	// Logger receives a line per stream start and end. Default slog.Default().
+	// Logger receives the WARN line of every play that fails. Default slog.Default().
 	Logger *slog.Logger
 
-	streams atomic.Int64 // numbers the streams in the log
 	playing atomic.Int64 // /stream requests being answered now
 }
 
@@ -103,7 +93,7 @@ Play a link through %d connections:
 
 GET|HEAD /stream?url=URL   stream URL (percent-encoded, or as is when it is the only parameter)
 GET|HEAD /stream?gid=GID   stream a task added over the aria2 JSON-RPC
-`, s.Version, s.Engine.Connections, r.Host)
+`, s.Version, s.Play.Engine.Connections, r.Host)
 }
 
 // fail answers with status and a one-line reason.
@@ -111,41 +101,40 @@ func fail(w http.ResponseWriter, status int, reason string) {
 	http.Error(w, "mflow: "+reason, status)
 }
 
-// plan is what one /stream request streams, and how.
-type plan struct {
-	link        link.Link
-	ctx         context.Context // ends with the player, or when the task is paused or removed
-	connections int             // 0: the engine's
-	minSpeed    int64           // 0: the engine's
-	task        *task.Stream    // the aria2 task streamed, nil for ?url=
+// request is what one /stream request plays: a play.Request, within ctx, and the task's stream for
+// ?gid= (nil for ?url=), which must be ended.
+type request struct {
+	play.Request
+	ctx  context.Context // ends with the player, or when the task is paused or removed
+	task *task.Stream
 }
 
-// planFor reads what a /stream request names, or answers why it cannot be streamed. A task's stream
-// must be ended with task.End.
-func (s *Server) planFor(w http.ResponseWriter, r *http.Request) (plan, bool) {
+// requestOf reads what a /stream request names, or answers why it cannot be played.
+func (s *Server) requestOf(w http.ResponseWriter, r *http.Request) (request, bool) {
+	from := access.ClientOf(r.RemoteAddr) // the player's reach, not a task adder's
 	q := r.URL.Query()
 	if gid := q.Get("gid"); gid != "" {
 		if s.Tasks == nil {
 			fail(w, http.StatusNotFound, fmt.Sprintf("no task with gid %q: the JSON-RPC is off", gid))
-			return plan{}, false
+			return request{}, false
 		}
 		st, err := s.Tasks.Begin(r.Context(), gid)
 		switch {
 		case errors.Is(err, task.ErrPaused):
 			w.Header().Set("Retry-After", "10")
-			fail(w, http.StatusServiceUnavailable, err.Error())
-			return plan{}, false
+			fail(w, http.StatusServiceUnavailable, err.Error()+"; unpause it to stream")
+			return request{}, false
 		case err != nil:
 			fail(w, http.StatusNotFound, err.Error())
-			return plan{}, false
-		}
-		ctx := st.Context
-		if st.Proxy != nil {
-			ctx = upstream.WithProxy(ctx, st.Proxy)
+			return request{}, false
 		}
 		l := st.Link
-		l.From = access.ClientOf(r.RemoteAddr) // the player's reach, not the task adder's
-		return plan{link: l, ctx: ctx, connections: st.Connections, minSpeed: st.MinSpeed, task: st}, true
+		l.From = from
+		return request{
+			Request: play.Request{Link: l, Identity: fmt.Sprintf("task %s %d", st.GID, from), Connections: st.Spec.Connections, MinSpeed: st.Spec.MinSpeed,
+				Tally: st, Logger: s.logger().With("gid", st.GID)},
+			ctx: st.Context, task: st,
+		}, true
 	}
 	raw := q.Get("url")
 	// A link pasted as is keeps its own query: "?url=https://host/f?a=1&b=2" means all of it.
@@ -154,20 +143,19 @@ func (s *Server) planFor(w http.ResponseWriter, r *http.Request) (plan, bool) {
 	}
 	if raw == "" {
 		fail(w, http.StatusBadRequest, "missing url or gid parameter, as in /stream?url=https://example.com/video.mp4")
-		return plan{}, false
+		return request{}, false
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		fail(w, http.StatusBadRequest, fmt.Sprintf("url parameter is not a URL: %v", err))
-		return plan{}, false
+		return request{}, false
 	}
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		fail(w, http.StatusBadRequest, fmt.Sprintf("url must be an absolute http or https URL, not %q", raw))
-		return plan{}, false
+		return request{}, false
 	}
-	h := http.Header{}
-	h.Set("User-Agent", s.UserAgent)
-	return plan{link: link.Link{URL: u.String(), Header: h, From: access.ClientOf(r.RemoteAddr)}, ctx: r.Context()}, true
+	l := source.Link{Location: source.Location{URL: u.String(), From: from}}
+	return request{Request: play.Request{Link: l, Logger: s.logger()}, ctx: r.Context()}, true
 }
 
 func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
@@ -178,35 +166,25 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.playing.Add(-1)
-	p, ok := s.planFor(w, r)
+	req, ok := s.requestOf(w, r)
 	if !ok {
 		return
 	}
-	if p.task != nil {
-		defer p.task.End()
+	if req.task != nil {
+		defer req.task.End()
 	}
-	l := p.link
-	log := s.logger()
-	if p.task != nil {
-		log = log.With("gid", p.task.GID)
-	}
-	mirrors := s.Resolver.Mirrors(p.ctx, l) // probed alongside the link's own probe
-	meta, head, err := s.Resolver.Open(p.ctx, l, s.firstRequest(r))
+	req.First = s.firstRequest(r)
+	pb, err := s.Play.Open(req.ctx, req.Request)
 	if err != nil {
-		if p.ctx.Err() == nil {
-			if p.task != nil {
-				p.task.Fail(err)
-			}
-			status, reason := upstreamFailure(err)
-			failPlay(w, log, l, status, reason)
+		if req.ctx.Err() == nil {
+			status, reason := failure(err)
+			s.failPlay(w, req.Request, status, reason)
 		}
 		return
 	}
-	defer func() { closeBody(head) }() // unless the engine took it
-	size := meta.Version.Size
-	if p.task != nil {
-		p.task.Sized(size)
-	}
+	defer pb.Close()
+	file := pb.File
+	size := file.Version.Size
 	h := w.Header()
 	// The bytes are the user's film, never a page of mflow's origin: no sniffing, no script.
 	h.Set("X-Content-Type-Options", "nosniff")
@@ -216,15 +194,9 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusOK)
 		return
 	}
-	if !meta.Ranges && !s.RelayNoRange {
-		failPlay(w, log, l, http.StatusForbidden, "upstream does not support Range requests, so it cannot be fetched in parallel; start mflow with --relay-no-range to relay it over one connection")
-		return
-	}
-
-	name := fileName(l, meta)
-	h.Set("Content-Type", contentType(meta, name))
-	h.Set("Content-Disposition", disposition(l, meta, name))
-	for _, v := range []struct{ name, value string }{{"ETag", meta.Version.ETag}, {"Last-Modified", meta.Version.LastModified}} {
+	h.Set("Content-Type", file.ContentType)
+	h.Set("Content-Disposition", file.Disposition)
+	for _, v := range []struct{ name, value string }{{"ETag", file.Version.ETag}, {"Last-Modified", file.Version.LastModified}} {
 		if v.value != "" {
 			h.Set(v.name, v.value)
 		}
@@ -234,12 +206,12 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodHead {
 			return
 		}
-		s.run(w, r, p, log, meta, nil, nil, httprange.Span{Start: 0, End: -1}, http.StatusOK)
+		s.play(w, r, req, pb, httprange.Span{Start: 0, End: -1}, http.StatusOK)
 		return
 	}
 	h.Set("Accept-Ranges", "bytes")
 	span, kind := httprange.ParseRequest(r.Header.Get("Range"), size)
-	if kind != httprange.Whole && !ifRangeHolds(r.Header.Get("If-Range"), meta.Version) {
+	if kind != httprange.Whole && !ifRangeHolds(r.Header.Get("If-Range"), file.Version) {
 		span, kind = httprange.Span{Start: 0, End: size - 1}, httprange.Whole
 	}
 	status := http.StatusOK
@@ -257,9 +229,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(status)
 		return
 	}
-	taken := head
-	head = nil
-	s.run(w, r, p, log, meta, taken, mirrors(meta), span, status)
+	s.play(w, r, req, pb, span, status)
 }
 
 // firstRequest is what a probe may ask for so that its answer is the stream's first bytes: the first
@@ -274,96 +244,62 @@ func (s *Server) firstRequest(r *http.Request) httprange.Span {
 	if !ok {
 		return none
 	}
-	return s.Engine.FirstRequest(sp)
+	return s.Play.Engine.FirstRequest(sp)
 }
 
-func closeBody(resp *http.Response) {
-	if resp != nil {
-		resp.Body.Close()
+// play plays span with status, sent with the first byte, so a stream that fails before any byte still
+// gets an error status; a stream that fails after it is cut, so the player cannot take part for whole.
+func (s *Server) play(w http.ResponseWriter, r *http.Request, req request, pb *play.Playback, span httprange.Span, status int) {
+	out := &lazyHeader{w: w, status: status}
+	res := pb.Play(req.ctx, out, span, r.RemoteAddr)
+	// A stream that ended early may have cut the player's writes; what is still to be written must go out.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
+	switch res.Outcome {
+	case play.Stopped:
+		panic(http.ErrAbortHandler)
+	case play.Failed:
+		if !out.sent {
+			for _, name := range entityHeaders {
+				w.Header().Del(name) // they described the answer that is not coming
+			}
+			status, reason := failure(res.Err)
+			s.failPlay(w, req.Request, status, reason)
+			return
+		}
+		s.playFailed(req.Request, out.status, fmt.Sprintf("cut after %d bytes: %v", res.Stats.Bytes, res.Err))
+		panic(http.ErrAbortHandler)
 	}
 }
 
 // playFailed is the one WARN line of a play that failed: which link, what the player was told, and why.
-func playFailed(log *slog.Logger, l link.Link, status int, reason string) {
-	log.Warn("play failed", "file", upstream.Redact(l.URL), "status", status, "why", reason)
+func (s *Server) playFailed(req play.Request, status int, reason string) {
+	log := req.Logger
+	if log == nil {
+		log = s.logger()
+	}
+	log.Warn("play failed", "file", upstream.Redact(req.Link.URL), "status", status, "why", reason)
 }
 
 // failPlay answers a play that failed before its first byte, and logs it.
-func failPlay(w http.ResponseWriter, log *slog.Logger, l link.Link, status int, reason string) {
-	playFailed(log, l, status, reason)
+func (s *Server) failPlay(w http.ResponseWriter, req play.Request, status int, reason string) {
+	s.playFailed(req, status, reason)
 	fail(w, status, reason)
 }
 
 // ifRangeHolds reports whether an If-Range header (absent, or naming the current version) lets a Range
 // apply; otherwise the whole file is sent.
-func ifRangeHolds(ifRange string, v upstream.Version) bool {
+func ifRangeHolds(ifRange string, v source.Version) bool {
 	return ifRange == "" || (ifRange == v.ETag && !strings.HasPrefix(ifRange, "W/")) || ifRange == v.LastModified
-}
-
-// run streams span with status and logs the stream's start and end. The status line goes out with the
-// first byte, so a stream that fails before any byte still gets an error status.
-func (s *Server) run(w http.ResponseWriter, r *http.Request, p plan, log *slog.Logger, meta *link.Meta, head *http.Response, mirrors []engine.Target, span httprange.Span, status int) {
-	id := s.streams.Add(1)
-	log = log.With("stream", id)
-	log.Info("stream start", "file", upstream.Redact(p.link.URL), "range", fmt.Sprintf("%d-%d/%d", span.Start, span.End, meta.Version.Size), "player", r.RemoteAddr)
-	began := time.Now()
-	out := &lazyHeader{w: w, status: status, task: p.task}
-	var stats engine.Stats
-	var err error
-	if meta.Ranges {
-		identity := link.Identity(p.link)
-		if p.task != nil {
-			identity = fmt.Sprintf("task %s %d", p.task.GID, p.link.From)
-		}
-		stats, err = s.Engine.Stream(p.ctx, out, engine.Request{Target: meta.Target(p.link), Head: head, FileKey: meta.FileKey(identity), Mirrors: mirrors, Span: span, Refresh: s.Resolver.Refresher(p.link),
-			Connections: p.connections, MinSpeed: p.minSpeed, Logger: log, From: p.link.From})
-	} else {
-		stats, err = s.Engine.Relay(p.ctx, out, meta.Target(p.link), span, p.link.From)
-	}
-	// A stream that ended early may have cut the player's writes; what is still to be written must go out.
-	_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
-	took := time.Since(began)
-	attrs := []any{"bytes", stats.Bytes, "took", took.Round(time.Millisecond), "speed", bytesize.Human(float64(stats.Bytes)/max(took.Seconds(), 1e-3)) + "/s", "retries", stats.Retries}
-	if stats.Replaced > 0 {
-		attrs = append(attrs, "replaced", stats.Replaced)
-	}
-	switch {
-	case err == nil:
-		log.Info("stream end", attrs...)
-	case errors.Is(context.Cause(p.ctx), task.ErrStopped):
-		log.Info("stream end: task paused or removed", attrs...)
-		panic(http.ErrAbortHandler)
-	case r.Context().Err() != nil, errors.Is(err, engine.ErrPlayerGone):
-		log.Info("stream end: player left", attrs...)
-	default:
-		log.Info("stream end: failed", attrs...)
-		if p.task != nil {
-			p.task.Fail(err)
-		}
-		if !out.sent {
-			for _, name := range entityHeaders {
-				w.Header().Del(name) // they described the answer that is not coming
-			}
-			status, reason := upstreamFailure(err)
-			failPlay(w, log, p.link, status, reason)
-			return
-		}
-		playFailed(log, p.link, out.status, fmt.Sprintf("cut after %d bytes: %v", stats.Bytes, err))
-		// The player has part of the answer: cut the connection, so it cannot take the rest for whole.
-		panic(http.ErrAbortHandler)
-	}
 }
 
 // entityHeaders describe a stream's body; an error answered instead of it must not carry them.
 var entityHeaders = []string{"Content-Range", "Content-Length", "Content-Disposition", "Content-Type", "ETag", "Last-Modified", "Accept-Ranges"}
 
-// lazyHeader sends the status line with the first byte of the body, and counts the bytes a task's
-// player takes.
+// lazyHeader sends the status line with the first byte of the body.
 type lazyHeader struct {
 	w      http.ResponseWriter
 	status int
 	sent   bool
-	task   *task.Stream // nil for ?url=
 }
 
 func (l *lazyHeader) Write(b []byte) (int, error) {
@@ -371,11 +307,7 @@ func (l *lazyHeader) Write(b []byte) (int, error) {
 		l.sent = true
 		l.w.WriteHeader(l.status)
 	}
-	n, err := l.w.Write(b)
-	if l.task != nil {
-		l.task.Delivered(int64(n))
-	}
-	return n, err
+	return l.w.Write(b)
 }
 
 // Flush sends what is buffered; a broken connection shows at the next Write.
@@ -386,81 +318,27 @@ func (l *lazyHeader) SetWriteDeadline(t time.Time) error {
 	return http.NewResponseController(l.w).SetWriteDeadline(t)
 }
 
-// upstreamFailure is the status and reason for a player when the upstream fails: its own 4xx status,
-// 504 for a timeout, 502 for the rest.
-func upstreamFailure(err error) (int, string) {
-	var status *upstream.StatusError
-	var netErr *upstream.NetError
-	var refused *access.RefusedError
+// failure is the status and reason a player is told when its play fails: the upstream's own 4xx status,
+// 403 for a refused target or an upstream without Range, 504 for a timeout, 502 for the rest.
+func failure(err error) (int, string) {
+	if errors.Is(err, play.ErrNoRanges) {
+		return http.StatusForbidden, err.Error()
+	}
+	f := upstream.Classify(err)
 	switch {
-	case errors.As(err, &refused):
+	case f.Kind == upstream.KindRefused:
+		var refused *access.RefusedError
+		errors.As(err, &refused)
 		return http.StatusForbidden, refused.Error()
-	case errors.As(err, &status) && status.Code >= 400 && status.Code < 500:
-		return status.Code, status.Error()
-	case errors.As(err, &netErr) && netErr.Timeout(), errors.Is(err, context.DeadlineExceeded):
-		return http.StatusGatewayTimeout, "upstream timed out: " + err.Error()
-	case errors.As(err, &netErr):
-		return http.StatusBadGateway, "upstream unreachable: " + err.Error()
+	case f.Kind == upstream.KindStatus && f.Code >= 400 && f.Code < 500:
+		var se *upstream.StatusError
+		errors.As(err, &se)
+		return f.Code, se.Error()
+	case f.Kind == upstream.KindTimeout:
+		return http.StatusGatewayTimeout, "upstream timed out: " + f.Message
+	case f.Kind == upstream.KindUnreachable:
+		return http.StatusBadGateway, "upstream unreachable: " + f.Message
 	default:
-		return http.StatusBadGateway, err.Error()
+		return http.StatusBadGateway, f.Message
 	}
-}
-
-// fileName is the name the player is told: the task's, else the last path segment of the link, or of where
-// it redirected when the link's own has no extension.
-func fileName(l link.Link, meta *link.Meta) string {
-	if l.Name != "" {
-		return l.Name
-	}
-	name := baseName(l.URL)
-	if path.Ext(name) == "" {
-		if final := baseName(meta.URL); path.Ext(final) != "" {
-			name = final
-		}
-	}
-	return name
-}
-
-func baseName(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return ""
-	}
-	name := path.Base(u.Path)
-	if name == "/" || name == "." {
-		return ""
-	}
-	return name
-}
-
-// videoTypes covers the files players ask for that the system MIME table may lack.
-var videoTypes = map[string]string{
-	".mp4": "video/mp4", ".m4v": "video/x-m4v", ".mkv": "video/x-matroska", ".webm": "video/webm",
-	".ts": "video/mp2t", ".m2ts": "video/mp2t", ".mov": "video/quicktime", ".avi": "video/x-msvideo",
-	".flv": "video/x-flv", ".wmv": "video/x-ms-wmv", ".rmvb": "application/vnd.rn-realmedia-vbr",
-	".mp3": "audio/mpeg", ".flac": "audio/flac", ".m4a": "audio/mp4", ".iso": "application/x-iso9660-image",
-}
-
-func contentType(meta *link.Meta, name string) string {
-	if meta.ContentType != "" {
-		return meta.ContentType
-	}
-	ext := strings.ToLower(path.Ext(name))
-	if t, ok := videoTypes[ext]; ok {
-		return t
-	}
-	if t := mime.TypeByExtension(ext); t != "" {
-		return t
-	}
-	return "application/octet-stream"
-}
-
-func disposition(l link.Link, meta *link.Meta, name string) string {
-	if meta.Disposition != "" && l.Name == "" {
-		return meta.Disposition
-	}
-	if name == "" {
-		return "inline"
-	}
-	return mime.FormatMediaType("inline", map[string]string{"filename": name})
 }

@@ -17,12 +17,16 @@ import (
 	"testing"
 	"time"
 
+	"mflow/internal/testsync"
+
 	"go.uber.org/goleak"
 
 	"mflow/internal/access"
 	"mflow/internal/chunkcache"
 	"mflow/internal/engine"
 	"mflow/internal/link"
+	"mflow/internal/play"
+	"mflow/internal/rpc"
 	"mflow/internal/server"
 	"mflow/internal/task"
 	"mflow/internal/upstream"
@@ -39,14 +43,16 @@ type proxy struct {
 }
 
 func newProxy(t *testing.T, tune func(*server.Server)) *proxy {
-	client := upstream.NewClient(upstream.Config{HeaderTimeout: time.Second})
+	client := upstream.NewClient(upstream.Config{HeaderTimeout: time.Second, MaxRedirects: 3, UserAgent: "mflow-test"})
 	quiet := slog.New(slog.DiscardHandler)
 	s := &server.Server{
-		Resolver:  &link.Resolver{Client: client, MaxRedirects: 3, Retry: upstream.Retry{Max: 5, Base: time.Millisecond}},
-		Engine:    &engine.Engine{Client: client, ChunkSize: 64 << 10, Connections: 4, Retries: 5, MaxRedirects: 3, RetryBase: time.Millisecond, Logger: quiet},
-		UserAgent: "mflow-test",
-		Version:   "test",
-		Logger:    quiet,
+		Play: &play.Service{
+			Resolver: &link.Resolver{Client: client, Retry: upstream.Retry{Max: 5, Base: time.Millisecond}},
+			Engine:   &engine.Engine{Client: client, ChunkSize: 64 << 10, Connections: 4, Retries: 5, RetryBase: time.Millisecond, Logger: quiet},
+			Logger:   quiet,
+		},
+		Version: "test",
+		Logger:  quiet,
 	}
 	if tune != nil {
 		tune(s)
@@ -307,10 +313,10 @@ func TestLinkHeadersReachEveryHop(t *testing.T) {
 	defer redir.Close()
 	var gid string
 	p := newProxy(t, func(s *server.Server) {
-		s.Tasks = newStore(t, s.Resolver)
+		s.Tasks = newStore(t, s.Play.Resolver)
 		var err error
-		gid, err = s.Tasks.Add([]string{redir.URL + "/hop/1"}, map[string]string{
-			"header": "Cookie: session=abc\nUser-Agent: DriveUA/1.0\n", "out": "Film (2024).mp4", "gid": "4c885fede4f1d14a"}, -1, access.Loopback)
+		gid, err = s.Tasks.Add(task.Addition{URIs: []string{redir.URL + "/hop/1"}, Options: map[string]string{
+			"header": "Cookie: session=abc\nUser-Agent: DriveUA/1.0\n", "out": "Film (2024).mp4"}, GID: "4c885fede4f1d14a", Position: -1, From: access.Loopback})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -345,7 +351,7 @@ func TestUpstreamWithoutRangeIsRefusedOrRelayed(t *testing.T) {
 	if resp.StatusCode != 403 || !strings.Contains(string(body), "Range") {
 		t.Fatalf("without --relay-no-range: %d %q, want 403 naming Range", resp.StatusCode, body)
 	}
-	relay := newProxy(t, func(s *server.Server) { s.RelayNoRange = true })
+	relay := newProxy(t, func(s *server.Server) { s.Play.RelayNoRange = true })
 	resp, body = relay.get(t, "GET", streamPath(u.URL+"/f"), "bytes=1000-1999")
 	if resp.StatusCode != 206 || !bytes.Equal(body, file[1000:2000]) {
 		t.Fatalf("with --relay-no-range: %d, %d bytes", resp.StatusCode, len(body))
@@ -441,7 +447,7 @@ func TestPlayerCutOffLeavesNoUpstreamRequestOpen(t *testing.T) {
 	file := upstreamtest.RandomFile(8 << 20)
 	u := upstreamtest.New(file, upstreamtest.Options{PerConn: 1 << 20})
 	defer u.Close()
-	logs := &upstreamtest.SyncBuffer{}
+	logs := &testsync.SyncBuffer{}
 	p := newProxy(t, func(s *server.Server) { s.Logger = slog.New(slog.NewTextHandler(logs, nil)) })
 	ctx, cancel := context.WithCancel(t.Context())
 	req, _ := http.NewRequestWithContext(ctx, "GET", p.URL+streamPath(u.URL+"/f"), nil)
@@ -452,11 +458,11 @@ func TestPlayerCutOffLeavesNoUpstreamRequestOpen(t *testing.T) {
 	if _, err := io.ReadFull(resp.Body, make([]byte, 100_000)); err != nil {
 		t.Fatal(err)
 	}
-	upstreamtest.WaitFor(t, "an upstream request open mid-stream", func() bool { return u.Open() > 0 })
+	testsync.WaitFor(t, "an upstream request open mid-stream", func() bool { return u.Open() > 0 })
 	cancel()
 	resp.Body.Close()
-	upstreamtest.WaitFor(t, "no upstream request open after the player left", func() bool { return u.Open() == 0 })
-	upstreamtest.WaitFor(t, "the stream's end in the log", func() bool { return strings.Contains(logs.String(), "stream end") })
+	testsync.WaitFor(t, "no upstream request open after the player left", func() bool { return u.Open() == 0 })
+	testsync.WaitFor(t, "the stream's end in the log", func() bool { return strings.Contains(logs.String(), "stream end") })
 	if l := logs.String(); !strings.Contains(l, "level=INFO msg=\"stream end: player left\"") || strings.Contains(l, "ERROR") {
 		t.Errorf("a player leaving is logged as:\n%s", l)
 	}
@@ -473,12 +479,12 @@ func TestAStreamLogsOneLineAtStartAndOneAtEnd(t *testing.T) {
 		return upstreamtest.Fault{}
 	}})
 	defer u.Close()
-	logs := &upstreamtest.SyncBuffer{}
+	logs := &testsync.SyncBuffer{}
 	p := newProxy(t, func(s *server.Server) {
 		s.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	})
 	p.get(t, "GET", streamPath(u.URL+"/f?sig=secret"), "")
-	upstreamtest.WaitFor(t, "the stream's end in the log", func() bool { return strings.Contains(logs.String(), "stream end") })
+	testsync.WaitFor(t, "the stream's end in the log", func() bool { return strings.Contains(logs.String(), "stream end") })
 	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
 	if len(lines) != 2 || !strings.Contains(lines[0], "stream start") || !strings.Contains(lines[1], "bytes=300000") ||
 		!strings.Contains(lines[1], "retries=1") || !strings.Contains(lines[1], "speed=") || strings.Contains(logs.String(), "secret") {
@@ -486,11 +492,15 @@ func TestAStreamLogsOneLineAtStartAndOneAtEnd(t *testing.T) {
 	}
 }
 
-// newStore is a task store in memory that probes with r, closed when the test ends.
-func newStore(t *testing.T, r *link.Resolver) *task.Store {
-	st := task.NewStore(task.Settings{Connections: 4, UserAgent: "mflow-test"}, r.Size)
-	t.Cleanup(st.Close)
-	return st
+// newStore is a task registry in memory that probes with r and reads aria2 options as the RPC does,
+// closed when the test ends.
+func newStore(t *testing.T, r *link.Resolver) *task.Registry {
+	tasks, err := task.New(task.Config{Interpret: rpc.Defaults{Connections: 4}.Interpret, Probe: r.Size}, task.NewMemory())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tasks.Close() })
+	return tasks
 }
 
 func TestATaskWithMirrorsSpreadsItsChunks(t *testing.T) {
@@ -503,8 +513,8 @@ func TestATaskWithMirrorsSpreadsItsChunks(t *testing.T) {
 	defer other.Close()
 	var gid string
 	p := newProxy(t, func(s *server.Server) {
-		s.Tasks = newStore(t, s.Resolver)
-		gid, _ = s.Tasks.Add([]string{a.URL + "/f.mp4", other.URL + "/f.mp4", b.URL + "/f.mp4"}, nil, -1, access.Loopback)
+		s.Tasks = newStore(t, s.Play.Resolver)
+		gid, _ = s.Tasks.Add(task.Addition{URIs: []string{a.URL + "/f.mp4", other.URL + "/f.mp4", b.URL + "/f.mp4"}, Position: -1, From: access.Loopback})
 	})
 	resp, body := p.get(t, "GET", "/stream?gid="+gid, "")
 	if resp.StatusCode != 200 || !bytes.Equal(body, file) {
@@ -548,8 +558,8 @@ func TestATaskWithAProxyFetchesThroughIt(t *testing.T) {
 	defer proxy.Close()
 	var gid string
 	p := newProxy(t, func(s *server.Server) {
-		s.Tasks = newStore(t, s.Resolver)
-		gid, _ = s.Tasks.Add([]string{u.URL + "/f.mp4"}, map[string]string{"all-proxy": strings.TrimPrefix(proxy.URL, "http://")}, -1, access.Loopback)
+		s.Tasks = newStore(t, s.Play.Resolver)
+		gid, _ = s.Tasks.Add(task.Addition{URIs: []string{u.URL + "/f.mp4"}, Options: map[string]string{"all-proxy": strings.TrimPrefix(proxy.URL, "http://")}, Position: -1, From: access.Loopback})
 	})
 	resp, body := p.get(t, "GET", "/stream?gid="+gid, "bytes=100-400099")
 	if resp.StatusCode != 206 || !bytes.Equal(body, file[100:400100]) {
@@ -569,8 +579,8 @@ func TestARangePlayedTwiceCostsAtMostOneProbe(t *testing.T) {
 		want int64
 	}{{0, 0}, {-1, 1}} { // the probe reused, or expired: then one probe revalidates, and no chunk is fetched
 		p := newProxy(t, func(s *server.Server) {
-			s.Engine.Cache = chunkcache.NewMemory(64 << 20)
-			s.Resolver.TTL = c.ttl
+			s.Play.Engine.Cache = chunkcache.NewMemory(64 << 20)
+			s.Play.Resolver.TTL = c.ttl
 		})
 		p.get(t, "GET", streamPath(u.URL+"/f.mp4"), "bytes=100000-1500000")
 		before := u.Requests()

@@ -1,23 +1,93 @@
 package task
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
-
-	"mflow/internal/link"
 )
 
-// bucket holds the tasks, by GID, as JSON.
+// Persister keeps task records across restarts. The Registry calls it outside its lock, one call at a
+// time.
+type Persister interface {
+	// Load returns every record kept.
+	Load() ([]Record, error)
+	// Save keeps rec, replacing the record of the same GID.
+	Save(rec Record) error
+	// Delete forgets the record of gid; a GID not kept is no error.
+	Delete(gid string) error
+	// Close lets go of what the store holds.
+	Close() error
+}
+
+// Memory keeps records in memory only: they are gone when mflow stops. A Registry given the same Memory
+// again finds its tasks, as after a restart.
+type Memory struct {
+	mu      sync.Mutex        // protects records
+	records map[string][]byte // by GID, as a file store would keep them
+}
+
+// NewMemory returns an empty Memory.
+func NewMemory() *Memory { return &Memory{records: map[string][]byte{}} }
+
+func (m *Memory) Load() ([]Record, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []Record
+	for gid, b := range m.records {
+		rec, err := decode(gid, b)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rec)
+	}
+	return out, nil
+}
+
+func (m *Memory) Save(rec Record) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.records[rec.GID] = b
+	return nil
+}
+
+func (m *Memory) Delete(gid string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.records, gid)
+	return nil
+}
+
+func (m *Memory) Close() error { return nil }
+
+// decode reads the record kept as gid.
+func decode(gid string, b []byte) (Record, error) {
+	var rec Record
+	if err := json.Unmarshal(b, &rec); err != nil || rec.GID != gid || len(rec.URIs) == 0 {
+		return Record{}, fmt.Errorf("task %q is unreadable", gid)
+	}
+	return rec, nil
+}
+
+// bucket holds the tasks in the bbolt file, by GID, as JSON.
 var bucket = []byte("tasks")
+
+// Bolt keeps records in a bbolt file; each Save is on disk when it returns.
+type Bolt struct {
+	db   *bolt.DB
+	file string
+}
 
 // DefaultDir is where tasks are kept unless --state-dir says otherwise: $XDG_STATE_HOME/mflow, else
 // ~/.local/state/mflow on Linux and the user's configuration folder elsewhere.
@@ -39,9 +109,9 @@ func DefaultDir() (string, error) {
 	return filepath.Join(d, "mflow"), nil
 }
 
-// Open returns a store kept in dir/tasks.db, with the tasks it held. A store another mflow holds, or
-// one that is not a task store, is an error, never a wait.
-func Open(dir string, settings Settings, probe func(context.Context, link.Link) (int64, error)) (*Store, error) {
+// OpenBolt opens dir/tasks.db, making it when missing. A file another mflow holds, or one that is not a
+// task store, is an error, never a wait.
+func OpenBolt(dir string) (*Bolt, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("task store: %w", err)
 	}
@@ -53,38 +123,44 @@ func Open(dir string, settings Settings, probe func(context.Context, link.Link) 
 	if err != nil {
 		return nil, fmt.Errorf("task store %s cannot be opened (%v); move it away to start afresh", file, err)
 	}
-	var tasks []*Task
-	err = db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucket)
-		if err != nil {
-			return err
-		}
-		return b.ForEach(func(k, v []byte) error {
-			t := &Task{}
-			if err := json.Unmarshal(v, t); err != nil || t.GID != string(k) || len(t.URIs) == 0 {
-				return fmt.Errorf("task %q is unreadable", k)
+	if err := db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(bucket)
+		return err
+	}); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("task store %s: %v; move it away to start afresh", file, err)
+	}
+	return &Bolt{db: db, file: file}, nil
+}
+
+func (b *Bolt) Load() ([]Record, error) {
+	var out []Record
+	err := b.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucket).ForEach(func(k, v []byte) error {
+			rec, err := decode(string(k), v)
+			if err != nil {
+				return err
 			}
-			t.streams = map[*Stream]struct{}{}
-			tasks = append(tasks, t)
+			out = append(out, rec)
 			return nil
 		})
 	})
 	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("task store %s: %v; move it away to start afresh", file, err)
+		return nil, fmt.Errorf("task store %s: %v; move it away to start afresh", b.file, err)
 	}
-	s := NewStore(settings, probe)
-	s.load(tasks)
-	s.save = func(t *Task) error {
-		v, err := json.Marshal(t)
-		if err != nil {
-			return err
-		}
-		return db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(t.GID), v) })
-	}
-	s.erase = func(gid string) error {
-		return db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Delete([]byte(gid)) })
-	}
-	s.closeDB = func() { db.Close() }
-	return s, nil
+	return out, nil
 }
+
+func (b *Bolt) Save(rec Record) error {
+	v, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return b.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(rec.GID), v) })
+}
+
+func (b *Bolt) Delete(gid string) error {
+	return b.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Delete([]byte(gid)) })
+}
+
+func (b *Bolt) Close() error { return b.db.Close() }

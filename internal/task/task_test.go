@@ -1,8 +1,11 @@
 package task
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,72 +15,161 @@ import (
 	"go.uber.org/goleak"
 
 	"mflow/internal/access"
-	"mflow/internal/link"
+	"mflow/internal/source"
+	"mflow/internal/upstream"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func sized(context.Context, link.Link) (int64, error) { return 1234, nil }
+func sized(context.Context, source.Link) (int64, error) { return 1234, nil }
 
-var settings = Settings{Connections: 4, UserAgent: "mflow-test"}
+// cookieOption is a stand-in for the RPC's interpretation: option "cookie" is the Cookie header.
+func cookieOption(uris []string, options map[string]string) (Spec, error) {
+	h := http.Header{}
+	if c := options["cookie"]; c != "" {
+		h.Set("Cookie", c)
+	}
+	return Spec{Header: h, Name: options["name"]}, nil
+}
+
+var config = Config{Probe: sized, Interpret: cookieOption, Logger: slog.New(slog.DiscardHandler)}
+
+func newRegistry(t *testing.T, cfg Config, store Persister) *Registry {
+	t.Helper()
+	r, err := New(cfg, store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func add(t *testing.T, r *Registry, a Addition) string {
+	t.Helper()
+	if a.URIs == nil {
+		a.URIs = []string{"http://h/a.mp4"}
+	}
+	gid, err := r.Add(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return gid
+}
+
+// persisters are the stores every Registry test runs with, opened afresh over the same place each time.
+func persisters(t *testing.T) map[string]func() Persister {
+	mem := NewMemory()
+	dir := t.TempDir()
+	return map[string]func() Persister{
+		"memory": func() Persister { return mem },
+		"bolt": func() Persister {
+			b, err := OpenBolt(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		},
+	}
+}
 
 func TestTasksSurviveARestart(t *testing.T) {
-	dir := t.TempDir()
-	s, err := Open(dir, settings, sized)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kept, _ := s.Add([]string{"http://h/a.mp4"}, map[string]string{"header": "Cookie: a=b\n", "out": "A.mp4"}, -1, access.Loopback)
-	paused, _ := s.Add([]string{"http://h/b.mp4"}, map[string]string{"pause": "true"}, -1, access.Loopback)
-	gone, _ := s.Add([]string{"http://h/c.mp4"}, nil, -1, access.Loopback)
-	if _, err := s.Remove(gone); err != nil {
-		t.Fatal(err)
-	}
-	st, err := s.Begin(context.Background(), kept)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st.Delivered(999)
-	st.End()
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) { // the background probe
-		if v, _ := s.Get(kept); v.Size == 1234 {
-			break
-		} else if time.Now().After(deadline) {
-			t.Fatal("the background probe never sized the task")
-		}
-	}
-	s.Close()
+	for name, open := range persisters(t) {
+		t.Run(name, func(t *testing.T) {
+			r := newRegistry(t, config, open())
+			kept := add(t, r, Addition{Options: map[string]string{"cookie": "a=b", "name": "A.mp4"}})
+			paused := add(t, r, Addition{Paused: true})
+			gone := add(t, r, Addition{})
+			if _, err := r.Remove(gone); err != nil {
+				t.Fatal(err)
+			}
+			st, err := r.Begin(t.Context(), kept)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Link.Header.Get("Cookie") != "a=b" || st.Link.Name != "A.mp4" || st.Link.URL != "http://h/a.mp4" || st.Link.From != access.Loopback && st.Link.From != 0 {
+				t.Errorf("the stream's link %+v does not say what the options say", st.Link)
+			}
+			st.Delivered(999)
+			st.End()
+			r.wg.Wait() // the background probes
+			if err := r.Close(); err != nil {
+				t.Fatal(err)
+			}
 
-	s, err = Open(dir, settings, sized)
-	if err != nil {
-		t.Fatal(err)
+			r = newRegistry(t, config, open())
+			defer r.Close()
+			active, waiting, stopped := r.Lists()
+			if len(active) != 0 || len(waiting) != 2 || len(stopped) != 1 {
+				t.Fatalf("after a restart: %d active, %d waiting, %d stopped", len(active), len(waiting), len(stopped))
+			}
+			a, b := waiting[0], waiting[1]
+			if a.GID != kept || a.State != Waiting || a.Delivered != 999 || a.Size != 1234 || a.Options["cookie"] != "a=b" {
+				t.Errorf("first task after a restart: %+v", a)
+			}
+			if b.GID != paused || b.State != Paused {
+				t.Errorf("second task after a restart: %+v", b)
+			}
+			if v, err := r.Get(gone); err != nil || v.State != Removed {
+				t.Errorf("a removed task announced as started: %+v, %v; want it kept as removed", v, err)
+			}
+		})
 	}
-	defer s.Close()
-	active, waiting, stopped := s.Lists()
-	if len(active) != 0 || len(waiting) != 2 || len(stopped) != 1 {
-		t.Fatalf("after a restart: %d active, %d waiting, %d stopped", len(active), len(waiting), len(stopped))
+}
+
+func TestPersistersKeepWhatTheyAreGiven(t *testing.T) {
+	for name, open := range persisters(t) {
+		t.Run(name, func(t *testing.T) {
+			p := open()
+			f := upstream.Failure{Kind: upstream.KindStatus, Code: 404, Message: "gone"}
+			one := Record{GID: "1111111111111111", URIs: []string{"http://h/1"}, Options: map[string]string{"k": "v"}, State: Failed, Failure: &f, Size: 5, Delivered: 3, Added: time.Unix(100, 0).UTC(), Announced: true, From: access.Private}
+			two := Record{GID: "2222222222222222", URIs: []string{"http://h/2"}, State: Paused, Size: -1}
+			for _, rec := range []Record{one, two, two} {
+				if err := p.Save(rec); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := p.Delete(two.GID); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.Delete("3333333333333333"); err != nil {
+				t.Errorf("deleting what is not kept: %v", err)
+			}
+			got, err := p.Load()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != 1 || got[0].GID != one.GID || got[0].State != Failed || *got[0].Failure != f || got[0].Options["k"] != "v" ||
+				got[0].Size != 5 || got[0].Delivered != 3 || !got[0].Added.Equal(one.Added) || !got[0].Announced || got[0].From != access.Private {
+				t.Errorf("loaded %+v, want %+v", got, one)
+			}
+			if err := p.Close(); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
-	a, b := waiting[0], waiting[1]
-	if a.GID != kept || a.Status != Waiting || a.Delivered != 999 || a.Size != 1234 || a.Name != "A.mp4" || a.Options["header"] != "Cookie: a=b\n" {
-		t.Errorf("first task after a restart: %+v", a)
-	}
-	if b.GID != paused || b.Status != Paused {
-		t.Errorf("second task after a restart: %+v", b)
-	}
-	if v, err := s.Get(gone); err != nil || v.Status != Removed {
-		t.Errorf("a removed task announced as started: %+v, %v; want it kept as removed", v, err)
+}
+
+func TestRecordsOfEarlierMflowsAreRead(t *testing.T) {
+	m := NewMemory()
+	m.records["1111111111111111"] = []byte(`{"gid":"1111111111111111","uris":["http://h/1"],"options":{},"state":"error","errorCode":"3","size":-1,"delivered":0}`)
+	m.records["2222222222222222"] = []byte(`{"gid":"2222222222222222","uris":["http://h/2"],"options":{},"state":"active","size":-1,"delivered":0}`)
+	m.records["3333333333333333"] = []byte(`{"gid":"3333333333333333","uris":["http://h/3"],"options":{},"state":"","size":-1,"delivered":0}`)
+	r := newRegistry(t, Config{}, m)
+	defer r.Close()
+	_, waiting, stopped := r.Lists()
+	if len(waiting) != 2 || len(stopped) != 1 || stopped[0].State != Failed {
+		t.Errorf("waiting %+v, stopped %+v; want two waiting and the failed one stopped", waiting, stopped)
 	}
 }
 
 func TestALockedStoreIsAClearError(t *testing.T) {
 	dir := t.TempDir()
-	s, err := Open(dir, settings, sized)
+	b, err := OpenBolt(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	defer b.Close()
 	began := time.Now()
-	_, err = Open(dir, settings, sized)
+	_, err = OpenBolt(dir)
 	if err == nil || !strings.Contains(err.Error(), "in use by another mflow") || time.Since(began) > 5*time.Second {
 		t.Fatalf("second Open: %v after %v", err, time.Since(began))
 	}
@@ -88,88 +180,221 @@ func TestACorruptStoreIsAClearError(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "tasks.db"), []byte(strings.Repeat("not a database ", 1000)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err := Open(dir, settings, sized)
+	_, err := OpenBolt(dir)
 	if err == nil || !strings.Contains(err.Error(), "move it away") {
 		t.Fatalf("Open of a corrupt file: %v", err)
 	}
 }
 
-func TestConnectionsFromSplitAndMaxConnections(t *testing.T) {
-	s := NewStore(settings, sized)
-	defer s.Close()
-	for opts, want := range map[string]int{"": 4, "split=8": 8, "max-connection-per-server=2": 2, "split=16,max-connection-per-server=3": 3} {
-		o := map[string]string{}
-		for kv := range strings.SplitSeq(opts, ",") {
-			if k, v, ok := strings.Cut(kv, "="); ok {
-				o[k] = v
-			}
-		}
-		gid, err := s.Add([]string{"http://h/f"}, o, -1, access.Loopback)
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, err := s.Begin(context.Background(), gid)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if st.Connections != want {
-			t.Errorf("%q: %d connections, want %d", opts, st.Connections, want)
-		}
-		st.End()
-	}
-}
-
-func TestTheStoreIsBounded(t *testing.T) {
-	s := NewStore(Settings{Connections: 4, MaxStopped: 2, MaxWaiting: 3}, sized)
-	defer s.Close()
+func TestTheRegistryIsBounded(t *testing.T) {
+	r := newRegistry(t, Config{MaxStopped: 2, MaxWaiting: 3}, NewMemory())
+	defer r.Close()
 	var gids []string
 	for range 3 {
-		gid, err := s.Add([]string{"http://h/a.mp4"}, nil, -1, access.Loopback)
-		if err != nil {
-			t.Fatal(err)
-		}
-		gids = append(gids, gid)
+		gids = append(gids, add(t, r, Addition{}))
 	}
-	if _, err := s.Add([]string{"http://h/a.mp4"}, nil, -1, access.Loopback); !errors.Is(err, ErrTooMany) || !strings.Contains(err.Error(), "--max-waiting") {
-		t.Errorf("a fourth waiting task: %v, want ErrTooMany naming --max-waiting", err)
+	var te *Error
+	if _, err := r.Add(Addition{URIs: []string{"http://h/a.mp4"}}); !errors.Is(err, ErrTooMany) || !errors.As(err, &te) || te.Limit != 3 {
+		t.Errorf("a fourth waiting task: %v, want ErrTooMany saying 3", err)
 	}
 	for _, gid := range gids { // announced: each becomes a stopped, removed task
-		if _, err := s.Remove(gid); err != nil {
+		if _, err := r.Remove(gid); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, _, stopped := s.Lists()
+	_, _, stopped := r.Lists()
 	if len(stopped) != 2 || stopped[0].GID != gids[1] || stopped[1].GID != gids[2] {
 		t.Errorf("stopped tasks %v, want the two newest of %v", stopped, gids)
 	}
-	if _, err := s.Get(gids[0]); err == nil {
-		t.Error("the oldest stopped task was kept past --max-download-result")
+	if _, err := r.Get(gids[0]); !errors.Is(err, ErrNotFound) {
+		t.Errorf("the oldest stopped task: %v, want it forgotten past MaxStopped", err)
 	}
 }
 
-func TestATasksOptionsAreBounded(t *testing.T) {
-	s := NewStore(Settings{Connections: 4}, sized)
-	defer s.Close()
-	big := strings.Repeat("Cookie: "+strings.Repeat("x", 100)+"\n", 200) // 22 KB of header lines
-	var opt *OptionError
-	if _, err := s.Add([]string{"http://h/a.mp4"}, map[string]string{"header": big}, -1, access.Loopback); !errors.As(err, &opt) {
-		t.Errorf("22 KB of headers: %v, want an option error", err)
+func TestErrorsSayWhichTaskAndWhy(t *testing.T) {
+	r := newRegistry(t, Config{}, NewMemory())
+	defer r.Close()
+	gid := add(t, r, Addition{})
+	other := add(t, r, Addition{GID: gid[:15] + string("0123456789abcdef"[(strings.IndexByte("0123456789abcdef", gid[15])+1)%16])})
+	for _, c := range []struct {
+		err  error
+		kind error
+		gid  string
+	}{
+		{second(r.Pause("zz")), ErrBadGID, "zz"},
+		{second(r.Pause("0000000000000000")), ErrBadGID, "0000000000000000"},
+		{second(r.Pause("ffffffffffffff0")), ErrNotFound, "ffffffffffffff0"},
+		{second(r.Pause(gid[:15])), ErrAmbiguous, gid[:15]},
+		{second(r.Unpause(gid)), ErrNotPaused, gid},
+		{r.RemoveResult(gid), ErrNotStopped, gid},
+		{second(r.Add(Addition{URIs: []string{"ftp://h/f"}})), ErrBadURI, ""},
+		{second(r.Add(Addition{URIs: []string{"http://h/f"}, GID: other})), ErrGIDTaken, other},
+	} {
+		var te *Error
+		if !errors.Is(c.err, c.kind) || !errors.As(c.err, &te) || te.GID != c.gid {
+			t.Errorf("%v: want %v about %q", c.err, c.kind, c.gid)
+		}
 	}
-	lines := strings.Repeat("X-A: b\n", 60) // small, but too many lines
-	if _, err := s.Add([]string{"http://h/a.mp4"}, map[string]string{"header": lines}, -1, access.Loopback); !errors.As(err, &opt) {
-		t.Errorf("60 header lines: %v, want an option error", err)
+	if _, err := r.Pause(other); err != nil {
+		t.Fatal(err)
 	}
-	gid, err := s.Add([]string{"http://h/a.mp4"}, map[string]string{"header": "Cookie: a=b\n"}, -1, access.Loopback)
+	if _, err := r.Begin(t.Context(), other); !errors.Is(err, ErrPaused) {
+		t.Errorf("streaming a paused task: %v, want ErrPaused", err)
+	}
+	if _, err := r.Remove(gid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Remove(gid); !errors.Is(err, ErrNotRunning) {
+		t.Errorf("removing a removed task: %v, want ErrNotRunning", err)
+	}
+}
+
+func second(_ string, err error) error { return err }
+
+func TestEventsTellEachChange(t *testing.T) {
+	r := newRegistry(t, Config{Probe: func(context.Context, source.Link) (int64, error) {
+		return 0, &upstream.StatusError{Code: 404, Status: "404 Not Found", URL: "http://h/x"}
+	}}, NewMemory())
+	defer r.Close()
+	events, stop := r.Subscribe()
+	defer stop()
+	gid := add(t, r, Addition{Paused: true}) // not announced
+	mustOK(t, second(r.Unpause(gid)))
+	mustOK(t, second(r.Pause(gid)))
+	mustOK(t, second(r.Remove(gid)))
+	failing := add(t, r, Addition{})
+	want := []Event{{EventStarted, gid}, {EventPaused, gid}, {EventStopped, gid}, {EventStarted, failing}, {EventFailed, failing}}
+	for i, w := range want {
+		if got := <-events; got != w {
+			t.Errorf("event %d: %+v, want %+v", i, got, w)
+		}
+	}
+	v, err := r.Get(failing)
+	if err != nil || v.State != Failed || v.Failure == nil || v.Failure.Kind != upstream.KindStatus || v.Failure.Code != 404 {
+		t.Errorf("a task its upstream refused: %+v, %v", v, err)
+	}
+}
+
+func mustOK(t *testing.T, err error) {
+	t.Helper()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for range 3 { // changes that add up past the bound
-		err = s.ChangeOptions(gid, map[string]string{"user-agent": strings.Repeat("u", 6000), "referer": strings.Repeat("r", 6000)})
+}
+
+// blockingStore is a Persister whose Save waits until released: a full disk, a slow fsync.
+type blockingStore struct {
+	*Memory
+	saving  chan struct{} // receives when a Save begins
+	release chan struct{} // closed to let Saves finish
+}
+
+func (b *blockingStore) Save(rec Record) error {
+	b.saving <- struct{}{}
+	<-b.release
+	return b.Memory.Save(rec)
+}
+
+func TestASlowSaveHoldsUpNoPlayerAndNoRead(t *testing.T) {
+	store := &blockingStore{Memory: NewMemory(), saving: make(chan struct{}, 16), release: make(chan struct{})}
+	r := newRegistry(t, Config{}, store)
+	defer r.Close()
+	added := make(chan string)
+	go func() { gid, _ := r.Add(Addition{URIs: []string{"http://h/a.mp4"}}); added <- gid }()
+	<-store.saving // the task's save is under way and stuck
+	_, waiting, _ := r.Lists()
+	if len(waiting) != 1 {
+		t.Fatalf("%d tasks listed while the save is stuck, want 1", len(waiting))
 	}
+	gid := waiting[0].GID
+	st, err := r.Begin(t.Context(), gid) // a player starts, and takes bytes
 	if err != nil {
-		t.Fatal(err) // each change replaces the same options: within the bound
+		t.Fatal(err)
 	}
-	if err := s.ChangeOptions(gid, map[string]string{"out": strings.Repeat("o", 6000)}); !errors.As(err, &opt) {
-		t.Errorf("options adding up to over 16 KiB: %v, want an option error", err)
+	st.Delivered(10)
+	if v, err := r.Get(gid); err != nil || v.Delivered != 10 || v.State != Active {
+		t.Errorf("the task while its save is stuck: %+v, %v", v, err)
+	}
+	close(store.release)
+	<-added
+	st.End()
+}
+
+func TestAPlayersBytesAreCountedWithoutTheLock(t *testing.T) {
+	r := newRegistry(t, Config{}, NewMemory())
+	defer r.Close()
+	gid := add(t, r, Addition{})
+	st, err := r.Begin(t.Context(), gid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.mu.Lock()
+	st.Delivered(100) // would deadlock if it took the lock
+	r.mu.Unlock()
+	st.End()
+	if v, _ := r.Get(gid); v.Delivered != 100 {
+		t.Errorf("delivered %d, want 100", v.Delivered)
+	}
+}
+
+// failingStore refuses every Save, as a full disk would.
+type failingStore struct{ *Memory }
+
+func (failingStore) Save(Record) error { return errors.New("no space left on device") }
+
+func TestAFailedSaveIsReturnedAndLogged(t *testing.T) {
+	var logs bytes.Buffer
+	r := newRegistry(t, Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))}, failingStore{NewMemory()})
+	defer r.Close()
+	if _, err := r.Add(Addition{URIs: []string{"http://h/a.mp4"}}); err == nil || !strings.Contains(err.Error(), "no space left") {
+		t.Errorf("Add with a full disk: %v, want the disk's error", err)
+	}
+	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "no space left") {
+		t.Errorf("log %q, want a WARN line with the disk's error", logs.String())
+	}
+}
+
+func TestReadsChangeNothing(t *testing.T) {
+	r := newRegistry(t, Config{}, NewMemory())
+	defer r.Close()
+	gid := add(t, r, Addition{})
+	st, err := r.Begin(t.Context(), gid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.End()
+	st.Delivered(5)
+	var before [meterSlots]uint64
+	for i := range before {
+		before[i] = st.task.speed.slots[i].Load()
+	}
+	for range 3 {
+		if _, err := r.Get(gid); err != nil {
+			t.Fatal(err)
+		}
+		r.Lists()
+	}
+	for i := range before {
+		if before[i] != st.task.speed.slots[i].Load() {
+			t.Error("reading a task changed its speed meter")
+		}
+	}
+}
+
+func TestTheMeterCountsTheLastWholeSeconds(t *testing.T) {
+	var m meter
+	t0 := time.Unix(1_000_000, 0)
+	m.add(t0, 1000)
+	m.add(t0.Add(500*time.Millisecond), 1000)
+	m.add(t0.Add(time.Second), 4000)
+	if got := m.rate(t0.Add(2 * time.Second)); got != 3000 {
+		t.Errorf("rate = %d, want 3000: 6000 bytes over the two seconds before", got)
+	}
+	if got := m.rate(t0.Add(10 * time.Second)); got != 0 {
+		t.Errorf("rate long after = %d, want 0", got)
+	}
+	m.add(t0.Add(4*time.Second), 10) // the slot of t0 again: its old count must not add up
+	if got := m.rate(t0.Add(5 * time.Second)); got != 5 {
+		t.Errorf("rate = %d, want 5", got)
 	}
 }

@@ -10,15 +10,10 @@ import (
 	"strings"
 	"time"
 
+	"mflow/internal/access"
 	"mflow/internal/httprange"
+	"mflow/internal/source"
 )
-
-// Version identifies one version of a file. Bytes of two versions must never be spliced into one answer.
-type Version struct {
-	Size         int64  // bytes in the file
-	ETag         string // as the upstream sent it, "" when absent
-	LastModified string // as the upstream sent it, "" when absent
-}
 
 // StatusError is an upstream answer whose status mflow cannot use.
 type StatusError struct {
@@ -113,7 +108,7 @@ func CheckStatus(resp *http.Response, rawURL string) error {
 // CheckPartial checks that resp is the answer to a request for span of version v: status 206, a
 // Content-Range of exactly span over v.Size, and the same validators. An ErrChanged error means another
 // version of the file; an ErrBadAnswer error means this answer cannot be used but another may be.
-func CheckPartial(resp *http.Response, rawURL string, span httprange.Span, v Version) error {
+func CheckPartial(resp *http.Response, rawURL string, span httprange.Span, v source.Version) error {
 	if err := CheckUsable(resp, rawURL); err != nil {
 		return err
 	}
@@ -138,7 +133,7 @@ func CheckPartial(resp *http.Response, rawURL string, span httprange.Span, v Ver
 
 // sameVersion compares the validators of an answer with those first seen. A validator the upstream sent
 // at first must be sent again, unchanged.
-func sameVersion(h http.Header, v Version) error {
+func sameVersion(h http.Header, v source.Version) error {
 	if etag := h.Get("ETag"); v.ETag != "" && etag != v.ETag {
 		return fmt.Errorf("%w: ETag %q, was %q", ErrChanged, etag, v.ETag)
 	}
@@ -149,7 +144,7 @@ func sameVersion(h http.Header, v Version) error {
 }
 
 // SameVersion checks that a fresh probe found the version first seen.
-func SameVersion(now, was Version) error {
+func SameVersion(now, was source.Version) error {
 	if now.Size != was.Size {
 		return fmt.Errorf("%w: size %d, was %d", ErrChanged, now.Size, was.Size)
 	}
@@ -174,7 +169,7 @@ func retryAfter(v string) time.Duration {
 }
 
 // CheckWhole checks that resp is a 200 answer with the whole of version v.
-func CheckWhole(resp *http.Response, rawURL string, v Version) error {
+func CheckWhole(resp *http.Response, rawURL string, v source.Version) error {
 	if err := CheckUsable(resp, rawURL); err != nil {
 		return err
 	}
@@ -185,4 +180,42 @@ func CheckWhole(resp *http.Response, rawURL string, v Version) error {
 		return fmt.Errorf("%w: size %d, was %d", ErrChanged, resp.ContentLength, v.Size)
 	}
 	return sameVersion(resp.Header, v)
+}
+
+// Kind is what went wrong with an upstream, as those who report a failure need to know it: a player is
+// told a status, an aria2 client an error code.
+type Kind int
+
+const (
+	KindOther       Kind = iota // a bad or changed answer, a file too big, anything else
+	KindRefused                 // the target policy refused the address
+	KindStatus                  // the upstream answered a status mflow cannot use
+	KindTimeout                 // no answer in time
+	KindUnreachable             // no answer at all: refused, reset, no such host
+)
+
+// Failure is an upstream failure classified once, for every layer that reports it.
+type Failure struct {
+	Kind    Kind   `json:"kind"`
+	Code    int    `json:"code,omitempty"` // the HTTP status, for KindStatus
+	Message string `json:"message"`        // the error's text
+}
+
+// Classify says what kind of failure err is.
+func Classify(err error) Failure {
+	f := Failure{Message: err.Error()}
+	var status *StatusError
+	var netErr *NetError
+	var refused *access.RefusedError
+	switch {
+	case errors.As(err, &refused):
+		f.Kind = KindRefused
+	case errors.As(err, &status):
+		f.Kind, f.Code = KindStatus, status.Code
+	case errors.As(err, &netErr) && netErr.Timeout(), errors.Is(err, context.DeadlineExceeded):
+		f.Kind = KindTimeout
+	case errors.As(err, &netErr):
+		f.Kind = KindUnreachable
+	}
+	return f
 }

@@ -10,7 +10,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/textproto"
 	"net/url"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -18,6 +20,7 @@ import (
 	"golang.org/x/sync/semaphore"
 
 	"mflow/internal/access"
+	"mflow/internal/source"
 )
 
 // Config tunes a Client. Zero fields take the defaults noted.
@@ -36,6 +39,10 @@ type Config struct {
 	// Dial, when set, replaces the network dialer (tests connect to in-memory upstreams with it); the
 	// target policy is not applied to it.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// MaxRedirects bounds the redirects one request follows. 0 follows none.
+	MaxRedirects int
+	// UserAgent is sent with requests whose headers carry none. Default "mflow".
+	UserAgent string
 	// Policy says where requests may connect, checked on the resolved address before each connection,
 	// redirects and proxies included. Nil allows every address (tests, the benchmark).
 	Policy *access.Policy
@@ -44,15 +51,34 @@ type Config struct {
 // Client sends requests upstream. Each host has HostConnections slots, and each slot has a transport of its
 // own that carries one request at a time: a stream with N requests open really holds N connections, even
 // to an HTTP/2 server (one shared transport would multiplex them onto one connection), and a slot's
-// keep-alive connection serves its next request. Each class of player has its own transports, so a
-// connection the policy let one class open is never reused for another.
+// keep-alive connection serves its next request. Each class of player, and each proxy, has its own
+// transports, so a connection the policy let one class open is never reused for another, and a request
+// never goes through another task's proxy.
 type Client struct {
-	cfg        Config
-	transports [3][]*http.Transport // by access.Client, then by slot
+	cfg    Config
+	tls    *tls.Config  // the base of every transport's TLS configuration
+	direct transportSet // requests through the environment's proxy, if any
 
-	mu    sync.Mutex            // protects hosts and each hostSlots' users
-	hosts map[string]*hostSlots // by host:port, while some request uses the host
+	mu      sync.Mutex            // protects the following fields, and each hostSlots' and proxySet's users
+	hosts   map[string]*hostSlots // by host:port, while some request uses the host
+	proxied map[string]*proxySet  // by proxy URL; at most maxProxies
 }
+
+// transportSet is one transport per slot, for each class of player.
+type transportSet [3][]*http.Transport
+
+// proxySet is the transports of requests through one proxy.
+type proxySet struct {
+	transports transportSet // through this proxy
+	users      int          // requests using it now; protected by Client.mu
+}
+
+// maxProxies bounds the proxies the client keeps connections to: tasks each name their own, and a client
+// of the JSON-RPC must not make mflow hold transports without end. Unused ones make room for a new one.
+const maxProxies = 64
+
+// ErrTooManyProxies refuses a request through one more proxy while maxProxies others are in use.
+var ErrTooManyProxies = fmt.Errorf("more than %d proxies in use at once", maxProxies)
 
 // hostSlots hands out the slot numbers of one host.
 type hostSlots struct {
@@ -74,6 +100,9 @@ func NewClient(cfg Config) *Client {
 	if cfg.HeaderTimeout <= 0 {
 		cfg.HeaderTimeout = 20 * time.Second
 	}
+	if cfg.UserAgent == "" {
+		cfg.UserAgent = "mflow"
+	}
 	tlsConfig := cfg.TLS
 	if tlsConfig == nil {
 		tlsConfig = &tls.Config{}
@@ -82,15 +111,22 @@ func NewClient(cfg Config) *Client {
 		tlsConfig = tlsConfig.Clone()
 		tlsConfig.InsecureSkipVerify = true
 	}
-	c := &Client{cfg: cfg, hosts: map[string]*hostSlots{}}
-	for class := range c.transports {
-		c.transports[class] = c.newTransports(access.Client(class), tlsConfig)
-	}
+	c := &Client{cfg: cfg, tls: tlsConfig, hosts: map[string]*hostSlots{}, proxied: map[string]*proxySet{}}
+	c.direct = c.newTransportSet(http.ProxyFromEnvironment)
 	return c
 }
 
+// newTransportSet makes the slots' transports for every class of player, through proxy.
+func (c *Client) newTransportSet(proxy func(*http.Request) (*url.URL, error)) transportSet {
+	var set transportSet
+	for class := range set {
+		set[class] = c.newTransports(access.Client(class), proxy)
+	}
+	return set
+}
+
 // newTransports makes the slots' transports for requests from players of class.
-func (c *Client) newTransports(class access.Client, tlsConfig *tls.Config) []*http.Transport {
+func (c *Client) newTransports(class access.Client, proxy func(*http.Request) (*url.URL, error)) []*http.Transport {
 	cfg := c.cfg
 	dial := cfg.Dial
 	if dial == nil {
@@ -111,9 +147,9 @@ func (c *Client) newTransports(class access.Client, tlsConfig *tls.Config) []*ht
 	var transports []*http.Transport
 	for range cfg.HostConnections {
 		transports = append(transports, &http.Transport{
-			Proxy:                 proxyFor,
+			Proxy:                 proxy,
 			DialContext:           dial,
-			TLSClientConfig:       tlsConfig.Clone(), // HTTP/2 setup edits it: one each
+			TLSClientConfig:       c.tls.Clone(), // HTTP/2 setup edits it: one each
 			TLSHandshakeTimeout:   cfg.ConnectTimeout,
 			ResponseHeaderTimeout: cfg.HeaderTimeout,
 			ForceAttemptHTTP2:     true,
@@ -127,27 +163,55 @@ func (c *Client) newTransports(class access.Client, tlsConfig *tls.Config) []*ht
 	return transports
 }
 
-// proxyKey is the context key of a per-request upstream proxy.
-type proxyKey struct{}
-
-// WithProxy returns a context whose requests go through the HTTP proxy p.
-func WithProxy(ctx context.Context, p *url.URL) context.Context {
-	return context.WithValue(ctx, proxyKey{}, p)
+// transportsFor returns the transports of requests through proxy (nil: the environment's), counting one
+// more user of a proxy's; the function it returns counts it out.
+func (c *Client) transportsFor(proxy *url.URL) (*transportSet, func(), error) {
+	if proxy == nil {
+		return &c.direct, func() {}, nil
+	}
+	key := proxy.String()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	set := c.proxied[key]
+	if set == nil {
+		if len(c.proxied) >= maxProxies {
+			for k, unused := range c.proxied {
+				if unused.users == 0 {
+					unused.transports.closeIdle()
+					delete(c.proxied, k)
+				}
+			}
+		}
+		if len(c.proxied) >= maxProxies {
+			return nil, nil, ErrTooManyProxies
+		}
+		set = &proxySet{transports: c.newTransportSet(http.ProxyURL(proxy))}
+		c.proxied[key] = set
+	}
+	set.users++
+	return &set.transports, sync.OnceFunc(func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		set.users--
+	}), nil
 }
 
-func proxyFor(r *http.Request) (*url.URL, error) {
-	if p, ok := r.Context().Value(proxyKey{}).(*url.URL); ok && p != nil {
-		return p, nil
+// closeIdle closes the set's keep-alive connections no request is using.
+func (set *transportSet) closeIdle() {
+	for _, class := range set {
+		for _, t := range class {
+			t.CloseIdleConnections()
+		}
 	}
-	return http.ProxyFromEnvironment(r)
 }
 
 // CloseIdleConnections closes the keep-alive connections no request is using.
 func (c *Client) CloseIdleConnections() {
-	for _, class := range c.transports {
-		for _, t := range class {
-			t.CloseIdleConnections()
-		}
+	c.direct.closeIdle()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, set := range c.proxied {
+		set.transports.closeIdle()
 	}
 }
 
@@ -158,12 +222,18 @@ func (c *Client) Hosts() int {
 	return len(c.hosts)
 }
 
-// Do sends req for a player of class from once, following no redirect, after waiting for a free slot of
-// its host. The slot is held until the answer's body is closed.
-func (c *Client) Do(req *http.Request, from access.Client) (*http.Response, error) {
+// Do sends req once, through at's proxy for a player of at's class (req carries the URL and headers),
+// following no redirect, after waiting for a free slot of its host. The slot is held until the answer's
+// body is closed.
+func (c *Client) Do(req *http.Request, at source.Location) (*http.Response, error) {
+	set, leaveProxy, err := c.transportsFor(at.Proxy)
+	if err != nil {
+		return nil, err
+	}
 	slots := c.useHost(req.URL.Host)
 	if err := slots.sem.Acquire(req.Context(), 1); err != nil {
 		c.leaveHost(req.URL.Host, slots)
+		leaveProxy()
 		return nil, err
 	}
 	slots.mu.Lock()
@@ -176,8 +246,9 @@ func (c *Client) Do(req *http.Request, from access.Client) (*http.Response, erro
 		slots.mu.Unlock()
 		slots.sem.Release(1)
 		c.leaveHost(req.URL.Host, slots)
+		leaveProxy()
 	})
-	resp, err := c.transports[from][slot].RoundTrip(req)
+	resp, err := set[at.From][slot].RoundTrip(req)
 	if err != nil {
 		release()
 		return nil, err
@@ -225,18 +296,21 @@ func (b *releasingBody) Close() error {
 	return err
 }
 
-// Get sends a GET for rawURL with header (and Range, when rng is not empty) for a player of class from,
-// following up to maxRedirects redirects itself so that every hop carries the same headers: drives want
+// Get sends a GET as at says (and Range, when rng is not empty), following up to Config.MaxRedirects
+// redirects itself so that every hop carries the same headers: drives want
 // their Cookie and Referer on the CDN host too. After a redirect from https to http, the credentials
 // (Cookie, Authorization) stay behind: they would cross the network in clear. It returns the answer and the
 // URL that gave it.
-func (c *Client) Get(ctx context.Context, rawURL string, header http.Header, rng string, maxRedirects int, from access.Client) (*http.Response, string, error) {
+func (c *Client) Get(ctx context.Context, at source.Location, rng string) (*http.Response, string, error) {
+	rawURL := at.URL
+	header := CleanHeader(at.Header)
 	downgraded := false
 	for hop := 0; ; hop++ {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
 		if err != nil {
 			return nil, "", fmt.Errorf("bad upstream URL: %w", err)
 		}
+		req.Header.Set("User-Agent", c.cfg.UserAgent)
 		for name, values := range header {
 			if downgraded && credentials[name] {
 				continue
@@ -248,7 +322,7 @@ func (c *Client) Get(ctx context.Context, rawURL string, header http.Header, rng
 		}
 		// The bytes must be the file's own: a compressed answer has other offsets than the Range asked.
 		req.Header.Set("Accept-Encoding", "identity")
-		resp, err := c.Do(req, from)
+		resp, err := c.Do(req, at)
 		if err != nil {
 			return nil, "", &NetError{URL: Redact(rawURL), Err: err}
 		}
@@ -260,8 +334,8 @@ func (c *Client) Get(ctx context.Context, rawURL string, header http.Header, rng
 		if location == "" {
 			return nil, "", &StatusError{Code: resp.StatusCode, Status: resp.Status + " without a Location", URL: Redact(rawURL)}
 		}
-		if hop >= maxRedirects {
-			return nil, "", fmt.Errorf("%w: more than %d from %s", ErrTooManyRedirects, maxRedirects, Redact(rawURL))
+		if hop >= c.cfg.MaxRedirects {
+			return nil, "", fmt.Errorf("%w: more than %d from %s", ErrTooManyRedirects, c.cfg.MaxRedirects, Redact(rawURL))
 		}
 		next, err := req.URL.Parse(location)
 		if err != nil {
@@ -273,6 +347,31 @@ func (c *Client) Get(ctx context.Context, rawURL string, header http.Header, rng
 		downgraded = downgraded || (req.URL.Scheme == "https" && next.Scheme == "http")
 		rawURL = next.String()
 	}
+}
+
+// hopHeaders are the hop-by-hop headers (RFC 9110, 7.6.1) and the ones mflow sets itself per request: a
+// link's headers never carry them upstream.
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+	"Te", "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Range", "Content-Length", "Accept-Encoding",
+}
+
+// CleanHeader is a link's header as it may go upstream: names canonical, without hopHeaders and the
+// headers a Connection header names.
+func CleanHeader(h http.Header) http.Header {
+	out := http.Header{}
+	for name, values := range h {
+		out[textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(name))] = values
+	}
+	for _, c := range out.Values("Connection") {
+		for name := range strings.SplitSeq(c, ",") {
+			out.Del(strings.TrimSpace(name))
+		}
+	}
+	for _, name := range hopHeaders {
+		out.Del(name)
+	}
+	return out
 }
 
 // credentials are the headers that stay behind after a redirect from https to http. Other headers, and

@@ -14,6 +14,7 @@ import (
 
 	"mflow/internal/access"
 	"mflow/internal/httprange"
+	"mflow/internal/source"
 	"mflow/internal/upstreamtest"
 )
 
@@ -27,7 +28,7 @@ func TestHostConnectionsCapHoldsAcrossCallers(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 10 { // ten streams' worth of requests at once
 		wg.Go(func() {
-			resp, _, err := c.Get(t.Context(), u.URL+"/f", nil, "bytes=0-65535", 0, access.Loopback)
+			resp, _, err := c.Get(t.Context(), source.Location{URL: u.URL + "/f", From: access.Loopback}, "bytes=0-65535")
 			if err != nil {
 				t.Error(err)
 				return
@@ -59,7 +60,7 @@ func answer(status int, h map[string]string) *http.Response {
 }
 
 func TestCheckPartial(t *testing.T) {
-	v := Version{Size: 1000, ETag: `"a"`, LastModified: "Mon, 02 Jan 2006 15:04:05 GMT"}
+	v := source.Version{Size: 1000, ETag: `"a"`, LastModified: "Mon, 02 Jan 2006 15:04:05 GMT"}
 	span := httprange.Span{Start: 100, End: 199}
 	good := map[string]string{"Content-Range": "bytes 100-199/1000", "ETag": `"a"`, "Last-Modified": v.LastModified}
 	with := func(k, val string) map[string]string {
@@ -168,9 +169,9 @@ func TestCredentialsStayBehindOnADowngrade(t *testing.T) {
 	defer other.Close()
 	header := http.Header{"Cookie": {"session=abc"}, "Authorization": {"Bearer x"}, "Referer": {"https://drive.example/"}}
 
-	c := NewClient(Config{TLS: secure.TLS()})
+	c := NewClient(Config{TLS: secure.TLS(), MaxRedirects: 3})
 	defer c.CloseIdleConnections()
-	resp, _, err := c.Get(t.Context(), other.URL+"/start", header, "", 3, access.Loopback)
+	resp, _, err := c.Get(t.Context(), source.Location{URL: other.URL + "/start", Header: header, From: access.Loopback}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,9 +186,9 @@ func TestCredentialsStayBehindOnADowngrade(t *testing.T) {
 	down := httptest.NewUnstartedServer(http.RedirectHandler(plain.URL+"/f", http.StatusFound))
 	down.StartTLS()
 	defer down.Close()
-	c2 := NewClient(Config{Insecure: true})
+	c2 := NewClient(Config{Insecure: true, MaxRedirects: 3})
 	defer c2.CloseIdleConnections()
-	resp, _, err = c2.Get(t.Context(), down.URL+"/start", header, "", 3, access.Loopback)
+	resp, _, err = c2.Get(t.Context(), source.Location{URL: down.URL + "/start", Header: header, From: access.Loopback}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,7 +208,7 @@ func TestTheHostTableForgetsIdleHosts(t *testing.T) {
 	c := NewClient(Config{})
 	defer c.CloseIdleConnections()
 	for _, u := range urls { // six hosts, one after another
-		resp, _, err := c.Get(t.Context(), u+"/f", nil, "", 0, access.Loopback)
+		resp, _, err := c.Get(t.Context(), source.Location{URL: u + "/f", From: access.Loopback}, "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -218,5 +219,20 @@ func TestTheHostTableForgetsIdleHosts(t *testing.T) {
 	}
 	if n := c.Hosts(); n != 0 {
 		t.Errorf("%d hosts kept with no request open, want 0", n)
+	}
+}
+func TestALinksHeaderCarriesNoHopByHopHeaders(t *testing.T) {
+	h := CleanHeader(http.Header{
+		"cookie":     {"a=b"},
+		"Connection": {"keep-alive, X-Secret"},
+		"X-Secret":   {"1"},
+		"Range":      {"bytes=0-"},
+		"Host":       {"evil"},
+		"Keep-Alive": {"300"},
+		"Referer":    {"https://drive.example/"},
+	})
+	want := http.Header{"Cookie": {"a=b"}, "Referer": {"https://drive.example/"}}
+	if len(h) != len(want) || h.Get("Cookie") != "a=b" || h.Get("Referer") != "https://drive.example/" {
+		t.Errorf("CleanHeader = %v, want %v", h, want)
 	}
 }

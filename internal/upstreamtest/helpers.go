@@ -1,11 +1,7 @@
 package upstreamtest
 
 import (
-	"bytes"
 	"math/rand/v2"
-	"sync"
-	"testing"
-	"time"
 )
 
 // RandomFile returns n random bytes, the same for the same n.
@@ -16,47 +12,4 @@ func RandomFile(n int) []byte {
 		b[i] = byte(r.Uint32())
 	}
 	return b
-}
-
-// WaitFor polls cond until it holds, failing the test after five seconds. It is for conditions of
-// another process or server, which no channel reports.
-func WaitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for: %s", what)
-		}
-	}
-}
-
-// SyncBuffer collects what goroutines write (logs), safely read by the test.
-type SyncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *SyncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *SyncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// Stable is a WaitFor condition: true once get returned the same value twenty polls in a row, as the bytes
-// an upstream served once a stream is blocked on its player.
-func Stable(get func() int64) func() bool {
-	last, same := int64(-1), 0
-	return func() bool {
-		if v := get(); v == last {
-			same++
-		} else {
-			last, same = v, 0
-		}
-		return same >= 20
-	}
 }

@@ -1,0 +1,98 @@
+// Package app puts mflow's parts together from its settings: the upstream client, the resolver, the
+// engine, the task registry, the RPC and the HTTP edge. The mflow command and the benchmark both build
+// mflow with it, so the benchmark measures what users run.
+package app
+
+import (
+	"log/slog"
+	"net/http"
+
+	"mflow/internal/access"
+	"mflow/internal/engine"
+	"mflow/internal/link"
+	"mflow/internal/play"
+	"mflow/internal/rpc"
+	"mflow/internal/server"
+	"mflow/internal/task"
+	"mflow/internal/upstream"
+)
+
+// Config is what mflow's flags set.
+type Config struct {
+	Connections     int            // per stream (-c)
+	ChunkSize       int64          // -s
+	Retry           int            // retries of a chunk or a probe (-r)
+	MinSpeed        int64          // bytes/s, 0 = off
+	MaxRedirects    int            // per request
+	HostConnections int            // per upstream host, across all streams
+	Insecure        bool           // skip TLS verification upstream
+	RelayNoRange    bool           // relay upstreams without Range over one connection
+	Policy          *access.Policy // where requests may connect; nil allows all
+	Cache           engine.Cache   // nil keeps no chunks
+	MaxStreams      int            // streams played at once, 0 = no bound
+
+	// Tasks keeps the aria2 tasks; nil turns the JSON-RPC and /stream?gid= off.
+	Tasks      task.Persister
+	MaxStopped int // stopped tasks kept
+	MaxWaiting int // waiting and paused tasks kept
+
+	RPCSecret         string // --rpc-secret
+	RPCListenAll      bool   // --rpc-listen-all
+	RPCAllowOriginAll bool   // --rpc-allow-origin-all
+
+	Version string       // mflow's, for the index page, the RPC and the User-Agent
+	Logger  *slog.Logger // default slog.Default()
+}
+
+// App is mflow put together.
+type App struct {
+	Handler http.Handler   // every route mflow serves
+	Engine  *engine.Engine // for the benchmark's memory watch
+
+	client *upstream.Client
+	tasks  *task.Registry // nil without Config.Tasks
+}
+
+// New puts mflow together. It owns cfg.Tasks from then on, even when it fails.
+func New(cfg Config) (*App, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	userAgent := "mflow/" + cfg.Version
+	client := upstream.NewClient(upstream.Config{HostConnections: cfg.HostConnections, Insecure: cfg.Insecure, Policy: cfg.Policy, MaxRedirects: cfg.MaxRedirects, UserAgent: userAgent})
+	resolver := &link.Resolver{Client: client, Retry: upstream.Retry{Max: cfg.Retry}, Logger: log}
+	a := &App{
+		Engine: &engine.Engine{Client: client, ChunkSize: cfg.ChunkSize, Connections: cfg.Connections, Retries: cfg.Retry, MinSpeed: cfg.MinSpeed, Cache: cfg.Cache, Logger: log},
+		client: client,
+	}
+	srv := &server.Server{
+		Play:       &play.Service{Resolver: resolver, Engine: a.Engine, RelayNoRange: cfg.RelayNoRange, Logger: log},
+		MaxStreams: cfg.MaxStreams,
+		Version:    cfg.Version,
+		Logger:     log,
+	}
+	if cfg.Tasks != nil {
+		defaults := rpc.Defaults{Connections: cfg.Connections, MinSpeed: cfg.MinSpeed, UserAgent: userAgent, PieceLength: cfg.ChunkSize}
+		tasks, err := task.New(task.Config{Interpret: defaults.Interpret, Probe: resolver.Size, MaxStopped: max(cfg.MaxStopped, 1), MaxWaiting: cfg.MaxWaiting, Logger: log}, cfg.Tasks)
+		if err != nil {
+			cfg.Tasks.Close()
+			return nil, err
+		}
+		a.tasks = tasks
+		srv.Tasks = tasks
+		srv.RPC = &rpc.Handler{Tasks: tasks, Defaults: defaults, Secret: cfg.RPCSecret, ListenAll: cfg.RPCListenAll, AllowOriginAll: cfg.RPCAllowOriginAll, Version: cfg.Version, Logger: log}
+	}
+	a.Handler = srv.Handler()
+	return a, nil
+}
+
+// Close ends the tasks' background probes, closes their store, and closes idle upstream connections.
+// Streams must have ended first.
+func (a *App) Close() error {
+	defer a.client.CloseIdleConnections()
+	if a.tasks != nil {
+		return a.tasks.Close()
+	}
+	return nil
+}

@@ -1,0 +1,277 @@
+// Package play is one playback: a player's range of a link or of a task's link, resolved, streamed over
+// several connections or relayed over one, and reported to whoever counts it. The HTTP edge opens a
+// playback, learns what the file is, chooses the status and headers, then lets it play, and maps the
+// typed result it gets back to what the player sees.
+package play
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"path"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"mflow/internal/bytesize"
+	"mflow/internal/engine"
+	"mflow/internal/httprange"
+	"mflow/internal/link"
+	"mflow/internal/source"
+	"mflow/internal/upstream"
+)
+
+// Service plays links. Its fields are set before the first Open and not changed after.
+type Service struct {
+	// Resolver probes the links played.
+	Resolver *link.Resolver
+	// Engine streams their bytes.
+	Engine *engine.Engine
+	// RelayNoRange relays an upstream that ignores Range over one connection instead of refusing it.
+	RelayNoRange bool
+	// Logger receives a line per stream start and end. Default slog.Default().
+	Logger *slog.Logger
+
+	streams atomic.Int64 // numbers the streams in the log
+}
+
+// Tally is told what happens to a playback of a task: the task registry's stream counts its bytes and
+// keeps its size and failures.
+type Tally interface {
+	Sized(size int64)  // the probe found the file's size
+	Delivered(n int64) // the player took n more bytes
+	Failed(err error)  // the upstream refused the file
+}
+
+// Request is one playback to open.
+type Request struct {
+	Link source.Link
+	// Identity names the file for sharing downloads and the cache; "" is the link's own. A task's streams
+	// share theirs whatever its signed URL is now.
+	Identity string
+	// First is what the probe may ask for, so that its answer is the stream's first bytes
+	// (engine.FirstRequest of the player's range); Start < 0 asks for the first byte only.
+	First httprange.Span
+	// Connections and MinSpeed replace the engine's when not zero (MinSpeed negative turns it off).
+	Connections int
+	MinSpeed    int64
+	// Tally, when set, is told of the playback.
+	Tally Tally
+	// Logger, when set, carries the caller's attributes (a task's GID) into the stream's lines.
+	Logger *slog.Logger
+}
+
+// ErrNoRanges refuses an upstream that ignores Range when mflow does not relay such upstreams.
+var ErrNoRanges = errors.New("upstream does not support Range requests, so it cannot be fetched in parallel; start mflow with --relay-no-range to relay it over one connection")
+
+// File is what a probe found, as the player is told it.
+type File struct {
+	Version     source.Version // the size (-1 when unknown) and validators
+	Ranges      bool           // whether ranges can be served: false relays the whole file as it comes
+	Name        string         // the file name, "" when none is known
+	ContentType string
+	Disposition string // a Content-Disposition value
+}
+
+// Playback is one opened playback. Call Close when done, whether it played or not.
+type Playback struct {
+	File File
+
+	svc     *Service
+	req     Request
+	log     *slog.Logger
+	meta    *link.Meta
+	head    *http.Response                   // the probe's open answer for the first bytes, until taken
+	mirrors func(*link.Meta) []source.Target // waits briefly for the mirrors' probes
+}
+
+// Open resolves req's link. Its error is the upstream's (see upstream.Classify) or ErrNoRanges; a task's
+// Tally hears of an upstream's refusal.
+func (s *Service) Open(ctx context.Context, req Request) (*Playback, error) {
+	log := req.Logger
+	if log == nil {
+		log = s.logger()
+	}
+	mirrors := s.Resolver.Mirrors(ctx, req.Link) // probed alongside the link's own probe
+	meta, head, err := s.Resolver.Open(ctx, req.Link, req.First)
+	if err != nil {
+		if ctx.Err() == nil && req.Tally != nil {
+			req.Tally.Failed(err)
+		}
+		return nil, err
+	}
+	if req.Tally != nil {
+		req.Tally.Sized(meta.Version.Size)
+	}
+	p := &Playback{svc: s, req: req, log: log, meta: meta, head: head, mirrors: mirrors}
+	if meta.Version.Size != 0 && !meta.Ranges && !s.RelayNoRange {
+		p.Close()
+		return nil, ErrNoRanges
+	}
+	name := fileName(req.Link, meta)
+	p.File = File{Version: meta.Version, Ranges: meta.Ranges, Name: name, ContentType: contentType(meta, name), Disposition: disposition(req.Link, meta, name)}
+	return p, nil
+}
+
+// Close lets go of what an opened playback holds and did not use.
+func (p *Playback) Close() {
+	if p.head != nil {
+		p.head.Body.Close()
+		p.head = nil
+	}
+}
+
+// Outcome is how a playback ended.
+type Outcome int
+
+const (
+	Done    Outcome = iota // the player has every byte of its range
+	Left                   // the player went away (or mflow is stopping): normal, not an error
+	Stopped                // ctx ended with another cause, such as the task paused or removed
+	Failed                 // the upstream failed the stream; Result.Err says how
+)
+
+// Result is how a playback went.
+type Result struct {
+	Outcome Outcome
+	Stats   engine.Stats
+	Err     error // the stream's error, for Failed (and the cause for Stopped)
+}
+
+// Play writes span of the file to w (span.End < 0: all of a relayed file) and logs the stream's start and
+// end. player is the player's address, for the log. A stream that ends early may have cut w's writes with
+// a deadline; the caller clears it.
+func (p *Playback) Play(ctx context.Context, w io.Writer, span httprange.Span, player string) Result {
+	s := p.svc
+	log := p.log.With("stream", s.streams.Add(1))
+	log.Info("stream start", "file", upstream.Redact(p.req.Link.URL), "range", fmt.Sprintf("%d-%d/%d", span.Start, span.End, p.File.Version.Size), "player", player)
+	began := time.Now()
+	if p.req.Tally != nil {
+		w = &counting{Writer: w, tally: p.req.Tally}
+	}
+	target := p.meta.Target(p.req.Link)
+	var stats engine.Stats
+	var err error
+	if p.meta.Ranges {
+		identity := p.req.Identity
+		if identity == "" {
+			identity = p.req.Link.Identity()
+		}
+		head := p.head
+		p.head = nil // the engine closes it
+		stats, err = s.Engine.Stream(ctx, w, engine.Request{Target: target, Head: head, FileKey: source.FileKey(identity, p.meta.Version),
+			Mirrors: p.mirrors(p.meta), Span: span, Refresh: s.Resolver.Refresher(p.req.Link),
+			Connections: p.req.Connections, MinSpeed: p.req.MinSpeed, Logger: log})
+	} else {
+		stats, err = s.Engine.Relay(ctx, w, target, span)
+	}
+	took := time.Since(began)
+	attrs := []any{"bytes", stats.Bytes, "took", took.Round(time.Millisecond), "speed", bytesize.Human(float64(stats.Bytes)/max(took.Seconds(), 1e-3)) + "/s", "retries", stats.Retries}
+	if stats.Replaced > 0 {
+		attrs = append(attrs, "replaced", stats.Replaced)
+	}
+	res := Result{Stats: stats, Err: err}
+	cause := context.Cause(ctx)
+	switch {
+	case err == nil:
+		res.Outcome = Done
+		log.Info("stream end", attrs...)
+	case ctx.Err() != nil && !errors.Is(cause, context.Canceled):
+		res.Outcome, res.Err = Stopped, cause
+		log.Info("stream end: stopped", append(attrs, "why", cause)...)
+	case ctx.Err() != nil, errors.Is(err, engine.ErrPlayerGone):
+		res.Outcome = Left
+		log.Info("stream end: player left", attrs...)
+	default:
+		res.Outcome = Failed
+		log.Info("stream end: failed", attrs...)
+		if p.req.Tally != nil {
+			p.req.Tally.Failed(err)
+		}
+	}
+	return res
+}
+
+func (s *Service) logger() *slog.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return slog.Default()
+}
+
+// counting tells a Tally the bytes the player takes, and passes on what the engine asks of the player's
+// writer: flushing, and a write deadline to cut a stream that must end.
+type counting struct {
+	io.Writer
+	tally Tally
+}
+
+func (c *counting) Write(b []byte) (int, error) {
+	n, err := c.Writer.Write(b)
+	c.tally.Delivered(int64(n))
+	return n, err
+}
+
+func (c *counting) Flush() {
+	if f, ok := c.Writer.(interface{ Flush() }); ok {
+		f.Flush()
+	}
+}
+
+func (c *counting) SetWriteDeadline(t time.Time) error {
+	if d, ok := c.Writer.(interface{ SetWriteDeadline(time.Time) error }); ok {
+		return d.SetWriteDeadline(t)
+	}
+	return nil
+}
+
+// fileName is the name the player is told: the link's, else the last path segment of the link, or of
+// where it redirected when the link's own has no extension.
+func fileName(l source.Link, meta *link.Meta) string {
+	if l.Name != "" {
+		return l.Name
+	}
+	name := source.FileName(l.URL)
+	if path.Ext(name) == "" {
+		if final := source.FileName(meta.URL); path.Ext(final) != "" {
+			name = final
+		}
+	}
+	return name
+}
+
+// videoTypes covers the files players ask for that the system MIME table may lack.
+var videoTypes = map[string]string{
+	".mp4": "video/mp4", ".m4v": "video/x-m4v", ".mkv": "video/x-matroska", ".webm": "video/webm",
+	".ts": "video/mp2t", ".m2ts": "video/mp2t", ".mov": "video/quicktime", ".avi": "video/x-msvideo",
+	".flv": "video/x-flv", ".wmv": "video/x-ms-wmv", ".rmvb": "application/vnd.rn-realmedia-vbr",
+	".mp3": "audio/mpeg", ".flac": "audio/flac", ".m4a": "audio/mp4", ".iso": "application/x-iso9660-image",
+}
+
+func contentType(meta *link.Meta, name string) string {
+	if meta.ContentType != "" {
+		return meta.ContentType
+	}
+	ext := strings.ToLower(path.Ext(name))
+	if t, ok := videoTypes[ext]; ok {
+		return t
+	}
+	if t := mime.TypeByExtension(ext); t != "" {
+		return t
+	}
+	return "application/octet-stream"
+}
+
+func disposition(l source.Link, meta *link.Meta, name string) string {
+	if meta.Disposition != "" && l.Name == "" {
+		return meta.Disposition
+	}
+	if name == "" {
+		return "inline"
+	}
+	return mime.FormatMediaType("inline", map[string]string{"filename": name})
+}

@@ -1,0 +1,588 @@
+package task
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"mflow/internal/access"
+	"mflow/internal/source"
+	"mflow/internal/upstream"
+)
+
+// Config sets up a Registry.
+type Config struct {
+	// Interpret says what a task's options mean. Nil treats every task as its URIs alone.
+	Interpret func(uris []string, options map[string]string) (Spec, error)
+	// Probe learns a new task's size in the background. Nil leaves sizes to the players' probes.
+	Probe func(ctx context.Context, l source.Link) (int64, error)
+	// MaxStopped is how many stopped tasks are kept, the oldest forgotten first. Default 1000.
+	MaxStopped int
+	// MaxWaiting bounds the waiting and paused tasks: an add beyond it is refused. Default 1000.
+	MaxWaiting int
+	// Logger receives a WARN line for every task that could not be persisted. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Registry keeps tasks and moves them through their states. Its methods are safe for concurrent use.
+type Registry struct {
+	cfg   Config
+	store Persister
+
+	ctx    context.Context    // ends the background probes
+	cancel context.CancelFunc // ends ctx
+	wg     sync.WaitGroup     // the background probes
+
+	saveMu sync.Mutex // one save at a time, so the last one written is the latest state; held over I/O
+
+	mu    sync.Mutex              // protects the following fields, and every task's Record and streams
+	tasks map[string]*task        // by GID
+	queue []string                // waiting and paused tasks, in order
+	done  []string                // stopped tasks, oldest first
+	stops int                     // tasks stopped since the registry opened, forgotten ones included
+	subs  map[chan Event]struct{} // event subscribers
+}
+
+// task is a Record with what only this process knows about it.
+type task struct {
+	Record                     // protected by Registry.mu; its Delivered is stale, see delivered
+	delivered atomic.Int64     // bytes players took: counted on every write, without a lock
+	speed     meter            // the same bytes, over the last seconds
+	streams   map[*Stream]bool // players streaming it now; protected by Registry.mu
+}
+
+// change collects what a change under the lock must do once the lock is released: the tasks to save.
+type change struct{ saves []string }
+
+func (c *change) save(gid string) { c.saves = append(c.saves, gid) }
+
+// New returns a registry of the tasks store holds. It owns store and closes it in Close.
+func New(cfg Config, store Persister) (*Registry, error) {
+	if cfg.MaxStopped <= 0 {
+		cfg.MaxStopped = 1000
+	}
+	if cfg.MaxWaiting <= 0 {
+		cfg.MaxWaiting = 1000
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	records, err := store.Load()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &Registry{cfg: cfg, store: store, ctx: ctx, cancel: cancel, tasks: map[string]*task{}, subs: map[chan Event]struct{}{}}
+	slices.SortFunc(records, func(a, b Record) int { return a.Added.Compare(b.Added) })
+	for _, rec := range records {
+		if rec.State == Active {
+			rec.State = Waiting // a stream does not outlive the process
+		}
+		t := &task{Record: rec, streams: map[*Stream]bool{}}
+		t.delivered.Store(rec.Delivered)
+		r.tasks[rec.GID] = t
+		if rec.State.stopped() {
+			r.done = append(r.done, rec.GID)
+			r.stops++
+		} else {
+			r.queue = append(r.queue, rec.GID)
+		}
+	}
+	return r, nil
+}
+
+// Close ends the background probes, waits for them, and closes the store.
+func (r *Registry) Close() error {
+	r.cancel()
+	r.wg.Wait()
+	return r.store.Close()
+}
+
+// commit does, outside the lock, what a change left to do: it saves each task it touched as it is now,
+// or forgets it when it is gone. Every failure is logged, and the first returned.
+func (r *Registry) commit(c change) error {
+	if len(c.saves) == 0 {
+		return nil
+	}
+	r.saveMu.Lock()
+	defer r.saveMu.Unlock()
+	var first error
+	for _, gid := range c.saves {
+		rec, ok := r.record(gid)
+		var err error
+		if ok {
+			err = r.store.Save(rec)
+		} else {
+			err = r.store.Delete(gid)
+		}
+		if err != nil {
+			r.cfg.Logger.Warn("task not saved: it may be lost when mflow stops", "gid", gid, "err", err)
+			if first == nil {
+				first = fmt.Errorf("saving task %s: %w", gid, err)
+			}
+		}
+	}
+	return first
+}
+
+// record is a copy of gid's task as it is now; false when it is gone.
+func (r *Registry) record(gid string) (Record, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.tasks[gid]
+	if t == nil {
+		return Record{}, false
+	}
+	return t.snapshot(), true
+}
+
+// snapshot is a copy of t's Record with the bytes delivered so far. Call with the Registry's lock held.
+func (t *task) snapshot() Record {
+	rec := t.Record.clone()
+	rec.Delivered = t.delivered.Load()
+	return rec
+}
+
+// Subscribe returns a channel of events and the function that ends the subscription. Events are dropped
+// for a subscriber that does not keep up, rather than holding the registry.
+func (r *Registry) Subscribe() (<-chan Event, func()) {
+	ch := make(chan Event, 64)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.subs[ch] = struct{}{}
+	return ch, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		delete(r.subs, ch)
+	}
+}
+
+// _notify sends an event to every subscriber without waiting: under the lock, so that subscribers see
+// the events of one task in the order they happened.
+func (r *Registry) _notify(kind EventKind, gid string) {
+	for ch := range r.subs {
+		select {
+		case ch <- Event{Kind: kind, GID: gid}:
+		default:
+		}
+	}
+}
+
+// _announce marks t started and tells the subscribers.
+func (r *Registry) _announce(t *task) {
+	t.Announced = true
+	r._notify(EventStarted, t.GID)
+}
+
+// Addition is a task to add.
+type Addition struct {
+	URIs     []string          // mirrors of one file; the first is asked first
+	Options  map[string]string // kept as given; Config.Interpret says what they mean
+	Position int               // in the queue; negative or past the end adds it last
+	Paused   bool              // added paused: not announced, not streamed until unpaused
+	GID      string            // the GID to give it; "" for a new random one
+	From     access.Client     // the class of the client adding it
+}
+
+// Add registers a task and starts probing its size in the background. It returns the GID.
+func (r *Registry) Add(a Addition) (string, error) {
+	for _, u := range a.URIs {
+		if p, err := url.Parse(u); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+			return "", &Error{GID: a.GID, Err: ErrBadURI}
+		}
+	}
+	if len(a.URIs) == 0 {
+		return "", &Error{GID: a.GID, Err: ErrBadURI}
+	}
+	gid, c, err := r.add(a)
+	if err != nil {
+		return "", err
+	}
+	if err := r.commit(c); err != nil {
+		return "", err
+	}
+	r.wg.Go(func() { r.probeSize(gid) })
+	return gid, nil
+}
+
+func (r *Registry) add(a Addition) (string, change, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.queue) >= r.cfg.MaxWaiting {
+		return "", change{}, &Error{Err: ErrTooMany, Limit: r.cfg.MaxWaiting}
+	}
+	gid := a.GID
+	if gid == "" {
+		gid = r._newGID()
+	} else if err := checkGID(gid); err != nil || len(gid) != 16 {
+		return "", change{}, &Error{GID: gid, Err: ErrBadGID}
+	} else if r.tasks[gid] != nil {
+		return "", change{}, &Error{GID: gid, Err: ErrGIDTaken}
+	}
+	opts := make(map[string]string, len(a.Options))
+	for k, v := range a.Options {
+		opts[k] = v
+	}
+	t := &task{Record: Record{GID: gid, URIs: slices.Clone(a.URIs), Options: opts, State: Waiting, Size: -1, Added: time.Now(), From: a.From}, streams: map[*Stream]bool{}}
+	if a.Paused {
+		t.State = Paused
+	}
+	r.tasks[gid] = t
+	pos := a.Position
+	if pos < 0 || pos > len(r.queue) {
+		pos = len(r.queue)
+	}
+	r.queue = slices.Insert(r.queue, pos, gid)
+	if !a.Paused {
+		r._announce(t)
+	}
+	return gid, change{saves: []string{gid}}, nil
+}
+
+// _newGID returns an unused random GID: 16 lowercase hex digits, not all zero.
+func (r *Registry) _newGID() string {
+	for {
+		var b [8]byte
+		rand.Read(b[:])
+		gid := hex.EncodeToString(b[:])
+		if r.tasks[gid] == nil && gid != "0000000000000000" {
+			return gid
+		}
+	}
+}
+
+// checkGID refuses what cannot be a GID or a prefix of one.
+func checkGID(gid string) error {
+	if gid == "" || len(gid) > 16 || strings.Trim(gid, "0123456789abcdef") != "" || gid == "0000000000000000" {
+		return ErrBadGID
+	}
+	return nil
+}
+
+// probeSize learns a new task's size; a refusal marks it Failed.
+func (r *Registry) probeSize(gid string) {
+	if r.cfg.Probe == nil {
+		return
+	}
+	l, _, err := r.linkOf(gid)
+	if err != nil {
+		return
+	}
+	size, err := r.cfg.Probe(r.ctx, l)
+	if r.ctx.Err() != nil {
+		return
+	}
+	_ = r.commit(r.probed(gid, size, err))
+}
+
+// probed records what the background probe of gid found.
+func (r *Registry) probed(gid string, size int64, err error) change {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var c change
+	t := r.tasks[gid]
+	switch {
+	case t == nil:
+	case err != nil:
+		if !t.State.stopped() {
+			r._fail(t, err, &c)
+		}
+	default:
+		t.Size = size
+		c.save(gid)
+	}
+	return c
+}
+
+// linkOf is what gid fetches and how, as its options say now.
+func (r *Registry) linkOf(gid string) (source.Link, Spec, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.tasks[gid]
+	if t == nil {
+		return source.Link{}, Spec{}, &Error{GID: gid, Err: ErrNotFound}
+	}
+	return r._link(t)
+}
+
+// _link is what t fetches: its first URI as its options say, its other URIs as mirrors.
+func (r *Registry) _link(t *task) (source.Link, Spec, error) {
+	var spec Spec
+	if r.cfg.Interpret != nil {
+		var err error
+		if spec, err = r.cfg.Interpret(t.URIs, t.Options); err != nil {
+			return source.Link{}, Spec{}, err
+		}
+	}
+	l := source.Link{
+		Location: source.Location{URL: t.URIs[0], Header: spec.Header, Proxy: spec.Proxy, From: t.From},
+		Name:     spec.Name,
+		Mirrors:  slices.Clone(t.URIs[1:]),
+	}
+	return l, spec, nil
+}
+
+// _fail marks t Failed because of err, and tells the subscribers.
+func (r *Registry) _fail(t *task, err error, c *change) {
+	f := upstream.Classify(err)
+	t.Failure = &f
+	r._stop(t, Failed, c)
+	r._notify(EventFailed, t.GID)
+}
+
+// _stop moves t to the stopped tasks with state, ends its streams, and forgets the oldest stopped tasks
+// beyond MaxStopped.
+func (r *Registry) _stop(t *task, state State, c *change) {
+	t.State = state
+	r.queue = slices.DeleteFunc(r.queue, func(g string) bool { return g == t.GID })
+	r.done = append(r.done, t.GID)
+	r.stops++
+	t.endStreams()
+	c.save(t.GID)
+	for len(r.done) > r.cfg.MaxStopped {
+		r._forget(r.tasks[r.done[0]], c)
+	}
+}
+
+// _forget drops t.
+func (r *Registry) _forget(t *task, c *change) {
+	delete(r.tasks, t.GID)
+	r.queue = slices.DeleteFunc(r.queue, func(g string) bool { return g == t.GID })
+	r.done = slices.DeleteFunc(r.done, func(g string) bool { return g == t.GID })
+	c.save(t.GID)
+}
+
+// _find resolves a GID or a unique prefix of one.
+func (r *Registry) _find(gid string) (*task, error) {
+	if err := checkGID(gid); err != nil {
+		return nil, &Error{GID: gid, Err: err}
+	}
+	if t := r.tasks[gid]; t != nil {
+		return t, nil
+	}
+	var found *task
+	for g, t := range r.tasks {
+		if strings.HasPrefix(g, gid) {
+			if found != nil {
+				return nil, &Error{GID: gid, Err: ErrAmbiguous}
+			}
+			found = t
+		}
+	}
+	if found == nil {
+		return nil, &Error{GID: gid, Err: ErrNotFound}
+	}
+	return found, nil
+}
+
+// update runs do on the task gid names, with the lock held, then commits the change; it returns the
+// task's full GID.
+func (r *Registry) update(gid string, do func(t *task, c *change) error) (string, error) {
+	full, c, err := func() (string, change, error) {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		var c change
+		t, err := r._find(gid)
+		if err != nil {
+			return "", c, err
+		}
+		if err := do(t, &c); err != nil {
+			return "", c, &Error{GID: t.GID, Err: err}
+		}
+		return t.GID, c, nil
+	}()
+	if err != nil {
+		return "", err
+	}
+	return full, r.commit(c)
+}
+
+// all runs do on every task in the queue, with the lock held, then commits the change.
+func (r *Registry) all(do func(t *task, c *change)) error {
+	c := func() change {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		var c change
+		for _, gid := range slices.Clone(r.queue) {
+			do(r.tasks[gid], &c)
+		}
+		return c
+	}()
+	return r.commit(c)
+}
+
+// Remove stops a task. One announced as started (or being streamed) becomes Removed, its streams end and
+// EventStopped is sent; one never announced (added paused) is forgotten silently.
+func (r *Registry) Remove(gid string) (string, error) {
+	return r.update(gid, func(t *task, c *change) error {
+		switch {
+		case t.State.stopped():
+			return ErrNotRunning
+		case len(t.streams) > 0 || t.Announced:
+			r._stop(t, Removed, c)
+			r._notify(EventStopped, t.GID)
+		default:
+			r._forget(t, c)
+		}
+		return nil
+	})
+}
+
+// Pause pauses a waiting or active task; its streams end, and new ones are refused.
+func (r *Registry) Pause(gid string) (string, error) {
+	return r.update(gid, func(t *task, c *change) error {
+		if t.State != Waiting {
+			return ErrNotPausable
+		}
+		r._pause(t, c)
+		return nil
+	})
+}
+
+func (r *Registry) _pause(t *task, c *change) {
+	t.State = Paused
+	t.endStreams()
+	c.save(t.GID)
+	r._notify(EventPaused, t.GID)
+}
+
+// Unpause lets a paused task be streamed again.
+func (r *Registry) Unpause(gid string) (string, error) {
+	return r.update(gid, func(t *task, c *change) error {
+		if t.State != Paused {
+			return ErrNotPaused
+		}
+		r._unpause(t, c)
+		return nil
+	})
+}
+
+func (r *Registry) _unpause(t *task, c *change) {
+	t.State = Waiting
+	r._announce(t)
+	c.save(t.GID)
+}
+
+// PauseAll pauses every waiting or active task.
+func (r *Registry) PauseAll() error {
+	return r.all(func(t *task, c *change) {
+		if t.State == Waiting {
+			r._pause(t, c)
+		}
+	})
+}
+
+// UnpauseAll unpauses every paused task.
+func (r *Registry) UnpauseAll() error {
+	return r.all(func(t *task, c *change) {
+		if t.State == Paused {
+			r._unpause(t, c)
+		}
+	})
+}
+
+// RemoveResult forgets a stopped task.
+func (r *Registry) RemoveResult(gid string) error {
+	_, err := r.update(gid, func(t *task, c *change) error {
+		if !t.State.stopped() {
+			return ErrNotStopped
+		}
+		r._forget(t, c)
+		return nil
+	})
+	return err
+}
+
+// PurgeResults forgets every stopped task.
+func (r *Registry) PurgeResults() error {
+	c := func() change {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		var c change
+		for _, gid := range slices.Clone(r.done) {
+			r._forget(r.tasks[gid], &c)
+		}
+		return c
+	}()
+	return r.commit(c)
+}
+
+// ChangeOptions replaces a task's options by what edit makes of them. edit runs with the lock held and
+// must not block; an error from it leaves the options as they were. Changes to a task being streamed apply
+// to its next stream.
+func (r *Registry) ChangeOptions(gid string, edit func(old map[string]string) (map[string]string, error)) error {
+	_, err := r.update(gid, func(t *task, c *change) error {
+		opts, err := edit(t.Record.clone().Options)
+		if err != nil {
+			return err
+		}
+		t.Options = opts
+		c.save(t.GID)
+		return nil
+	})
+	return err
+}
+
+// View is a task as it is now.
+type View struct {
+	Record
+	State   State // with Active computed
+	Speed   int64 // bytes/s players took over the last seconds
+	Streams int   // players streaming it now
+}
+
+// Get returns a view of one task.
+func (r *Registry) Get(gid string) (View, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t, err := r._find(gid)
+	if err != nil {
+		return View{}, err
+	}
+	return t.view(time.Now()), nil
+}
+
+// Lists returns the active tasks; the waiting and paused ones in queue order; the stopped ones, oldest
+// first.
+func (r *Registry) Lists() (active, waiting, stopped []View) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now()
+	for _, gid := range r.queue {
+		v := r.tasks[gid].view(now)
+		if v.State == Active {
+			active = append(active, v)
+		} else {
+			waiting = append(waiting, v)
+		}
+	}
+	for _, gid := range r.done {
+		stopped = append(stopped, r.tasks[gid].view(now))
+	}
+	return active, waiting, stopped
+}
+
+// StoppedTotal is the number of tasks stopped since the registry opened, forgotten ones included.
+func (r *Registry) StoppedTotal() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.stops
+}
+
+// view is t as it is at now. Call with the Registry's lock held; it changes nothing.
+func (t *task) view(now time.Time) View {
+	v := View{Record: t.snapshot(), State: t.State, Streams: len(t.streams)}
+	if v.Streams > 0 && t.State == Waiting {
+		v.State = Active
+		v.Speed = t.speed.rate(now)
+	}
+	return v
+}

@@ -1,0 +1,118 @@
+package task
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"mflow/internal/source"
+)
+
+// Stream is one player's stream of a task. Its methods are what the playback reports about it.
+type Stream struct {
+	GID     string          // the task's full GID
+	Link    source.Link     // what to fetch, as the task's options say now
+	Spec    Spec            // how to fetch and play it
+	Context context.Context // ends with the player's, or with cause ErrStopped when the task is paused or removed
+
+	registry *Registry
+	task     *task
+	cancel   context.CancelCauseFunc
+}
+
+// Begin starts a player's stream of gid, within ctx. Call End when it is over.
+func (r *Registry) Begin(ctx context.Context, gid string) (*Stream, error) {
+	st, c, err := r.begin(ctx, gid)
+	if err != nil {
+		return nil, err
+	}
+	_ = r.commit(c) // logged; the stream goes on
+	return st, nil
+}
+
+func (r *Registry) begin(ctx context.Context, gid string) (*Stream, change, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var c change
+	t, err := r._find(gid)
+	if err != nil {
+		return nil, c, err
+	}
+	switch t.State {
+	case Paused:
+		return nil, c, &Error{GID: t.GID, Err: ErrPaused}
+	case Removed:
+		return nil, c, &Error{GID: t.GID, Err: ErrNotFound}
+	case Failed: // the player tries again: perhaps the upstream recovered
+		t.State, t.Failure = Waiting, nil
+		r.done = slices.DeleteFunc(r.done, func(g string) bool { return g == t.GID })
+		r.queue = append(r.queue, t.GID)
+		c.save(t.GID)
+	}
+	l, spec, err := r._link(t)
+	if err != nil {
+		return nil, c, err
+	}
+	st := &Stream{GID: t.GID, Link: l, Spec: spec, registry: r, task: t}
+	st.Context, st.cancel = context.WithCancelCause(ctx)
+	t.streams[st] = true
+	return st, c, nil
+}
+
+// endStreams ends every stream of t with ErrStopped. Call with the Registry's lock held.
+func (t *task) endStreams() {
+	for st := range t.streams {
+		st.cancel(ErrStopped)
+	}
+}
+
+// Delivered counts n bytes the player took. It takes no lock: it runs on every write to a player.
+func (st *Stream) Delivered(n int64) {
+	st.task.delivered.Add(n)
+	st.task.speed.add(time.Now(), n)
+}
+
+// Sized records the size the stream's probe found, for a task whose background probe has not.
+func (st *Stream) Sized(size int64) {
+	r := st.registry
+	_ = r.commit(func() change {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		var c change
+		if st.task.Size != size {
+			st.task.Size = size
+			c.save(st.GID)
+		}
+		return c
+	}())
+}
+
+// Failed marks the task Failed because its upstream refused the stream.
+func (st *Stream) Failed(err error) {
+	r := st.registry
+	_ = r.commit(func() change {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		var c change
+		if t := st.task; !t.State.stopped() && t.State != Paused && r.tasks[t.GID] == t {
+			r._fail(t, err, &c)
+		}
+		return c
+	}())
+}
+
+// End ends the stream, and saves the bytes it delivered.
+func (st *Stream) End() {
+	st.cancel(nil)
+	r := st.registry
+	_ = r.commit(func() change {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		var c change
+		delete(st.task.streams, st)
+		if r.tasks[st.GID] == st.task {
+			c.save(st.GID)
+		}
+		return c
+	}())
+}
