@@ -25,7 +25,7 @@ type Disk struct {
 	maxBytes int64
 	log      *slog.Logger
 
-	mu    sync.Mutex
+	mu    sync.Mutex        // protects the following fields; no file is touched while it is held
 	files map[string]*entry // by file name
 	bytes int64             // the size of all files
 }
@@ -69,9 +69,7 @@ func OpenDisk(dir string, maxBytes int64, log *slog.Logger) (*Disk, error) {
 	if err != nil {
 		return nil, fmt.Errorf("chunk cache %s: %w", dir, err)
 	}
-	d.mu.Lock()
-	d._evict()
-	d.mu.Unlock()
+	d.removeFiles(d.evict())
 	return d, nil
 }
 
@@ -86,9 +84,7 @@ func (d *Disk) path(name string) string { return filepath.Join(d.dir, name[:2], 
 // Get reads the chunk stored under key, checking it whole; a bad file is removed.
 func (d *Disk) Get(key string) ([]byte, bool) {
 	n := filename(key)
-	d.mu.Lock()
-	e := d.files[n]
-	d.mu.Unlock()
+	e := d.lookup(n)
 	if e == nil {
 		return nil, false
 	}
@@ -101,10 +97,20 @@ func (d *Disk) Get(key string) ([]byte, bool) {
 	}
 	now := time.Now()
 	os.Chtimes(d.path(n), now, now) // the order of eviction survives a restart
-	d.mu.Lock()
-	e.used = now
-	d.mu.Unlock()
+	d.touch(e, now)
 	return data, true
+}
+
+func (d *Disk) lookup(n string) *entry {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.files[n]
+}
+
+func (d *Disk) touch(e *entry, now time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	e.used = now
 }
 
 // unpack checks a chunk file's header and checksum and returns its bytes.
@@ -135,15 +141,19 @@ func (d *Disk) Put(key string, data []byte) {
 		d.log.Warn("chunk cache: cannot write a chunk", "file", path, "err", err)
 		return
 	}
+	d.removeFiles(d.record(n, int64(headerSize+len(data))))
+}
+
+// record counts a file just written, and returns the files eviction chose, to be removed.
+func (d *Disk) record(n string, size int64) []string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if old := d.files[n]; old != nil {
 		d.bytes -= old.size
 	}
-	size := int64(headerSize + len(data))
 	d.files[n] = &entry{size: size, used: time.Now()}
 	d.bytes += size
-	d._evict()
+	return d._evict()
 }
 
 func (d *Disk) write(path string, data []byte) error {
@@ -177,34 +187,54 @@ func (d *Disk) write(path string, data []byte) error {
 
 // drop forgets and removes a chunk file.
 func (d *Disk) drop(n string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d._remove(n)
+	func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		d._forget(n)
+	}()
+	d.removeFiles([]string{n})
 }
 
-func (d *Disk) _remove(n string) {
+// _forget stops counting a file.
+func (d *Disk) _forget(n string) {
 	if e := d.files[n]; e != nil {
 		d.bytes -= e.size
 		delete(d.files, n)
 	}
-	os.Remove(d.path(n))
 }
 
-// _evict removes the least recently used files until the cache fits. Call with the lock held.
-func (d *Disk) _evict() {
+// evict forgets the least recently used files until the cache fits, and returns them to be removed.
+func (d *Disk) evict() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d._evict()
+}
+
+func (d *Disk) _evict() []string {
 	if d.bytes <= d.maxBytes {
-		return
+		return nil
 	}
 	names := make([]string, 0, len(d.files))
 	for n := range d.files {
 		names = append(names, n)
 	}
 	slices.SortFunc(names, func(a, b string) int { return d.files[a].used.Compare(d.files[b].used) })
+	var gone []string
 	for _, n := range names {
 		if d.bytes <= d.maxBytes {
 			break
 		}
-		d._remove(n)
+		d._forget(n)
+		gone = append(gone, n)
+	}
+	return gone
+}
+
+// removeFiles removes files the cache no longer counts. A Put of the same chunk in between may lose its
+// file too; its next Get then finds it missing and fetches it again.
+func (d *Disk) removeFiles(names []string) {
+	for _, n := range names {
+		os.Remove(d.path(n))
 	}
 }
 

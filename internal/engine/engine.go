@@ -14,10 +14,12 @@
 // chunks ahead. A request far slower than the stream's best is raced by a fresh request, which usually
 // lands on another route, and cancelled if it stays slow.
 //
-// Locking: each file has one mutex, mu, that protects the file's chunks and pieces and the state of all
-// its streams. A function whose name starts with an underscore must be called with it held; every other
-// function takes it itself, always with a deferred unlock, so that a panic never leaves it held. No I/O
-// (network, cache, player) happens while it is held.
+// Locking, the convention across mflow: a mutex's comment says which fields it protects (they follow
+// it). A function or method whose name starts with an underscore must be called with that mutex held and
+// never releases it; every other function that needs the mutex takes it itself, with a deferred unlock, so
+// that a panic never leaves it held. No I/O (network, disk, a player) happens while a mutex a hot path
+// needs is held. Here each file has one mutex, mu, that protects the file's chunks and pieces and the
+// state of all its streams.
 package engine
 
 import (

@@ -141,11 +141,11 @@ func (r *Registry) record(gid string) (Record, bool) {
 	if t == nil {
 		return Record{}, false
 	}
-	return t.snapshot(), true
+	return t._snapshot(), true
 }
 
-// snapshot is a copy of t's Record with the bytes delivered so far. Call with the Registry's lock held.
-func (t *task) snapshot() Record {
+// _snapshot is a copy of t's Record with the bytes delivered so far.
+func (t *task) _snapshot() Record {
 	rec := t.Record.clone()
 	rec.Delivered = t.delivered.Load()
 	return rec
@@ -345,7 +345,7 @@ func (r *Registry) _stop(t *task, state State, c *change) {
 	r.queue = slices.DeleteFunc(r.queue, func(g string) bool { return g == t.GID })
 	r.done = append(r.done, t.GID)
 	r.stops++
-	t.endStreams()
+	t._endStreams()
 	c.save(t.GID)
 	for len(r.done) > r.cfg.MaxStopped {
 		r._forget(r.tasks[r.done[0]], c)
@@ -449,7 +449,7 @@ func (r *Registry) Pause(gid string) (string, error) {
 
 func (r *Registry) _pause(t *task, c *change) {
 	t.State = Paused
-	t.endStreams()
+	t._endStreams()
 	c.save(t.GID)
 	r._notify(EventPaused, t.GID)
 }
@@ -547,7 +547,7 @@ func (r *Registry) Get(gid string) (View, error) {
 	if err != nil {
 		return View{}, err
 	}
-	return t.view(time.Now()), nil
+	return t._view(time.Now()), nil
 }
 
 // Lists returns the active tasks; the waiting and paused ones in queue order; the stopped ones, oldest
@@ -557,7 +557,7 @@ func (r *Registry) Lists() (active, waiting, stopped []View) {
 	defer r.mu.Unlock()
 	now := time.Now()
 	for _, gid := range r.queue {
-		v := r.tasks[gid].view(now)
+		v := r.tasks[gid]._view(now)
 		if v.State == Active {
 			active = append(active, v)
 		} else {
@@ -565,7 +565,7 @@ func (r *Registry) Lists() (active, waiting, stopped []View) {
 		}
 	}
 	for _, gid := range r.done {
-		stopped = append(stopped, r.tasks[gid].view(now))
+		stopped = append(stopped, r.tasks[gid]._view(now))
 	}
 	return active, waiting, stopped
 }
@@ -577,9 +577,9 @@ func (r *Registry) StoppedTotal() int {
 	return r.stops
 }
 
-// view is t as it is at now. Call with the Registry's lock held; it changes nothing.
-func (t *task) view(now time.Time) View {
-	v := View{Record: t.snapshot(), State: t.State, Streams: len(t.streams)}
+// _view is t as it is at now. It changes nothing.
+func (t *task) _view(now time.Time) View {
+	v := View{Record: t._snapshot(), State: t.State, Streams: len(t.streams)}
 	if v.Streams > 0 && t.State == Waiting {
 		v.State = Active
 		v.Speed = t.speed.rate(now)

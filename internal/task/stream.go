@@ -59,8 +59,8 @@ func (r *Registry) begin(ctx context.Context, gid string) (*Stream, change, erro
 	return st, c, nil
 }
 
-// endStreams ends every stream of t with ErrStopped. Call with the Registry's lock held.
-func (t *task) endStreams() {
+// _endStreams ends every stream of t with ErrStopped.
+func (t *task) _endStreams() {
 	for st := range t.streams {
 		st.cancel(ErrStopped)
 	}

@@ -252,8 +252,11 @@ func TestErrorsSayWhichTaskAndWhy(t *testing.T) {
 func second(_ string, err error) error { return err }
 
 func TestEventsTellEachChange(t *testing.T) {
-	r := newRegistry(t, Config{Probe: func(context.Context, source.Link) (int64, error) {
-		return 0, &upstream.StatusError{Code: 404, Status: "404 Not Found", URL: "http://h/x"}
+	r := newRegistry(t, Config{Probe: func(_ context.Context, l source.Link) (int64, error) {
+		if strings.Contains(l.URL, "missing") {
+			return 0, &upstream.StatusError{Code: 404, Status: "404 Not Found", URL: l.URL}
+		}
+		return 1000, nil
 	}}, NewMemory())
 	defer r.Close()
 	events, stop := r.Subscribe()
@@ -262,7 +265,7 @@ func TestEventsTellEachChange(t *testing.T) {
 	mustOK(t, second(r.Unpause(gid)))
 	mustOK(t, second(r.Pause(gid)))
 	mustOK(t, second(r.Remove(gid)))
-	failing := add(t, r, Addition{})
+	failing := add(t, r, Addition{URIs: []string{"http://h/missing.mp4"}})
 	want := []Event{{EventStarted, gid}, {EventPaused, gid}, {EventStopped, gid}, {EventStarted, failing}, {EventFailed, failing}}
 	for i, w := range want {
 		if got := <-events; got != w {

@@ -236,14 +236,9 @@ func (c *Client) Do(req *http.Request, at source.Location) (*http.Response, erro
 		leaveProxy()
 		return nil, err
 	}
-	slots.mu.Lock()
-	slot := slots.free[len(slots.free)-1]
-	slots.free = slots.free[:len(slots.free)-1]
-	slots.mu.Unlock()
+	slot := slots.take()
 	release := sync.OnceFunc(func() {
-		slots.mu.Lock()
-		slots.free = append(slots.free, slot)
-		slots.mu.Unlock()
+		slots.give(slot)
 		slots.sem.Release(1)
 		c.leaveHost(req.URL.Host, slots)
 		leaveProxy()
@@ -255,6 +250,22 @@ func (c *Client) Do(req *http.Request, at source.Location) (*http.Response, erro
 	}
 	resp.Body = &releasingBody{ReadCloser: resp.Body, release: release}
 	return resp, nil
+}
+
+// take returns a free slot number; the semaphore guarantees there is one.
+func (s *hostSlots) take() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	slot := s.free[len(s.free)-1]
+	s.free = s.free[:len(s.free)-1]
+	return slot
+}
+
+// give makes slot free again.
+func (s *hostSlots) give(slot int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.free = append(s.free, slot)
 }
 
 // useHost returns host's slots, counting one more user; leaveHost must follow.
