@@ -1,6 +1,7 @@
 package rpc_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"mflow/internal/access"
 	"mflow/internal/rpc"
 )
 
@@ -172,5 +174,20 @@ func TestASlowBodyIsNotWaitedForForever(t *testing.T) {
 	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.ReadAll(conn); err != nil {
 		t.Errorf("the connection of a client that never finished its body was kept: %v", err)
+	}
+}
+
+func TestATaskRemembersTheClassOfItsAdder(t *testing.T) {
+	h := newHandler(t, "s3")
+	for remote, want := range map[string]access.Client{"203.0.113.5:1000": access.Internet, "192.168.1.20:1000": access.Private, "127.0.0.1:1000": access.Loopback} {
+		w := ask(h, "POST", remote, `{"jsonrpc":"2.0","id":1,"method":"aria2.addUri","params":["token:s3",["http://h/f.mp4"]]}`, nil)
+		var reply struct{ Result string }
+		if err := json.Unmarshal(w.Body.Bytes(), &reply); err != nil || reply.Result == "" {
+			t.Fatalf("addUri from %s: %s", remote, w.Body)
+		}
+		v, err := h.Tasks.Get(reply.Result)
+		if err != nil || v.From != want {
+			t.Errorf("a task added from %s: class %v, %v; want %v", remote, v.From, err, want)
+		}
 	}
 }

@@ -1,7 +1,6 @@
 package rpc
 
 import (
-	"context"
 	"encoding/json"
 	"maps"
 	"slices"
@@ -12,14 +11,14 @@ import (
 )
 
 // method is one RPC method; params come without the token.
-type method func(h *Handler, ctx context.Context, p params) (any, error)
+type method func(h *Handler, c call, p params) (any, error)
 
 // methods are the calls mflow answers, by name.
 var methods map[string]method
 
 func init() {
 	byGID := func(f func(r *task.Registry, gid string) (string, error)) method {
-		return func(h *Handler, _ context.Context, p params) (any, error) {
+		return func(h *Handler, _ call, p params) (any, error) {
 			gid, err := p.str(0)
 			if err != nil {
 				return nil, err
@@ -28,7 +27,7 @@ func init() {
 		}
 	}
 	all := func(f func(r *task.Registry) error) method {
-		return func(h *Handler, _ context.Context, _ params) (any, error) {
+		return func(h *Handler, _ call, _ params) (any, error) {
 			if err := f(h.Tasks); err != nil {
 				return nil, err
 			}
@@ -145,7 +144,7 @@ func (p params) options(i int) (map[string]string, error) {
 	return out, nil
 }
 
-func addURI(h *Handler, ctx context.Context, p params) (any, error) {
+func addURI(h *Handler, c call, p params) (any, error) {
 	if p.has(0) {
 		var raw []json.RawMessage
 		if json.Unmarshal(p[0], &raw) != nil {
@@ -176,7 +175,7 @@ func addURI(h *Handler, ctx context.Context, p params) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := task.Addition{URIs: uris, Position: position, Paused: opts["pause"] == "true", GID: opts["gid"], From: callerOf(ctx)}
+	a := task.Addition{URIs: uris, Position: position, Paused: opts["pause"] == "true", GID: opts["gid"], From: c.from}
 	delete(opts, "pause") // aria2 keeps neither per task
 	delete(opts, "gid")
 	a.Options = opts
@@ -186,7 +185,7 @@ func addURI(h *Handler, ctx context.Context, p params) (any, error) {
 // keys reads the optional key filter at i.
 func (p params) keys(i int) ([]string, error) { return p.strings(i) }
 
-func tellStatus(h *Handler, _ context.Context, p params) (any, error) {
+func tellStatus(h *Handler, _ call, p params) (any, error) {
 	gid, err := p.str(0)
 	if err != nil {
 		return nil, err
@@ -202,7 +201,7 @@ func tellStatus(h *Handler, _ context.Context, p params) (any, error) {
 	return h.status(v, keys), nil
 }
 
-func tellActive(h *Handler, _ context.Context, p params) (any, error) {
+func tellActive(h *Handler, _ call, p params) (any, error) {
 	keys, err := p.keys(0)
 	if err != nil {
 		return nil, err
@@ -214,7 +213,7 @@ func tellActive(h *Handler, _ context.Context, p params) (any, error) {
 // tellList answers tellWaiting and tellStopped: offset, num and keys over one of the store's lists. A
 // negative offset counts from the end, and the list is then read backwards, as aria2 does.
 func tellList(pick func(active, waiting, stopped []task.View) []task.View) method {
-	return func(h *Handler, _ context.Context, p params) (any, error) {
+	return func(h *Handler, _ call, p params) (any, error) {
 		offset, err := p.integer(0)
 		if err != nil {
 			return nil, err
@@ -321,7 +320,7 @@ func uris(v task.View) []map[string]string {
 	return out
 }
 
-func getURIs(h *Handler, _ context.Context, p params) (any, error) {
+func getURIs(h *Handler, _ call, p params) (any, error) {
 	v, err := viewOf(h, p)
 	if err != nil {
 		return nil, err
@@ -332,7 +331,7 @@ func getURIs(h *Handler, _ context.Context, p params) (any, error) {
 	return uris(v), nil
 }
 
-func getFiles(h *Handler, _ context.Context, p params) (any, error) {
+func getFiles(h *Handler, _ call, p params) (any, error) {
 	v, err := viewOf(h, p)
 	if err != nil {
 		return nil, err
@@ -348,7 +347,7 @@ func viewOf(h *Handler, p params) (task.View, error) {
 	return h.Tasks.Get(gid)
 }
 
-func getOption(h *Handler, _ context.Context, p params) (any, error) {
+func getOption(h *Handler, _ call, p params) (any, error) {
 	v, err := viewOf(h, p)
 	if err != nil {
 		return nil, err
@@ -358,7 +357,7 @@ func getOption(h *Handler, _ context.Context, p params) (any, error) {
 	return out, nil
 }
 
-func changeOption(h *Handler, _ context.Context, p params) (any, error) {
+func changeOption(h *Handler, _ call, p params) (any, error) {
 	gid, err := p.str(0)
 	if err != nil {
 		return nil, err
@@ -383,14 +382,14 @@ func changeOption(h *Handler, _ context.Context, p params) (any, error) {
 	return "OK", nil
 }
 
-func getGlobalOption(h *Handler, _ context.Context, _ params) (any, error) {
+func getGlobalOption(h *Handler, _ call, _ params) (any, error) {
 	out := h.Defaults.optionsShown()
 	out["max-concurrent-downloads"] = "5"
 	maps.Copy(out, h.globalOptions())
 	return out, nil
 }
 
-func changeGlobalOption(h *Handler, _ context.Context, p params) (any, error) {
+func changeGlobalOption(h *Handler, _ call, p params) (any, error) {
 	opts, err := p.options(0)
 	if err != nil {
 		return nil, err
@@ -399,7 +398,7 @@ func changeGlobalOption(h *Handler, _ context.Context, p params) (any, error) {
 	return "OK", nil
 }
 
-func getGlobalStat(h *Handler, _ context.Context, _ params) (any, error) {
+func getGlobalStat(h *Handler, _ call, _ params) (any, error) {
 	active, waiting, stopped := h.Tasks.Lists()
 	var speed int64
 	for _, v := range active {
@@ -415,15 +414,15 @@ func getGlobalStat(h *Handler, _ context.Context, _ params) (any, error) {
 	}, nil
 }
 
-func getVersion(h *Handler, _ context.Context, _ params) (any, error) {
+func getVersion(h *Handler, _ call, _ params) (any, error) {
 	return map[string]any{"enabledFeatures": []string{"Async DNS", "GZip", "HTTPS", "mflow " + h.Version}, "version": "1.36.0"}, nil
 }
 
-func getSessionInfo(h *Handler, _ context.Context, _ params) (any, error) {
+func getSessionInfo(h *Handler, _ call, _ params) (any, error) {
 	return map[string]string{"sessionId": h.session()}, nil
 }
 
-func removeDownloadResult(h *Handler, _ context.Context, p params) (any, error) {
+func removeDownloadResult(h *Handler, _ call, p params) (any, error) {
 	gid, err := p.str(0)
 	if err != nil {
 		return nil, err
@@ -436,7 +435,7 @@ func removeDownloadResult(h *Handler, _ context.Context, p params) (any, error) 
 
 // multicall runs each {methodName, params} in turn: a success comes back wrapped in an array, an error
 // bare, as aria2 answers. Each call carries its own token.
-func multicall(h *Handler, ctx context.Context, p params) (any, error) {
+func multicall(h *Handler, c call, p params) (any, error) {
 	var calls []json.RawMessage
 	if !p.has(0) || json.Unmarshal(p[0], &calls) != nil {
 		return nil, wrongType(0)
@@ -446,7 +445,7 @@ func multicall(h *Handler, ctx context.Context, p params) (any, error) {
 	}
 	out := []any{}
 	for _, raw := range calls {
-		var c struct {
+		var m struct {
 			MethodName *string           `json:"methodName"`
 			Params     []json.RawMessage `json:"params"`
 		}
@@ -454,12 +453,12 @@ func multicall(h *Handler, ctx context.Context, p params) (any, error) {
 		switch {
 		case json.Unmarshal(raw, &probe) != nil:
 			out = append(out, rpcError{1, "system.multicall expected struct."})
-		case json.Unmarshal(raw, &c) != nil || c.MethodName == nil:
+		case json.Unmarshal(raw, &m) != nil || m.MethodName == nil:
 			out = append(out, rpcError{1, "Missing methodName."})
-		case *c.MethodName == "system.multicall":
+		case *m.MethodName == "system.multicall":
 			out = append(out, rpcError{1, "Recursive system.multicall forbidden."})
 		default:
-			result, err := h.call(ctx, *c.MethodName, c.Params)
+			result, err := h.call(c, *m.MethodName, m.Params)
 			if err != nil {
 				out = append(out, rpcError{1, ariaMessage(err)})
 			} else {
@@ -470,11 +469,11 @@ func multicall(h *Handler, ctx context.Context, p params) (any, error) {
 	return out, nil
 }
 
-func listMethods(_ *Handler, _ context.Context, _ params) (any, error) {
+func listMethods(_ *Handler, _ call, _ params) (any, error) {
 	return slices.Sorted(maps.Keys(methods)), nil
 }
 
-func listNotifications(_ *Handler, _ context.Context, _ params) (any, error) {
+func listNotifications(_ *Handler, _ call, _ params) (any, error) {
 	return notifications, nil
 }
 

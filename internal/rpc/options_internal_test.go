@@ -53,7 +53,7 @@ func TestATasksOptionsAreBounded(t *testing.T) {
 			b, _ := json.Marshal(a)
 			params = append(params, b)
 		}
-		return h.call(t.Context(), method, params)
+		return h.call(call{ctx: t.Context()}, method, params)
 	}
 	gid, err := call("aria2.addUri", []string{"http://h/a.mp4"}, map[string]string{"header": "Cookie: a=b"})
 	if err != nil {

@@ -124,7 +124,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.AllowOriginAll {
 		hdr.Set("Access-Control-Allow-Origin", "*")
 	}
-	ctx := context.WithValue(r.Context(), callerKey{}, access.ClientOf(r.RemoteAddr))
+	c := call{ctx: r.Context(), from: access.ClientOf(r.RemoteAddr)}
 	switch r.Method {
 	case http.MethodOptions:
 		if h.AllowOriginAll && r.Header.Get("Origin") != "" && r.Header.Get("Access-Control-Request-Method") != "" {
@@ -148,7 +148,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "mflow: jsoncallback must be a script name: letters, digits, _ . $", http.StatusBadRequest)
 			return
 		}
-		out, status := h.process(ctx, body)
+		out, status := h.process(c, body)
 		h.reply(w, out, status, callback)
 	case http.MethodPost:
 		timeout := h.BodyTimeout
@@ -165,7 +165,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "mflow: JSON-RPC request over 2 MiB", http.StatusRequestEntityTooLarge)
 			return
 		}
-		out, status := h.process(ctx, body)
+		out, status := h.process(c, body)
 		h.reply(w, out, status, "")
 	default:
 		hdr.Set("Allow", "GET, POST, OPTIONS")
@@ -232,7 +232,7 @@ func getRequest(rawQuery string) (body []byte, callback string) {
 }
 
 // process answers one body: a request, or a batch of them. It returns the reply and its HTTP status.
-func (h *Handler) process(ctx context.Context, body []byte) ([]byte, int) {
+func (h *Handler) process(c call, body []byte) ([]byte, int) {
 	body = bytes.TrimSpace(body)
 	if len(body) > 0 && body[0] == '[' {
 		var batch []json.RawMessage
@@ -247,7 +247,7 @@ func (h *Handler) process(ctx context.Context, body []byte) ([]byte, int) {
 			if t := bytes.TrimSpace(raw); len(t) == 0 || t[0] != '{' {
 				continue // aria2 drops what is not an object
 			}
-			resp, _ := h.one(ctx, raw)
+			resp, _ := h.one(c, raw)
 			out = append(out, resp)
 		}
 		return bounded(marshal(out), http.StatusOK)
@@ -255,7 +255,7 @@ func (h *Handler) process(ctx context.Context, body []byte) ([]byte, int) {
 	if !json.Valid(body) {
 		return marshal(response{ID: null, JSONRPC: "2.0", Error: errParse}), http.StatusInternalServerError
 	}
-	resp, status := h.one(ctx, body)
+	resp, status := h.one(c, body)
 	return bounded(marshal(resp), status)
 }
 
@@ -276,7 +276,7 @@ func bounded(out []byte, status int) ([]byte, int) {
 }
 
 // one answers a single request object.
-func (h *Handler) one(ctx context.Context, raw json.RawMessage) (response, int) {
+func (h *Handler) one(c call, raw json.RawMessage) (response, int) {
 	var req map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &req); err != nil {
 		return response{ID: null, JSONRPC: "2.0", Error: errInvalidRequest}, http.StatusBadRequest
@@ -295,7 +295,7 @@ func (h *Handler) one(ctx context.Context, raw json.RawMessage) (response, int) 
 			return response{ID: id, JSONRPC: "2.0", Error: errInvalidParams}, http.StatusInternalServerError
 		}
 	}
-	result, err := h.call(ctx, method, params)
+	result, err := h.call(c, method, params)
 	h.logger().Debug("rpc", "method", method, "err", err)
 	if err != nil {
 		return response{ID: id, JSONRPC: "2.0", Error: &rpcError{1, ariaMessage(err)}}, http.StatusBadRequest
@@ -304,13 +304,13 @@ func (h *Handler) one(ctx context.Context, raw json.RawMessage) (response, int) 
 }
 
 // call runs a method after checking the token, which is taken off the params whether a secret is set or not.
-func (h *Handler) call(ctx context.Context, method string, params []json.RawMessage) (any, error) {
+func (h *Handler) call(c call, method string, params []json.RawMessage) (any, error) {
 	m, known := methods[method]
 	if !known {
 		return nil, wiref("No such method: %s", method)
 	}
 	if strings.HasPrefix(method, "system.") {
-		return m(h, ctx, params)
+		return m(h, c, params)
 	}
 	var token string
 	if len(params) > 0 {
@@ -320,10 +320,10 @@ func (h *Handler) call(ctx context.Context, method string, params []json.RawMess
 		}
 	}
 	if h.Secret != "" && subtle.ConstantTimeCompare([]byte(token), []byte(h.Secret)) != 1 {
-		h.slowDown(ctx)
+		h.slowDown(c.ctx)
 		return nil, wireError("Unauthorized")
 	}
-	return m(h, ctx, params)
+	return m(h, c, params)
 }
 
 // slowDown makes a wrong token wait its turn in the one line for all clients, then AuthDelay.
@@ -345,13 +345,10 @@ func (h *Handler) slowDown(ctx context.Context) {
 	}
 }
 
-// callerKey carries the class of the client making a call, from ServeHTTP to addUri: a task's background
-// probe may reach what its adder could reach, no more.
-type callerKey struct{}
-
-func callerOf(ctx context.Context) access.Client {
-	c, _ := ctx.Value(callerKey{}).(access.Client)
-	return c
+// call is one request's circumstances, handed to every method it runs.
+type call struct {
+	ctx  context.Context // the request's
+	from access.Client   // the class of the client calling: a task's background probe may reach what its adder could reach, no more
 }
 
 // wireError is an error whose text is aria2's, sent to the client as it is.
@@ -402,7 +399,8 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	conn.SetReadLimit(maxBody)
-	ctx, cancel := context.WithCancel(context.WithValue(r.Context(), callerKey{}, access.ClientOf(r.RemoteAddr)))
+	ctx, cancel := context.WithCancel(r.Context())
+	c := call{ctx: ctx, from: access.ClientOf(r.RemoteAddr)}
 	events, unsubscribe := h.Tasks.Subscribe()
 	defer unsubscribe()
 	done := make(chan struct{})
@@ -431,7 +429,7 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 			conn.CloseNow()
 			return
 		}
-		out, _ := h.process(ctx, msg)
+		out, _ := h.process(c, msg)
 		if conn.Write(ctx, websocket.MessageText, out) != nil {
 			conn.CloseNow()
 			return
