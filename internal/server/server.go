@@ -131,7 +131,7 @@ func (s *Server) requestOf(w http.ResponseWriter, r *http.Request) (request, boo
 		l := st.Link
 		l.From = from
 		return request{
-			Request: play.Request{Link: l, Identity: fmt.Sprintf("task %s %d", st.GID, from), Connections: st.Spec.Connections, MinSpeed: st.Spec.MinSpeed,
+			Request: play.Request{Link: l, Identity: source.TaskIdentity(st.GID, from), Connections: st.Spec.Connections, MinSpeed: st.Spec.MinSpeed,
 				Tally: st, Logger: s.logger().With("gid", st.GID)},
 			ctx: st.Context, task: st,
 		}, true

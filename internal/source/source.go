@@ -60,6 +60,13 @@ func (l Link) Identity() string {
 	return b.String()
 }
 
+// TaskIdentity names the file of a task for a player of class from: a task's streams share downloads and
+// the cache whatever its signed URL is now, but never across classes of player (the policy may let one
+// reach what another may not).
+func TaskIdentity(gid string, from access.Client) string {
+	return fmt.Sprintf("task %s %d", gid, from)
+}
+
 // Version identifies one version of a file. Bytes of two versions must never be spliced into one answer.
 type Version struct {
 	Size         int64  // bytes in the file, -1 when unknown
