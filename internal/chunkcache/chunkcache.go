@@ -3,11 +3,30 @@
 package chunkcache
 
 import (
+	"sync/atomic"
+
 	"github.com/maypok86/otter/v2"
 )
 
+// Counters are a cache's lookups since it opened, each read and written atomically.
+type Counters struct {
+	Hits   atomic.Int64 // lookups that found the chunk
+	Misses atomic.Int64 // lookups that did not
+}
+
+// count records one lookup.
+func (c *Counters) count(found bool) {
+	if found {
+		c.Hits.Add(1)
+	} else {
+		c.Misses.Add(1)
+	}
+}
+
 // Memory keeps chunks in memory, bounded in bytes, evicting what is least likely to be asked for again.
 type Memory struct {
+	Counters Counters // lookups, for metrics
+
 	c *otter.Cache[string, []byte]
 }
 
@@ -22,7 +41,11 @@ func NewMemory(maxBytes int64) *Memory {
 }
 
 // Get returns the chunk stored under key. The bytes are the cache's: read them, do not keep or change them.
-func (m *Memory) Get(key string) ([]byte, bool) { return m.c.GetIfPresent(key) }
+func (m *Memory) Get(key string) ([]byte, bool) {
+	data, ok := m.c.GetIfPresent(key)
+	m.Counters.count(ok)
+	return data, ok
+}
 
 // Put stores a copy of data under key.
 func (m *Memory) Put(key string, data []byte) {

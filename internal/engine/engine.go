@@ -62,12 +62,24 @@ type Engine struct {
 	Cache Cache
 	// Logger receives a DEBUG line per request. Default slog.Default().
 	Logger *slog.Logger
+	// Counters are the engine's totals since it started, for metrics.
+	Counters Counters
+	// Observe, when set, hears of every upstream request of every stream as it ends, for metrics. It runs
+	// on the stream's own goroutines and must not block.
+	Observe func(RequestDone)
 
 	buffers sync.Pool    // *[]byte of ChunkSize capacity, reused across chunks and streams
 	held    atomic.Int64 // bytes of chunk buffers held by streams now
 
 	filesMu sync.Mutex       // protects files
 	files   map[string]*file // the files being streamed, by FileKey
+}
+
+// Counters are an engine's totals, each read and written atomically, so that streams count without a lock.
+type Counters struct {
+	Retries atomic.Int64 // pieces asked again after a request failed
+	Raced   atomic.Int64 // fresh requests raced against a slow one
+	Splits  atomic.Int64 // pieces split so an idle connection takes half
 }
 
 // Cache keeps whole chunks by key. Get returns bytes the engine only reads; Put's bytes are the
@@ -126,6 +138,8 @@ type Request struct {
 	MinSpeed int64
 	// Logger, when set, replaces Engine.Logger for this stream (to carry the stream's id).
 	Logger *slog.Logger
+	// Live, when set, shows the stream's progress while it plays.
+	Live *Live
 }
 
 // Stats describes a finished stream.
@@ -192,6 +206,10 @@ func (e *Engine) Stream(ctx context.Context, w io.Writer, req Request) (stats St
 	defer e.closeFile(f)
 	s := e.newStream(ctx, f, req)
 	defer s.end(&stats, &err)
+	if req.Live != nil {
+		req.Live.set(s.progress)
+		defer req.Live.set(nil)
+	}
 	s.plan()
 	for range 2 * s.lanes {
 		s.wg.Go(func() { defer s.recoverWorker(); s.work() })

@@ -181,15 +181,26 @@ func (s *stream) startAttempt(p *piece, f *fetch) (try, bool) {
 	return t, true
 }
 
-// endAttempt closes the attempt and logs it: its range, first-byte time, bytes, speed and end.
+// endAttempt closes the attempt, logs it (its range, first-byte time, bytes, speed and end) and reports
+// it to the engine's Observe, outside the lock.
 func (s *stream) endAttempt(f *fetch, span httprange.Span, err error) {
+	done := s.closeAttempt(f, span, err)
+	if s.e.Observe != nil {
+		s.e.Observe(done)
+	}
+}
+
+func (s *stream) closeAttempt(f *fetch, span httprange.Span, err error) RequestDone {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
 	f.cancel(nil)
 	f.cancel = nil
+	done := RequestDone{Bytes: f.got, Took: time.Since(f.sent), Outcome: outcomeOf(err)}
 	attrs := []any{"range", span.Header(), "bytes", f.got}
 	if !f.answered.IsZero() {
-		attrs = append(attrs, "first_byte", f.answered.Sub(f.sent).Round(time.Millisecond))
+		done.Status = http.StatusPartialContent // an answer used is a checked 206
+		done.FirstByte = f.answered.Sub(f.sent)
+		attrs = append(attrs, "first_byte", done.FirstByte.Round(time.Millisecond))
 		if d := time.Since(f.answered); d > 0 {
 			speed := float64(f.got) / d.Seconds()
 			attrs = append(attrs, "speed", fmt.Sprintf("%.0fKiB/s", speed/1024))
@@ -199,6 +210,10 @@ func (s *stream) endAttempt(f *fetch, span httprange.Span, err error) {
 			}
 		}
 	}
+	var status *upstream.StatusError
+	if errors.As(err, &status) {
+		done.Status = status.Code
+	}
 	if f.mirror > 0 {
 		attrs = append(attrs, "mirror", f.mirror)
 	}
@@ -206,6 +221,39 @@ func (s *stream) endAttempt(f *fetch, span httprange.Span, err error) {
 		attrs = append(attrs, "ended", err)
 	}
 	s.log.Debug("request", attrs...)
+	return done
+}
+
+// RequestDone describes one upstream request of a stream, as it ended.
+type RequestDone struct {
+	Outcome   Outcome
+	Status    int           // the answer's HTTP status; 0 when none came
+	FirstByte time.Duration // from sending to the answer's headers; 0 when none came
+	Took      time.Duration // from sending to the end
+	Bytes     int64         // body bytes used
+}
+
+// Outcome is how an upstream request ended.
+type Outcome int
+
+const (
+	OutcomeOK        Outcome = iota // its bytes are in, or another request finished its piece first
+	OutcomeFailed                   // an error: its piece is tried again, or the stream fails
+	OutcomeReplaced                 // cancelled as far slower than the stream's best, below --min-speed, or stalled
+	OutcomeCancelled                // the stream ended first: the player has its bytes, left, or the stream failed
+)
+
+// outcomeOf says how a request that ended with err ended.
+func outcomeOf(err error) Outcome {
+	switch {
+	case err == nil, errors.Is(err, errRaceLost):
+		return OutcomeOK
+	case errors.Is(err, errSlowRoute), errors.Is(err, errSlow), errors.Is(err, upstream.ErrStalled):
+		return OutcomeReplaced
+	case errors.Is(err, errStreamDone), errors.Is(err, context.Canceled):
+		return OutcomeCancelled
+	}
+	return OutcomeFailed
 }
 
 // answered records that f's answer arrived, and learns the stream's usual wait for one (the probe's answer,
@@ -340,6 +388,7 @@ func (s *stream) countRetry(p *piece) int {
 	defer s.f.mu.Unlock()
 	p.retries++
 	s.retries++
+	s.e.Counters.Retries.Add(1)
 	return p.retries
 }
 
@@ -515,6 +564,7 @@ func (s *stream) checkRoutes() {
 		switch f.routeSlow++; {
 		case f.routeSlow == 1 && f.lane && p.replaced < maxReplaced:
 			s.log.Debug("request far slower than the stream's best; racing a fresh one", "at", f.pos, "speed", int64(f.routeRate), "best", int64(s.routeBest))
+			s.e.Counters.Raced.Add(1)
 			s._giveLane(f)
 			p.replaced++
 			s.replaced++

@@ -320,6 +320,7 @@ func (s *stream) _pickPiece() *piece {
 	}
 	if head := s._head(); head != nil && s.writerWaiting && !head.done() && len(head.fetches) == 1 && s._lagging(head.fetches[0]) {
 		s.log.Debug("head lags: racing a second connection", "from", head.filled, "to", head.end-1)
+		s.e.Counters.Raced.Add(1)
 		return head
 	}
 	var longest *piece
@@ -333,6 +334,7 @@ func (s *stream) _pickPiece() *piece {
 	}
 	if longest != nil && need >= splitAfter && longest.end-longest.filled >= 2*minSplit {
 		tail := longest.c._split(longest, longest.filled+(longest.end-longest.filled)/2)
+		s.e.Counters.Splits.Add(1)
 		s.log.Debug("idle connection takes half a piece", "from", tail.start, "to", tail.end-1)
 		return tail
 	}

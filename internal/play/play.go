@@ -5,6 +5,7 @@
 package play
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -13,7 +14,9 @@ import (
 	"mime"
 	"net/http"
 	"path"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,7 +39,41 @@ type Service struct {
 	// Logger receives a line per stream start and end. Default slog.Default().
 	Logger *slog.Logger
 
+	// Counters are the playbacks' totals since mflow started, for metrics.
+	Counters Counters
+
 	streams atomic.Int64 // numbers the streams in the log
+
+	mu      sync.Mutex         // protects playing
+	playing map[int64]*playing // the streams playing now, by number
+}
+
+// Counters are a Service's totals, each read and written atomically.
+type Counters struct {
+	Started atomic.Int64 // streams started
+	Active  atomic.Int64 // streams playing now
+	Sent    atomic.Int64 // bytes written to players
+}
+
+// playing is one stream playing now, as the status page shows it.
+type playing struct {
+	NowPlaying
+	live *engine.Live // nil for a relayed stream
+	sent *atomic.Int64
+}
+
+// NowPlaying is a stream playing now.
+type NowPlaying struct {
+	ID       int64
+	Name     string         // the file name the player was told
+	URL      string         // the link, without its query or credentials
+	Task     string         // the task's GID, "" for ?url=
+	Player   string         // the player's address
+	Span     httprange.Span // the range asked for
+	Size     int64          // the file's size, -1 when unknown
+	Started  time.Time
+	Sent     int64           // bytes written to the player
+	Progress engine.Progress // the engine's view: retries and open requests
 }
 
 // Tally is told what happens to a playback of a task: the task registry's stream counts its bytes and
@@ -61,6 +98,8 @@ type Request struct {
 	MinSpeed    int64
 	// Tally, when set, is told of the playback.
 	Tally Tally
+	// Task is the GID of the task played, "" for a link, for the status page.
+	Task string
 	// Logger, when set, carries the caller's attributes (a task's GID) into the stream's lines.
 	Logger *slog.Logger
 }
@@ -147,12 +186,18 @@ type Result struct {
 // a deadline; the caller clears it.
 func (p *Playback) Play(ctx context.Context, w io.Writer, span httprange.Span, player string) Result {
 	s := p.svc
-	log := p.log.With("stream", s.streams.Add(1))
+	id := s.streams.Add(1)
+	log := p.log.With("stream", id)
 	log.Info("stream start", "file", upstream.Redact(p.req.Link.URL), "range", fmt.Sprintf("%d-%d/%d", span.Start, span.End, p.File.Version.Size), "player", player)
 	began := time.Now()
-	if p.req.Tally != nil {
-		w = &counting{Writer: w, tally: p.req.Tally}
+	now := &playing{NowPlaying: NowPlaying{ID: id, Name: p.File.Name, URL: upstream.Redact(p.req.Link.URL), Task: p.req.Task, Player: player, Span: span, Size: p.File.Version.Size, Started: began},
+		sent: new(atomic.Int64)}
+	if p.meta.Ranges {
+		now.live = new(engine.Live)
 	}
+	s.begin(now)
+	defer s.end(now)
+	w = &counting{Writer: w, tally: p.req.Tally, sent: now.sent, total: &s.Counters.Sent}
 	target := p.meta.Target(p.req.Link)
 	var stats engine.Stats
 	var err error
@@ -165,7 +210,7 @@ func (p *Playback) Play(ctx context.Context, w io.Writer, span httprange.Span, p
 		p.head = nil // the engine closes it
 		stats, err = s.Engine.Stream(ctx, w, engine.Request{Target: target, Head: head, FileKey: source.FileKey(identity, p.meta.Version),
 			Mirrors: p.mirrors(p.meta), Span: span, Refresh: s.Resolver.Refresher(p.req.Link),
-			Connections: p.req.Connections, MinSpeed: p.req.MinSpeed, Logger: log})
+			Connections: p.req.Connections, MinSpeed: p.req.MinSpeed, Logger: log, Live: now.live})
 	} else {
 		stats, err = s.Engine.Relay(ctx, w, target, span)
 	}
@@ -196,6 +241,49 @@ func (p *Playback) Play(ctx context.Context, w io.Writer, span httprange.Span, p
 	return res
 }
 
+// begin counts a stream in.
+func (s *Service) begin(p *playing) {
+	s.Counters.Started.Add(1)
+	s.Counters.Active.Add(1)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.playing == nil {
+		s.playing = map[int64]*playing{}
+	}
+	s.playing[p.ID] = p
+}
+
+// end counts a stream out.
+func (s *Service) end(p *playing) {
+	s.Counters.Active.Add(-1)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.playing, p.ID)
+}
+
+// Playing returns the streams playing now, oldest first.
+func (s *Service) Playing() []NowPlaying {
+	var now []*playing
+	func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for _, p := range s.playing {
+			now = append(now, p)
+		}
+	}()
+	out := make([]NowPlaying, 0, len(now))
+	for _, p := range now { // each stream's progress takes its file's lock: not under ours
+		np := p.NowPlaying
+		np.Sent = p.sent.Load()
+		if p.live != nil {
+			np.Progress = p.live.Progress()
+		}
+		out = append(out, np)
+	}
+	slices.SortFunc(out, func(a, b NowPlaying) int { return cmp.Compare(a.ID, b.ID) })
+	return out
+}
+
 func (s *Service) logger() *slog.Logger {
 	if s.Logger != nil {
 		return s.Logger
@@ -203,16 +291,23 @@ func (s *Service) logger() *slog.Logger {
 	return slog.Default()
 }
 
-// counting tells a Tally the bytes the player takes, and passes on what the engine asks of the player's
-// writer: flushing, and a write deadline to cut a stream that must end.
+// counting counts the bytes the player takes (for the stream, for all streams, and for a task's Tally),
+// and passes on what the engine asks of the player's writer: flushing, and a write deadline to cut a
+// stream that must end.
 type counting struct {
 	io.Writer
-	tally Tally
+	tally Tally         // nil for a link
+	sent  *atomic.Int64 // this stream's
+	total *atomic.Int64 // all streams'
 }
 
 func (c *counting) Write(b []byte) (int, error) {
 	n, err := c.Writer.Write(b)
-	c.tally.Delivered(int64(n))
+	c.sent.Add(int64(n))
+	c.total.Add(int64(n))
+	if c.tally != nil {
+		c.tally.Delivered(int64(n))
+	}
 	return n, err
 }
 

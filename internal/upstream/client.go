@@ -222,6 +222,21 @@ func (c *Client) Hosts() int {
 	return len(c.hosts)
 }
 
+// InUse is how many requests hold a connection slot now: in all, and to the busiest host.
+func (c *Client) InUse() (total, busiest int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, slots := range c.hosts {
+		n := c.cfg.HostConnections - slots.freeCount()
+		total += n
+		busiest = max(busiest, n)
+	}
+	return total, busiest
+}
+
+// HostConnections is the requests one host may have open at once (Config.HostConnections).
+func (c *Client) HostConnections() int { return c.cfg.HostConnections }
+
 // Do sends req once, through at's proxy for a player of at's class (req carries the URL and headers),
 // following no redirect, after waiting for a free slot of its host. The slot is held until the answer's
 // body is closed.
@@ -259,6 +274,13 @@ func (s *hostSlots) take() int {
 	slot := s.free[len(s.free)-1]
 	s.free = s.free[:len(s.free)-1]
 	return slot
+}
+
+// freeCount is how many slots are free.
+func (s *hostSlots) freeCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.free)
 }
 
 // give makes slot free again.

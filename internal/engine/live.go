@@ -1,0 +1,71 @@
+package engine
+
+import (
+	"cmp"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Live lets a caller look at a stream while it plays, for a status page: give Request.Live a new one.
+type Live struct {
+	mu   sync.Mutex      // protects look
+	look func() Progress // the stream's, while it plays
+}
+
+// Progress is a stream at one moment.
+type Progress struct {
+	Written  int64             // bytes written to the player
+	Retries  int               // pieces asked again after a failure
+	Replaced int               // requests raced or asked again for being slow
+	Requests []RequestProgress // the upstream requests open now, in file order
+}
+
+// RequestProgress is one open upstream request.
+type RequestProgress struct {
+	Start, End int64         // the bytes it works on, End inclusive
+	Bytes      int64         // bytes it has read
+	Speed      float64       // bytes/s over its last second, or since its answer when younger
+	Waiting    time.Duration // how long it has waited for its answer; 0 once answered
+	Mirror     int           // the mirror it asks, 1-based; 0 is the link itself
+}
+
+// Progress is the stream's progress now; the zero Progress before it starts and after it ends.
+func (l *Live) Progress() Progress {
+	l.mu.Lock()
+	look := l.look
+	l.mu.Unlock()
+	if look == nil {
+		return Progress{}
+	}
+	return look()
+}
+
+func (l *Live) set(look func() Progress) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.look = look
+}
+
+// progress is the stream's Progress, taken under the file's lock.
+func (s *stream) progress() Progress {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	p := Progress{Written: s.written - s.span.Start, Retries: s.retries, Replaced: s.replaced}
+	now := time.Now()
+	for f, pc := range s.fetches {
+		if f.cancel == nil { // between attempts
+			continue
+		}
+		r := RequestProgress{Start: f.pos - f.got, End: pc.end - 1, Bytes: f.got, Speed: f.rate, Mirror: f.mirror}
+		switch {
+		case f.answered.IsZero():
+			r.Waiting = now.Sub(f.sent)
+		case f.samples == 0 && now.After(f.answered): // not sampled yet: its speed since its answer
+			r.Speed = float64(f.got) / now.Sub(f.answered).Seconds()
+		}
+		p.Requests = append(p.Requests, r)
+	}
+	slices.SortFunc(p.Requests, func(a, b RequestProgress) int { return cmp.Compare(a.Start, b.Start) })
+	return p
+}
