@@ -238,8 +238,8 @@ func msText(d time.Duration) string { return fmt.Sprintf("%.1f ms", ms(d)) }
 
 // startProxy runs mflow in this process with the seed's defaults and cache (nil: none), through the same
 // server it serves with.
-func startProxy(cache engine.Cache) (string, *engine.Engine, func()) {
-	mflow, err := app.New(app.Config{Connections: connections, ChunkSize: chunkSize, Retry: 5, MaxRedirects: 3, HostConnections: 16, Cache: cache,
+func startProxy(cache *chunkcache.Memory) (string, *engine.Engine, func()) {
+	mflow, err := app.New(app.Config{Connections: connections, ChunkSize: chunkSize, Retry: 5, MaxRedirects: 3, HostConnections: 16, Memory: cache,
 		Version: "bench", Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		panic(err) // New fails only on a task store, and the benchmark has none

@@ -24,7 +24,6 @@ import (
 	"mflow/internal/app"
 	"mflow/internal/bytesize"
 	"mflow/internal/chunkcache"
-	"mflow/internal/engine"
 	"mflow/internal/logging"
 	"mflow/internal/task"
 )
@@ -199,7 +198,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	mflow, err := app.New(app.Config{
 		Connections: o.connections, ChunkSize: o.chunkSize, Retry: o.retry, MinSpeed: o.minSpeed, MaxRedirects: o.maxRedirects,
-		HostConnections: o.hostConnections, Insecure: o.insecure, RelayNoRange: o.relayNoRange, Policy: policy, Cache: cache,
+		HostConnections: o.hostConnections, Insecure: o.insecure, RelayNoRange: o.relayNoRange, Policy: policy, Memory: cache.Memory, Disk: cache.Disk,
 		MaxStreams: o.maxStreams, Tasks: store, MaxStopped: o.maxStopped, MaxWaiting: o.maxWaiting,
 		RPCSecret: o.rpcSecret, RPCListenAll: o.rpcListenAll, RPCAllowOriginAll: o.rpcOriginAll,
 		Version: versionString(), Logger: log,
@@ -279,7 +278,8 @@ func ownAddresses(addr net.Addr) []netip.AddrPort {
 }
 
 // openCache builds the chunk cache the flags ask for: memory with --cache, disk with --cache-dir, or both.
-func openCache(o options, log *slog.Logger) (engine.Cache, error) {
+// openCache opens the chunk caches the flags ask for; either tier may be nil.
+func openCache(o options, log *slog.Logger) (chunkcache.Tiered, error) {
 	var tiers chunkcache.Tiered
 	if o.cache {
 		tiers.Memory = chunkcache.NewMemory(o.cacheSize)
@@ -295,12 +295,9 @@ func openCache(o options, log *slog.Logger) (engine.Cache, error) {
 	if o.cacheDir != "" {
 		d, err := chunkcache.OpenDisk(o.cacheDir, o.cacheDirSize, log)
 		if err != nil {
-			return nil, err
+			return tiers, err
 		}
 		tiers.Disk = d
-	}
-	if tiers.Memory == nil && tiers.Disk == nil {
-		return nil, nil
 	}
 	return tiers, nil
 }

@@ -6,30 +6,35 @@ package app
 import (
 	"log/slog"
 	"net/http"
+	"time"
 
 	"mflow/internal/access"
+	"mflow/internal/chunkcache"
 	"mflow/internal/engine"
 	"mflow/internal/link"
+	"mflow/internal/metrics"
 	"mflow/internal/play"
 	"mflow/internal/rpc"
 	"mflow/internal/server"
+	"mflow/internal/status"
 	"mflow/internal/task"
 	"mflow/internal/upstream"
 )
 
 // Config is what mflow's flags set.
 type Config struct {
-	Connections     int            // per stream (-c)
-	ChunkSize       int64          // -s
-	Retry           int            // retries of a chunk or a probe (-r)
-	MinSpeed        int64          // bytes/s, 0 = off
-	MaxRedirects    int            // per request
-	HostConnections int            // per upstream host, across all streams
-	Insecure        bool           // skip TLS verification upstream
-	RelayNoRange    bool           // relay upstreams without Range over one connection
-	Policy          *access.Policy // where requests may connect; nil allows all
-	Cache           engine.Cache   // nil keeps no chunks
-	MaxStreams      int            // streams played at once, 0 = no bound
+	Connections     int                // per stream (-c)
+	ChunkSize       int64              // -s
+	Retry           int                // retries of a chunk or a probe (-r)
+	MinSpeed        int64              // bytes/s, 0 = off
+	MaxRedirects    int                // per request
+	HostConnections int                // per upstream host, across all streams
+	Insecure        bool               // skip TLS verification upstream
+	RelayNoRange    bool               // relay upstreams without Range over one connection
+	Policy          *access.Policy     // where requests may connect; nil allows all
+	Memory          *chunkcache.Memory // the memory chunk cache; nil for none
+	Disk            *chunkcache.Disk   // the disk chunk cache; nil for none
+	MaxStreams      int                // streams played at once, 0 = no bound
 
 	// Tasks keeps the aria2 tasks; nil turns the JSON-RPC and /stream?gid= off.
 	Tasks      task.Persister
@@ -42,6 +47,7 @@ type Config struct {
 
 	Version string       // mflow's, for the index page, the RPC and the User-Agent
 	Logger  *slog.Logger // default slog.Default()
+	Started time.Time    // when mflow started, for the status page; default now
 }
 
 // App is mflow put together.
@@ -63,11 +69,15 @@ func New(cfg Config) (*App, error) {
 	client := upstream.NewClient(upstream.Config{HostConnections: cfg.HostConnections, Insecure: cfg.Insecure, Policy: cfg.Policy, MaxRedirects: cfg.MaxRedirects, UserAgent: userAgent})
 	resolver := &link.Resolver{Client: client, Retry: upstream.Retry{Max: cfg.Retry}, Logger: log}
 	a := &App{
-		Engine: &engine.Engine{Client: client, ChunkSize: cfg.ChunkSize, Connections: cfg.Connections, Retries: cfg.Retry, MinSpeed: cfg.MinSpeed, Cache: cfg.Cache, Logger: log},
+		Engine: &engine.Engine{Client: client, ChunkSize: cfg.ChunkSize, Connections: cfg.Connections, Retries: cfg.Retry, MinSpeed: cfg.MinSpeed, Logger: log},
 		client: client,
 	}
+	if cfg.Memory != nil || cfg.Disk != nil {
+		a.Engine.Cache = chunkcache.Tiered{Memory: cfg.Memory, Disk: cfg.Disk}
+	}
+	playback := &play.Service{Resolver: resolver, Engine: a.Engine, RelayNoRange: cfg.RelayNoRange, Logger: log}
 	srv := &server.Server{
-		Play:       &play.Service{Resolver: resolver, Engine: a.Engine, RelayNoRange: cfg.RelayNoRange, Logger: log},
+		Play:       playback,
 		MaxStreams: cfg.MaxStreams,
 		Version:    cfg.Version,
 		Logger:     log,
@@ -81,8 +91,17 @@ func New(cfg Config) (*App, error) {
 		}
 		a.tasks = tasks
 		srv.Tasks = tasks
-		srv.RPC = &rpc.Handler{Tasks: tasks, Defaults: defaults, Secret: cfg.RPCSecret, ListenAll: cfg.RPCListenAll, AllowOriginAll: cfg.RPCAllowOriginAll, Version: cfg.Version, Logger: log}
+		rpcHandler := &rpc.Handler{Tasks: tasks, Defaults: defaults, Secret: cfg.RPCSecret, ListenAll: cfg.RPCListenAll, AllowOriginAll: cfg.RPCAllowOriginAll, Version: cfg.Version, Logger: log}
+		srv.RPC, srv.Guard = rpcHandler, rpcHandler.Guard
 	}
+	m := metrics.New(metrics.Sources{Play: playback, Engine: a.Engine, Client: client, Tasks: a.tasks, Memory: cfg.Memory, Disk: cfg.Disk})
+	a.Engine.Observe = m.Observe
+	started := cfg.Started
+	if started.IsZero() {
+		started = time.Now()
+	}
+	srv.Metrics = m
+	srv.Status = status.New(status.Sources{Play: playback, Tasks: a.tasks, Client: client, Memory: cfg.Memory, Disk: cfg.Disk, Version: cfg.Version, Started: started})
 	a.Handler = srv.Handler()
 	return a, nil
 }

@@ -736,3 +736,58 @@ func TestAPageOfAnotherSiteCannotUseTheRPC(t *testing.T) {
 		}
 	}
 }
+
+// chromium runs a headless Chromium with args and the suite's usual switches, and returns what it prints.
+func chromium(t *testing.T, args ...string) []byte {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	base := []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--user-data-dir=" + t.TempDir()}
+	out, err := exec.CommandContext(ctx, tools["chromium"], append(base, args...)...).Output()
+	if err != nil {
+		t.Fatalf("chromium: %v", err)
+	}
+	return out
+}
+
+func TestTheStatusPageShowsWhatPlays(t *testing.T) {
+	if tools["chromium"] == "" {
+		if os.Getenv("CI") != "" {
+			t.Fatal("chromium not installed; .ci/e2e-deps installs it")
+		}
+		t.Skip("chromium not installed (apt-get install chromium)")
+	}
+	// A slow stream (nginx gives each connection 256 KiB/s) plays while the page is looked at.
+	ctx, stop := context.WithCancel(t.Context())
+	defer stop()
+	req, _ := http.NewRequestWithContext(ctx, "GET", env.proxy+"/stream?url="+url.QueryEscape(env.upstream+"/files/data.bin?sig=secret"), nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	go io.Copy(io.Discard, resp.Body)
+	testsync.WaitFor(t, "the stream on /status.json", func() bool {
+		r, err := http.Get(env.proxy + "/status.json?token=s3")
+		if err != nil {
+			return false
+		}
+		defer r.Body.Close()
+		b, _ := io.ReadAll(r.Body)
+		return bytes.Contains(b, []byte(`"name":"data.bin"`)) && bytes.Contains(b, []byte(`"state":"reading"`))
+	})
+
+	page := env.proxy + "/status?token=s3"
+	dom := string(chromium(t, "--virtual-time-budget=4000", "--dump-dom", page))
+	playing := regexp.MustCompile(`<tbody id="streams">.*?</tbody>`).FindString(dom)
+	if !strings.Contains(playing, "data.bin") || !regexp.MustCompile(`\d+(\.\d)? (B|KiB|MiB)/s`).MatchString(playing) {
+		t.Errorf("the rendered page's streams: %.600s; want data.bin with a speed", playing)
+	}
+	if strings.Contains(dom, "sig=secret") {
+		t.Error("the page shows a link's query")
+	}
+	if shot := os.Getenv("MFLOW_STATUS_SCREENSHOT"); shot != "" { // how the README's picture is made
+		chromium(t, "--virtual-time-budget=6000", "--window-size=1100,560", "--screenshot="+shot, page)
+	}
+}

@@ -191,3 +191,40 @@ func TestATaskRemembersTheClassOfItsAdder(t *testing.T) {
 		}
 	}
 }
+
+func TestPagesFollowTheRPCsRules(t *testing.T) {
+	page := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("page")) })
+	open := newHandler(t, "") // no secret: this machine only, as the RPC
+	guarded := open.Guard(page)
+	for remote, want := range map[string]int{"127.0.0.1:5000": 200, "192.168.1.20:5000": 403, "203.0.113.5:5000": 403} {
+		if w := ask(guarded, "GET", remote, "", nil); w.Code != want {
+			t.Errorf("no secret, a client at %s: %d, want %d", remote, w.Code, want)
+		}
+	}
+	if w := ask(guarded, "GET", "127.0.0.1:5000", "", map[string]string{"Sec-Fetch-Site": "cross-site"}); w.Code != 403 {
+		t.Errorf("a page of another site: %d, want 403", w.Code)
+	}
+	withSecret := newHandler(t, "s3").Guard(page)
+	for _, c := range []struct {
+		path   string
+		header map[string]string
+		want   int
+	}{
+		{"/metrics", nil, 401},
+		{"/metrics", map[string]string{"Authorization": "Bearer wrong"}, 401},
+		{"/metrics", map[string]string{"Authorization": "Bearer s3"}, 200},
+		{"/status?token=s3", nil, 200},
+		{"/status?token=s4", nil, 401},
+	} {
+		req := httptest.NewRequest("GET", "http://mflow.lan:6800"+c.path, nil)
+		req.RemoteAddr = "203.0.113.5:5000"
+		for k, v := range c.header {
+			req.Header.Set(k, v)
+		}
+		w := httptest.NewRecorder()
+		withSecret.ServeHTTP(w, req)
+		if w.Code != c.want {
+			t.Errorf("with a secret, %s %v: %d, want %d", c.path, c.header, w.Code, c.want)
+		}
+	}
+}

@@ -9,7 +9,6 @@ import (
 	"strings"
 
 	"mflow/internal/bytesize"
-	"mflow/internal/source"
 	"mflow/internal/task"
 	"mflow/internal/upstream"
 )
@@ -181,14 +180,6 @@ func proxyURL(p, user, pass string) *url.URL {
 		u.User = url.UserPassword(user, pass)
 	}
 	return u
-}
-
-// fileName is the name aria2 reports for a task: its "out" option, else its first URI's last segment.
-func fileName(v task.View) string {
-	if out := v.Options["out"]; out != "" {
-		return out
-	}
-	return source.FileName(v.URIs[0])
 }
 
 // statusNames are aria2's words for task states.

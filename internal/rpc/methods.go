@@ -294,7 +294,7 @@ func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 // files is the one-file list aria2 reports: its path is dir/out, or the link's file name.
 func files(v task.View) []map[string]any {
 	size := max(v.Size, 0)
-	p := fileName(v)
+	p := v.Name
 	if dir := v.Options["dir"]; dir != "" && p != "" {
 		p = strings.TrimSuffix(dir, "/") + "/" + p
 	}

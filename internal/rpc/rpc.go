@@ -115,6 +115,32 @@ func (h *Handler) Allows(r *http.Request) (bool, string) {
 	return true, ""
 }
 
+// Guard lets through to next (the status page, the metrics) only the requests the JSON-RPC would answer:
+// the same clients and pages, and, when mflow has a secret, only requests that bring it, as
+// "Authorization: Bearer SECRET" (a Prometheus scrape) or "?token=SECRET" (a browser).
+func (h *Handler) Guard(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ok, why := h.Allows(r); !ok {
+			http.Error(w, "mflow: "+strings.Replace(why, "the JSON-RPC", "this page", 1), http.StatusForbidden)
+			return
+		}
+		if h.Secret != "" {
+			token, bearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !bearer {
+				token = r.URL.Query().Get("token")
+			}
+			if subtle.ConstantTimeCompare([]byte(token), []byte(h.Secret)) != 1 {
+				h.slowDown(r.Context())
+				w.Header().Set("WWW-Authenticate", `Bearer realm="mflow"`)
+				http.Error(w, "mflow: this page needs the RPC secret, as ?token=SECRET or Authorization: Bearer SECRET", http.StatusUnauthorized)
+				return
+			}
+		}
+		w.Header().Set("Cache-Control", "no-store")
+		next.ServeHTTP(w, r)
+	})
+}
+
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if ok, why := h.Allows(r); !ok {
 		http.Error(w, "mflow: "+why, http.StatusForbidden)

@@ -31,6 +31,11 @@ type Server struct {
 	Tasks *task.Registry
 	// RPC, when set, answers /jsonrpc.
 	RPC http.Handler
+	// Metrics, when set, answers /metrics; Status, when set, /status and /status.json. Both go through
+	// Guard, the JSON-RPC's access rules; without a Guard they answer this machine only.
+	Metrics http.Handler
+	Status  http.Handler
+	Guard   func(http.Handler) http.Handler
 	// Version is shown on the index page.
 	Version string
 	// MaxStreams bounds the streams playing at once; one more is answered 503 with Retry-After. 0 is no
@@ -69,12 +74,33 @@ func (s *Server) routes() http.Handler {
 	if s.RPC != nil {
 		mux.Handle("/jsonrpc", s.RPC)
 	}
+	if s.Metrics != nil {
+		mux.Handle("GET /metrics", s.guard(s.Metrics))
+	}
+	if s.Status != nil {
+		mux.Handle("GET /status", s.guard(s.Status))
+		mux.Handle("GET /status.json", s.guard(s.Status))
+	}
 	mux.HandleFunc("GET /stream", s.serveStream)
 	mux.HandleFunc("/stream", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Allow", "GET, HEAD")
 		fail(w, http.StatusMethodNotAllowed, r.Method+" is not allowed on /stream; use GET or HEAD")
 	})
 	return mux
+}
+
+// guard applies Guard, or answers this machine only.
+func (s *Server) guard(next http.Handler) http.Handler {
+	if s.Guard != nil {
+		return s.Guard(next)
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if access.ClientOf(r.RemoteAddr) != access.Loopback {
+			fail(w, http.StatusForbidden, "this page answers this machine only")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -93,6 +119,8 @@ Play a link through %d connections:
 
 GET|HEAD /stream?url=URL   stream URL (percent-encoded, or as is when it is the only parameter)
 GET|HEAD /stream?gid=GID   stream a task added over the aria2 JSON-RPC
+GET /status                what plays now, the tasks, the cache (/status.json for programs)
+GET /metrics               Prometheus metrics
 `, s.Version, s.Play.Engine.Connections, r.Host)
 }
 
@@ -132,7 +160,7 @@ func (s *Server) requestOf(w http.ResponseWriter, r *http.Request) (request, boo
 		l.From = from
 		return request{
 			Request: play.Request{Link: l, Identity: source.TaskIdentity(st.GID, from), Connections: st.Spec.Connections, MinSpeed: st.Spec.MinSpeed,
-				Tally: st, Logger: s.logger().With("gid", st.GID)},
+				Tally: st, Task: st.GID, Logger: s.logger().With("gid", st.GID)},
 			ctx: st.Context, task: st,
 		}, true
 	}

@@ -534,9 +534,10 @@ func (r *Registry) ChangeOptions(gid string, edit func(old map[string]string) (m
 // View is a task as it is now.
 type View struct {
 	Record
-	State   State // with Active computed
-	Speed   int64 // bytes/s players took over the last seconds
-	Streams int   // players streaming it now
+	State   State  // with Active computed
+	Speed   int64  // bytes/s players took over the last seconds
+	Streams int    // players streaming it now
+	Name    string // the file name players are told: the options', else the first URI's last segment
 }
 
 // Get returns a view of one task.
@@ -547,7 +548,7 @@ func (r *Registry) Get(gid string) (View, error) {
 	if err != nil {
 		return View{}, err
 	}
-	return t._view(time.Now()), nil
+	return r._view(t, time.Now()), nil
 }
 
 // Lists returns the active tasks; the waiting and paused ones in queue order; the stopped ones, oldest
@@ -557,7 +558,7 @@ func (r *Registry) Lists() (active, waiting, stopped []View) {
 	defer r.mu.Unlock()
 	now := time.Now()
 	for _, gid := range r.queue {
-		v := r.tasks[gid]._view(now)
+		v := r._view(r.tasks[gid], now)
 		if v.State == Active {
 			active = append(active, v)
 		} else {
@@ -565,7 +566,7 @@ func (r *Registry) Lists() (active, waiting, stopped []View) {
 		}
 	}
 	for _, gid := range r.done {
-		stopped = append(stopped, r.tasks[gid]._view(now))
+		stopped = append(stopped, r._view(r.tasks[gid], now))
 	}
 	return active, waiting, stopped
 }
@@ -578,8 +579,11 @@ func (r *Registry) StoppedTotal() int {
 }
 
 // _view is t as it is at now. It changes nothing.
-func (t *task) _view(now time.Time) View {
-	v := View{Record: t._snapshot(), State: t.State, Streams: len(t.streams)}
+func (r *Registry) _view(t *task, now time.Time) View {
+	v := View{Record: t._snapshot(), State: t.State, Streams: len(t.streams), Name: source.FileName(t.URIs[0])}
+	if _, spec, err := r._link(t); err == nil && spec.Name != "" {
+		v.Name = spec.Name
+	}
 	if v.Streams > 0 && t.State == Waiting {
 		v.State = Active
 		v.Speed = t.speed.rate(now)

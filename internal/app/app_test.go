@@ -1,0 +1,127 @@
+package app_test
+
+import (
+	"bufio"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strconv"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"mflow/internal/app"
+	"mflow/internal/chunkcache"
+	"mflow/internal/task"
+	"mflow/internal/upstreamtest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// scrape reads /metrics into series → value, and checks every mflow_ family has HELP text and a TYPE.
+func scrape(t *testing.T, base string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain; version=0.0.4") {
+		t.Fatalf("/metrics: %s %q", resp.Status, resp.Header.Get("Content-Type"))
+	}
+	out := map[string]float64{}
+	helped, typed := map[string]bool{}, map[string]bool{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, "# HELP mflow_"):
+			f := strings.Fields(line)
+			if helped[f[2]] || len(f) < 4 {
+				t.Errorf("HELP twice or without text: %q", line)
+			}
+			helped[f[2]] = true
+		case strings.HasPrefix(line, "# TYPE mflow_"):
+			typed[strings.Fields(line)[2]] = true
+		case strings.HasPrefix(line, "mflow_"):
+			name, value, _ := strings.Cut(line, " ")
+			v, err := strconv.ParseFloat(value, 64)
+			if err != nil {
+				t.Errorf("bad sample %q", line)
+			}
+			out[name] = v
+			family := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(strings.SplitN(name, "{", 2)[0], "_bucket"), "_sum"), "_count")
+			if !helped[family] || !typed[family] {
+				t.Errorf("series %s has no HELP or TYPE before it", name)
+			}
+		}
+	}
+	return out
+}
+
+func TestMetricsCountWhatAStreamDid(t *testing.T) {
+	file := upstreamtest.RandomFile(1 << 20)
+	u := upstreamtest.New(file, upstreamtest.Options{})
+	defer u.Close()
+	memory := chunkcache.NewMemory(16 << 20)
+	mflow, err := app.New(app.Config{Connections: 4, ChunkSize: 64 << 10, Retry: 3, MaxRedirects: 3, HostConnections: 16, Memory: memory,
+		Tasks: task.NewMemory(), Version: "test", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mflow.Close()
+	srv := httptest.NewServer(mflow.Handler)
+	defer srv.Close()
+	defer http.DefaultClient.CloseIdleConnections()
+
+	before := scrape(t, srv.URL)
+	play := func() {
+		resp, err := http.Get(srv.URL + "/stream?url=" + url.QueryEscape(u.URL+"/film.mp4"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, _ := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if n != 1<<20 {
+			t.Fatalf("played %d bytes", n)
+		}
+	}
+	play()
+	after := scrape(t, srv.URL)
+	moved := func(name string) float64 { return after[name] - before[name] }
+	requests := u.Requests()
+	for name, want := range map[string]float64{
+		"mflow_player_bytes_total":                    1 << 20,
+		"mflow_upstream_bytes_total":                  1 << 20,
+		"mflow_streams_started_total":                 1,
+		`mflow_upstream_requests_total{outcome="ok"}`: float64(requests),
+		`mflow_upstream_responses_total{class="2xx"}`: float64(requests),
+		"mflow_upstream_first_byte_seconds_count":     float64(requests),
+		"mflow_upstream_request_seconds_count":        float64(requests),
+		`mflow_cache_misses_total{tier="memory"}`:     16, // each of the 16 chunks looked up once
+	} {
+		if got := moved(name); got != want {
+			t.Errorf("%s moved by %v, want %v", name, got, want)
+		}
+	}
+	if after["mflow_streams_active"] != 0 || after["mflow_upstream_host_connections_limit"] != 16 || after[`mflow_tasks{status="waiting"}`] != 0 {
+		t.Errorf("gauges after the stream: %v active, limit %v, %v tasks waiting", after["mflow_streams_active"], after["mflow_upstream_host_connections_limit"], after[`mflow_tasks{status="waiting"}`])
+	}
+
+	play() // again: every chunk from the cache, no upstream request
+	again := scrape(t, srv.URL)
+	if hits := again[`mflow_cache_hits_total{tier="memory"}`] - after[`mflow_cache_hits_total{tier="memory"}`]; hits != 16 {
+		t.Errorf("a replay hit the cache %v times, want 16", hits)
+	}
+	if got := again["mflow_upstream_bytes_total"] - after["mflow_upstream_bytes_total"]; got >= 1<<20 {
+		t.Errorf("a cached replay took %v bytes from the upstream", got)
+	}
+	for name := range again {
+		if strings.Contains(name, "127.0.0.1") || strings.Contains(name, "film") {
+			t.Errorf("a label names a link: %s", name)
+		}
+	}
+}

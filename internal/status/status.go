@@ -1,0 +1,148 @@
+// Package status is mflow's live status page, /status, and the JSON it reads, /status.json: what plays
+// now and how fast each connection goes, the tasks, the cache, the connection budget, uptime and version.
+// The page carries everything it needs (no outside asset: users run it offline).
+package status
+
+import (
+	_ "embed"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+
+	"mflow/internal/chunkcache"
+	"mflow/internal/play"
+	"mflow/internal/task"
+	"mflow/internal/upstream"
+)
+
+// Sources are what the status shows. Any but Play may be nil.
+type Sources struct {
+	Play    *play.Service
+	Tasks   *task.Registry
+	Client  *upstream.Client
+	Memory  *chunkcache.Memory
+	Disk    *chunkcache.Disk
+	Version string
+	Started time.Time // when mflow started
+}
+
+// Handler serves /status and /status.json.
+type Handler struct{ src Sources }
+
+// New returns the status of src.
+func New(src Sources) *Handler { return &Handler{src: src} }
+
+// Status is what /status.json answers. Links show without their query or credentials.
+type Status struct {
+	Version     string      `json:"version"`
+	Uptime      float64     `json:"uptime_seconds"`
+	Streams     []Stream    `json:"streams"`
+	Tasks       []Task      `json:"tasks"`
+	Cache       []CacheTier `json:"cache"`
+	Connections Connections `json:"connections"`
+}
+
+// Stream is one stream playing now.
+type Stream struct {
+	ID       int64     `json:"id"`
+	Name     string    `json:"name"`
+	URL      string    `json:"url"`
+	GID      string    `json:"gid,omitempty"`
+	Player   string    `json:"player"`
+	Range    string    `json:"range"` // first-last/size, as in Content-Range
+	Sent     int64     `json:"sent"`  // bytes written to the player
+	Seconds  float64   `json:"seconds"`
+	Speed    float64   `json:"speed"` // bytes/s the open requests bring now, all together
+	Retries  int       `json:"retries"`
+	Replaced int       `json:"replaced"`
+	Requests []Request `json:"requests"`
+}
+
+// Request is one open upstream request of a stream.
+type Request struct {
+	Range  string  `json:"range"`
+	Bytes  int64   `json:"bytes"`
+	Speed  float64 `json:"speed"` // bytes/s over its last second
+	State  string  `json:"state"` // "waiting" for its answer, or "reading"
+	Mirror int     `json:"mirror,omitempty"`
+}
+
+// Task is one task.
+type Task struct {
+	GID    string `json:"gid"`
+	Status string `json:"status"`
+	Name   string `json:"name"`
+	Size   int64  `json:"size"`   // -1 until known
+	Played int64  `json:"played"` // bytes players took
+	Speed  int64  `json:"speed"`
+}
+
+// CacheTier is one tier of the chunk cache.
+type CacheTier struct {
+	Tier   string `json:"tier"`
+	Bytes  int64  `json:"bytes"`
+	Hits   int64  `json:"hits"`
+	Misses int64  `json:"misses"`
+}
+
+// Connections is the upstream connection budget.
+type Connections struct {
+	InUse        int `json:"in_use"`
+	BusiestHost  int `json:"busiest_host"`
+	PerHostLimit int `json:"per_host_limit"`
+}
+
+//go:embed page.html
+var page []byte
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/status.json" {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(h.Status())
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	// The page runs its own script and reads its own origin only.
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:")
+	w.Write(page)
+}
+
+// Status is mflow's status now.
+func (h *Handler) Status() Status {
+	src := h.src
+	st := Status{Version: src.Version, Uptime: time.Since(src.Started).Seconds(), Streams: []Stream{}, Tasks: []Task{}, Cache: []CacheTier{}}
+	now := time.Now()
+	for _, p := range src.Play.Playing() {
+		s := Stream{ID: p.ID, Name: p.Name, URL: p.URL, GID: p.Task, Player: p.Player, Sent: p.Sent, Seconds: now.Sub(p.Started).Seconds(),
+			Range: fmt.Sprintf("%d-%d/%d", p.Span.Start, p.Span.End, p.Size), Retries: p.Progress.Retries, Replaced: p.Progress.Replaced, Requests: []Request{}}
+		for _, r := range p.Progress.Requests {
+			state := "reading"
+			if r.Waiting > 0 {
+				state = "waiting"
+			}
+			s.Speed += r.Speed
+			s.Requests = append(s.Requests, Request{Range: fmt.Sprintf("%d-%d", r.Start, r.End), Bytes: r.Bytes, Speed: r.Speed, State: state, Mirror: r.Mirror})
+		}
+		st.Streams = append(st.Streams, s)
+	}
+	if src.Tasks != nil {
+		active, waiting, stopped := src.Tasks.Lists()
+		for _, list := range [][]task.View{active, waiting, stopped} {
+			for _, v := range list {
+				st.Tasks = append(st.Tasks, Task{GID: v.GID, Status: v.State.String(), Name: v.Name, Size: v.Size, Played: v.Delivered, Speed: v.Speed})
+			}
+		}
+	}
+	if m := src.Memory; m != nil {
+		st.Cache = append(st.Cache, CacheTier{"memory", m.Bytes(), m.Counters.Hits.Load(), m.Counters.Misses.Load()})
+	}
+	if d := src.Disk; d != nil {
+		st.Cache = append(st.Cache, CacheTier{"disk", d.Bytes(), d.Counters.Hits.Load(), d.Counters.Misses.Load()})
+	}
+	if c := src.Client; c != nil {
+		st.Connections.InUse, st.Connections.BusiestHost = c.InUse()
+		st.Connections.PerHostLimit = c.HostConnections()
+	}
+	return st
+}
