@@ -109,7 +109,7 @@ func parseFlags(args []string) (options, string, error) {
 		return o, "", err
 	}
 	if *help {
-		return o, "Usage: mflow [flags]\n\nA parallel chunked HTTP streaming proxy. Players open http://HOST:PORT/stream?url=URL.\n\nFlags:\n" + fs.FlagUsages(), nil
+		return o, "Usage: mflow [flags]\n       mflow get [flags] URL   (download a file; see mflow get --help)\n\nA parallel chunked HTTP streaming proxy. Players open http://HOST:PORT/stream?url=URL.\n\nFlags:\n" + fs.FlagUsages(), nil
 	}
 	if *showVersion {
 		return o, "mflow " + versionString() + "\n", nil
@@ -158,6 +158,9 @@ func devVersion(settings []debug.BuildSetting) string {
 
 // run is mflow's main, testable: it serves until ctx ends and returns the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "get" {
+		return runGet(ctx, args[1:], stdout, stderr)
+	}
 	o, text, err := parseFlags(args)
 	if err != nil {
 		fmt.Fprintf(stderr, "mflow: %v (see --help)\n", err)

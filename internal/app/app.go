@@ -54,6 +54,7 @@ type Config struct {
 type App struct {
 	Handler http.Handler   // every route mflow serves
 	Engine  *engine.Engine // for the benchmark's memory watch
+	Play    *play.Service  // plays links: for mflow get
 
 	client *upstream.Client
 	tasks  *task.Registry // nil without Config.Tasks
@@ -76,6 +77,7 @@ func New(cfg Config) (*App, error) {
 		a.Engine.Cache = chunkcache.Tiered{Memory: cfg.Memory, Disk: cfg.Disk}
 	}
 	playback := &play.Service{Resolver: resolver, Engine: a.Engine, RelayNoRange: cfg.RelayNoRange, Logger: log}
+	a.Play = playback
 	srv := &server.Server{
 		Play:       playback,
 		MaxStreams: cfg.MaxStreams,

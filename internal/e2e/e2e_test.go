@@ -203,8 +203,8 @@ func waitRPC(u string) error {
 }
 
 // nginxConf is the upstream: files capped per connection (and uncapped under /fast/), a chain of
-// redirects, locations that demand a drive's headers, one without Range support, fixed error answers, and
-// its status page.
+// redirects, locations that demand a drive's headers, one without Range support, fixed error answers, its
+// status page, and /get/, which logs the bytes it sends.
 func nginxConf(dir string, port int) string {
 	return fmt.Sprintf(`daemon off;
 pid %[1]s/nginx.pid;
@@ -212,6 +212,7 @@ error_log %[1]s/nginx-error.log;
 events {}
 http {
   access_log off;
+  log_format bytes '$body_bytes_sent';
   client_body_temp_path %[1]s/tmp; proxy_temp_path %[1]s/tmp; fastcgi_temp_path %[1]s/tmp;
   uwsgi_temp_path %[1]s/tmp; scgi_temp_path %[1]s/tmp;
   types { video/mp4 mp4; application/octet-stream bin; }
@@ -228,6 +229,7 @@ http {
     location /referer/ { if ($http_referer = "") { return 403; } alias %[1]s/www/files/; }
     location /norange/ { max_ranges 0; alias %[1]s/www/files/; }
     location /fast/ { alias %[1]s/www/files/; }
+    location /get/ { alias %[1]s/www/files/; limit_rate 1m; access_log %[1]s/get-bytes.log bytes; }
     location = /answer/401 { return 401; }
     location = /answer/403 { return 403; }
     location = /answer/404 { return 404; }
@@ -789,5 +791,58 @@ func TestTheStatusPageShowsWhatPlays(t *testing.T) {
 	}
 	if shot := os.Getenv("MFLOW_STATUS_SCREENSHOT"); shot != "" { // how the README's picture is made
 		chromium(t, "--virtual-time-budget=6000", "--window-size=1100,560", "--screenshot="+shot, page)
+	}
+}
+
+func TestAnInterruptedGetResumesAndFetchesTheFileAboutOnce(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "data.bin")
+	link := env.upstream + "/get/data.bin"
+	logFile := filepath.Join(env.dir, "get-bytes.log")
+	fetched := func() int64 {
+		b, _ := os.ReadFile(logFile)
+		var n int64
+		for _, line := range strings.Fields(string(b)) {
+			v, _ := strconv.ParseInt(line, 10, 64)
+			n += v
+		}
+		return n
+	}
+	before := fetched()
+
+	first := exec.Command(env.bin, "get", "-c", "4", "-o", out, link)
+	var firstErr bytes.Buffer
+	first.Stderr = &firstErr
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	testsync.WaitFor(t, "a third of the file in data.bin.part", func() bool {
+		info, err := os.Stat(out + ".part")
+		return err == nil && info.Size() > int64(len(env.data))/3
+	})
+	first.Process.Signal(os.Interrupt) // Ctrl-C
+	if err := first.Wait(); err == nil {
+		t.Fatalf("an interrupted get exited 0: %s", firstErr.String())
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Fatalf("after Ctrl-C, %s exists: it would look whole", out)
+	}
+
+	second := exec.Command(env.bin, "get", "-c", "4", "-o", out, link)
+	msg, err := second.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the resumed get: %v: %s", err, msg)
+	}
+	if !strings.Contains(string(msg), "resuming after") {
+		t.Errorf("the second run did not say it resumed: %s", msg)
+	}
+	got, err := os.ReadFile(out)
+	if err != nil || !bytes.Equal(got, env.data) {
+		t.Fatalf("the resumed download is not the file: %d bytes, %v", len(got), err)
+	}
+	// nginx logs a request when it ends; the interrupted ones too.
+	testsync.WaitFor(t, "nginx's log of the requests", func() bool { return fetched()-before >= int64(len(env.data)) })
+	if n := fetched() - before; n > int64(len(env.data))*13/10 {
+		t.Errorf("nginx sent %d bytes for a %d-byte file over an interruption: more than about once", n, len(env.data))
 	}
 }
