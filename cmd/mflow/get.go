@@ -10,7 +10,6 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/mattn/go-isatty"
@@ -117,13 +116,12 @@ type reporter interface {
 
 // bar is the progress bar on a terminal: name, bytes, percentage, speed and ETA.
 type bar struct {
-	ctx   context.Context
-	out   io.Writer
-	p     *mpb.Progress
-	bar   *mpb.Bar
-	mu    sync.Mutex // protects last
-	last  time.Time  // when the bar was last moved, for its moving averages
-	added atomic.Int64
+	ctx  context.Context
+	out  io.Writer
+	p    *mpb.Progress
+	bar  *mpb.Bar
+	mu   sync.Mutex // protects last
+	last time.Time  // when the bar was last moved, for its moving averages
 }
 
 func newBar(ctx context.Context, out io.Writer) *bar { return &bar{ctx: ctx, out: out} }

@@ -185,3 +185,25 @@ func TestTheVersionNamesTheCommit(t *testing.T) {
 		}
 	}
 }
+
+func TestGetRefusesBadArgumentsWithOneLine(t *testing.T) {
+	for args, says := range map[string]string{
+		"get":                             "want one URL",
+		"get ftp://h/f":                   "not an http or https URL",
+		"get -c 0 http://h/f":             "--connections",
+		"get --header nocolon http://h/f": "Name: value",
+		"get http://h/a http://h/b":       "want one URL",
+		"get --nonsense http://h/f":       "--nonsense",
+	} {
+		var stdout, stderr bytes.Buffer
+		code := run(t.Context(), strings.Fields(args), &stdout, &stderr)
+		msg := stderr.String()
+		if code != 2 || strings.Count(msg, "\n") != 1 || !strings.Contains(msg, says) || stdout.Len() != 0 {
+			t.Errorf("%s: exit %d, stderr %q", args, code, msg)
+		}
+	}
+	var stdout bytes.Buffer
+	if code := run(t.Context(), []string{"get", "--help"}, &stdout, io.Discard); code != 0 || !strings.Contains(stdout.String(), "--output") {
+		t.Errorf("get --help: exit %d, %q", code, stdout.String())
+	}
+}
