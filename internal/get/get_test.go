@@ -14,29 +14,22 @@ import (
 
 	"go.uber.org/goleak"
 
-	"mflow/internal/engine"
+	"mflow/internal/app"
 	"mflow/internal/get"
-	"mflow/internal/link"
-	"mflow/internal/play"
 	"mflow/internal/source"
-	"mflow/internal/upstream"
 	"mflow/internal/upstreamtest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func downloader(t *testing.T) *get.Downloader {
-	client := upstream.NewClient(upstream.Config{MaxRedirects: 3})
-	t.Cleanup(client.CloseIdleConnections)
-	quiet := slog.New(slog.DiscardHandler)
-	return &get.Downloader{
-		Play: &play.Service{
-			Resolver: &link.Resolver{Client: client, Retry: upstream.Retry{Max: 2, Base: time.Millisecond}, TTL: -1},
-			Engine:   &engine.Engine{Client: client, ChunkSize: 64 << 10, Connections: 4, Retries: 3, RetryBase: time.Millisecond, Logger: quiet},
-			Logger:   quiet,
-		},
-		Checkpoint: 20 * time.Millisecond,
+	mflow, err := app.New(app.Config{Connections: 4, ChunkSize: 64 << 10, Retry: 3, MaxRedirects: 3, HostConnections: 16, Version: "test",
+		Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() { mflow.Close() })
+	return &get.Downloader{Play: mflow.Play, Checkpoint: 20 * time.Millisecond}
 }
 
 // progress records what a download reports, and can stop it after some bytes, as Ctrl-C would.
