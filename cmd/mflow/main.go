@@ -18,14 +18,17 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/pflag"
 
 	"mflow/internal/access"
 	"mflow/internal/app"
 	"mflow/internal/bytesize"
 	"mflow/internal/chunkcache"
+	"mflow/internal/cluster"
 	"mflow/internal/logging"
 	"mflow/internal/task"
+	"mflow/internal/upstream"
 )
 
 // version is set at build time with -ldflags "-X main.version=…"; else the module version, if any.
@@ -67,6 +70,7 @@ type options struct {
 	maxWaiting      int
 	stateDir        string
 	inMemory        bool
+	redis           string
 }
 
 // parseFlags reads args. It returns help or version text to print, or an error of one line naming the
@@ -102,6 +106,7 @@ func parseFlags(args []string) (options, string, error) {
 	fs.Var(newIntFlag(&o.maxWaiting, 1000, 1, 1000000), "max-waiting", "waiting and paused tasks kept; more adds are refused")
 	fs.StringVar(&o.stateDir, "state-dir", "", "where tasks are kept across restarts (default: the user's state folder, ~/.local/state/mflow on Linux)")
 	fs.BoolVar(&o.inMemory, "in-memory", false, "keep tasks in memory only: they are gone when mflow stops")
+	fs.StringVar(&o.redis, "redis", "", "share --host-connections with the other mflow instances on this Redis: redis://[user:pass@]host:port/db (rediss:// for TLS)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	help := fs.BoolP("help", "h", false, "print this help and exit")
 
@@ -116,6 +121,11 @@ func parseFlags(args []string) (options, string, error) {
 	}
 	if fs.NArg() > 0 {
 		return o, "", fmt.Errorf("unexpected argument %q: mflow takes flags only", fs.Arg(0))
+	}
+	if o.redis != "" {
+		if _, err := redis.ParseURL(o.redis); err != nil {
+			return o, "", fmt.Errorf("invalid argument %q for \"--redis\" flag: want redis://[user:password@]host:port/db or rediss://…", o.redis)
+		}
 	}
 	if o.chunkSize < 16<<10 || o.chunkSize > 1<<30 {
 		return o, "", fmt.Errorf("invalid argument %q for \"-s, --chunk-size\" flag: want 16K to 1G, such as 512K or 1M", bytesize.Format(o.chunkSize))
@@ -199,9 +209,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "mflow: %v\n", err)
 		return 1
 	}
+	var shared upstream.SharedBudget
+	if o.redis != "" {
+		rdb, err := cluster.Connect(o.redis, log)
+		if err != nil {
+			store.Close()
+			ln.Close()
+			fmt.Fprintf(stderr, "mflow: %v\n", err)
+			return 1
+		}
+		defer rdb.Close()
+		budget := cluster.NewBudget(rdb, o.hostConnections, 0, log)
+		defer budget.Close()
+		shared = budget
+	}
 	mflow, err := app.New(app.Config{
 		Connections: o.connections, ChunkSize: o.chunkSize, Retry: o.retry, MinSpeed: o.minSpeed, MaxRedirects: o.maxRedirects,
-		HostConnections: o.hostConnections, Insecure: o.insecure, RelayNoRange: o.relayNoRange, Policy: policy, Memory: cache.Memory, Disk: cache.Disk,
+		HostConnections: o.hostConnections, Insecure: o.insecure, RelayNoRange: o.relayNoRange, Policy: policy, Shared: shared, Memory: cache.Memory, Disk: cache.Disk,
 		MaxStreams: o.maxStreams, Tasks: store, MaxStopped: o.maxStopped, MaxWaiting: o.maxWaiting,
 		RPCSecret: o.rpcSecret, RPCListenAll: o.rpcListenAll, RPCAllowOriginAll: o.rpcOriginAll,
 		Version: versionString(), Logger: log,

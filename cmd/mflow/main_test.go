@@ -60,6 +60,7 @@ func TestBadFlagValuesExitTwoWithOneLine(t *testing.T) {
 		"--host-connections 0":       "--host-connections",
 		"--allow-target 10.0.0.0/33": "--allow-target",
 		"--max-streams 0":            "--max-streams",
+		"--redis http://h:6379":      "--redis",
 		"--nonsense":                 "--nonsense",
 		"extra":                      "extra",
 	} {

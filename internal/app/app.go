@@ -23,18 +23,20 @@ import (
 
 // Config is what mflow's flags set.
 type Config struct {
-	Connections     int                // per stream (-c)
-	ChunkSize       int64              // -s
-	Retry           int                // retries of a chunk or a probe (-r)
-	MinSpeed        int64              // bytes/s, 0 = off
-	MaxRedirects    int                // per request
-	HostConnections int                // per upstream host, across all streams
-	Insecure        bool               // skip TLS verification upstream
-	RelayNoRange    bool               // relay upstreams without Range over one connection
-	Policy          *access.Policy     // where requests may connect; nil allows all
-	Memory          *chunkcache.Memory // the memory chunk cache; nil for none
-	Disk            *chunkcache.Disk   // the disk chunk cache; nil for none
-	MaxStreams      int                // streams played at once, 0 = no bound
+	Connections     int            // per stream (-c)
+	ChunkSize       int64          // -s
+	Retry           int            // retries of a chunk or a probe (-r)
+	MinSpeed        int64          // bytes/s, 0 = off
+	MaxRedirects    int            // per request
+	HostConnections int            // per upstream host, across all streams
+	Insecure        bool           // skip TLS verification upstream
+	RelayNoRange    bool           // relay upstreams without Range over one connection
+	Policy          *access.Policy // where requests may connect; nil allows all
+	// Shared, when set, is the per-host connection budget shared with other instances (--redis).
+	Shared     upstream.SharedBudget
+	Memory     *chunkcache.Memory // the memory chunk cache; nil for none
+	Disk       *chunkcache.Disk   // the disk chunk cache; nil for none
+	MaxStreams int                // streams played at once, 0 = no bound
 
 	// Tasks keeps the aria2 tasks; nil turns the JSON-RPC and /stream?gid= off.
 	Tasks      task.Persister
@@ -67,7 +69,7 @@ func New(cfg Config) (*App, error) {
 		log = slog.Default()
 	}
 	userAgent := "mflow/" + cfg.Version
-	client := upstream.NewClient(upstream.Config{HostConnections: cfg.HostConnections, Insecure: cfg.Insecure, Policy: cfg.Policy, MaxRedirects: cfg.MaxRedirects, UserAgent: userAgent})
+	client := upstream.NewClient(upstream.Config{HostConnections: cfg.HostConnections, Insecure: cfg.Insecure, Policy: cfg.Policy, Shared: cfg.Shared, MaxRedirects: cfg.MaxRedirects, UserAgent: userAgent})
 	resolver := &link.Resolver{Client: client, Retry: upstream.Retry{Max: cfg.Retry}, Logger: log}
 	a := &App{
 		Engine: &engine.Engine{Client: client, ChunkSize: cfg.ChunkSize, Connections: cfg.Connections, Retries: cfg.Retry, MinSpeed: cfg.MinSpeed, Logger: log},

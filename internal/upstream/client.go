@@ -43,9 +43,19 @@ type Config struct {
 	MaxRedirects int
 	// UserAgent is sent with requests whose headers carry none. Default "mflow".
 	UserAgent string
+	// Shared, when set, is the connection budget per host that several mflow instances share (each also
+	// keeps its own HostConnections): drives count connections per account, not per instance.
+	Shared SharedBudget
 	// Policy says where requests may connect, checked on the resolved address before each connection,
 	// redirects and proxies included. Nil allows every address (tests, the benchmark).
 	Policy *access.Policy
+}
+
+// SharedBudget is a per-host connection budget shared with other mflow instances.
+type SharedBudget interface {
+	// Acquire waits, until ctx ends, for one of host's connections, counted across all instances; release
+	// gives it back.
+	Acquire(ctx context.Context, host string) (release func(), err error)
 }
 
 // Client sends requests upstream. Each host has HostConnections slots, and each slot has a transport of its
@@ -252,11 +262,23 @@ func (c *Client) Do(req *http.Request, at source.Location) (*http.Response, erro
 		return nil, err
 	}
 	slot := slots.take()
-	release := sync.OnceFunc(func() {
+	releaseLocal := func() {
 		slots.give(slot)
 		slots.sem.Release(1)
 		c.leaveHost(req.URL.Host, slots)
 		leaveProxy()
+	}
+	releaseShared := func() {}
+	if c.cfg.Shared != nil {
+		// After the local slot: a request waits for the instances' common budget without holding more here.
+		if releaseShared, err = c.cfg.Shared.Acquire(req.Context(), req.URL.Host); err != nil {
+			releaseLocal()
+			return nil, err
+		}
+	}
+	release := sync.OnceFunc(func() {
+		releaseShared()
+		releaseLocal()
 	})
 	resp, err := set[at.From][slot].RoundTrip(req)
 	if err != nil {
