@@ -2,6 +2,8 @@ package app_test
 
 import (
 	"bufio"
+	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
@@ -15,7 +17,9 @@ import (
 
 	"mflow/internal/app"
 	"mflow/internal/chunkcache"
+	"mflow/internal/status"
 	"mflow/internal/task"
+	"mflow/internal/testsync"
 	"mflow/internal/upstreamtest"
 )
 
@@ -123,5 +127,54 @@ func TestMetricsCountWhatAStreamDid(t *testing.T) {
 		if strings.Contains(name, "127.0.0.1") || strings.Contains(name, "film") {
 			t.Errorf("a label names a link: %s", name)
 		}
+	}
+}
+
+func TestTheStatusShowsAStreamAsItPlays(t *testing.T) {
+	file := upstreamtest.RandomFile(2 << 20)
+	u := upstreamtest.New(file, upstreamtest.Options{PerConn: 256 << 10})
+	defer u.Close()
+	mflow, err := app.New(app.Config{Connections: 2, ChunkSize: 256 << 10, Retry: 3, MaxRedirects: 3, HostConnections: 16,
+		Tasks: task.NewMemory(), Version: "test", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mflow.Close()
+	srv := httptest.NewServer(mflow.Handler)
+	defer srv.Close()
+	defer http.DefaultClient.CloseIdleConnections()
+
+	ctx, stop := context.WithCancel(t.Context())
+	defer stop()
+	req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/stream?url="+url.QueryEscape(u.URL+"/film.mp4?sig=secret"), nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	go io.Copy(io.Discard, resp.Body)
+	var st status.Status
+	testsync.WaitFor(t, "the stream with a request reading on /status.json", func() bool {
+		r, err := http.Get(srv.URL + "/status.json")
+		if err != nil {
+			return false
+		}
+		defer r.Body.Close()
+		st = status.Status{}
+		return json.NewDecoder(r.Body).Decode(&st) == nil && len(st.Streams) == 1 && len(st.Streams[0].Requests) > 0 &&
+			st.Streams[0].Requests[0].State == "reading" && st.Streams[0].Requests[0].Speed > 0
+	})
+	s := st.Streams[0]
+	if s.Name != "film.mp4" || strings.Contains(s.URL, "secret") || s.Range != "0-2097151/2097152" || st.Version != "test" || st.Connections.PerHostLimit != 16 {
+		t.Errorf("status: %+v", st)
+	}
+	page, err := http.Get(srv.URL + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(page.Body)
+	page.Body.Close()
+	if !strings.Contains(string(body), "status.json") || strings.Contains(string(body), `src="http`) || strings.Contains(string(body), `href="http`) {
+		t.Errorf("the page does not read status.json, or loads something from outside")
 	}
 }

@@ -25,7 +25,10 @@ import (
 	"mflow/internal/upstreamtest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	redis.SetLogger(debugLog{quiet()}) // go-redis' dial errors, expected while Redis is stopped
+	goleak.VerifyTestMain(m)
+}
 
 // redisServer is a real redis-server on a free loopback port, in a folder of its own.
 type redisServer struct {
