@@ -12,7 +12,9 @@
 // stream's first-byte time) gives its lane up, so the next request is already on its way when the current
 // one ends and no connection waits idle for a first byte; a stream therefore reads up to 2 × Connections
 // chunks ahead. A request far slower than the stream's best is raced by a fresh request, which usually
-// lands on another route, and cancelled if it stays slow.
+// lands on another route, and cancelled if it stays slow. The best is taken over windows longer than the
+// silences requests had, and a request in a silence is judged on its steady speed, so a server that paces in
+// bursts (nginx's limit_rate) is not taken for a slow route.
 //
 // Locking, the convention across mflow: a mutex's comment says which fields it protects (they follow
 // it). A function or method whose name starts with an underscore must be called with that mutex held and
@@ -96,6 +98,9 @@ const (
 	slowSamples = 3
 	// routeEvery is how often each request's speed is compared with the stream's best.
 	routeEvery = 100 * time.Millisecond
+	// routeWindow is the longest window a request's speed is taken over: a server that paces in bursts
+	// further apart than half of it still looks slower than it is.
+	routeWindow = time.Second
 	// routeSamples is how many comparisons in a row a request must lose, lagFactor times slower than the
 	// stream's best lately, before it is asked again on a fresh request.
 	routeSamples = 2

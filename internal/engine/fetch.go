@@ -20,22 +20,24 @@ type fetch struct {
 	lane  bool      // holds one of the stream's lanes; given up near the end, so the next request can start
 
 	// The current attempt:
-	cancel    context.CancelCauseFunc // ends it; nil between attempts
-	gen       int                     // target generation it uses
-	mirror    int                     // the mirror it uses, 1-based; 0 is the target
-	sent      time.Time               // when its request went out
-	answered  time.Time               // when its answer arrived; zero before
-	got       int64                   // bytes it read
-	sampled   int64                   // got at the last one-second sample
-	samples   int                     // one-second samples taken
-	rate      float64                 // bytes/s in the last one-second sample
-	quiet     time.Duration           // time since it last delivered a byte (or since it was sent)
-	slowCount int                     // one-second samples in a row below the minimum speed
-	routeGot  int64                   // got at the last route check
-	routeAt   time.Time               // when routeGot was taken
-	routeRate float64                 // bytes/s since the route check before (or since its answer)
-	measured  bool                    // routeRate counts: the request ran past its grace time
-	routeSlow int                     // route checks in a row it lost to the stream's best
+	cancel     context.CancelCauseFunc // ends it; nil between attempts
+	gen        int                     // target generation it uses
+	mirror     int                     // the mirror it uses, 1-based; 0 is the target
+	sent       time.Time               // when its request went out
+	answered   time.Time               // when its answer arrived; zero before
+	got        int64                   // bytes it read
+	sampled    int64                   // got at the last one-second sample
+	samples    int                     // one-second samples taken
+	rate       float64                 // bytes/s in the last one-second sample
+	quiet      time.Duration           // time since it last delivered a byte (or since it was sent)
+	slowCount  int                     // one-second samples in a row below the minimum speed
+	lastByte   time.Time               // when its last bytes arrived
+	silence    time.Duration           // the longest wait for bytes since its grace time: the server's pacing
+	trail      routeTrail              // what it had read at the last route checks
+	routeRate  float64                 // bytes/s over twice its longest silence: its steady speed
+	measured   bool                    // routeRate counts: the request ran a whole such window past its grace time
+	recentRate float64                 // bytes/s over the last route check's interval; 0 in a silence
+	routeSlow  int                     // route checks in a row it lost to the stream's best
 }
 
 // fill works on p until it is done, the stream ends, or its retries run out.
@@ -177,7 +179,7 @@ func (s *stream) startAttempt(p *piece, f *fetch) (try, bool) {
 	t.ctx = ctx
 	f.cancel, f.gen, f.sent, f.answered = cancel, s.targetGen, time.Now(), time.Time{}
 	f.got, f.sampled, f.samples, f.rate, f.quiet, f.slowCount = 0, 0, 0, 0, 0, 0
-	f.routeGot, f.routeAt, f.routeRate, f.measured, f.routeSlow = 0, time.Time{}, 0, false, 0
+	f.lastByte, f.silence, f.trail, f.routeRate, f.measured, f.recentRate, f.routeSlow = time.Time{}, 0, routeTrail{}, 0, false, 0, 0
 	return t, true
 }
 
@@ -222,6 +224,51 @@ func (s *stream) closeAttempt(f *fetch, span httprange.Span, err error) RequestD
 	}
 	s.log.Debug("request", attrs...)
 	return done
+}
+
+// routeTrail is what a request had read at its last route checks, enough to cover routeWindow.
+type routeTrail struct {
+	at   [routeTrailLen]time.Time
+	got  [routeTrailLen]int64
+	next int // where the next sample goes
+}
+
+const routeTrailLen = int(routeWindow/routeEvery) + 2
+
+func (t *routeTrail) add(at time.Time, got int64) {
+	t.at[t.next], t.got[t.next] = at, got
+	t.next = (t.next + 1) % routeTrailLen
+}
+
+// rate is the bytes per second read over the window before now: from the newest sample at least window
+// old and not before since.
+func (t *routeTrail) rate(now time.Time, window time.Duration, since time.Time) float64 {
+	fromAt, fromGot := time.Time{}, int64(0)
+	newest := t.got[(t.next+routeTrailLen-1)%routeTrailLen]
+	for i := range routeTrailLen {
+		if at := t.at[i]; !at.Before(since) && now.Sub(at) >= window && at.After(fromAt) {
+			fromAt, fromGot = at, t.got[i]
+		}
+	}
+	if fromAt.IsZero() { // no sample that old since: the oldest one since
+		for i := range routeTrailLen {
+			if at := t.at[i]; !at.Before(since) && (fromAt.IsZero() || at.Before(fromAt)) {
+				fromAt, fromGot = at, t.got[i]
+			}
+		}
+	}
+	d := now.Sub(fromAt)
+	if d <= 0 {
+		return 0
+	}
+	return float64(newest-fromGot) / d.Seconds()
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // RequestDone describes one upstream request of a stream, as it ended.
@@ -315,6 +362,7 @@ func (s *stream) deliver(p *piece, f *fetch, data []byte) bool {
 	f.pos += int64(len(data))
 	f.got += int64(len(data))
 	f.quiet = 0
+	f.lastByte = time.Now()
 	if to := min(f.pos, p.end); to > p.filled {
 		copy(p.c.bytes(p.filled, to), data[p.filled-from:to-from])
 		p.filled = to
@@ -533,43 +581,65 @@ func (s *stream) checkRoutes() {
 		if f.cancel == nil || f.answered.IsZero() {
 			continue
 		}
-		// The speed over the last check's interval, never since the answer: a request's first round
-		// trips are slower on any route.
-		since := f.routeAt
-		if since.IsZero() {
-			since = f.answered
+		f.trail.add(now, f.got)
+		start := f.answered.Add(grace) // never judged over its first round trips: slower on any route
+		if now.Before(start) {
+			continue
 		}
-		if d := now.Sub(since); d > 0 {
-			f.routeRate = float64(f.got-f.routeGot) / d.Seconds()
+		// Two speeds. Over the last check's interval, which shows a slow route at once; and over twice the
+		// longest silence the request had (routeEvery to routeWindow), once it ran that long: a server
+		// that paces in bursts, as nginx's limit_rate sends a second's worth at once, leaves silences no
+		// slow route explains, and such a window holds a burst. The stream's best is taken over the long
+		// window only, so a burst does not set it; a request is judged on its recent speed while bytes
+		// come, and on the long window while they do not, never on a silence alone.
+		f.silence = max(f.silence, now.Sub(later(f.lastByte, start)))
+		recent := f.trail.rate(now, routeEvery, start)
+		window := min(max(routeEvery, 2*f.silence), routeWindow)
+		long, whole := 0.0, now.Sub(start) >= window
+		if whole {
+			long = f.trail.rate(now, window, start)
+			if long > s.routeBest {
+				s.routeBest, s.routeBestBy = long, f
+			}
 		}
-		f.routeGot, f.routeAt = f.got, now
-		if now.Sub(f.answered) < grace || now.Sub(since) < routeEvery/2 {
-			continue // too early to judge, or an interval too short to tell
+		f.recentRate = 0
+		if now.Sub(start) >= routeEvery {
+			f.recentRate = recent
 		}
-		f.measured = true
-		if f.routeRate > s.routeBest {
-			s.routeBest, s.routeBestBy = f.routeRate, f
+		if whole {
+			f.routeRate, f.measured = long, true
 		}
 	}
 	for f, p := range s.fetches {
-		if f.cancel == nil || !f.measured || s.routeBestBy == f { // never judged by its own past
+		if f.cancel == nil || f.answered.IsZero() || now.Sub(f.answered) < grace+routeEvery || s.routeBestBy == f { // never judged by its own past
 			continue
 		}
+		// Judged on its recent speed while bytes come; in a silence, on its steady speed, or, before it ran a
+		// whole window, on its speed since its answer: a burst before the silence counts, a slow route's
+		// trickle does not hide.
+		rate := f.recentRate
+		switch {
+		case rate > 0:
+		case f.measured:
+			rate = f.routeRate
+		default:
+			rate = float64(f.got) / now.Sub(f.answered).Seconds()
+		}
 		left := float64(p.end - max(p.filled, f.pos))
-		worth := f.routeRate == 0 || left/f.routeRate > (2*routeEvery).Seconds()
-		if f.routeRate*lagFactor >= s.routeBest || !worth || p.done() {
+		worth := rate == 0 || left/rate > (2*routeEvery).Seconds()
+		if rate*lagFactor >= s.routeBest || !worth || p.done() {
 			f.routeSlow = 0
 			continue
 		}
 		switch f.routeSlow++; {
 		case f.routeSlow == 1 && f.lane && p.replaced < maxReplaced:
-			s.log.Debug("request far slower than the stream's best; racing a fresh one", "at", f.pos, "speed", int64(f.routeRate), "best", int64(s.routeBest))
+			s.log.Debug("request far slower than the stream's best; racing a fresh one", "at", f.pos, "speed", int64(rate), "best", int64(s.routeBest))
 			s.e.Counters.Raced.Add(1)
 			s._giveLane(f)
 			p.replaced++
 			s.replaced++
 		case f.routeSlow >= routeSamples && (len(p.fetches) > 1 || p.replaced < maxReplaced):
-			s.log.Debug("request still far slower than the stream's best; replacing it", "at", f.pos, "speed", int64(f.routeRate), "best", int64(s.routeBest))
+			s.log.Debug("request still far slower than the stream's best; replacing it", "at", f.pos, "speed", int64(rate), "best", int64(s.routeBest))
 			f.cancel(errSlowRoute)
 		}
 	}

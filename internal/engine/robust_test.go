@@ -276,3 +276,22 @@ func TestReplacedRequestsCountInTheStats(t *testing.T) {
 		t.Errorf("no request replaced over %d requests on uneven routes", u.Requests())
 	}
 }
+
+func TestBurstyPacingIsNotTakenForASlowRoute(t *testing.T) {
+	// nginx's limit_rate sends each second's allowance at once and then nothing: over 100 ms a healthy
+	// request reads a burst or nothing. None of them is a slow route.
+	synctest.Test(t, func(t *testing.T) {
+		file := upstreamtest.RandomFile(8 << 20)
+		u := upstreamtest.NewInMemory(file, upstreamtest.Options{PerConn: 512 << 10, Bursts: time.Second, Latency: 5 * time.Millisecond})
+		defer u.Close()
+		e := newEngine(t, u, 1<<20, 4)
+		stats := streamOK(t, e, engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(file)) - 1}}, file)
+		e.Client.CloseIdleConnections()
+		if stats.Replaced != 0 || u.Requests() != 8 {
+			t.Errorf("replaced %d requests, %d requests in all; want none replaced, one request per chunk", stats.Replaced, u.Requests())
+		}
+		if n := u.MaxOpen(); n > 5 {
+			t.Errorf("%d requests open at once with -c 4", n)
+		}
+	})
+}

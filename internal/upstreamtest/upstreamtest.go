@@ -62,6 +62,11 @@ type Options struct {
 	SlowRate   float64
 	// Seed makes the slow routes' draws repeatable.
 	Seed uint64
+	// Bursts, when positive, paces PerConn as nginx's limit_rate does, per request: a period's allowance at
+	// once when the request starts, then another at each tick of a clock of that period shared by all
+	// requests, and nothing in between. Over a period the speed is PerConn; over a shorter window it is a
+	// burst or nothing, and a request that just started bursts while the others are silent.
+	Bursts time.Duration
 }
 
 // DriveModels are the upstreams the benchmark measures on, and what tests of speed use: an ideal one, a
@@ -104,6 +109,54 @@ type Upstream struct {
 }
 
 type limiterKey struct{}
+
+// waiter paces writes: a rate.Limiter, or a burster.
+type waiter interface {
+	WaitN(ctx context.Context, n int) error
+}
+
+// burster gives a request its allowance in bursts: one when it starts, then one at each tick of a clock
+// of the period.
+type burster struct {
+	allowance int           // bytes per period
+	period    time.Duration // between bursts
+
+	mu   sync.Mutex // protects the following fields
+	left int        // bytes still allowed until the next tick
+	next time.Time  // the next tick; zero before the first take
+}
+
+func (b *burster) WaitN(ctx context.Context, n int) error {
+	for {
+		wait := b.take(n)
+		if wait == 0 {
+			return nil
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+	}
+}
+
+// take takes n bytes of the allowance, or says how long to wait for the next period.
+func (b *burster) take(n int) time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := time.Now()
+	if !now.Before(b.next) { // the start, or a tick: a period's allowance, none carried over
+		b.left = b.allowance
+		b.next = now.Truncate(b.period).Add(b.period)
+	}
+	if b.left >= n || n > b.allowance {
+		b.left -= n
+		return 0
+	}
+	return b.next.Sub(now)
+}
 
 func newUpstream(content []byte, opts Options) *Upstream {
 	return &Upstream{Content: content, ETag: `"v1"`, opts: opts, size: int64(len(content)), routes: rand.New(rand.NewPCG(opts.Seed, 11))}
@@ -192,11 +245,11 @@ func (u *Upstream) slowRoute() bool {
 func (u *Upstream) configure(s *http.Server) {
 	s.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		u.conns.Add(1)
-		limit := rate.Inf
-		if u.opts.PerConn > 0 {
-			limit = rate.Limit(u.opts.PerConn)
+		var pace waiter
+		if u.opts.PerConn > 0 && u.opts.Bursts == 0 {
+			pace = rate.NewLimiter(rate.Limit(u.opts.PerConn), chunk)
 		}
-		return context.WithValue(ctx, limiterKey{}, rate.NewLimiter(limit, chunk))
+		return context.WithValue(ctx, limiterKey{}, pace)
 	}
 }
 
@@ -305,9 +358,12 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.Set("Accept-Ranges", "none")
 		w.WriteHeader(http.StatusOK)
 	}
-	limiters := []*rate.Limiter{}
-	if l, _ := r.Context().Value(limiterKey{}).(*rate.Limiter); l != nil && l.Limit() != rate.Inf {
+	limiters := []waiter{}
+	if l, _ := r.Context().Value(limiterKey{}).(waiter); l != nil {
 		limiters = append(limiters, l)
+	}
+	if u.opts.PerConn > 0 && u.opts.Bursts > 0 {
+		limiters = append(limiters, &burster{allowance: int(u.opts.PerConn * u.opts.Bursts.Seconds()), period: u.opts.Bursts})
 	}
 	for _, limit := range []float64{f.Rate, u.opts.PerRequest} {
 		if limit > 0 {
