@@ -25,6 +25,24 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
+// serve runs mflow as cfg says (with tasks in memory, quiet) until the test ends.
+func serve(t *testing.T, cfg app.Config) *httptest.Server {
+	t.Helper()
+	cfg.Retry, cfg.MaxRedirects, cfg.HostConnections = 3, 3, 16
+	cfg.Tasks, cfg.Version, cfg.Logger = task.NewMemory(), "test", slog.New(slog.DiscardHandler)
+	mflow, err := app.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(mflow.Handler)
+	t.Cleanup(func() {
+		srv.Close()
+		http.DefaultClient.CloseIdleConnections()
+		mflow.Close()
+	})
+	return srv
+}
+
 // scrape reads /metrics into series → value, and checks every mflow_ family has HELP text and a TYPE.
 func scrape(t *testing.T, base string) map[string]float64 {
 	t.Helper()
@@ -71,15 +89,7 @@ func TestMetricsCountWhatAStreamDid(t *testing.T) {
 	u := upstreamtest.New(file, upstreamtest.Options{})
 	defer u.Close()
 	memory := chunkcache.NewMemory(16 << 20)
-	mflow, err := app.New(app.Config{Connections: 4, ChunkSize: 64 << 10, Retry: 3, MaxRedirects: 3, HostConnections: 16, Memory: memory,
-		Tasks: task.NewMemory(), Version: "test", Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mflow.Close()
-	srv := httptest.NewServer(mflow.Handler)
-	defer srv.Close()
-	defer http.DefaultClient.CloseIdleConnections()
+	srv := serve(t, app.Config{Connections: 4, ChunkSize: 64 << 10, Memory: memory})
 
 	before := scrape(t, srv.URL)
 	play := func() {
@@ -134,15 +144,7 @@ func TestTheStatusShowsAStreamAsItPlays(t *testing.T) {
 	file := upstreamtest.RandomFile(2 << 20)
 	u := upstreamtest.New(file, upstreamtest.Options{PerConn: 256 << 10})
 	defer u.Close()
-	mflow, err := app.New(app.Config{Connections: 2, ChunkSize: 256 << 10, Retry: 3, MaxRedirects: 3, HostConnections: 16,
-		Tasks: task.NewMemory(), Version: "test", Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mflow.Close()
-	srv := httptest.NewServer(mflow.Handler)
-	defer srv.Close()
-	defer http.DefaultClient.CloseIdleConnections()
+	srv := serve(t, app.Config{Connections: 2, ChunkSize: 256 << 10})
 
 	ctx, stop := context.WithCancel(t.Context())
 	defer stop()
