@@ -106,7 +106,7 @@ func parseFlags(args []string) (options, string, error) {
 	fs.Var(newIntFlag(&o.maxWaiting, 1000, 1, 1000000), "max-waiting", "waiting and paused tasks kept; more adds are refused")
 	fs.StringVar(&o.stateDir, "state-dir", "", "where tasks are kept across restarts (default: the user's state folder, ~/.local/state/mflow on Linux)")
 	fs.BoolVar(&o.inMemory, "in-memory", false, "keep tasks in memory only: they are gone when mflow stops")
-	fs.StringVar(&o.redis, "redis", "", "share --host-connections with the other mflow instances on this Redis: redis://[user:pass@]host:port/db (rediss:// for TLS)")
+	fs.StringVar(&o.redis, "redis", "", "share tasks and --host-connections with the other mflow instances on this Redis (instead of --state-dir): redis://[user:pass@]host:port/db, rediss:// for TLS")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	help := fs.BoolP("help", "h", false, "print this help and exit")
 
@@ -125,6 +125,9 @@ func parseFlags(args []string) (options, string, error) {
 	if o.redis != "" {
 		if _, err := redis.ParseURL(o.redis); err != nil {
 			return o, "", fmt.Errorf("invalid argument %q for \"--redis\" flag: want redis://[user:password@]host:port/db or rediss://…", o.redis)
+		}
+		if fs.Changed("state-dir") || o.inMemory {
+			return o, "", fmt.Errorf("--redis keeps the tasks in Redis: leave out --state-dir and --in-memory")
 		}
 	}
 	if o.chunkSize < 16<<10 || o.chunkSize > 1<<30 {
@@ -196,7 +199,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 
 	policy := &access.Policy{Allow: o.allowTarget, Deny: o.denyTarget, Own: ownAddresses(ln.Addr())}
-	store, err := openTaskStore(o)
+	var rdb *redis.Client
+	if o.redis != "" {
+		if rdb, err = cluster.Connect(o.redis, log); err != nil {
+			ln.Close()
+			fmt.Fprintf(stderr, "mflow: %v\n", err)
+			return 1
+		}
+		defer rdb.Close()
+	}
+	store, err := openTaskStore(o, rdb, log)
 	if err != nil {
 		ln.Close()
 		fmt.Fprintf(stderr, "mflow: %v\n", err)
@@ -210,15 +222,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	var shared upstream.SharedBudget
-	if o.redis != "" {
-		rdb, err := cluster.Connect(o.redis, log)
-		if err != nil {
-			store.Close()
-			ln.Close()
-			fmt.Fprintf(stderr, "mflow: %v\n", err)
-			return 1
-		}
-		defer rdb.Close()
+	if rdb != nil {
 		budget := cluster.NewBudget(rdb, o.hostConnections, 0, log)
 		defer budget.Close()
 		shared = budget
@@ -329,9 +333,12 @@ func openCache(o options, log *slog.Logger) (chunkcache.Tiered, error) {
 	return tiers, nil
 }
 
-// openTasks opens the task store where the flags say: in memory, --state-dir, or the user's state folder.
-// openTaskStore opens the store the flags choose for tasks: memory, or a bbolt file.
-func openTaskStore(o options) (task.Persister, error) {
+// openTaskStore opens the store the flags choose for tasks: Redis (rdb), memory, or a bbolt file in
+// --state-dir or the user's state folder.
+func openTaskStore(o options, rdb *redis.Client, log *slog.Logger) (task.Persister, error) {
+	if rdb != nil {
+		return cluster.NewTasks(rdb, log), nil
+	}
 	if o.inMemory {
 		return task.NewMemory(), nil
 	}

@@ -1,5 +1,6 @@
-// Package cluster is what several mflow instances share through Redis. So far: the connection budget per
-// upstream host (--host-connections), which drives count per account, not per instance.
+// Package cluster is what several mflow instances share through Redis: the connection budget per upstream
+// host (--host-connections), which drives count per account, not per instance; and the tasks, their
+// changes and their players' figures, so that a GID made on one instance plays on any.
 package cluster
 
 import (
@@ -9,7 +10,6 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -22,10 +22,9 @@ type Budget struct {
 	rdb      *redis.Client
 	limit    int           // connections per host, across all instances
 	leaseTTL time.Duration // how long a lease outlives its last renewal
-	log      *slog.Logger
 	instance string // names this instance's leases
 
-	down    atomic.Bool // Redis failed the last call: the budget is local only until it answers again
+	redis   outage // whether Redis answers: the budget is local only until it does again
 	stop    chan struct{}
 	stopped chan struct{}
 
@@ -72,8 +71,10 @@ func NewBudget(rdb *redis.Client, limit int, leaseTTL time.Duration, log *slog.L
 	if log == nil {
 		log = slog.Default()
 	}
-	b := &Budget{rdb: rdb, limit: limit, leaseTTL: leaseTTL, log: log, instance: newID(),
+	b := &Budget{rdb: rdb, limit: limit, leaseTTL: leaseTTL, instance: newID(),
 		stop: make(chan struct{}), stopped: make(chan struct{}), leases: map[string]string{}}
+	b.redis = outage{log: log, during: "counting upstream connections on this instance only until it answers",
+		after: "upstream connections are counted across instances"}
 	go b.renewLeases()
 	return b
 }
@@ -91,10 +92,10 @@ func (b *Budget) Acquire(ctx context.Context, host string) (func(), error) {
 		case err != nil && ctx.Err() != nil:
 			return nil, context.Cause(ctx)
 		case err != nil:
-			b.failed(err)
+			b.redis.failed(err)
 			return func() {}, nil
 		case took == 1:
-			b.answered()
+			b.redis.answered()
 			b.hold(lease, key)
 			return sync.OnceFunc(func() { b.release(lease, key) }), nil
 		}
@@ -106,20 +107,6 @@ func (b *Budget) Acquire(ctx context.Context, host string) (func(), error) {
 			return nil, context.Cause(ctx)
 		}
 		wait = min(2*wait, 200*time.Millisecond)
-	}
-}
-
-// failed notes that Redis failed a call; the first failure of an outage is logged.
-func (b *Budget) failed(err error) {
-	if !b.down.Swap(true) {
-		b.log.Warn("redis unreachable: counting upstream connections on this instance only until it answers", "err", err)
-	}
-}
-
-// answered notes that Redis answered; the end of an outage is logged.
-func (b *Budget) answered() {
-	if b.down.Swap(false) {
-		b.log.Info("redis answers again: upstream connections are counted across instances")
 	}
 }
 
@@ -137,7 +124,7 @@ func (b *Budget) release(lease, key string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if err := b.rdb.ZRem(ctx, key, lease).Err(); err != nil {
-		b.failed(err)
+		b.redis.failed(err)
 	}
 }
 
@@ -164,7 +151,7 @@ func (b *Budget) renewLeases() {
 		_, err := pipe.Exec(ctx)
 		cancel()
 		if err != nil && !errors.Is(err, redis.Nil) {
-			b.failed(err)
+			b.redis.failed(err)
 		}
 	}
 }

@@ -349,6 +349,9 @@ func (h *Handler) call(c call, method string, params []json.RawMessage) (any, er
 		h.slowDown(c.ctx)
 		return nil, wireError("Unauthorized")
 	}
+	if err := h.Tasks.Ready(); err != nil {
+		return nil, err
+	}
 	return m(h, c, params)
 }
 

@@ -152,6 +152,10 @@ func (s *Server) requestOf(w http.ResponseWriter, r *http.Request) (request, boo
 			w.Header().Set("Retry-After", "10")
 			fail(w, http.StatusServiceUnavailable, err.Error()+"; unpause it to stream")
 			return request{}, false
+		case errors.Is(err, task.ErrUnavailable):
+			w.Header().Set("Retry-After", "5")
+			fail(w, http.StatusServiceUnavailable, err.Error())
+			return request{}, false
 		case err != nil:
 			fail(w, http.StatusNotFound, err.Error())
 			return request{}, false

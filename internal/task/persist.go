@@ -19,7 +19,8 @@ import (
 type Persister interface {
 	// Load returns every record kept.
 	Load() ([]Record, error)
-	// Save keeps rec, replacing the record of the same GID.
+	// Save keeps rec, replacing the record of the same GID. A store other instances share replaces only
+	// the revision rec was made from (rec.Rev-1; none kept counts as 0) and returns ErrConflict otherwise.
 	Save(rec Record) error
 	// Delete forgets the record of gid; a GID not kept is no error.
 	Delete(gid string) error
@@ -42,7 +43,7 @@ func (m *Memory) Load() ([]Record, error) {
 	defer m.mu.Unlock()
 	var out []Record
 	for gid, b := range m.records {
-		rec, err := decode(gid, b)
+		rec, err := Decode(gid, b)
 		if err != nil {
 			return nil, err
 		}
@@ -71,8 +72,8 @@ func (m *Memory) Delete(gid string) error {
 
 func (m *Memory) Close() error { return nil }
 
-// decode reads the record kept as gid.
-func decode(gid string, b []byte) (Record, error) {
+// Decode reads the record a store kept as gid, as JSON.
+func Decode(gid string, b []byte) (Record, error) {
 	var rec Record
 	if err := json.Unmarshal(b, &rec); err != nil || rec.GID != gid || len(rec.URIs) == 0 {
 		return Record{}, fmt.Errorf("task %q is unreadable", gid)
@@ -137,7 +138,7 @@ func (b *Bolt) Load() ([]Record, error) {
 	var out []Record
 	err := b.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucket).ForEach(func(k, v []byte) error {
-			rec, err := decode(string(k), v)
+			rec, err := Decode(string(k), v)
 			if err != nil {
 				return err
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -34,12 +35,13 @@ type Config struct {
 
 // Registry keeps tasks and moves them through their states. Its methods are safe for concurrent use.
 type Registry struct {
-	cfg   Config
-	store Persister
+	cfg    Config
+	store  Persister
+	shared Shared // store, when other instances share it; nil otherwise
 
-	ctx    context.Context    // ends the background probes
+	ctx    context.Context    // ends the background work
 	cancel context.CancelFunc // ends ctx
-	wg     sync.WaitGroup     // the background probes
+	wg     sync.WaitGroup     // the background probes, and with a shared store the follower and the exchange
 
 	saveMu sync.Mutex // one save at a time, so the last one written is the latest state; held over I/O
 
@@ -53,16 +55,28 @@ type Registry struct {
 
 // task is a Record with what only this process knows about it.
 type task struct {
-	Record                     // protected by Registry.mu; its Delivered is stale, see delivered
-	delivered atomic.Int64     // bytes players took: counted on every write, without a lock
-	speed     meter            // the same bytes, over the last seconds
-	streams   map[*Stream]bool // players streaming it now; protected by Registry.mu
+	Record                     // protected by Registry.mu; its Delivered is stale: kept plus delivered
+	kept      int64            // bytes players took as the store knows them; protected by Registry.mu
+	delivered atomic.Int64     // bytes players took here since: counted on every write, without a lock
+	speed     meter            // the bytes players took here, over the last seconds
+	streams   map[*Stream]bool // players streaming it here now; protected by Registry.mu
+	others    Figures          // the other instances' speed and streams of it; protected by Registry.mu
+	unsaved   int              // changes made here and not yet saved; protected by Registry.mu
 }
 
-// change collects what a change under the lock must do once the lock is released: the tasks to save.
-type change struct{ saves []string }
+// change collects what a change under the lock must do once the lock is released: the tasks to save, and
+// what happened to them for the other instances to hear.
+type change struct {
+	saves  []*task
+	events []Event
+}
 
-func (c *change) save(gid string) { c.saves = append(c.saves, gid) }
+// save marks t changed, with the lock held: it is saved as it is when the change is committed, and no
+// other instance's version of it replaces it here until then.
+func (c *change) save(t *task) {
+	t.unsaved++
+	c.saves = append(c.saves, t)
+}
 
 // New returns a registry of the tasks store holds. It owns store and closes it in Close.
 func New(cfg Config, store Persister) (*Registry, error) {
@@ -75,62 +89,153 @@ func New(cfg Config, store Persister) (*Registry, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	shared, _ := store.(Shared)
 	records, err := store.Load()
-	if err != nil {
+	if err != nil && shared == nil {
 		return nil, err
-	}
+	} // a shared store that does not answer yet is read when it does
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Registry{cfg: cfg, store: store, ctx: ctx, cancel: cancel, tasks: map[string]*task{}, subs: map[chan Event]struct{}{}}
 	slices.SortFunc(records, func(a, b Record) int { return a.Added.Compare(b.Added) })
 	for _, rec := range records {
-		if rec.State == Active {
-			rec.State = Waiting // a stream does not outlive the process
-		}
-		t := &task{Record: rec, streams: map[*Stream]bool{}}
-		t.delivered.Store(rec.Delivered)
-		r.tasks[rec.GID] = t
-		if rec.State.stopped() {
-			r.done = append(r.done, rec.GID)
-			r.stops++
-		} else {
-			r.queue = append(r.queue, rec.GID)
-		}
+		r._place(newTask(rec))
+	}
+	if shared != nil {
+		r.shared = shared
+		r.wg.Go(r.follow)
+		r.wg.Go(r.exchangeEverySecond)
 	}
 	return r, nil
 }
 
-// Close ends the background probes, waits for them, and closes the store.
+// newTask is the task of a kept record.
+func newTask(rec Record) *task {
+	if rec.State == Active {
+		rec.State = Waiting // a stream does not outlive the process
+	}
+	return &task{Record: rec, kept: rec.Delivered, streams: map[*Stream]bool{}}
+}
+
+// _place puts a new task in the table and in the queue or, stopped, among the stopped tasks.
+func (r *Registry) _place(t *task) {
+	r.tasks[t.GID] = t
+	if t.State.stopped() {
+		r.done = append(r.done, t.GID)
+		r.stops++
+	} else {
+		r.queue = append(r.queue, t.GID)
+	}
+}
+
+// Close ends the background work and waits for it; with a shared store, it hands over the bytes players
+// took here since the last exchange. Then it closes the store.
 func (r *Registry) Close() error {
 	r.cancel()
 	r.wg.Wait()
+	if r.shared != nil && r.shared.Ready() == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		r.exchange(ctx)
+	}
 	return r.store.Close()
 }
 
 // commit does, outside the lock, what a change left to do: it saves each task it touched as it is now,
-// or forgets it when it is gone. Every failure is logged, and the first returned.
+// or forgets it when it is gone, and tells the other instances sharing the store. A change another
+// instance's beat to the store is lost: the task is read again as that one left it. Every failure is
+// logged, and the first returned.
 func (r *Registry) commit(c change) error {
 	if len(c.saves) == 0 {
 		return nil
 	}
+	lost, err := r.save(c)
+	r.saved(c)
+	if len(lost) > 0 {
+		r.reread(lost, true)
+	}
+	return err
+}
+
+// save writes c's tasks to the store and tells the other instances; it returns the changes lost to
+// another instance's.
+func (r *Registry) save(c change) (lost []Change, first error) {
+	if err := r.Ready(); err != nil {
+		return nil, err // the store said once that it is away; all is read afresh when it is back
+	}
 	r.saveMu.Lock()
 	defer r.saveMu.Unlock()
-	var first error
-	for _, gid := range c.saves {
+	for _, t := range c.saves {
+		gid := t.GID
 		rec, ok := r.record(gid)
 		var err error
 		if ok {
-			err = r.store.Save(rec)
+			rec.Rev++
+			if err = r.store.Save(rec); err == nil {
+				r.savedAs(t, rec.Rev)
+			}
 		} else {
 			err = r.store.Delete(gid)
 		}
-		if err != nil {
+		switch {
+		case errors.Is(err, ErrConflict):
+			r.cfg.Logger.Debug("task changed by another instance first: its change stands", "gid", gid)
+			lost = append(lost, Change{GID: gid})
+			err = &Error{GID: gid, Err: ErrConflict}
+		case err != nil:
 			r.cfg.Logger.Warn("task not saved: it may be lost when mflow stops", "gid", gid, "err", err)
-			if first == nil {
-				first = fmt.Errorf("saving task %s: %w", gid, err)
-			}
+			err = fmt.Errorf("saving task %s: %w", gid, err)
+		}
+		if first == nil {
+			first = err
 		}
 	}
-	return first
+	if r.shared != nil {
+		changes := slices.DeleteFunc(c.changes(), func(ch Change) bool {
+			return slices.ContainsFunc(lost, func(l Change) bool { return l.GID == ch.GID })
+		})
+		if err := r.shared.Publish(r.ctx, changes); err != nil && first == nil {
+			r.cfg.Logger.Warn("the other instances were not told of a task's change", "err", err)
+			first = fmt.Errorf("telling the other instances: %w", err)
+		}
+	}
+	return lost, first
+}
+
+// savedAs notes that t is kept at revision rev.
+func (r *Registry) savedAs(t *task, rev int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t.Rev = max(t.Rev, rev)
+}
+
+// saved notes that c's changes were committed.
+func (r *Registry) saved(c change) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, t := range c.saves {
+		t.unsaved--
+	}
+}
+
+// changes is what c tells the other instances: each task it touched, once, with what happened to it.
+func (c change) changes() []Change {
+	var out []Change
+	at := map[string]int{}
+	for _, t := range c.saves {
+		if _, ok := at[t.GID]; !ok {
+			at[t.GID] = len(out)
+			out = append(out, Change{GID: t.GID})
+		}
+	}
+	for _, ev := range c.events {
+		i, ok := at[ev.GID]
+		if !ok {
+			i, at[ev.GID] = len(out), len(out)
+			out = append(out, Change{GID: ev.GID})
+		}
+		out[i].Events = append(out[i].Events, ev.Kind)
+	}
+	return out
 }
 
 // record is a copy of gid's task as it is now; false when it is gone.
@@ -147,7 +252,7 @@ func (r *Registry) record(gid string) (Record, bool) {
 // _snapshot is a copy of t's Record with the bytes delivered so far.
 func (t *task) _snapshot() Record {
 	rec := t.Record.clone()
-	rec.Delivered = t.delivered.Load()
+	rec.Delivered = t.kept + t.delivered.Load()
 	return rec
 }
 
@@ -165,21 +270,27 @@ func (r *Registry) Subscribe() (<-chan Event, func()) {
 	}
 }
 
-// _notify sends an event to every subscriber without waiting: under the lock, so that subscribers see
-// the events of one task in the order they happened.
-func (r *Registry) _notify(kind EventKind, gid string) {
+// _notify tells the subscribers what happened, and c keeps it for the other instances.
+func (r *Registry) _notify(kind EventKind, gid string, c *change) {
+	r._send(Event{Kind: kind, GID: gid})
+	c.events = append(c.events, Event{Kind: kind, GID: gid})
+}
+
+// _send sends an event to every subscriber without waiting: under the lock, so that subscribers see the
+// events of one task in the order they happened.
+func (r *Registry) _send(ev Event) {
 	for ch := range r.subs {
 		select {
-		case ch <- Event{Kind: kind, GID: gid}:
+		case ch <- ev:
 		default:
 		}
 	}
 }
 
 // _announce marks t started and tells the subscribers.
-func (r *Registry) _announce(t *task) {
+func (r *Registry) _announce(t *task, c *change) {
 	t.Announced = true
-	r._notify(EventStarted, t.GID)
+	r._notify(EventStarted, t.GID, c)
 }
 
 // Addition is a task to add.
@@ -241,10 +352,12 @@ func (r *Registry) add(a Addition) (string, change, error) {
 		pos = len(r.queue)
 	}
 	r.queue = slices.Insert(r.queue, pos, gid)
+	var c change
+	c.save(t)
 	if !a.Paused {
-		r._announce(t)
+		r._announce(t, &c)
 	}
-	return gid, change{saves: []string{gid}}, nil
+	return gid, c, nil
 }
 
 // _newGID returns an unused random GID: 16 lowercase hex digits, not all zero.
@@ -297,7 +410,7 @@ func (r *Registry) probed(gid string, size int64, err error) change {
 		}
 	default:
 		t.Size = size
-		c.save(gid)
+		c.save(t)
 	}
 	return c
 }
@@ -335,7 +448,7 @@ func (r *Registry) _fail(t *task, err error, c *change) {
 	f := upstream.Classify(err)
 	t.Failure = &f
 	r._stop(t, Failed, c)
-	r._notify(EventFailed, t.GID)
+	r._notify(EventFailed, t.GID, c)
 }
 
 // _stop moves t to the stopped tasks with state, ends its streams, and forgets the oldest stopped tasks
@@ -346,7 +459,7 @@ func (r *Registry) _stop(t *task, state State, c *change) {
 	r.done = append(r.done, t.GID)
 	r.stops++
 	t._endStreams()
-	c.save(t.GID)
+	c.save(t)
 	for len(r.done) > r.cfg.MaxStopped {
 		r._forget(r.tasks[r.done[0]], c)
 	}
@@ -354,10 +467,15 @@ func (r *Registry) _stop(t *task, state State, c *change) {
 
 // _forget drops t.
 func (r *Registry) _forget(t *task, c *change) {
+	r._drop(t)
+	c.save(t)
+}
+
+// _drop takes t out of the tables.
+func (r *Registry) _drop(t *task) {
 	delete(r.tasks, t.GID)
 	r.queue = slices.DeleteFunc(r.queue, func(g string) bool { return g == t.GID })
 	r.done = slices.DeleteFunc(r.done, func(g string) bool { return g == t.GID })
-	c.save(t.GID)
 }
 
 // _find resolves a GID or a unique prefix of one.
@@ -386,6 +504,7 @@ func (r *Registry) _find(gid string) (*task, error) {
 // update runs do on the task gid names, with the lock held, then commits the change; it returns the
 // task's full GID.
 func (r *Registry) update(gid string, do func(t *task, c *change) error) (string, error) {
+	r.refresh(gid)
 	full, c, err := func() (string, change, error) {
 		r.mu.Lock()
 		defer r.mu.Unlock()
@@ -428,7 +547,7 @@ func (r *Registry) Remove(gid string) (string, error) {
 			return ErrNotRunning
 		case len(t.streams) > 0 || t.Announced:
 			r._stop(t, Removed, c)
-			r._notify(EventStopped, t.GID)
+			r._notify(EventStopped, t.GID, c)
 		default:
 			r._forget(t, c)
 		}
@@ -450,8 +569,8 @@ func (r *Registry) Pause(gid string) (string, error) {
 func (r *Registry) _pause(t *task, c *change) {
 	t.State = Paused
 	t._endStreams()
-	c.save(t.GID)
-	r._notify(EventPaused, t.GID)
+	c.save(t)
+	r._notify(EventPaused, t.GID, c)
 }
 
 // Unpause lets a paused task be streamed again.
@@ -467,8 +586,8 @@ func (r *Registry) Unpause(gid string) (string, error) {
 
 func (r *Registry) _unpause(t *task, c *change) {
 	t.State = Waiting
-	r._announce(t)
-	c.save(t.GID)
+	r._announce(t, c)
+	c.save(t)
 }
 
 // PauseAll pauses every waiting or active task.
@@ -525,7 +644,7 @@ func (r *Registry) ChangeOptions(gid string, edit func(old map[string]string) (m
 			return err
 		}
 		t.Options = opts
-		c.save(t.GID)
+		c.save(t)
 		return nil
 	})
 	return err
@@ -542,6 +661,7 @@ type View struct {
 
 // Get returns a view of one task.
 func (r *Registry) Get(gid string) (View, error) {
+	r.refresh(gid)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	t, err := r._find(gid)
@@ -580,13 +700,13 @@ func (r *Registry) StoppedTotal() int {
 
 // _view is t as it is at now. It changes nothing.
 func (r *Registry) _view(t *task, now time.Time) View {
-	v := View{Record: t._snapshot(), State: t.State, Streams: len(t.streams), Name: source.FileName(t.URIs[0])}
+	v := View{Record: t._snapshot(), State: t.State, Streams: len(t.streams) + t.others.Streams, Name: source.FileName(t.URIs[0])}
 	if _, spec, err := r._link(t); err == nil && spec.Name != "" {
 		v.Name = spec.Name
 	}
 	if v.Streams > 0 && t.State == Waiting {
 		v.State = Active
-		v.Speed = t.speed.rate(now)
+		v.Speed = t.speed.rate(now) + t.others.Speed
 	}
 	return v
 }

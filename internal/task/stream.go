@@ -2,6 +2,7 @@ package task
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"time"
 
@@ -22,7 +23,13 @@ type Stream struct {
 
 // Begin starts a player's stream of gid, within ctx. Call End when it is over.
 func (r *Registry) Begin(ctx context.Context, gid string) (*Stream, error) {
+	r.refresh(gid)
 	st, c, err := r.begin(ctx, gid)
+	if errors.Is(err, ErrNotFound) {
+		if away := r.Ready(); away != nil {
+			return nil, away // perhaps another instance has it: say why it cannot be asked
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -47,7 +54,7 @@ func (r *Registry) begin(ctx context.Context, gid string) (*Stream, change, erro
 		t.State, t.Failure = Waiting, nil
 		r.done = slices.DeleteFunc(r.done, func(g string) bool { return g == t.GID })
 		r.queue = append(r.queue, t.GID)
-		c.save(t.GID)
+		c.save(t)
 	}
 	l, spec, err := r._link(t)
 	if err != nil {
@@ -81,7 +88,7 @@ func (st *Stream) Sized(size int64) {
 		var c change
 		if st.task.Size != size {
 			st.task.Size = size
-			c.save(st.GID)
+			c.save(st.task)
 		}
 		return c
 	}())
@@ -101,7 +108,7 @@ func (st *Stream) Failed(err error) {
 	}())
 }
 
-// End ends the stream, and saves the bytes it delivered.
+// End ends the stream, and saves the bytes it delivered; a shared store hears of them in the exchange.
 func (st *Stream) End() {
 	st.cancel(nil)
 	r := st.registry
@@ -110,8 +117,8 @@ func (st *Stream) End() {
 		defer r.mu.Unlock()
 		var c change
 		delete(st.task.streams, st)
-		if r.tasks[st.GID] == st.task {
-			c.save(st.GID)
+		if r.tasks[st.GID] == st.task && r.shared == nil {
+			c.save(st.task)
 		}
 		return c
 	}())

@@ -82,6 +82,9 @@ type Record struct {
 	// From is the class of the client that added the task: its background probe may reach what that
 	// client could reach through a player, no more.
 	From access.Client `json:"from,omitempty"`
+	// Rev counts the saves of the record. A shared store saves a record only over the one it was made
+	// from (revision Rev-1), so that no instance undoes another's change unseen.
+	Rev int64 `json:"rev,omitempty"`
 }
 
 // clone is a copy of r that shares nothing with it.
@@ -137,6 +140,7 @@ var (
 	ErrNotStopped  = errors.New("the task is not stopped")
 	ErrPaused      = errors.New("the task is paused")
 	ErrTooMany     = errors.New("too many tasks waiting")
+	ErrConflict    = errors.New("the task was changed on another mflow instance meanwhile; read it again")
 	// ErrStopped is the cause a task's streams end with when it is paused or removed.
 	ErrStopped = errors.New("task paused or removed")
 )

@@ -14,7 +14,6 @@ import (
 
 	"go.uber.org/goleak"
 
-	"mflow/internal/access"
 	"mflow/internal/source"
 	"mflow/internal/upstream"
 )
@@ -53,99 +52,6 @@ func add(t *testing.T, r *Registry, a Addition) string {
 		t.Fatal(err)
 	}
 	return gid
-}
-
-// persisters are the stores every Registry test runs with, opened afresh over the same place each time.
-func persisters(t *testing.T) map[string]func() Persister {
-	mem := NewMemory()
-	dir := t.TempDir()
-	return map[string]func() Persister{
-		"memory": func() Persister { return mem },
-		"bolt": func() Persister {
-			b, err := OpenBolt(dir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return b
-		},
-	}
-}
-
-func TestTasksSurviveARestart(t *testing.T) {
-	for name, open := range persisters(t) {
-		t.Run(name, func(t *testing.T) {
-			r := newRegistry(t, config, open())
-			kept := add(t, r, Addition{Options: map[string]string{"cookie": "a=b", "name": "A.mp4"}})
-			paused := add(t, r, Addition{Paused: true})
-			gone := add(t, r, Addition{})
-			if _, err := r.Remove(gone); err != nil {
-				t.Fatal(err)
-			}
-			st, err := r.Begin(t.Context(), kept)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if st.Link.Header.Get("Cookie") != "a=b" || st.Link.Name != "A.mp4" || st.Link.URL != "http://h/a.mp4" || st.Link.From != access.Loopback && st.Link.From != 0 {
-				t.Errorf("the stream's link %+v does not say what the options say", st.Link)
-			}
-			st.Delivered(999)
-			st.End()
-			r.wg.Wait() // the background probes
-			if err := r.Close(); err != nil {
-				t.Fatal(err)
-			}
-
-			r = newRegistry(t, config, open())
-			defer r.Close()
-			active, waiting, stopped := r.Lists()
-			if len(active) != 0 || len(waiting) != 2 || len(stopped) != 1 {
-				t.Fatalf("after a restart: %d active, %d waiting, %d stopped", len(active), len(waiting), len(stopped))
-			}
-			a, b := waiting[0], waiting[1]
-			if a.GID != kept || a.State != Waiting || a.Delivered != 999 || a.Size != 1234 || a.Options["cookie"] != "a=b" {
-				t.Errorf("first task after a restart: %+v", a)
-			}
-			if b.GID != paused || b.State != Paused {
-				t.Errorf("second task after a restart: %+v", b)
-			}
-			if v, err := r.Get(gone); err != nil || v.State != Removed {
-				t.Errorf("a removed task announced as started: %+v, %v; want it kept as removed", v, err)
-			}
-		})
-	}
-}
-
-func TestPersistersKeepWhatTheyAreGiven(t *testing.T) {
-	for name, open := range persisters(t) {
-		t.Run(name, func(t *testing.T) {
-			p := open()
-			f := upstream.Failure{Kind: upstream.KindStatus, Code: 404, Message: "gone"}
-			one := Record{GID: "1111111111111111", URIs: []string{"http://h/1"}, Options: map[string]string{"k": "v"}, State: Failed, Failure: &f, Size: 5, Delivered: 3, Added: time.Unix(100, 0).UTC(), Announced: true, From: access.Private}
-			two := Record{GID: "2222222222222222", URIs: []string{"http://h/2"}, State: Paused, Size: -1}
-			for _, rec := range []Record{one, two, two} {
-				if err := p.Save(rec); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if err := p.Delete(two.GID); err != nil {
-				t.Fatal(err)
-			}
-			if err := p.Delete("3333333333333333"); err != nil {
-				t.Errorf("deleting what is not kept: %v", err)
-			}
-			got, err := p.Load()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(got) != 1 || got[0].GID != one.GID || got[0].State != Failed || *got[0].Failure != f || got[0].Options["k"] != "v" ||
-				got[0].Size != 5 || got[0].Delivered != 3 || !got[0].Added.Equal(one.Added) || !got[0].Announced || got[0].From != access.Private {
-				t.Errorf("loaded %+v, want %+v", got, one)
-			}
-			if err := p.Close(); err != nil {
-				t.Fatal(err)
-			}
-		})
-	}
 }
 
 func TestRecordsOfEarlierMflowsAreRead(t *testing.T) {
