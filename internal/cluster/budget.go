@@ -22,7 +22,7 @@ type Budget struct {
 	rdb      *redis.Client
 	limit    int           // connections per host, across all instances
 	leaseTTL time.Duration // how long a lease outlives its last renewal
-	instance string // names this instance's leases
+	instance string        // names this instance's leases
 
 	redis   outage // whether Redis answers: the budget is local only until it does again
 	stop    chan struct{}
