@@ -48,21 +48,23 @@ func TestDefaultsAreTheSeeds(t *testing.T) {
 
 func TestBadFlagValuesExitTwoWithOneLine(t *testing.T) {
 	for args, flag := range map[string]string{
-		"-c 0":                       "--connections",
-		"--connections=x":            "--connections",
-		"-p 70000":                   "--port",
-		"-s 1Q":                      "--chunk-size",
-		"-s 1K":                      "--chunk-size",
-		"-r -1":                      "--retry",
-		"--log-level LOUD":           "--log-level",
-		"--min-speed fast":           "--min-speed",
-		"--max-redirects -2":         "--max-redirects",
-		"--host-connections 0":       "--host-connections",
-		"--allow-target 10.0.0.0/33": "--allow-target",
-		"--max-streams 0":            "--max-streams",
-		"--redis http://h:6379":      "--redis",
-		"--nonsense":                 "--nonsense",
-		"extra":                      "extra",
+		"-c 0":                               "--connections",
+		"--connections=x":                    "--connections",
+		"-p 70000":                           "--port",
+		"-s 1Q":                              "--chunk-size",
+		"-s 1K":                              "--chunk-size",
+		"-r -1":                              "--retry",
+		"--log-level LOUD":                   "--log-level",
+		"--min-speed fast":                   "--min-speed",
+		"--max-redirects -2":                 "--max-redirects",
+		"--host-connections 0":               "--host-connections",
+		"--allow-target 10.0.0.0/33":         "--allow-target",
+		"--max-streams 0":                    "--max-streams",
+		"--redis http://h:6379":              "--redis",
+		"--redis redis://h --in-memory":      "--redis",
+		"--redis redis://h --state-dir /tmp": "--redis",
+		"--nonsense":                         "--nonsense",
+		"extra":                              "extra",
 	} {
 		var stdout, stderr bytes.Buffer
 		code := run(t.Context(), strings.Fields(args), &stdout, &stderr)

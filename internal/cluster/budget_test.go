@@ -30,7 +30,8 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// redisServer is a real redis-server on a free loopback port, in a folder of its own.
+// redisServer is a real redis-server on a free loopback port, in a folder of its own; what it holds
+// survives a restart, as a production Redis' would.
 type redisServer struct {
 	port int
 	dir  string
@@ -60,7 +61,7 @@ func startRedis(t *testing.T) *redisServer {
 
 func (r *redisServer) start(t *testing.T) {
 	t.Helper()
-	r.cmd = exec.Command("redis-server", "--port", fmt.Sprint(r.port), "--bind", "127.0.0.1", "--dir", r.dir, "--save", "", "--appendonly", "no")
+	r.cmd = exec.Command("redis-server", "--port", fmt.Sprint(r.port), "--bind", "127.0.0.1", "--dir", r.dir, "--save", "", "--appendonly", "yes", "--appendfsync", "always")
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
