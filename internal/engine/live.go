@@ -32,13 +32,17 @@ type RequestProgress struct {
 
 // Progress is the stream's progress now; the zero Progress before it starts and after it ends.
 func (l *Live) Progress() Progress {
-	l.mu.Lock()
-	look := l.look
-	l.mu.Unlock()
+	look := l.looker()
 	if look == nil {
 		return Progress{}
 	}
-	return look()
+	return look() // outside l.mu: it takes the stream's own lock
+}
+
+func (l *Live) looker() func() Progress {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.look
 }
 
 func (l *Live) set(look func() Progress) {
