@@ -158,15 +158,7 @@ func setUp() (func(), error) {
 		return stop, fmt.Errorf("starting mflow: %w", err)
 	}
 	stops = append(stops, func() {
-		mflow.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { mflow.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			mflow.Process.Kill()
-			<-done
-		}
+		interrupt(mflow)
 		logFile.Close()
 	})
 	env.proxy = "http://127.0.0.1:" + strconv.Itoa(proxyPort)

@@ -59,15 +59,7 @@ func start(t *testing.T, name string, args ...string) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
+		interrupt(cmd)
 		log.Close()
 		if t.Failed() {
 			out, _ := os.ReadFile(logName)
@@ -75,6 +67,19 @@ func start(t *testing.T, name string, args ...string) string {
 		}
 	})
 	return logName
+}
+
+// interrupt stops a program as Ctrl-C would, and kills it if it has not stopped within 10 s.
+func interrupt(cmd *exec.Cmd) {
+	cmd.Process.Signal(os.Interrupt)
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		<-done
+	}
 }
 
 // startedStreams is what an instance's /metrics says of the streams it started.
