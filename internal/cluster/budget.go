@@ -10,6 +10,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -24,7 +25,8 @@ type Budget struct {
 	leaseTTL time.Duration // how long a lease outlives its last renewal
 	instance string        // names this instance's leases
 
-	redis   outage // whether Redis answers: the budget is local only until it does again
+	redis   outage       // whether Redis answers: the budget is local only until it does again
+	asked   atomic.Int64 // when Redis was last asked during an outage, in Unix nanoseconds
 	stop    chan struct{}
 	stopped chan struct{}
 
@@ -37,6 +39,13 @@ const keyPrefix = "mflow:conns:"
 
 // DefaultLeaseTTL is how long a crashed instance's connections stay counted.
 const DefaultLeaseTTL = 10 * time.Second
+
+// askTimeout bounds a request's wait for Redis' answer, and askEvery is how often a request asks Redis
+// during an outage: a Redis that hangs holds up one request a second, not every one.
+const (
+	askTimeout = time.Second
+	askEvery   = time.Second
+)
 
 // acquire takes a lease on a host's set when it has room, dropping expired leases first; Redis' own clock
 // decides what expired, so the instances' clocks need not agree.
@@ -80,14 +89,19 @@ func NewBudget(rdb *redis.Client, limit int, leaseTTL time.Duration, log *slog.L
 }
 
 // Acquire waits for one of host's connections across all instances. When Redis does not answer, it
-// counts on the instance's own budget only, says so once in the log, and asks Redis again next time:
+// counts on the instance's own budget only, says so once in the log, and asks Redis again a second later:
 // streams keep playing through an outage.
 func (b *Budget) Acquire(ctx context.Context, host string) (func(), error) {
+	if b.redis.current() != nil && !b.askAgain() {
+		return func() {}, nil
+	}
 	key := keyPrefix + host
 	lease := b.instance + ":" + newID()
 	wait := 10 * time.Millisecond
 	for {
-		took, err := acquire.Run(ctx, b.rdb, []string{key}, lease, b.limit, b.leaseTTL.Milliseconds()).Int()
+		askCtx, cancel := context.WithTimeout(ctx, askTimeout)
+		took, err := acquire.Run(askCtx, b.rdb, []string{key}, lease, b.limit, b.leaseTTL.Milliseconds()).Int()
+		cancel()
 		switch {
 		case err != nil && ctx.Err() != nil:
 			return nil, context.Cause(ctx)
@@ -116,12 +130,19 @@ func (b *Budget) hold(lease, key string) {
 	b.leases[lease] = key
 }
 
+// askAgain reports whether it is time to ask Redis again during an outage; one caller a second is told so.
+func (b *Budget) askAgain() bool {
+	now, last := time.Now().UnixNano(), b.asked.Load()
+	return now-last >= askEvery.Nanoseconds() && b.asked.CompareAndSwap(last, now)
+}
+
 // release gives a lease back; when Redis does not answer, the lease expires on its own.
 func (b *Budget) release(lease, key string) {
-	b.mu.Lock()
-	delete(b.leases, lease)
-	b.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	b.forget(lease)
+	if b.redis.current() != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), askTimeout)
 	defer cancel()
 	if err := b.rdb.ZRem(ctx, key, lease).Err(); err != nil {
 		b.redis.failed(err)
@@ -154,6 +175,12 @@ func (b *Budget) renewLeases() {
 			b.redis.failed(err)
 		}
 	}
+}
+
+func (b *Budget) forget(lease string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.leases, lease)
 }
 
 // held is a copy of the held leases.

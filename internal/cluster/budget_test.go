@@ -78,8 +78,13 @@ func (r *redisServer) stop() {
 	}
 }
 
+// client is a client of r's, as --redis makes it.
 func (r *redisServer) client() *redis.Client {
-	return redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", r.port), MaxRetries: -1, DialTimeout: time.Second})
+	c, err := Connect(fmt.Sprintf("redis://127.0.0.1:%d/0", r.port), quiet())
+	if err != nil {
+		panic(err)
+	}
+	return c
 }
 
 func quiet() *slog.Logger { return slog.New(slog.DiscardHandler) }

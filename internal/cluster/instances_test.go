@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -259,7 +260,24 @@ func TestTwoInstancesAreOneToPlayersAndClients(t *testing.T) {
 }
 
 func TestRedisGoingAwayStopsNoPlayer(t *testing.T) {
-	rs := startRedis(t)
+	for _, outage := range []struct {
+		name       string
+		start, end func(t *testing.T, rs *redisServer)
+	}{
+		{"stopped", func(_ *testing.T, rs *redisServer) { rs.stop() }, func(t *testing.T, rs *redisServer) { rs.start(t) }},
+		{"hanging", func(_ *testing.T, rs *redisServer) { rs.cmd.Process.Signal(syscall.SIGSTOP) },
+			func(_ *testing.T, rs *redisServer) { rs.cmd.Process.Signal(syscall.SIGCONT) }},
+	} {
+		t.Run(outage.name, func(t *testing.T) {
+			rs := startRedis(t)
+			playThroughAnOutage(t, rs, func() { outage.start(t, rs) }, func() { outage.end(t, rs) })
+		})
+	}
+}
+
+// playThroughAnOutage plays a film from an instance on rs while Redis goes away (begin) and comes back
+// (end): the film plays on, and calls are refused with a reason until Redis is back.
+func playThroughAnOutage(t *testing.T, rs *redisServer, begin, end func()) {
 	u := upstreamtest.New(upstreamtest.RandomFile(64<<20), upstreamtest.Options{})
 	defer u.Close()
 	a := newInstance(t, rs)
@@ -289,7 +307,7 @@ func TestRedisGoingAwayStopsNoPlayer(t *testing.T) {
 	}()
 	testsync.WaitFor(t, "the film playing", func() bool { return got.Load() > 1<<20 })
 
-	rs.stop()
+	begin()
 	testsync.WaitFor(t, "RPC calls refused while Redis is away", func() bool {
 		_, msg := a.call("aria2.tellActive")
 		return strings.Contains(msg, "tasks are unavailable")
@@ -329,7 +347,7 @@ func TestRedisGoingAwayStopsNoPlayer(t *testing.T) {
 		t.Errorf("%d goroutines after 50 calls with Redis away, %d before", n, idle)
 	}
 
-	rs.start(t) // back, on the same port, with what it held
+	end() // back, on the same port, with what it held
 	testsync.WaitFor(t, "RPC calls answered again", func() bool {
 		_, msg := a.call("aria2.tellActive")
 		return msg == ""

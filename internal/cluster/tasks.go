@@ -56,14 +56,18 @@ func NewTasks(rdb *redis.Client, log *slog.Logger) *Tasks {
 		after:  "tasks are shared again"}}
 }
 
-// call notes how a call to Redis went, and returns its error; redis.Nil is an answer.
+// call notes how a call to Redis went, and returns its error; redis.Nil is an answer, and a call its
+// caller gave up says nothing of Redis.
 func (s *Tasks) call(err error) error {
-	if err != nil && !errors.Is(err, redis.Nil) && !errors.Is(err, context.Canceled) {
-		s.redis.failed(err)
-		return fmt.Errorf("redis: %w", err)
+	switch {
+	case err == nil || errors.Is(err, redis.Nil):
+		s.redis.answered()
+		return nil
+	case errors.Is(err, context.Canceled):
+		return err
 	}
-	s.redis.answered()
-	return nil
+	s.redis.failed(err)
+	return fmt.Errorf("redis: %w", err)
 }
 
 func (s *Tasks) Load() ([]task.Record, error) {

@@ -121,8 +121,9 @@ func (r *Registry) resync() {
 }
 
 // _adopt makes gid's task here what the store keeps (rec, or nothing when !kept), unless it was changed
-// here and not saved yet. A task paused, removed or failed elsewhere ends its streams here; the bytes taken
-// here stay counted.
+// here and not saved yet. A task paused, removed or failed elsewhere ends its streams here; one the store
+// no longer keeps is forgotten, but its players play on (only a task never announced, or stopped, is
+// forgotten on purpose: this is a Redis that lost what it held). The bytes taken here stay counted.
 func (r *Registry) _adopt(gid string, rec Record, kept bool) {
 	t := r.tasks[gid]
 	if t != nil && t.unsaved > 0 {
@@ -130,7 +131,6 @@ func (r *Registry) _adopt(gid string, rec Record, kept bool) {
 	}
 	if !kept {
 		if t != nil {
-			t._endStreams()
 			r._drop(t)
 		}
 		return
