@@ -33,7 +33,8 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Registry keeps tasks and moves them through their states. Its methods are safe for concurrent use.
+// Registry keeps tasks and moves them through their states. Its methods are safe for concurrent use. Over
+// a Shared store, several registries (one per mflow instance) act as one: see shared.go.
 type Registry struct {
 	cfg    Config
 	store  Persister
@@ -91,9 +92,9 @@ func New(cfg Config, store Persister) (*Registry, error) {
 	}
 	shared, _ := store.(Shared)
 	records, err := store.Load()
-	if err != nil && shared == nil {
+	if err != nil && shared == nil { // a shared store that does not answer yet is read when it does
 		return nil, err
-	} // a shared store that does not answer yet is read when it does
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Registry{cfg: cfg, store: store, ctx: ctx, cancel: cancel, tasks: map[string]*task{}, subs: map[chan Event]struct{}{}}
 	slices.SortFunc(records, func(a, b Record) int { return a.Added.Compare(b.Added) })
@@ -141,9 +142,9 @@ func (r *Registry) Close() error {
 }
 
 // commit does, outside the lock, what a change left to do: it saves each task it touched as it is now,
-// or forgets it when it is gone, and tells the other instances sharing the store. A change another
-// instance's beat to the store is lost: the task is read again as that one left it. Every failure is
-// logged, and the first returned.
+// or forgets it when it is gone, and tells the other instances sharing the store. When another instance
+// saved the task first, this change is lost and the task is read again as that one left it. Every failure
+// is logged, and the first returned.
 func (r *Registry) commit(c change) error {
 	if len(c.saves) == 0 {
 		return nil

@@ -66,7 +66,9 @@ func (r *Registry) refresh(gid string) {
 	if r.shared == nil || len(gid) != 16 || r.Ready() != nil {
 		return
 	}
-	rec, kept, err := r.shared.Get(r.ctx, gid)
+	ctx, cancel := context.WithTimeout(r.ctx, time.Second) // a player or a client waits for it
+	defer cancel()
+	rec, kept, err := r.shared.Get(ctx, gid)
 	if err != nil {
 		return
 	}
