@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -205,6 +206,40 @@ func TestSharedStore(t *testing.T, open Open) {
 			t.Errorf("instance %s heard %v, want each event once: %v", name, got, want)
 		}
 	}
+
+	// Both instances pause and unpause one task at once, over and over: each change is saved over the
+	// revision it was made from or refused, and both end as the store holds it.
+	raced := add(t, a, task.Addition{})
+	var wg sync.WaitGroup
+	for _, r := range []*task.Registry{a, b} {
+		wg.Go(func() {
+			for i := range 40 {
+				var err error
+				if i%2 == 0 {
+					_, err = r.Pause(raced)
+				} else {
+					_, err = r.Unpause(raced)
+				}
+				if err != nil && !errors.Is(err, task.ErrConflict) && !errors.Is(err, task.ErrNotPaused) && !errors.Is(err, task.ErrNotPausable) {
+					t.Errorf("pausing and unpausing on two instances at once: %v", err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	listed := func(r *task.Registry) task.State {
+		_, waiting, _ := r.Lists()
+		for _, v := range waiting {
+			if v.GID == raced {
+				return v.State
+			}
+		}
+		return task.Removed
+	}
+	testsync.WaitFor(t, "both instances holding what the store holds", func() bool {
+		kept, err := a.Get(raced) // read from the store
+		return err == nil && listed(a) == kept.State && listed(b) == kept.State
+	})
 }
 
 func sorted(evs []task.Event) []task.Event {
