@@ -252,6 +252,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	log.Info("mflow listening", "address", ln.Addr().String(), "version", versionString(), "connections", o.connections, "chunk", bytesize.Format(o.chunkSize))
 	log.Info("who can reach what", "jsonrpc", rpcReach(o), "streams", "any client; LAN and this machine only for players on them")
+	if rdb != nil {
+		log.Info("tasks, their events and the connection budget are shared with the instances on this Redis", "redis", rdb.Options().Addr, "db", rdb.Options().DB)
+	}
 
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()

@@ -89,9 +89,12 @@ func TestMetricsCountWhatAStreamDid(t *testing.T) {
 	u := upstreamtest.New(file, upstreamtest.Options{})
 	defer u.Close()
 	memory := chunkcache.NewMemory(16 << 20)
-	srv := serve(t, app.Config{Connections: 4, ChunkSize: 64 << 10, Memory: memory})
+	srv := serve(t, app.Config{Connections: 4, ChunkSize: 64 << 10, Memory: memory, Tasks: task.NewMemory()})
 
 	before := scrape(t, srv.URL)
+	if before["mflow_tasks_available"] != 1 {
+		t.Errorf("mflow_tasks_available %v with the embedded store, want 1", before["mflow_tasks_available"])
+	}
 	play := func() {
 		resp, err := http.Get(srv.URL + "/stream?url=" + url.QueryEscape(u.URL+"/film.mp4"))
 		if err != nil {

@@ -338,6 +338,19 @@ func playThroughAnOutage(t *testing.T, rs *redisServer, begin, end func()) {
 	if seek.StatusCode != http.StatusPartialContent || !bytes.Equal(piece, u.Bytes(10000000, 11000000)) {
 		t.Errorf("a seek with Redis away: %s, %d bytes", seek.Status, len(piece))
 	}
+	if m := metric(t, a.URL, "mflow_tasks_available"); m != "0" {
+		t.Errorf("mflow_tasks_available is %q with Redis away, want 0", m)
+	}
+	var st struct {
+		TasksUnavailable string `json:"tasks_unavailable"`
+	}
+	if r, err := http.Get(a.URL + "/status.json"); err == nil {
+		json.NewDecoder(r.Body).Decode(&st)
+		r.Body.Close()
+	}
+	if !strings.Contains(st.TasksUnavailable, "does not answer") {
+		t.Errorf("/status.json says %q of the tasks with Redis away, want why they cannot be changed", st.TasksUnavailable)
+	}
 	// Calls while it is away leave nothing behind.
 	idle := runtime.NumGoroutine()
 	for range 50 {
@@ -352,6 +365,9 @@ func playThroughAnOutage(t *testing.T, rs *redisServer, begin, end func()) {
 		_, msg := a.call("aria2.tellActive")
 		return msg == ""
 	})
+	if m := metric(t, a.URL, "mflow_tasks_available"); m != "1" {
+		t.Errorf("mflow_tasks_available is %q with Redis back, want 1", m)
+	}
 	if st := a.status(gid); st["gid"] != gid {
 		t.Errorf("the task after Redis came back: %v", st)
 	}
@@ -362,4 +378,21 @@ func playThroughAnOutage(t *testing.T, rs *redisServer, begin, end func()) {
 	var other string
 	json.Unmarshal(res, &other)
 	testsync.WaitFor(t, "the new task probed", func() bool { return a.status(other)["totalLength"] == fmt.Sprint(u.Size()) })
+}
+
+// metric is the value of a series without labels on base's /metrics.
+func metric(t *testing.T, base, name string) string {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for line := range strings.Lines(string(body)) {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }

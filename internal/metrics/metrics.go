@@ -75,6 +75,7 @@ var help = map[string]string{
 	"mflow_cache_misses_total":                "Chunk cache lookups that did not, by tier.",
 	"mflow_cache_bytes":                       "Bytes the chunk cache holds, by tier.",
 	"mflow_tasks":                             "Tasks by status.",
+	"mflow_tasks_available":                   "1 while tasks can be asked for and changed; 0 while their shared store (Redis) does not answer.",
 }
 
 // New returns the metrics of src.
@@ -170,6 +171,11 @@ func (m *Metrics) writeSources(w io.Writer) {
 				line(fmt.Sprintf(`status=%q`, s), counts[s])
 			}
 		})
+		available := int64(1)
+		if src.Tasks.Ready() != nil {
+			available = 0
+		}
+		vm.WriteGaugeUint64(w, "mflow_tasks_available", uint64(available))
 	}
 }
 

@@ -39,6 +39,7 @@ type Status struct {
 	Uptime      float64     `json:"uptime_seconds"`
 	Streams     []Stream    `json:"streams"`
 	Tasks       []Task      `json:"tasks"`
+	TasksAway   string      `json:"tasks_unavailable,omitempty"` // why tasks cannot be changed now (a shared store away)
 	Cache       []CacheTier `json:"cache"`
 	Connections Connections `json:"connections"`
 }
@@ -127,6 +128,9 @@ func (h *Handler) Status() Status {
 		st.Streams = append(st.Streams, s)
 	}
 	if src.Tasks != nil {
+		if err := src.Tasks.Ready(); err != nil {
+			st.TasksAway = err.Error()
+		}
 		active, waiting, stopped := src.Tasks.Lists()
 		for _, list := range [][]task.View{active, waiting, stopped} {
 			for _, v := range list {
