@@ -83,8 +83,9 @@ func (s *Tasks) Load() ([]task.Record, error) {
 	var out []task.Record
 	for gid, b := range records.Val() {
 		rec, err := task.Decode(gid, []byte(b))
-		if err != nil {
-			return nil, fmt.Errorf("redis %s: %w", tasksKey, err)
+		if err != nil { // one bad record must not keep every instance from its tasks
+			s.redis.log.Warn("a task in redis is unreadable: left out", "key", tasksKey, "gid", gid, "err", err)
+			continue
 		}
 		rec.Delivered, _ = strconv.ParseInt(bytes[gid], 10, 64)
 		out = append(out, rec)

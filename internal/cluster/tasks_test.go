@@ -1,10 +1,13 @@
 package cluster
 
 import (
+	"log/slog"
+	"strings"
 	"testing"
 
 	"mflow/internal/task"
 	"mflow/internal/task/tasktest"
+	"mflow/internal/testsync"
 )
 
 // tasksOn opens the task store of an instance on rs, with a Redis client of its own.
@@ -22,4 +25,23 @@ func TestTheRedisStoreIsATaskStore(t *testing.T) {
 
 func TestInstancesOnOneRedisActAsOne(t *testing.T) {
 	tasktest.TestSharedStore(t, tasksOn(startRedis(t)))
+}
+
+func TestAnUnreadableTaskInRedisIsLeftOut(t *testing.T) {
+	rs := startRedis(t)
+	rdb := rs.client()
+	defer rdb.Close()
+	var logs testsync.SyncBuffer
+	store := NewTasks(rdb, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err := store.Save(task.Record{GID: "1111111111111111", URIs: []string{"http://h/1"}, Rev: 1}); err != nil {
+		t.Fatal(err)
+	}
+	rdb.HSet(t.Context(), tasksKey, "2222222222222222", "{not json")
+	got, err := store.Load()
+	if err != nil || len(got) != 1 || got[0].GID != "1111111111111111" {
+		t.Errorf("Load with one bad record: %+v, %v; want the good one", got, err)
+	}
+	if !strings.Contains(logs.String(), "2222222222222222") {
+		t.Errorf("the bad record is not logged:\n%s", logs.String())
+	}
 }
