@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,19 +18,6 @@ import (
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-func sized(context.Context, source.Link) (int64, error) { return 1234, nil }
-
-// cookieOption is a stand-in for the RPC's interpretation: option "cookie" is the Cookie header.
-func cookieOption(uris []string, options map[string]string) (Spec, error) {
-	h := http.Header{}
-	if c := options["cookie"]; c != "" {
-		h.Set("Cookie", c)
-	}
-	return Spec{Header: h, Name: options["name"]}, nil
-}
-
-var config = Config{Probe: sized, Interpret: cookieOption, Logger: slog.New(slog.DiscardHandler)}
 
 func newRegistry(t *testing.T, cfg Config, store Persister) *Registry {
 	t.Helper()
