@@ -94,6 +94,14 @@ func (in *instance) notes(ctx context.Context) <-chan string {
 		in.t.Fatal(err)
 	}
 	in.t.Cleanup(func() { ws.CloseNow() })
+	// The instance listens for events before it reads the first call: once this one is answered, no event
+	// can be missed.
+	if err := ws.Write(ctx, websocket.MessageText, []byte(`{"jsonrpc":"2.0","id":"ready","method":"aria2.getVersion"}`)); err != nil {
+		in.t.Fatal(err)
+	}
+	if _, _, err := ws.Read(ctx); err != nil {
+		in.t.Fatal(err)
+	}
 	out := make(chan string, 64)
 	go func() {
 		defer close(out)
