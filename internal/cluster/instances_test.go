@@ -404,3 +404,27 @@ func metric(t *testing.T, base, name string) string {
 	}
 	return ""
 }
+
+func TestAnInstanceStartedWithoutRedisReadsTheTasksWhenItAnswers(t *testing.T) {
+	rs := startRedis(t)
+	u := upstreamtest.New(upstreamtest.RandomFile(64<<10), upstreamtest.Options{})
+	defer u.Close()
+	a := newInstance(t, rs)
+	res, msg := a.call("aria2.addUri", []string{u.URL + "/film.mkv"})
+	if msg != "" {
+		t.Fatal(msg)
+	}
+	var gid string
+	json.Unmarshal(res, &gid)
+
+	rs.stop()
+	b := newInstance(t, rs) // starts, and answers, with Redis away
+	if _, msg := b.call("aria2.tellWaiting", 0, 10); !strings.Contains(msg, "tasks are unavailable") {
+		t.Errorf("an instance started without Redis: tellWaiting answers %q, want why it cannot", msg)
+	}
+	rs.start(t)
+	testsync.WaitFor(t, "the tasks read when Redis answers", func() bool {
+		res, msg := b.call("aria2.tellWaiting", 0, 10)
+		return msg == "" && strings.Contains(string(res), gid)
+	})
+}
