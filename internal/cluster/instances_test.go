@@ -74,6 +74,22 @@ func (in *instance) call(method string, params ...any) (result json.RawMessage, 
 	return reply.Result, ""
 }
 
+// add makes a task of uri with options over addUri, and returns its GID; a refusal fails the test.
+func (in *instance) add(uri string, options map[string]any) string {
+	in.t.Helper()
+	params := []any{[]string{uri}}
+	if options != nil {
+		params = append(params, options)
+	}
+	res, msg := in.call("aria2.addUri", params...)
+	if msg != "" {
+		in.t.Fatalf("addUri %s: %s", uri, msg)
+	}
+	var gid string
+	json.Unmarshal(res, &gid)
+	return gid
+}
+
 // status is tellStatus' answer on this instance.
 func (in *instance) status(gid string) map[string]any {
 	in.t.Helper()
@@ -168,12 +184,7 @@ func TestTwoInstancesAreOneToPlayersAndClients(t *testing.T) {
 	defer cancel()
 	notesA, notesB := a.notes(ctx), b.notes(ctx)
 
-	res, msg := a.call("aria2.addUri", []string{drive.URL + "/film.mkv"}, map[string]any{"header": []string{"Cookie: sid=1"}, "all-proxy": proxy.URL, "out": "Film.mkv"})
-	if msg != "" {
-		t.Fatal(msg)
-	}
-	var gid string
-	json.Unmarshal(res, &gid)
+	gid := a.add(drive.URL+"/film.mkv", map[string]any{"header": []string{"Cookie: sid=1"}, "all-proxy": proxy.URL, "out": "Film.mkv"})
 	if st := b.status(gid); st["status"] != "waiting" {
 		t.Errorf("a task added on one instance, on the other at once: %v", st)
 	}
@@ -256,9 +267,7 @@ func TestTwoInstancesAreOneToPlayersAndClients(t *testing.T) {
 		t.Fatal(msg)
 	}
 	// A last task, added on b: once each client hears it, it has heard all before it.
-	res, _ = b.call("aria2.addUri", []string{drive.URL + "/last.mkv"})
-	var last string
-	json.Unmarshal(res, &last)
+	last := b.add(drive.URL+"/last.mkv", nil)
 	want := []string{"aria2.onDownloadStart " + gid, "aria2.onDownloadPause " + gid, "aria2.onDownloadStop " + gid, "aria2.onDownloadStart " + last}
 	for name, notes := range map[string]<-chan string{"a": notesA, "b": notesB} {
 		if got := heard(t, notes, want[len(want)-1]); strings.Join(got, ",") != strings.Join(want, ",") {
@@ -289,12 +298,7 @@ func playThroughAnOutage(t *testing.T, rs *redisServer, begin, end func()) {
 	u := upstreamtest.New(upstreamtest.RandomFile(64<<20), upstreamtest.Options{})
 	defer u.Close()
 	a := newInstance(t, rs)
-	res, msg := a.call("aria2.addUri", []string{u.URL + "/film.mkv"})
-	if msg != "" {
-		t.Fatal(msg)
-	}
-	var gid string
-	json.Unmarshal(res, &gid)
+	gid := a.add(u.URL+"/film.mkv", nil)
 
 	resp, err := http.Get(a.URL + "/stream?gid=" + gid)
 	if err != nil {
@@ -379,12 +383,7 @@ func playThroughAnOutage(t *testing.T, rs *redisServer, begin, end func()) {
 	if st := a.status(gid); st["gid"] != gid {
 		t.Errorf("the task after Redis came back: %v", st)
 	}
-	res, msg = a.call("aria2.addUri", []string{u.URL + "/other.mkv"})
-	if msg != "" {
-		t.Fatalf("addUri after Redis came back: %s", msg)
-	}
-	var other string
-	json.Unmarshal(res, &other)
+	other := a.add(u.URL+"/other.mkv", nil) // Redis is back
 	testsync.WaitFor(t, "the new task probed", func() bool { return a.status(other)["totalLength"] == fmt.Sprint(u.Size()) })
 }
 
@@ -410,12 +409,7 @@ func TestAnInstanceStartedWithoutRedisReadsTheTasksWhenItAnswers(t *testing.T) {
 	u := upstreamtest.New(upstreamtest.RandomFile(64<<10), upstreamtest.Options{})
 	defer u.Close()
 	a := newInstance(t, rs)
-	res, msg := a.call("aria2.addUri", []string{u.URL + "/film.mkv"})
-	if msg != "" {
-		t.Fatal(msg)
-	}
-	var gid string
-	json.Unmarshal(res, &gid)
+	gid := a.add(u.URL+"/film.mkv", nil)
 
 	rs.stop()
 	b := newInstance(t, rs) // starts, and answers, with Redis away
