@@ -70,7 +70,12 @@ type task struct {
 type change struct {
 	saves  []*task
 	events []Event
+	told   bool // a retry: the subscribers here heard its events when it was first made
 }
+
+// retries is how many times a client's change that another instance's change beat to the store (often
+// the background probe's size) is made again over what that one left.
+const retries = 3
 
 // save marks t changed, with the lock held: it is saved as it is when the change is committed, and no
 // other instance's version of it replaces it here until then.
@@ -273,7 +278,9 @@ func (r *Registry) Subscribe() (<-chan Event, func()) {
 
 // _notify tells the subscribers what happened, and c keeps it for the other instances.
 func (r *Registry) _notify(kind EventKind, gid string, c *change) {
-	r._send(Event{Kind: kind, GID: gid})
+	if !c.told {
+		r._send(Event{Kind: kind, GID: gid})
+	}
 	c.events = append(c.events, Event{Kind: kind, GID: gid})
 }
 
@@ -505,38 +512,46 @@ func (r *Registry) _find(gid string) (*task, error) {
 // update runs do on the task gid names, with the lock held, then commits the change; it returns the
 // task's full GID.
 func (r *Registry) update(gid string, do func(t *task, c *change) error) (string, error) {
-	r.refresh(gid)
-	full, c, err := func() (string, change, error) {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		var c change
-		t, err := r._find(gid)
+	for attempt := 0; ; attempt++ {
+		r.refresh(gid)
+		full, c, err := func() (string, change, error) {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			c := change{told: attempt > 0}
+			t, err := r._find(gid)
+			if err != nil {
+				return "", c, err
+			}
+			if err := do(t, &c); err != nil {
+				return "", c, &Error{GID: t.GID, Err: err}
+			}
+			return t.GID, c, nil
+		}()
 		if err != nil {
-			return "", c, err
+			return "", err
 		}
-		if err := do(t, &c); err != nil {
-			return "", c, &Error{GID: t.GID, Err: err}
+		if err := r.commit(c); !errors.Is(err, ErrConflict) || attempt == retries {
+			return full, err
 		}
-		return t.GID, c, nil
-	}()
-	if err != nil {
-		return "", err
 	}
-	return full, r.commit(c)
 }
 
 // all runs do on every task in the queue, with the lock held, then commits the change.
 func (r *Registry) all(do func(t *task, c *change)) error {
-	c := func() change {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		var c change
-		for _, gid := range slices.Clone(r.queue) {
-			do(r.tasks[gid], &c)
+	for attempt := 0; ; attempt++ {
+		c := func() change {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			c := change{told: attempt > 0}
+			for _, gid := range slices.Clone(r.queue) {
+				do(r.tasks[gid], &c)
+			}
+			return c
+		}()
+		if err := r.commit(c); !errors.Is(err, ErrConflict) || attempt == retries {
+			return err
 		}
-		return c
-	}()
-	return r.commit(c)
+	}
 }
 
 // Remove stops a task. One announced as started (or being streamed) becomes Removed, its streams end and

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -291,5 +292,62 @@ func TestTheMeterCountsTheLastWholeSeconds(t *testing.T) {
 	m.add(t0.Add(4*time.Second), 10) // the slot of t0 again: its old count must not add up
 	if got := m.rate(t0.Add(5 * time.Second)); got != 5 {
 		t.Errorf("rate = %d, want 5", got)
+	}
+}
+
+// conflictingStore is a shared store on which another instance wins the next saves: each of them
+// answers ErrConflict.
+type conflictingStore struct {
+	*Memory
+	conflicts atomic.Int32 // saves still to refuse
+}
+
+func (s *conflictingStore) Save(rec Record) error {
+	if s.conflicts.Add(-1) >= 0 {
+		return ErrConflict
+	}
+	return s.Memory.Save(rec)
+}
+
+func (s *conflictingStore) Get(_ context.Context, gid string) (Record, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.records[gid]
+	if !ok {
+		return Record{}, false, nil
+	}
+	rec, err := Decode(gid, b)
+	return rec, err == nil, err
+}
+
+func (s *conflictingStore) Publish(context.Context, []Change) error { return nil }
+func (s *conflictingStore) Follow(ctx context.Context, _ func([]Change, bool), _ func()) {
+	<-ctx.Done()
+}
+func (s *conflictingStore) Ready() error { return nil }
+func (s *conflictingStore) Exchange(context.Context, map[string]Figures) (map[string]Figures, error) {
+	return nil, nil
+}
+
+func TestAChangeAnotherInstanceBeatIsMadeAgain(t *testing.T) {
+	store := &conflictingStore{Memory: NewMemory()}
+	r := newRegistry(t, Config{}, store)
+	defer r.Close()
+	gid := add(t, r, Addition{})
+	events, stop := r.Subscribe()
+	defer stop()
+	store.conflicts.Store(2) // the background probe's size, say, saved first twice
+	if _, err := r.Pause(gid); err != nil {
+		t.Fatalf("a pause beaten to the store: %v; want it made again over the other's change", err)
+	}
+	if kept, _, _ := store.Get(t.Context(), gid); kept.State != Paused {
+		t.Errorf("the store keeps %v, want paused", kept.State)
+	}
+	if ev := <-events; ev != (Event{EventPaused, gid}) || len(events) != 0 {
+		t.Errorf("heard %v and %d more, want one pause", ev, len(events))
+	}
+	store.conflicts.Store(retries + 1) // beaten every time: the client hears why
+	if _, err := r.Unpause(gid); !errors.Is(err, ErrConflict) {
+		t.Errorf("an unpause beaten %d times: %v, want ErrConflict", retries+1, err)
 	}
 }
