@@ -30,76 +30,128 @@ type Kind int
 
 const (
 	Whole         Kind = iota // 200 with the whole file: no Range, or one mflow ignores
-	Partial                   // 206 with the Span
-	Unsatisfiable             // 416: the range starts past the end
+	Partial                   // 206 with one span
+	Multipart                 // 206 multipart/byteranges, a part per span, in the order asked
+	Unsatisfiable             // 416: every range starts past the end
 )
 
-// ParseRequest reads a player's Range header for a file of size bytes. Following RFC 9110, a header that is
-// malformed, or asks for several ranges, is ignored (Whole); one starting past the end is Unsatisfiable.
-func ParseRequest(header string, size int64) (Span, Kind) {
-	whole := Span{0, size - 1}
-	first, last, ok := splitRange(header)
-	if !ok {
+// MaxRanges bounds the ranges one request may ask for, as nginx's max_ranges does: a request for more is
+// answered with the whole file, as is one whose ranges add up to more than the file (overlapping ranges
+// asked again and again would make mflow send the file many times over).
+const MaxRanges = 16
+
+// ParseRequest reads a player's Range header for a file of size bytes, and returns the spans to send.
+// Following RFC 9110, a header that is malformed, or asks for more than MaxRanges ranges or more bytes
+// than the file holds, is ignored (Whole: the one span of the file). Ranges starting past the end are left
+// out; when none is left, the answer is Unsatisfiable. One range left is Partial, several Multipart.
+func ParseRequest(header string, size int64) ([]Span, Kind) {
+	whole := []Span{{0, size - 1}}
+	specs, ok := splitRanges(header)
+	if !ok || len(specs) > MaxRanges {
 		return whole, Whole
 	}
-	if first == "" { // suffix: the last n bytes
-		n, err := parseOffset(last)
-		if err != nil {
+	var spans []Span
+	var total int64
+	for _, spec := range specs {
+		sp, fits, ok := parseSpec(spec, size)
+		if !ok {
 			return whole, Whole
+		}
+		if !fits {
+			continue
+		}
+		if sp.Len() > size-total {
+			return whole, Whole
+		}
+		total += sp.Len()
+		spans = append(spans, sp)
+	}
+	switch len(spans) {
+	case 0:
+		return nil, Unsatisfiable
+	case 1:
+		return spans, Partial
+	}
+	return spans, Multipart
+}
+
+// rangeSpec is one "first-last" of a Range header, its sides trimmed.
+type rangeSpec struct{ first, last string }
+
+// splitRanges cuts "bytes=first-last, …" into its ranges; false for anything else. Empty elements are
+// skipped, as RFC 9110's list syntax allows.
+func splitRanges(header string) ([]rangeSpec, bool) {
+	unit, set, ok := strings.Cut(strings.TrimSpace(header), "=")
+	if !ok || !strings.EqualFold(strings.TrimSpace(unit), "bytes") {
+		return nil, false
+	}
+	var specs []rangeSpec
+	for part := range strings.SplitSeq(set, ",") {
+		if part = strings.TrimSpace(part); part == "" {
+			continue
+		}
+		first, last, ok := strings.Cut(part, "-")
+		if !ok || len(specs) > MaxRanges {
+			return nil, false
+		}
+		specs = append(specs, rangeSpec{strings.TrimSpace(first), strings.TrimSpace(last)})
+	}
+	return specs, len(specs) > 0
+}
+
+// parseSpec reads one range for a file of size bytes: the span it asks for (an end past the file is
+// clipped), whether it starts within the file (fits), and whether it is well formed (ok).
+func parseSpec(r rangeSpec, size int64) (span Span, fits, ok bool) {
+	if r.first == "" { // suffix: the last n bytes
+		n, err := parseOffset(r.last)
+		if err != nil {
+			return Span{}, false, false
 		}
 		if n == 0 || size == 0 {
-			return Span{}, Unsatisfiable
+			return Span{}, false, true
 		}
-		return Span{max(size-n, 0), size - 1}, Partial
+		return Span{max(size-n, 0), size - 1}, true, true
 	}
-	start, err := parseOffset(first)
+	start, err := parseOffset(r.first)
 	if err != nil {
-		return whole, Whole
+		return Span{}, false, false
 	}
 	end := int64(-1)
-	if last != "" {
-		if end, err = parseOffset(last); err != nil || end < start {
-			return whole, Whole
+	if r.last != "" {
+		if end, err = parseOffset(r.last); err != nil || end < start {
+			return Span{}, false, false
 		}
 	}
 	if start >= size {
-		return Span{}, Unsatisfiable
+		return Span{}, false, true
 	}
 	if end < 0 || end >= size {
 		end = size - 1
 	}
-	return Span{start, end}, Partial
-}
-
-// splitRange cuts a single "bytes=first-last" range into its two sides; false for anything else.
-func splitRange(header string) (first, last string, ok bool) {
-	unit, spec, ok := strings.Cut(strings.TrimSpace(header), "=")
-	if !ok || !strings.EqualFold(strings.TrimSpace(unit), "bytes") || strings.Contains(spec, ",") {
-		return "", "", false
-	}
-	first, last, ok = strings.Cut(strings.TrimSpace(spec), "-")
-	return strings.TrimSpace(first), strings.TrimSpace(last), ok
+	return Span{start, end}, true, true
 }
 
 // Peek reads where a player's Range starts before the file's size is known, so the first request can go
 // out with the probe: End is -1 for an open end. A header ParseRequest would ignore means the whole file,
-// from 0; a suffix range (bytes=-N) cannot be placed without the size (false).
+// from 0; several ranges start where the first one does; a suffix range (bytes=-N) cannot be placed
+// without the size (false).
 func Peek(header string) (Span, bool) {
-	first, last, ok := splitRange(header)
-	if !ok {
+	specs, ok := splitRanges(header)
+	if !ok || len(specs) > MaxRanges {
 		return Span{0, -1}, true
 	}
-	if first == "" {
+	first := specs[0]
+	if first.first == "" {
 		return Span{}, false
 	}
-	start, err := parseOffset(first)
+	start, err := parseOffset(first.first)
 	if err != nil {
 		return Span{0, -1}, true
 	}
-	if last == "" {
+	if first.last == "" {
 		return Span{start, -1}, true
 	}
-	end, err := parseOffset(last)
+	end, err := parseOffset(first.last)
 	if err != nil || end < start {
 		return Span{0, -1}, true
 	}

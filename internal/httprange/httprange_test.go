@@ -2,40 +2,69 @@ package httprange
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 )
 
 func TestParseRequest(t *testing.T) {
 	const size = 1000
+	whole := []Span{{0, 999}}
 	for _, c := range []struct {
 		header string
 		kind   Kind
-		span   Span
+		spans  []Span
 	}{
-		{"", Whole, Span{0, 999}},
-		{"bytes=0-", Partial, Span{0, 999}},
-		{"bytes=0-0", Partial, Span{0, 0}},
-		{"bytes=10-19", Partial, Span{10, 19}},
-		{"bytes=500-5000", Partial, Span{500, 999}},
-		{"bytes=999-", Partial, Span{999, 999}},
-		{"bytes=-100", Partial, Span{900, 999}},
-		{"bytes=-5000", Partial, Span{0, 999}},
-		{"BYTES = 1-2", Partial, Span{1, 2}},
-		{"bytes=1000-", Unsatisfiable, Span{}},
-		{"bytes=5000-6000", Unsatisfiable, Span{}},
-		{"bytes=-0", Unsatisfiable, Span{}},
-		{"bytes=0-1,5-6", Whole, Span{0, 999}},
-		{"bytes=20-10", Whole, Span{0, 999}},
-		{"bytes=abc", Whole, Span{0, 999}},
-		{"bytes=-", Whole, Span{0, 999}},
-		{"bytes=+1-2", Whole, Span{0, 999}},
-		{"items=0-1", Whole, Span{0, 999}},
-		{"bytes=99999999999999999999-", Whole, Span{0, 999}},
+		{"", Whole, whole},
+		{"bytes=0-", Partial, []Span{{0, 999}}},
+		{"bytes=0-0", Partial, []Span{{0, 0}}},
+		{"bytes=10-19", Partial, []Span{{10, 19}}},
+		{"bytes=500-5000", Partial, []Span{{500, 999}}},
+		{"bytes=999-", Partial, []Span{{999, 999}}},
+		{"bytes=-100", Partial, []Span{{900, 999}}},
+		{"bytes=-5000", Partial, []Span{{0, 999}}},
+		{"BYTES = 1-2", Partial, []Span{{1, 2}}},
+		{"bytes=1000-", Unsatisfiable, nil},
+		{"bytes=5000-6000", Unsatisfiable, nil},
+		{"bytes=-0", Unsatisfiable, nil},
+		{"bytes=0-1,5-6", Multipart, []Span{{0, 1}, {5, 6}}},
+		{"bytes=500-599, 0-99", Multipart, []Span{{500, 599}, {0, 99}}}, // in the order asked
+		{"bytes=0-1,,5-6,", Multipart, []Span{{0, 1}, {5, 6}}},          // empty elements skipped
+		{"bytes=0-1,2000-3000", Partial, []Span{{0, 1}}},                // one past the end left out
+		{"bytes=2000-,3000-", Unsatisfiable, nil},                       // all past the end
+		{"bytes=0-99,50-149", Multipart, []Span{{0, 99}, {50, 149}}},    // overlapping, not more than the file
+		{"bytes=0-499,400-999", Whole, whole},                           // overlapping, more than the file
+		{"bytes=0-,0-", Whole, whole},                                   // twice the file
+		{"bytes=0-1,x-2", Whole, whole},                                 // one malformed range
+		{"bytes=0-0,1-1,2-2,3-3,4-4,5-5,6-6,7-7,8-8,9-9,10-10,11-11,12-12,13-13,14-14,15-15,16-16", Whole, whole}, // past MaxRanges
+		{"bytes=20-10", Whole, whole},
+		{"bytes=abc", Whole, whole},
+		{"bytes=-", Whole, whole},
+		{"bytes=+1-2", Whole, whole},
+		{"items=0-1", Whole, whole},
+		{"bytes=", Whole, whole},
+		{"bytes=99999999999999999999-", Whole, whole},
 	} {
-		span, kind := ParseRequest(c.header, size)
-		if kind != c.kind || (kind != Unsatisfiable && span != c.span) {
-			t.Errorf("ParseRequest(%q) = %v, %v; want %v, %v", c.header, span, kind, c.span, c.kind)
+		spans, kind := ParseRequest(c.header, size)
+		if kind != c.kind || !slices.Equal(spans, c.spans) {
+			t.Errorf("ParseRequest(%q) = %v, %v; want %v, %v", c.header, spans, kind, c.spans, c.kind)
 		}
+	}
+}
+
+func TestPeek(t *testing.T) {
+	for header, want := range map[string]Span{
+		"":                    {0, -1},
+		"bytes=100-":          {100, -1},
+		"bytes=100-199":       {100, 199},
+		"bytes=5000-5099,0-9": {5000, 5099}, // several: the first part's
+		"bytes=junk":          {0, -1},
+	} {
+		if got, ok := Peek(header); !ok || got != want {
+			t.Errorf("Peek(%q) = %v, %v; want %v", header, got, ok, want)
+		}
+	}
+	if _, ok := Peek("bytes=-500"); ok {
+		t.Error("Peek of a suffix range placed it without the size")
 	}
 }
 
@@ -66,23 +95,31 @@ func FuzzParseRequest(f *testing.F) {
 		if size < 1 {
 			return
 		}
-		span, kind := ParseRequest(header, size)
+		spans, kind := ParseRequest(header, size)
 		if kind == Unsatisfiable {
 			return
 		}
-		if span.Start < 0 || span.End >= size || span.Start > span.End {
-			t.Fatalf("ParseRequest(%q, %d) = %+v: outside the file", header, size, span)
+		var total int64
+		for _, span := range spans {
+			if span.Start < 0 || span.End >= size || span.Start > span.End {
+				t.Fatalf("ParseRequest(%q, %d) = %+v: outside the file", header, size, span)
+			}
+			total += span.Len()
+		}
+		if len(spans) == 0 || len(spans) > MaxRanges || total > size || (kind == Multipart) != (len(spans) > 1) {
+			t.Fatalf("ParseRequest(%q, %d) = %v, %v: more than asked, or the wrong kind", header, size, spans, kind)
 		}
 		if kind == Partial {
-			again, kind2 := ParseRequest(span.Header(), size)
-			if kind2 != Partial || again != span {
-				t.Fatalf("round trip of %+v gave %+v %v", span, again, kind2)
+			again, kind2 := ParseRequest(spans[0].Header(), size)
+			if kind2 != Partial || again[0] != spans[0] {
+				t.Fatalf("round trip of %+v gave %+v %v", spans[0], again, kind2)
 			}
 		}
 		// Before the size is known, Peek must place the range where ParseRequest will: the probe asks for
-		// those bytes, and the engine uses its answer only for the stream's first piece.
-		if peek, ok := Peek(header); ok && peek.Start != span.Start {
-			t.Fatalf("Peek(%q) starts at %d, ParseRequest(…, %d) at %d", header, peek.Start, size, span.Start)
+		// those bytes, and the engine uses its answer only for the stream's first piece. Only a first range
+		// past the end, left out, starts elsewhere.
+		if peek, ok := Peek(header); ok && kind != Whole && peek.Start != spans[0].Start && peek.Start < size {
+			t.Fatalf("Peek(%q) starts at %d, ParseRequest(…, %d) at %d", header, peek.Start, size, spans[0].Start)
 		}
 	})
 }
