@@ -27,6 +27,7 @@ import (
 	"mflow/internal/chunkcache"
 	"mflow/internal/cluster"
 	"mflow/internal/logging"
+	"mflow/internal/server"
 	"mflow/internal/task"
 	"mflow/internal/upstream"
 )
@@ -240,8 +241,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer mflow.Close()
-	base, cancelStreams := context.WithCancel(context.Background())
-	defer cancelStreams()
+	base, cancelStreams := context.WithCancelCause(context.Background())
+	defer cancelStreams(server.ErrShuttingDown)
 	hs := &http.Server{
 		Handler:           mflow.Handler,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -265,7 +266,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case <-ctx.Done():
 	}
 	log.Info("shutting down")
-	cancelStreams() // every stream ends now, its player's connection cut
+	cancelStreams(server.ErrShuttingDown) // every stream ends now, its player's connection cut
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if err := hs.Shutdown(shutdownCtx); err != nil {

@@ -160,7 +160,7 @@ func (d *Downloader) play(ctx context.Context, pb *play.Playback, out *fileWrite
 			}
 		}
 	}()
-	res := pb.Play(ctx, out, span, "mflow get")
+	res := pb.Play(ctx, out, "mflow get", span)
 	close(stop)
 	<-stopped
 	return res

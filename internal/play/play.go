@@ -69,7 +69,7 @@ type NowPlaying struct {
 	URL      string         // the link, without its query or credentials
 	Task     string         // the task's GID, "" for ?url=
 	Player   string         // the player's address
-	Span     httprange.Span // the range asked for
+	Spans    []httprange.Span // the ranges asked for, in the order asked
 	Size     int64          // the file's size, -1 when unknown
 	Started  time.Time
 	Sent     int64           // bytes written to the player
@@ -129,7 +129,7 @@ type Playback struct {
 }
 
 // Open resolves req's link. Its error is the upstream's (see upstream.Classify) or ErrNoRanges; a task's
-// Tally hears of an upstream's refusal.
+// Tally hears of an upstream's refusal, but not of a target refused to this player only.
 func (s *Service) Open(ctx context.Context, req Request) (*Playback, error) {
 	log := req.Logger
 	if log == nil {
@@ -138,8 +138,8 @@ func (s *Service) Open(ctx context.Context, req Request) (*Playback, error) {
 	mirrors := s.Resolver.Mirrors(ctx, req.Link) // probed alongside the link's own probe
 	meta, head, err := s.Resolver.Open(ctx, req.Link, req.First)
 	if err != nil {
-		if ctx.Err() == nil && req.Tally != nil {
-			req.Tally.Failed(err)
+		if ctx.Err() == nil {
+			tellFailure(req.Tally, err)
 		}
 		return nil, err
 	}
@@ -181,16 +181,16 @@ type Result struct {
 	Err     error // the stream's error, for Failed (and the cause for Stopped)
 }
 
-// Play writes span of the file to w (span.End < 0: all of a relayed file) and logs the stream's start and
-// end. player is the player's address, for the log. A stream that ends early may have cut w's writes with
-// a deadline; the caller clears it.
-func (p *Playback) Play(ctx context.Context, w io.Writer, span httprange.Span, player string) Result {
+// Play writes spans of the file to w, one after the other (one span with End < 0: all of a relayed file),
+// and logs the stream's start and end. player is the player's address, for the log. A stream that ends
+// early may have cut w's writes with a deadline; the caller clears it.
+func (p *Playback) Play(ctx context.Context, w io.Writer, player string, spans ...httprange.Span) Result {
 	s := p.svc
 	id := s.streams.Add(1)
 	log := p.log.With("stream", id)
-	log.Info("stream start", "file", upstream.Redact(p.req.Link.URL), "range", fmt.Sprintf("%d-%d/%d", span.Start, span.End, p.File.Version.Size), "player", player)
+	log.Info("stream start", "file", upstream.Redact(p.req.Link.URL), "range", RangeText(spans, p.File.Version.Size), "player", player)
 	began := time.Now()
-	now := &playing{NowPlaying: NowPlaying{ID: id, Name: p.File.Name, URL: upstream.Redact(p.req.Link.URL), Task: p.req.Task, Player: player, Span: span, Size: p.File.Version.Size, Started: began},
+	now := &playing{NowPlaying: NowPlaying{ID: id, Name: p.File.Name, URL: upstream.Redact(p.req.Link.URL), Task: p.req.Task, Player: player, Spans: spans, Size: p.File.Version.Size, Started: began},
 		sent: new(atomic.Int64)}
 	if p.meta.Ranges {
 		now.live = new(engine.Live)
@@ -198,21 +198,15 @@ func (p *Playback) Play(ctx context.Context, w io.Writer, span httprange.Span, p
 	s.begin(now)
 	defer s.end(now)
 	w = &counting{Writer: w, tally: p.req.Tally, sent: now.sent, total: &s.Counters.Sent}
-	target := p.meta.Target(p.req.Link)
 	var stats engine.Stats
 	var err error
-	if p.meta.Ranges {
-		identity := p.req.Identity
-		if identity == "" {
-			identity = p.req.Link.Identity()
+	for _, span := range spans {
+		var part engine.Stats
+		part, err = p.stream(ctx, w, span, now.live, log)
+		stats.Bytes, stats.Retries, stats.Replaced = stats.Bytes+part.Bytes, stats.Retries+part.Retries, stats.Replaced+part.Replaced
+		if err != nil {
+			break
 		}
-		head := p.head
-		p.head = nil // the engine closes it
-		stats, err = s.Engine.Stream(ctx, w, engine.Request{Target: target, Head: head, FileKey: source.FileKey(identity, p.meta.Version),
-			Mirrors: p.mirrors(p.meta), Span: span, Refresh: s.Resolver.Refresher(p.req.Link),
-			Connections: p.req.Connections, MinSpeed: p.req.MinSpeed, Logger: log, Live: now.live})
-	} else {
-		stats, err = s.Engine.Relay(ctx, w, target, span)
 	}
 	took := time.Since(began)
 	attrs := []any{"bytes", stats.Bytes, "took", took.Round(time.Millisecond), "speed", bytesize.Human(float64(stats.Bytes)/max(took.Seconds(), 1e-3)) + "/s", "retries", stats.Retries}
@@ -234,11 +228,44 @@ func (p *Playback) Play(ctx context.Context, w io.Writer, span httprange.Span, p
 	default:
 		res.Outcome = Failed
 		log.Info("stream end: failed", attrs...)
-		if p.req.Tally != nil {
-			p.req.Tally.Failed(err)
-		}
+		tellFailure(p.req.Tally, err)
 	}
 	return res
+}
+
+// stream plays one span: over several connections, or relayed over one when the upstream ignores Range.
+func (p *Playback) stream(ctx context.Context, w io.Writer, span httprange.Span, live *engine.Live, log *slog.Logger) (engine.Stats, error) {
+	s := p.svc
+	target := p.meta.Target(p.req.Link)
+	if !p.meta.Ranges {
+		return s.Engine.Relay(ctx, w, target, span)
+	}
+	identity := p.req.Identity
+	if identity == "" {
+		identity = p.req.Link.Identity()
+	}
+	head := p.head
+	p.head = nil // the engine closes it
+	return s.Engine.Stream(ctx, w, engine.Request{Target: target, Head: head, FileKey: source.FileKey(identity, p.meta.Version),
+		Mirrors: p.mirrors(p.meta), Span: span, Refresh: s.Resolver.Refresher(p.req.Link),
+		Connections: p.req.Connections, MinSpeed: p.req.MinSpeed, Logger: log, Live: live})
+}
+
+// tellFailure tells a task's Tally (nil for a link) that the upstream failed the file, unless the failure
+// is this player's own: a target the policy refuses to this player may be one another player reaches.
+func tellFailure(tally Tally, err error) {
+	if tally != nil && upstream.Classify(err).Kind != upstream.KindRefused {
+		tally.Failed(err)
+	}
+}
+
+// RangeText is how the log and the status page show the spans played: first-last/size, comma-separated.
+func RangeText(spans []httprange.Span, size int64) string {
+	parts := make([]string, len(spans))
+	for i, sp := range spans {
+		parts[i] = fmt.Sprintf("%d-%d", sp.Start, sp.End)
+	}
+	return fmt.Sprintf("%s/%d", strings.Join(parts, ","), size)
 }
 
 // begin counts a stream in.

@@ -65,7 +65,7 @@ func TestATallyHearsTheSizeTheBytesAndTheFailure(t *testing.T) {
 		t.Errorf("file %+v", pb.File)
 	}
 	var out bytes.Buffer
-	res := pb.Play(t.Context(), &out, httprange.Span{Start: 10, End: 99_999}, "player")
+	res := pb.Play(t.Context(), &out, "player", httprange.Span{Start: 10, End: 99_999})
 	if res.Outcome != play.Done || !bytes.Equal(out.Bytes(), file[10:]) {
 		t.Fatalf("outcome %v, %v; %d bytes", res.Outcome, res.Err, out.Len())
 	}
@@ -104,7 +104,7 @@ func TestHowAPlaybackEnded(t *testing.T) {
 			t.Fatal(err)
 		}
 		w := &cutAfter{n: 64 << 10, cut: func() { c.cancel(cancel) }}
-		res := pb.Play(ctx, w, httprange.Span{Start: 0, End: 1<<20 - 1}, "player")
+		res := pb.Play(ctx, w, "player", httprange.Span{Start: 0, End: 1<<20 - 1})
 		pb.Close()
 		if res.Outcome != c.want || (c.want == play.Stopped && !errors.Is(res.Err, errPaused)) {
 			t.Errorf("%s: outcome %v, %v; want %v", c.name, res.Outcome, res.Err, c.want)

@@ -6,7 +6,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"runtime/debug"
@@ -198,6 +200,10 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.playing.Add(-1)
+	if viaMflow(r.Header.Values("Via")) {
+		fail(w, http.StatusLoopDetected, "the request came through mflow already: a chain of mflows would multiply every request to the drive")
+		return
+	}
 	req, ok := s.requestOf(w, r)
 	if !ok {
 		return
@@ -208,9 +214,8 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 	req.First = s.firstRequest(r)
 	pb, err := s.Play.Open(req.ctx, req.Request)
 	if err != nil {
-		if req.ctx.Err() == nil {
-			status, reason := failure(err)
-			s.failPlay(w, req.Request, status, reason)
+		if r.Context().Err() == nil { // the player waits for an answer, whatever else ended the stream
+			s.failPlay(w, req.Request, err)
 		}
 		return
 	}
@@ -221,11 +226,6 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 	// The bytes are the user's film, never a page of mflow's origin: no sniffing, no script.
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Content-Security-Policy", "sandbox")
-	if size == 0 { // nothing to range over: servers that support Range answer 200 here too
-		h.Set("Content-Length", "0")
-		w.WriteHeader(http.StatusOK)
-		return
-	}
 	h.Set("Content-Type", file.ContentType)
 	h.Set("Content-Disposition", file.Disposition)
 	for _, v := range []struct{ name, value string }{{"ETag", file.Version.ETag}, {"Last-Modified", file.Version.LastModified}} {
@@ -233,35 +233,62 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 			h.Set(v.name, v.value)
 		}
 	}
+	version := validatorsOf(file.Version)
+	switch precondition(r, version) {
+	case http.StatusNotModified:
+		// As ServeContent: no entity headers, and the date only when there is no ETag to go by.
+		h.Del("Content-Type")
+		if h.Get("ETag") != "" {
+			h.Del("Last-Modified")
+		}
+		w.WriteHeader(http.StatusNotModified)
+		return
+	case http.StatusPreconditionFailed:
+		h.Del("Content-Type")
+		h.Del("Content-Disposition")
+		fail(w, http.StatusPreconditionFailed, "the file is not the version the request names (If-Match or If-Unmodified-Since)")
+		return
+	}
+	if size == 0 { // nothing to range over: servers that support Range answer 200 here too
+		h.Set("Content-Length", "0")
+		w.WriteHeader(http.StatusOK)
+		return
+	}
 	if size < 0 { // relayed as it comes, ranges ignored
 		h.Set("Accept-Ranges", "none")
 		if r.Method == http.MethodHead {
 			return
 		}
-		s.play(w, r, req, pb, httprange.Span{Start: 0, End: -1}, http.StatusOK)
+		s.play(w, r, req, pb, http.StatusOK, nil, httprange.Span{Start: 0, End: -1})
 		return
 	}
 	h.Set("Accept-Ranges", "bytes")
-	span, kind := httprange.ParseRequest(r.Header.Get("Range"), size)
-	if kind != httprange.Whole && !ifRangeHolds(r.Header.Get("If-Range"), file.Version) {
-		span, kind = httprange.Span{Start: 0, End: size - 1}, httprange.Whole
+	rangeHeader := r.Header.Get("Range")
+	if !version.rangeApplies(r.Header.Get("If-Range")) {
+		rangeHeader = ""
 	}
-	status := http.StatusOK
+	spans, kind := httprange.ParseRequest(rangeHeader, size)
+	status, length := http.StatusOK, size
+	var parts *multipartBody
 	switch kind {
 	case httprange.Unsatisfiable:
 		h.Set("Content-Range", fmt.Sprintf("bytes */%d", size))
-		fail(w, http.StatusRequestedRangeNotSatisfiable, fmt.Sprintf("range %q is past the end of the %d-byte file", r.Header.Get("Range"), size))
+		fail(w, http.StatusRequestedRangeNotSatisfiable, fmt.Sprintf("range %q is past the end of the %d-byte file", rangeHeader, size))
 		return
 	case httprange.Partial:
-		status = http.StatusPartialContent
-		h.Set("Content-Range", span.ContentRange(size))
+		status, length = http.StatusPartialContent, spans[0].Len()
+		h.Set("Content-Range", spans[0].ContentRange(size))
+	case httprange.Multipart:
+		parts = newMultipartBody(spans, file.ContentType, size)
+		status, length = http.StatusPartialContent, parts.length()
+		h.Set("Content-Type", "multipart/byteranges; boundary="+parts.boundary)
 	}
-	h.Set("Content-Length", strconv.FormatInt(span.Len(), 10))
+	h.Set("Content-Length", strconv.FormatInt(length, 10))
 	if r.Method == http.MethodHead {
 		w.WriteHeader(status)
 		return
 	}
-	s.play(w, r, req, pb, span, status)
+	s.play(w, r, req, pb, status, parts, spans...)
 }
 
 // firstRequest is what a probe may ask for so that its answer is the stream's first bytes: the first
@@ -279,28 +306,78 @@ func (s *Server) firstRequest(r *http.Request) httprange.Span {
 	return s.Play.Engine.FirstRequest(sp)
 }
 
-// play plays span with status, sent with the first byte, so a stream that fails before any byte still
-// gets an error status; a stream that fails after it is cut, so the player cannot take part for whole.
-func (s *Server) play(w http.ResponseWriter, r *http.Request, req request, pb *play.Playback, span httprange.Span, status int) {
-	out := &lazyHeader{w: w, status: status}
-	res := pb.Play(req.ctx, out, span, r.RemoteAddr)
+// play plays spans with status, sent with the first byte, so a stream that fails before any byte still
+// gets an error status; parts, when set, makes them the parts of a multipart answer. A stream that ends
+// early after its first byte is cut, so the player cannot take part for whole.
+func (s *Server) play(w http.ResponseWriter, r *http.Request, req request, pb *play.Playback, status int, parts *multipartBody, spans ...httprange.Span) {
+	out := &lazyHeader{w: w, r: r, status: status}
+	var body io.Writer = out
+	if parts != nil {
+		parts.w = out
+		body = parts
+	}
+	res := pb.Play(req.ctx, body, r.RemoteAddr, spans...)
 	// A stream that ended early may have cut the player's writes; what is still to be written must go out.
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
-	switch res.Outcome {
-	case play.Stopped:
-		panic(http.ErrAbortHandler)
-	case play.Failed:
-		if !out.sent {
-			for _, name := range entityHeaders {
-				w.Header().Del(name) // they described the answer that is not coming
-			}
-			status, reason := failure(res.Err)
-			s.failPlay(w, req.Request, status, reason)
-			return
+	switch {
+	case res.Outcome == play.Done && parts != nil:
+		if err := parts.close(); err != nil {
+			cut(w, r)
 		}
-		s.playFailed(req.Request, out.status, fmt.Sprintf("cut after %d bytes: %v", res.Stats.Bytes, res.Err))
+	case res.Outcome == play.Done:
+	case !out.sent && res.Outcome != play.Left:
+		for _, name := range entityHeaders {
+			w.Header().Del(name) // they described the answer that is not coming
+		}
+		s.failPlay(w, req.Request, res.Err)
+	default:
+		if res.Outcome == play.Failed {
+			s.playFailed(req.Request, out.status, fmt.Sprintf("cut after %d bytes: %v", res.Stats.Bytes, res.Err))
+		}
+		cut(w, r)
+	}
+}
+
+// cut ends an answer that cannot be finished by resetting its connection (linger 0): what the kernel still
+// holds for the player is dropped rather than delivered, so a paused film stops at once and a player never
+// takes a broken answer's end for the file's. An answer that cannot be hijacked (HTTP/2) is aborted.
+func cut(w http.ResponseWriter, r *http.Request) {
+	resetOnClose(r)
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
 		panic(http.ErrAbortHandler)
 	}
+	conn.Close()
+}
+
+// connKey keeps a request's connection in its context (ConnContext).
+type connKey struct{}
+
+// ConnContext, as an http.Server's ConnContext, keeps each connection within reach of its requests, so
+// that a stream cut short can reset it: net/http closes a connection whose write failed, and only a reset
+// drops what its buffers still hold for the player.
+func ConnContext(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(ctx, connKey{}, c)
+}
+
+// resetOnClose makes the closing of r's connection a reset (RST), not an orderly end after what is still
+// buffered. Without ConnContext it does nothing.
+func resetOnClose(r *http.Request) {
+	if c, ok := r.Context().Value(connKey{}).(interface{ SetLinger(int) error }); ok {
+		_ = c.SetLinger(0)
+	}
+}
+
+// viaMflow reports whether a request's Via headers name mflow: it came through an mflow already.
+func viaMflow(via []string) bool {
+	for _, v := range via {
+		for hop := range strings.SplitSeq(v, ",") {
+			if fields := strings.Fields(hop); len(fields) >= 2 && fields[1] == upstream.ViaToken {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // playFailed is the one WARN line of a play that failed: which link, what the player was told, and why.
@@ -312,16 +389,15 @@ func (s *Server) playFailed(req play.Request, status int, reason string) {
 	log.Warn("play failed", "file", upstream.Redact(req.Link.URL), "status", status, "why", reason)
 }
 
-// failPlay answers a play that failed before its first byte, and logs it.
-func (s *Server) failPlay(w http.ResponseWriter, req play.Request, status int, reason string) {
+// failPlay answers a play that failed before its first byte with the status and reason err means, and
+// logs it.
+func (s *Server) failPlay(w http.ResponseWriter, req play.Request, err error) {
+	status, reason := failure(err)
+	if status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "5")
+	}
 	s.playFailed(req, status, reason)
 	fail(w, status, reason)
-}
-
-// ifRangeHolds reports whether an If-Range header (absent, or naming the current version) lets a Range
-// apply; otherwise the whole file is sent.
-func ifRangeHolds(ifRange string, v source.Version) bool {
-	return ifRange == "" || (ifRange == v.ETag && !strings.HasPrefix(ifRange, "W/")) || ifRange == v.LastModified
 }
 
 // entityHeaders describe a stream's body; an error answered instead of it must not carry them.
@@ -330,6 +406,7 @@ var entityHeaders = []string{"Content-Range", "Content-Length", "Content-Disposi
 // lazyHeader sends the status line with the first byte of the body.
 type lazyHeader struct {
 	w      http.ResponseWriter
+	r      *http.Request
 	status int
 	sent   bool
 }
@@ -345,16 +422,27 @@ func (l *lazyHeader) Write(b []byte) (int, error) {
 // Flush sends what is buffered; a broken connection shows at the next Write.
 func (l *lazyHeader) Flush() { _ = http.NewResponseController(l.w).Flush() }
 
-// SetWriteDeadline lets the engine cut a write the player is slow to take when the stream must end.
+// SetWriteDeadline lets the engine cut a write the player is slow to take when the stream must end. The
+// connection is then reset, not closed: net/http closes it at once when the write fails.
 func (l *lazyHeader) SetWriteDeadline(t time.Time) error {
+	if !t.IsZero() {
+		resetOnClose(l.r)
+	}
 	return http.NewResponseController(l.w).SetWriteDeadline(t)
 }
 
+// ErrShuttingDown ends the streams when mflow stops: give it as the cause of the base context's end.
+var ErrShuttingDown = errors.New("mflow is shutting down")
+
 // failure is the status and reason a player is told when its play fails: the upstream's own 4xx status,
-// 403 for a refused target or an upstream without Range, 504 for a timeout, 502 for the rest.
+// 403 for a refused target or an upstream without Range, 503 for a task paused or removed meanwhile or
+// mflow stopping, 504 for a timeout, 502 for the rest.
 func failure(err error) (int, string) {
-	if errors.Is(err, play.ErrNoRanges) {
+	switch {
+	case errors.Is(err, play.ErrNoRanges):
 		return http.StatusForbidden, err.Error()
+	case errors.Is(err, task.ErrStopped), errors.Is(err, ErrShuttingDown):
+		return http.StatusServiceUnavailable, err.Error()
 	}
 	f := upstream.Classify(err)
 	switch {

@@ -57,7 +57,9 @@ func newProxy(t *testing.T, tune func(*server.Server)) *proxy {
 	if tune != nil {
 		tune(s)
 	}
-	ts := httptest.NewServer(s.Handler())
+	ts := httptest.NewUnstartedServer(s.Handler())
+	ts.Config.ConnContext = server.ConnContext
+	ts.Start()
 	player := &http.Client{Transport: &http.Transport{DisableCompression: true}}
 	t.Cleanup(func() {
 		ts.Close()
@@ -149,7 +151,6 @@ func TestRangesAndHeaders(t *testing.T) {
 		{"bytes=999000-5000000", 206, "bytes 999000-999999/1000000", 999_000, 1_000_000},
 		{"bytes=-500", 206, "bytes 999500-999999/1000000", 999_500, 1_000_000},
 		{"bytes=1000000-", 416, "bytes */1000000", 0, 0},
-		{"bytes=0-1,5-9", 200, "", 0, 1_000_000},
 		{"bytes=junk", 200, "", 0, 1_000_000},
 	} {
 		resp, body := p.get(t, "GET", path, c.rng)

@@ -116,7 +116,7 @@ func (h *Handler) Status() Status {
 	now := time.Now()
 	for _, p := range src.Play.Playing() {
 		s := Stream{ID: p.ID, Name: p.Name, URL: p.URL, GID: p.Task, Player: p.Player, Sent: p.Sent, Seconds: now.Sub(p.Started).Seconds(),
-			Range: fmt.Sprintf("%d-%d/%d", p.Span.Start, p.Span.End, p.Size), Retries: p.Progress.Retries, Replaced: p.Progress.Replaced, Requests: []Request{}}
+			Range: play.RangeText(p.Spans, p.Size), Retries: p.Progress.Retries, Replaced: p.Progress.Replaced, Requests: []Request{}}
 		for _, r := range p.Progress.Requests {
 			state := "reading"
 			if r.Waiting > 0 {

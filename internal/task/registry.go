@@ -413,7 +413,8 @@ func (r *Registry) probed(gid string, size int64, err error) change {
 	switch {
 	case t == nil:
 	case err != nil:
-		if !t.State.stopped() {
+		// A player streaming it meanwhile probed it again: its own answer counts, not this older one.
+		if !t.State.stopped() && len(t.streams) == 0 {
 			r._fail(t, err, &c)
 		}
 	default:
@@ -459,14 +460,16 @@ func (r *Registry) _fail(t *task, err error, c *change) {
 	r._notify(EventFailed, t.GID, c)
 }
 
-// _stop moves t to the stopped tasks with state, ends its streams, and forgets the oldest stopped tasks
-// beyond MaxStopped.
+// _stop moves t to the stopped tasks with state, and forgets the oldest stopped tasks beyond MaxStopped.
+// Removing it ends its streams; failing it does not, as each stream meets its upstream's answers itself.
 func (r *Registry) _stop(t *task, state State, c *change) {
 	t.State = state
 	r.queue = slices.DeleteFunc(r.queue, func(g string) bool { return g == t.GID })
 	r.done = append(r.done, t.GID)
 	r.stops++
-	t._endStreams()
+	if state == Removed {
+		t._endStreams()
+	}
 	c.save(t)
 	for len(r.done) > r.cfg.MaxStopped {
 		r._forget(r.tasks[r.done[0]], c)

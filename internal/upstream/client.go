@@ -363,7 +363,7 @@ func (c *Client) Get(ctx context.Context, at source.Location, rng string) (*http
 	for hop := 0; ; hop++ {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
 		if err != nil {
-			return nil, "", fmt.Errorf("bad upstream URL: %w", err)
+			return nil, "", fmt.Errorf("bad upstream URL %s: %w", Redact(rawURL), withoutURL(err))
 		}
 		req.Header.Set("User-Agent", c.cfg.UserAgent)
 		for name, values := range header {
@@ -377,6 +377,8 @@ func (c *Client) Get(ctx context.Context, at source.Location, rng string) (*http
 		}
 		// The bytes must be the file's own: a compressed answer has other offsets than the Range asked.
 		req.Header.Set("Accept-Encoding", "identity")
+		// Another mflow asked this way refuses the request (508) rather than multiply it (RFC 9110 §7.6.3).
+		req.Header.Set("Via", "1.1 "+ViaToken)
 		resp, err := c.Do(req, at)
 		if err != nil {
 			return nil, "", &NetError{URL: Redact(rawURL), Err: err}
@@ -394,7 +396,7 @@ func (c *Client) Get(ctx context.Context, at source.Location, rng string) (*http
 		}
 		next, err := req.URL.Parse(location)
 		if err != nil {
-			return nil, "", fmt.Errorf("bad redirect from %s: %w", Redact(rawURL), err)
+			return nil, "", fmt.Errorf("bad redirect from %s: its Location is not a URL: %w", Redact(rawURL), withoutURL(err))
 		}
 		if next.Scheme != "http" && next.Scheme != "https" {
 			return nil, "", fmt.Errorf("bad redirect from %s to a %s: URL", Redact(rawURL), next.Scheme)
@@ -408,8 +410,11 @@ func (c *Client) Get(ctx context.Context, at source.Location, rng string) (*http
 // link's headers never carry them upstream.
 var hopHeaders = []string{
 	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-	"Te", "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Range", "Content-Length", "Accept-Encoding",
+	"Te", "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Range", "Content-Length", "Accept-Encoding", "Via",
 }
+
+// ViaToken is how mflow names itself in the Via header of its upstream requests.
+const ViaToken = "mflow"
 
 // CleanHeader is a link's header as it may go upstream: names canonical, without hopHeaders and the
 // headers a Connection header names.
@@ -461,6 +466,15 @@ func Redact(u string) string {
 	}
 	p.Fragment = ""
 	return p.String()
+}
+
+// withoutURL is err without the URL a *url.Error quotes: a signed link's query must stay out of messages.
+func withoutURL(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
 }
 
 // ErrTooManyRedirects is returned when a link redirects more often than allowed.

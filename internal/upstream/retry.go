@@ -3,6 +3,8 @@ package upstream
 import (
 	"errors"
 	"math/rand/v2"
+	"net"
+	"syscall"
 	"time"
 
 	"mflow/internal/access"
@@ -38,14 +40,14 @@ func (r Retry) Wait(n int, err error) time.Duration {
 }
 
 // Retryable reports whether asking again may succeed: a 429 or 5xx, no answer, an answer cut short or
-// silent, or one with the wrong bytes. Another version of the file, a refusal (4xx), too many redirects and
-// an impossible size are final.
+// silent, or one with the wrong bytes. Another version of the file, a refusal (4xx), too many redirects, an
+// impossible size, a name that does not exist and a network with no route are final.
 func Retryable(err error) bool {
 	var status *StatusError
 	var netErr *NetError
 	var refused *access.RefusedError
 	switch {
-	case errors.As(err, &refused):
+	case errors.As(err, &refused), nowhere(err):
 		return false
 	case errors.As(err, &status):
 		return status.Temporary()
@@ -55,4 +57,11 @@ func Retryable(err error) bool {
 		return true
 	}
 	return false
+}
+
+// nowhere reports whether err says the upstream cannot be reached at all: its name does not exist, or no
+// route leads to its network. Asking again in a second finds the same.
+func nowhere(err error) bool {
+	var dns *net.DNSError
+	return (errors.As(err, &dns) && dns.IsNotFound) || errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.EHOSTUNREACH)
 }
