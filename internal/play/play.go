@@ -65,12 +65,12 @@ type playing struct {
 // NowPlaying is a stream playing now.
 type NowPlaying struct {
 	ID       int64
-	Name     string         // the file name the player was told
-	URL      string         // the link, without its query or credentials
-	Task     string         // the task's GID, "" for ?url=
-	Player   string         // the player's address
+	Name     string           // the file name the player was told
+	URL      string           // the link, without its query or credentials
+	Task     string           // the task's GID, "" for ?url=
+	Player   string           // the player's address
 	Spans    []httprange.Span // the ranges asked for, in the order asked
-	Size     int64          // the file's size, -1 when unknown
+	Size     int64            // the file's size, -1 when unknown
 	Started  time.Time
 	Sent     int64           // bytes written to the player
 	Progress engine.Progress // the engine's view: retries and open requests

@@ -160,7 +160,7 @@ func TestConditionalRequestsAnswerAsServeContent(t *testing.T) {
 		{"If-Match": `"v7"`}, {"If-Match": `"v6"`}, {"If-Match": `*`}, {"If-Match": `W/"v7"`}, {"If-Match": `"v6", "v7"`},
 		{"If-Unmodified-Since": date(0)}, {"If-Unmodified-Since": date(-time.Hour)}, {"If-Unmodified-Since": date(time.Hour)},
 		{"If-Range": `"v7"`}, {"If-Range": `"v6"`}, {"If-Range": `W/"v7"`}, {"If-Range": date(0)}, {"If-Range": date(-time.Hour)},
-		{"If-Match": `"v6"`, "If-None-Match": `"v7"`},            // 412 comes first
+		{"If-Match": `"v6"`, "If-None-Match": `"v7"`},           // 412 comes first
 		{"If-None-Match": `"v6"`, "If-Modified-Since": date(0)}, // an If-None-Match makes If-Modified-Since moot
 		{"If-Match": `"v7"`, "If-Unmodified-Since": date(-time.Hour)},
 		{"If-None-Match": `"v7"`, "If-Range": `"v6"`},
