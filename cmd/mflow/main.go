@@ -249,6 +249,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		MaxHeaderBytes:    64 << 10,
 		IdleTimeout:       2 * time.Minute,
 		BaseContext:       func(net.Listener) context.Context { return base },
+		ConnContext:       server.ConnContext, // a stream cut short resets its player's connection
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	log.Info("mflow listening", "address", ln.Addr().String(), "version", versionString(), "connections", o.connections, "chunk", bytesize.Format(o.chunkSize))
