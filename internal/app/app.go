@@ -70,7 +70,7 @@ func New(cfg Config) (*App, error) {
 	}
 	userAgent := "mflow/" + cfg.Version
 	client := upstream.NewClient(upstream.Config{HostConnections: cfg.HostConnections, Insecure: cfg.Insecure, Policy: cfg.Policy, Shared: cfg.Shared, MaxRedirects: cfg.MaxRedirects, UserAgent: userAgent})
-	resolver := &link.Resolver{Client: client, Retry: upstream.Retry{Max: cfg.Retry}, Logger: log}
+	resolver := &link.Resolver{Client: client, Retry: upstream.Retry{Max: cfg.Retry}, Hedge: cfg.Connections, Logger: log}
 	a := &App{
 		Engine: &engine.Engine{Client: client, ChunkSize: cfg.ChunkSize, Connections: cfg.Connections, Retries: cfg.Retry, MinSpeed: cfg.MinSpeed, Logger: log},
 		client: client,

@@ -469,3 +469,29 @@ func TestAPlayerLeavingDoesNotCostTheOtherItsBytes(t *testing.T) {
 		t.Errorf("upstream sent %d bytes for a %d-byte file; the pieces the leaver's connections had filled were fetched again", served, len(file))
 	}
 }
+
+func TestAnAttemptThatBroughtBytesIsProgressNotASpentRetry(t *testing.T) {
+	file := upstreamtest.RandomFile(1 << 20)
+	// Every request is cut after 50 000 bytes: twenty-one tries bring the piece in, each one some of it.
+	u := upstreamtest.New(file, upstreamtest.Options{Fault: func(int64, *http.Request) upstreamtest.Fault {
+		return upstreamtest.Fault{ResetAfter: 50_000}
+	}})
+	defer u.Close()
+	e := newEngine(t, u, 1<<20, 1)
+	e.Retries = 1
+	stats := streamOK(t, e, engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(file)) - 1}}, file)
+	if stats.Retries < 20 {
+		t.Errorf("%d retries, want one per reset", stats.Retries)
+	}
+	// Tries that bring nothing end the stream after -r of them in a row, saying why.
+	dead := upstreamtest.New(file, upstreamtest.Options{Fault: func(int64, *http.Request) upstreamtest.Fault {
+		return upstreamtest.Fault{Status: http.StatusInternalServerError}
+	}})
+	defer dead.Close()
+	e = newEngine(t, dead, 1<<20, 1)
+	e.Retries = 3
+	_, _, err := stream(t, e, engine.Request{Target: target(dead), Span: httprange.Span{Start: 0, End: 999}})
+	if err == nil || !strings.Contains(err.Error(), "gave up after 3 retries in a row brought no byte") || !strings.Contains(err.Error(), "500") || dead.Requests() != 4 {
+		t.Errorf("%v after %d requests, want the 500 after 4 tries", err, dead.Requests())
+	}
+}

@@ -19,6 +19,10 @@ type fetch struct {
 	began time.Time // when the claim was made
 	lane  bool      // holds one of the stream's lanes; given up near the end, so the next request can start
 
+	retries    int   // attempts in a row that failed with no new byte reaching the stream in between
+	failedAt   int64 // the stream's received bytes when its last attempt failed
+	recovering bool  // waiting to try again after a failure the upstream did not ask it to wait out
+
 	// The current attempt:
 	cancel     context.CancelCauseFunc // ends it; nil between attempts
 	gen        int                     // target generation it uses
@@ -53,10 +57,14 @@ func (s *stream) fill(p *piece, f *fetch) {
 		}
 		wait, fatal := s.retryPlan(p, f, err)
 		if fatal != nil {
+			if s.racedBy(p, f) {
+				return // another connection on the piece may still bring it
+			}
 			s.fail(fatal)
 			return
 		}
 		if wait > 0 {
+			s.setRecovering(f, !slowDownAsked(err))
 			t := time.NewTimer(wait)
 			select {
 			case <-t.C:
@@ -64,8 +72,23 @@ func (s *stream) fill(p *piece, f *fetch) {
 				t.Stop()
 				return
 			}
+			s.setRecovering(f, false)
 		}
 	}
+}
+
+// slowDownAsked reports whether the upstream asked to be left alone for a while (429, 503): then no other
+// connection hurries to the piece while this one waits.
+func slowDownAsked(err error) bool {
+	var status *upstream.StatusError
+	return errors.As(err, &status) && (status.Code == http.StatusTooManyRequests || status.Code == http.StatusServiceUnavailable)
+}
+
+func (s *stream) setRecovering(f *fetch, on bool) {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	f.recovering = on
+	s.f._broadcast() // an idle lane may take the piece the player waits on meanwhile
 }
 
 // leave drops f's claim on p, and logs p once it is done.
@@ -81,7 +104,7 @@ func (s *stream) leave(p *piece, f *fetch) {
 	delete(s.fetches, f)
 	s._giveLane(f)
 	if p.done() && f.pos >= p.end {
-		s.log.Debug("piece done", "from", p.start, "to", p.end-1, "took", time.Since(f.began).Round(time.Millisecond), "retries", p.retries)
+		s.log.Debug("piece done", "from", p.start, "to", p.end-1, "took", time.Since(f.began).Round(time.Millisecond), "retries", f.retries)
 	}
 	s.f._broadcast()
 }
@@ -365,6 +388,7 @@ func (s *stream) deliver(p *piece, f *fetch, data []byte) bool {
 	f.lastByte = time.Now()
 	if to := min(f.pos, p.end); to > p.filled {
 		copy(p.c.bytes(p.filled, to), data[p.filled-from:to-from])
+		s.received += to - p.filled
 		p.filled = to
 		s.f._progress()
 	}
@@ -403,11 +427,11 @@ func (s *stream) retryPlan(p *piece, f *fetch, err error) (time.Duration, error)
 		s.countReplaced(p)
 		return 0, nil
 	}
-	retries := s.countRetry(p)
+	retries := s.countRetry(f)
 	where := fmt.Sprintf("bytes %d-%d", s.position(f), p.end-1)
 	policy := upstream.Retry{Max: s.e.Retries, Base: s.e.RetryBase}
 	if retries > policy.Max {
-		return 0, fmt.Errorf("%s: gave up after %d retries: %w", where, policy.Max, err)
+		return 0, fmt.Errorf("%s: gave up after %d retries in a row brought no byte: %w", where, policy.Max, err)
 	}
 	s.log.Debug("retrying", "range", where, "retry", retries, "err", err)
 	if f.mirror > 0 && !errors.Is(err, errSlow) && !errors.Is(err, upstream.ErrStalled) {
@@ -428,16 +452,23 @@ func (s *stream) retryPlan(p *piece, f *fetch, err error) (time.Duration, error)
 	case !upstream.Retryable(err):
 		return 0, fmt.Errorf("%s: %w", where, err)
 	}
-	return policy.Wait(retries, err), nil
+	return policy.Wait(max(retries, 1), err), nil
 }
 
-func (s *stream) countRetry(p *piece) int {
+// countRetry counts a failed attempt of f, and returns how many of its attempts failed in a row with no
+// new byte reaching the stream in between: bytes that arrived, to its piece or to another, show the
+// upstream serving, so a try that moved the stream forward is progress, not a spent retry (-r).
+func (s *stream) countRetry(f *fetch) int {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
-	p.retries++
+	if s.received != f.failedAt {
+		f.retries = 0
+	}
+	f.retries++
+	f.failedAt = s.received
 	s.retries++
 	s.e.Counters.Retries.Add(1)
-	return p.retries
+	return f.retries
 }
 
 // racedBy reports whether another connection works on p besides f.

@@ -42,7 +42,6 @@ type piece struct {
 	start, end int64    // absolute offsets; a split lowers end
 	filled     int64    // bytes [start, filled) are in the chunk's buffer
 	fetches    []*fetch // connections working on it, of any stream
-	retries    int      // retries spent on it
 	replaced   int      // fresh requests it got for being slow
 }
 

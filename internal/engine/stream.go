@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -49,6 +50,7 @@ type stream struct {
 	routeBestBy   *fetch            // the request that reached routeBest
 	firstByte     time.Duration     // the stream's usual wait for an answer (moving average); 0 until seen
 	retries       int               // retries of all pieces
+	received      int64             // bytes new to the file's pieces that this stream's connections brought
 	replaced      int               // requests asked again for being slow
 	err           error             // why the stream failed; the first error wins
 }
@@ -321,6 +323,10 @@ func (s *stream) _pickPiece() *piece {
 	if head := s._head(); head != nil && s.writerWaiting && !head.done() && len(head.fetches) == 1 && s._lagging(head.fetches[0]) {
 		s.log.Debug("head lags: racing a second connection", "from", head.filled, "to", head.end-1)
 		s.e.Counters.Raced.Add(1)
+		return head
+	}
+	if head := s._head(); head != nil && s.writerWaiting && !head.done() && len(head.fetches) > 0 && !slices.ContainsFunc(head.fetches, func(f *fetch) bool { return !f.recovering }) {
+		s.log.Debug("the head's request failed: trying it on an idle connection meanwhile", "from", head.filled, "to", head.end-1)
 		return head
 	}
 	var longest *piece

@@ -141,3 +141,29 @@ func TestIdleConnectionTakesHalfOfASlowPiece(t *testing.T) {
 		t.Errorf("no request started inside a chunk: %q", ranges)
 	}
 }
+
+func TestTheHeadsFailedRequestIsTriedOnAnIdleConnectionMeanwhile(t *testing.T) {
+	for _, c := range []struct {
+		fault  upstreamtest.Fault
+		hedged bool
+	}{
+		{upstreamtest.Fault{Shift: -1}, true},                              // a wrong answer: another connection tries at once
+		{upstreamtest.Fault{Status: http.StatusServiceUnavailable}, false}, // the upstream asked to wait: nobody hurries it
+	} {
+		var once sync.Once
+		_, took, _ := timedStream(t, upstreamtest.RandomFile(512<<10), 256<<10, 2, func(e *engine.Engine) { e.RetryBase = 4 * time.Second },
+			func(_ int64, rng string) upstreamtest.Fault {
+				var f upstreamtest.Fault
+				if strings.HasPrefix(rng, "bytes=262144-") {
+					once.Do(func() { f = c.fault })
+				}
+				return f
+			})
+		if c.hedged && took > time.Second {
+			t.Errorf("after a wrong answer the player waited %v: its piece waited out the back-off", took)
+		}
+		if !c.hedged && took < 2*time.Second {
+			t.Errorf("after a 503 the piece was asked again after %v: the back-off was not waited out", took)
+		}
+	}
+}

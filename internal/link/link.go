@@ -5,10 +5,12 @@ package link
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -41,6 +43,8 @@ type Resolver struct {
 	TTL time.Duration
 	// Retry is the policy for a probe that failed, the same as for chunks.
 	Retry upstream.Retry
+	// Hedge is how many tries at once follow a failed one (a stream's connections); 0 or 1 tries once.
+	Hedge int
 	// StallTimeout bounds one try's wait for its answer, so a stalled probe costs about this and is tried
 	// again. Default 10 s, as the engine's stall rule.
 	StallTimeout time.Duration
@@ -244,24 +248,40 @@ func (r *Resolver) ttl() time.Duration {
 	return r.TTL
 }
 
-// probeWithRetries probes l, trying again under the Retry policy as a chunk would be.
+// probeWithRetries probes l, trying again under the Retry policy as a chunk would be. A 200 to the probe's
+// Range from an upstream that takes ranges is such a failure too (CDNs answer so on a cache miss now and
+// then); only an upstream that keeps answering so is taken to have no Range support. A try that failed is
+// followed by Hedge tries at once, the first good answer winning, unless the upstream asked to be left alone
+// (429, 503): on a flaky drive the player then waits for one good answer, not for a lucky one.
 func (r *Resolver) probeWithRetries(ctx context.Context, l source.Link, first httprange.Span) (*Meta, *http.Response, error) {
+	ranged := r.knownRanged(l)
+	ignored := true // every answer so far ignored Range
+	tries := 1
 	for n := 1; ; n++ {
-		m, resp, err := r.probeOnce(ctx, l, first)
+		m, resp, err := r.probeRound(ctx, l, first, ranged, tries)
 		if err == nil {
 			return m, resp, nil
 		}
 		if !upstream.Retryable(err) {
 			return nil, nil, err
 		}
+		ignored = ignored && errors.Is(err, errRangeIgnored)
 		if n > r.Retry.Max {
+			if ignored {
+				return m, nil, nil // it keeps ignoring Range: so be it
+			}
 			if r.Retry.Max > 0 {
 				err = fmt.Errorf("probe gave up after %d retries: %w", r.Retry.Max, err)
 			}
 			return nil, nil, err
 		}
+		tries = max(r.Hedge, 1)
+		var status *upstream.StatusError
+		if errors.As(err, &status) && (status.Code == http.StatusTooManyRequests || status.Code == http.StatusServiceUnavailable) {
+			tries = 1
+		}
 		wait := r.Retry.Wait(n, err)
-		r.logger().Debug("retrying the probe", "url", upstream.Redact(l.URL), "retry", n, "wait", wait, "err", err)
+		r.logger().Debug("retrying the probe", "url", upstream.Redact(l.URL), "retry", n, "tries", tries, "wait", wait, "err", err)
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
@@ -272,10 +292,78 @@ func (r *Resolver) probeWithRetries(ctx context.Context, l source.Link, first ht
 	}
 }
 
+// probeRound sends tries probes of l at once and returns the first good answer, closing the others. When
+// none is good, the error is the first try's, and the Meta is one a 200 ignoring Range told.
+func (r *Resolver) probeRound(ctx context.Context, l source.Link, first httprange.Span, ranged bool, tries int) (*Meta, *http.Response, error) {
+	type answer struct {
+		i    int
+		m    *Meta
+		resp *http.Response
+		err  error
+	}
+	answers := make(chan answer, tries)
+	cancels := make([]context.CancelCauseFunc, tries)
+	for i := range tries {
+		tryCtx, cancel := context.WithCancelCause(ctx)
+		cancels[i] = cancel
+		go func() {
+			m, resp, err := r.probeOnce(tryCtx, l, first, ranged)
+			answers <- answer{i, m, resp, err}
+		}()
+	}
+	var won *answer
+	var firstErr answer
+	for range tries {
+		a := <-answers
+		switch {
+		case a.err == nil && won == nil:
+			won = &a
+			for j, cancel := range cancels {
+				if j != a.i {
+					cancel(errProbeLost)
+				}
+			}
+		case a.err == nil:
+			if a.resp != nil {
+				a.resp.Body.Close()
+			}
+		case firstErr.err == nil || a.i == 0:
+			firstErr = a
+		}
+	}
+	if won == nil {
+		for _, cancel := range cancels {
+			cancel(nil)
+		}
+		return firstErr.m, nil, firstErr.err
+	}
+	if won.resp == nil {
+		cancels[won.i](nil)
+	} else {
+		won.resp.Body = &cancelOnClose{ReadCloser: won.resp.Body, cancel: cancels[won.i]}
+	}
+	return won.m, won.resp, nil
+}
+
+// errProbeLost ends a probe another try of the same round beat.
+var errProbeLost = errors.New("another probe answered first")
+
+// errRangeIgnored is a 200 with the whole file to a probe's Range, from an upstream that says it takes
+// ranges or took them before.
+var errRangeIgnored = fmt.Errorf("%w: 200 with the whole file to a Range request, from an upstream that takes ranges", upstream.ErrBadAnswer)
+
+// knownRanged reports whether an earlier probe of l, however old, found that it takes ranges.
+func (r *Resolver) knownRanged(l source.Link) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.probe[l.Identity()]
+	return m != nil && m.Ranges
+}
+
 // probeOnce asks for the first byte (or for first, when set), not HEAD: presigned links often refuse HEAD,
 // and the answer to a Range request tells at once whether the upstream supports Range. A try that gets
 // no answer within StallTimeout is abandoned as stalled.
-func (r *Resolver) probeOnce(ctx context.Context, l source.Link, first httprange.Span) (*Meta, *http.Response, error) {
+func (r *Resolver) probeOnce(ctx context.Context, l source.Link, first httprange.Span, ranged bool) (*Meta, *http.Response, error) {
 	want := httprange.Span{Start: 0, End: 0}
 	if first.Start >= 0 {
 		want = first
@@ -291,7 +379,7 @@ func (r *Resolver) probeOnce(ctx context.Context, l source.Link, first httprange
 		}
 		return nil, nil, err
 	}
-	m, keep, err := readProbe(resp, final, want, first.Start >= 0)
+	m, keep, err := readProbe(resp, final, want, first.Start >= 0, ranged)
 	if !keep {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<10))
 		resp.Body.Close()
@@ -304,8 +392,9 @@ func (r *Resolver) probeOnce(ctx context.Context, l source.Link, first httprange
 }
 
 // readProbe learns what the answer to a probe for want says of the file, and whether its body holds
-// want's bytes for the caller (only when head is set).
-func readProbe(resp *http.Response, final string, want httprange.Span, head bool) (*Meta, bool, error) {
+// want's bytes for the caller (only when head is set). A 200 from an upstream known to take ranges
+// (ranged), or that says it does, is errRangeIgnored, with what it says of the file.
+func readProbe(resp *http.Response, final string, want httprange.Span, head, ranged bool) (*Meta, bool, error) {
 	m := &Meta{
 		URL: final,
 		Version: source.Version{
@@ -344,11 +433,30 @@ func readProbe(resp *http.Response, final string, want httprange.Span, head bool
 		m.Version.Size, m.Ranges = cr.Size, cr.Size >= 0
 	default:
 		m.Version.Size = resp.ContentLength
+		if err := upstream.CheckSize(m.Version.Size); err != nil {
+			return nil, false, err
+		}
+		if ranged || takesRanges(resp.Header) {
+			return m, false, errRangeIgnored
+		}
+		return m, false, nil
 	}
 	if err := upstream.CheckSize(m.Version.Size); err != nil {
 		return nil, false, err
 	}
 	return m, head && m.Ranges, nil
+}
+
+// takesRanges reports whether an answer's Accept-Ranges says the upstream takes byte ranges.
+func takesRanges(h http.Header) bool {
+	for _, v := range h.Values("Accept-Ranges") {
+		for unit := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(unit), "bytes") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // cancelOnClose ends a probe's request when the caller that took its body closes it.

@@ -235,3 +235,91 @@ func TestAProxiedLinkIsProbedThroughItsProxyAndApart(t *testing.T) {
 		t.Errorf("the upstream saw %d probes, want 2: one per way of asking, each reused", n)
 	}
 }
+
+func TestA200ToTheProbesRangeIsAFaultFromAnUpstreamThatTakesRanges(t *testing.T) {
+	file := make([]byte, 1000)
+	link := func(u *upstreamtest.Upstream) source.Link { return source.Link{Location: source.Location{URL: u.URL + "/f"}} }
+	r := resolver(t)
+	r.Retry = upstream.Retry{Max: 3, Base: time.Millisecond}
+
+	// A CDN's cache miss now and then: the 200 says Accept-Ranges: bytes, the next answer takes the range.
+	once := upstreamtest.New(file, upstreamtest.Options{Fault: func(n int64, _ *http.Request) upstreamtest.Fault {
+		return upstreamtest.Fault{Whole: n == 1}
+	}})
+	defer once.Close()
+	if m, err := r.Resolve(t.Context(), link(once)); err != nil || !m.Ranges || once.Requests() != 2 {
+		t.Errorf("one 200 saying Accept-Ranges: bytes: %+v, %v after %d requests; want ranges after a retry", m, err, once.Requests())
+	}
+	// An upstream that keeps ignoring Range, whatever it says, has no Range support.
+	always := upstreamtest.New(file, upstreamtest.Options{Fault: func(int64, *http.Request) upstreamtest.Fault {
+		return upstreamtest.Fault{Whole: true}
+	}})
+	defer always.Close()
+	if m, err := r.Resolve(t.Context(), link(always)); err != nil || m.Ranges || m.Version.Size != 1000 || always.Requests() != 4 {
+		t.Errorf("200 after 200: %+v, %v after %d requests; want no ranges after the retries", m, err, always.Requests())
+	}
+	// A server that says nothing of ranges and answers 200 has none: no retry.
+	plain := upstreamtest.New(file, upstreamtest.Options{NoRange: true})
+	defer plain.Close()
+	if m, err := r.Resolve(t.Context(), link(plain)); err != nil || m.Ranges || plain.Requests() != 1 {
+		t.Errorf("a plain 200: %+v, %v after %d requests; want no ranges at once", m, err, plain.Requests())
+	}
+	// A link that took ranges before: its 200 is a fault even without Accept-Ranges.
+	var answers atomic.Int64
+	flips := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if answers.Add(1) == 2 {
+			w.Write(file) // a plain 200
+			return
+		}
+		http.ServeContent(w, req, "", time.Time{}, bytes.NewReader(file))
+	}))
+	defer flips.Close()
+	r.TTL = -1 // every Resolve probes
+	l := source.Link{Location: source.Location{URL: flips.URL + "/f"}}
+	for range 2 {
+		if m, err := r.Resolve(t.Context(), l); err != nil || !m.Ranges {
+			t.Errorf("a link that took ranges: %+v, %v after %d requests", m, err, answers.Load())
+		}
+	}
+	if n := answers.Load(); n != 3 {
+		t.Errorf("%d requests: want the 200 between two ranged answers tried again", n)
+	}
+}
+
+func TestAFailedProbeIsTriedAgainOnSeveralConnectionsAtOnce(t *testing.T) {
+	u := upstreamtest.New(make([]byte, 1000), upstreamtest.Options{Latency: 20 * time.Millisecond, Fault: func(n int64, _ *http.Request) upstreamtest.Fault {
+		if n <= 3 {
+			return upstreamtest.Fault{Shift: -1} // a wrong answer: try again, on several connections
+		}
+		return upstreamtest.Fault{}
+	}})
+	defer u.Close()
+	r := resolver(t)
+	r.Retry, r.Hedge = upstream.Retry{Max: 2, Base: time.Millisecond}, 3
+	m, head, err := r.Open(t.Context(), source.Link{Location: source.Location{URL: u.URL + "/f"}}, httprange.Span{Start: 0, End: 99})
+	if err != nil || !m.Ranges {
+		t.Fatalf("%+v, %v", m, err)
+	}
+	got, err := io.ReadAll(head.Body)
+	head.Body.Close()
+	if err != nil || len(got) != 100 {
+		t.Errorf("the winning try's body: %d bytes, %v", len(got), err)
+	}
+	if n := u.Requests(); n < 4 || n > 7 {
+		t.Errorf("%d requests: want the first try, then rounds of 3 until one answers", n)
+	}
+	if u.MaxOpen() < 2 {
+		t.Errorf("at most %d probes open at once: the retries did not go out together", u.MaxOpen())
+	}
+	// After a 503 the upstream asked to be left alone: one try at a time.
+	busy := upstreamtest.New(make([]byte, 1000), upstreamtest.Options{Fault: func(n int64, _ *http.Request) upstreamtest.Fault {
+		if n <= 2 {
+			return upstreamtest.Fault{Status: http.StatusServiceUnavailable}
+		}
+		return upstreamtest.Fault{}
+	}})
+	defer busy.Close()
+	if _, err := r.Resolve(t.Context(), source.Link{Location: source.Location{URL: busy.URL + "/f"}}); err != nil || busy.Requests() != 3 {
+		t.Errorf("%v after %d requests to a 503ing upstream, want one try at a time", err, busy.Requests())
+	}
+}

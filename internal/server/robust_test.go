@@ -221,3 +221,40 @@ func TestFaultSoak(t *testing.T) {
 		t.Errorf("only %d of 50 plays succeeded: retries should carry most plays through a quarter of faults", exact)
 	}
 }
+
+// TestAFlakyDriveFailsNoPlayItCouldServe plays a film for the first time, again and again, through a drive
+// that fails one request in two: resets mid-body, 503s, a whole-file 200 to a Range request (as a CDN on
+// a cache miss, saying Accept-Ranges: bytes), a range that starts a byte early. Every play must be exact:
+// a 200 to the probe is a fault to retry, and an attempt that brought bytes is progress, not a spent retry.
+func TestAFlakyDriveFailsNoPlayItCouldServe(t *testing.T) {
+	file := upstreamtest.RandomFile(4 << 20) // 16 chunks, as 8 MiB at -s 512K
+	var mu sync.Mutex
+	dice := rand.New(rand.NewPCG(23, 1))
+	u := upstreamtest.New(file, upstreamtest.Options{Fault: func(int64, *http.Request) upstreamtest.Fault {
+		mu.Lock()
+		defer mu.Unlock()
+		switch x := dice.Float64(); {
+		case x < 0.25:
+			return upstreamtest.Fault{ResetAfter: 1 + dice.Int64N(200_000)}
+		case x < 0.40:
+			return upstreamtest.Fault{Status: http.StatusServiceUnavailable}
+		case x < 0.50:
+			return upstreamtest.Fault{Whole: true}
+		case x < 0.60:
+			return upstreamtest.Fault{Shift: -1}
+		}
+		return upstreamtest.Fault{}
+	}})
+	defer u.Close()
+	logs := &testsync.SyncBuffer{}
+	p := newProxy(t, func(s *server.Server) {
+		s.Play.Engine.ChunkSize = 256 << 10
+		s.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	})
+	for i := range 100 {
+		resp, body := p.get(t, "GET", streamPath(fmt.Sprintf("%s/film.mp4?play=%d", u.URL, i)), "")
+		if resp.StatusCode != 200 || !bytes.Equal(body, file) {
+			t.Fatalf("first play %d of 100: %d, %d bytes %.200q\n%s", i, resp.StatusCode, len(body), body, logs.String())
+		}
+	}
+}

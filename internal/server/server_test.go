@@ -47,7 +47,7 @@ func newProxy(t *testing.T, tune func(*server.Server)) *proxy {
 	quiet := slog.New(slog.DiscardHandler)
 	s := &server.Server{
 		Play: &play.Service{
-			Resolver: &link.Resolver{Client: client, Retry: upstream.Retry{Max: 5, Base: time.Millisecond}},
+			Resolver: &link.Resolver{Client: client, Retry: upstream.Retry{Max: 5, Base: time.Millisecond}, Hedge: 4},
 			Engine:   &engine.Engine{Client: client, ChunkSize: 64 << 10, Connections: 4, Retries: 5, RetryBase: time.Millisecond, Logger: quiet},
 			Logger:   quiet,
 		},

@@ -27,7 +27,7 @@ import (
 type Fault struct {
 	Status     int    // answer this status with an empty body
 	RetryAfter string // the Retry-After header for Status
-	Whole      bool   // answer 200 with the whole file, as if Range were unknown
+	Whole      bool   // answer 200 with the whole file and Accept-Ranges: bytes, as a CDN's cache miss now and then
 	Shift      int64  // answer the asked range moved by Shift bytes, with a Content-Range that says so
 	ETag       string // answer with this ETag (another version of the file)
 	// ResetAfter, when positive, cuts the connection after that many body bytes.
@@ -48,7 +48,8 @@ type Fault struct {
 type Options struct {
 	// PerConn caps each connection's speed in bytes per second, as drives do; 0 is no cap.
 	PerConn float64
-	// NoRange makes every answer a 200 with the whole file, as a server without Range support.
+	// NoRange makes every answer a 200 with the whole file and no Accept-Ranges, as a server without Range
+	// support.
 	NoRange bool
 	// Fault, when set, picks the fault for the nth request (counting from 1).
 	Fault func(n int64, r *http.Request) Fault
@@ -355,7 +356,9 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, start+length-1, claimed))
 		w.WriteHeader(http.StatusPartialContent)
 	} else {
-		h.Set("Accept-Ranges", "none")
+		if f.Whole {
+			h.Set("Accept-Ranges", "bytes")
+		}
 		w.WriteHeader(http.StatusOK)
 	}
 	limiters := []waiter{}
