@@ -238,7 +238,9 @@ func TestAProxiedLinkIsProbedThroughItsProxyAndApart(t *testing.T) {
 
 func TestA200ToTheProbesRangeIsAFaultFromAnUpstreamThatTakesRanges(t *testing.T) {
 	file := make([]byte, 1000)
-	link := func(u *upstreamtest.Upstream) source.Link { return source.Link{Location: source.Location{URL: u.URL + "/f"}} }
+	link := func(u *upstreamtest.Upstream) source.Link {
+		return source.Link{Location: source.Location{URL: u.URL + "/f"}}
+	}
 	r := resolver(t)
 	r.Retry = upstream.Retry{Max: 3, Base: time.Millisecond}
 
