@@ -8,9 +8,11 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"github.com/mattn/go-isatty"
 	"github.com/spf13/pflag"
@@ -101,11 +103,25 @@ func runGet(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	path, err := d.Get(ctx, l, output, progress)
 	progress.finish(err)
 	if err != nil {
-		fmt.Fprintf(stderr, "mflow get: %v\n", err)
+		fmt.Fprintf(stderr, "mflow get: %s\n", printable(err.Error())) // it may quote what the server said
 		return 1
 	}
-	fmt.Fprintf(stdout, "%s\n", path)
+	fmt.Fprintf(stdout, "%s\n", printable(path))
 	return 0
+}
+
+// printable is s with its control characters escaped (\x1b), so that what a server wrote (a status line,
+// a file name) cannot retitle or recolour the terminal.
+func printable(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r) {
+			b.WriteString(strings.Trim(strconv.QuoteRuneToASCII(r), "'"))
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // reporter shows a download's progress.

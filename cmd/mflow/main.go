@@ -66,6 +66,8 @@ type options struct {
 	rpcOriginAll    bool
 	allowTarget     []netip.Prefix
 	denyTarget      []netip.Prefix
+	allowHosts      []string
+	trustedProxies  []netip.Prefix
 	maxStreams      int
 	maxStopped      int
 	maxWaiting      int
@@ -102,6 +104,8 @@ func parseFlags(args []string) (options, string, error) {
 	fs.BoolVar(&o.rpcOriginAll, "rpc-allow-origin-all", false, "let web pages of any site use the JSON-RPC, with CORS headers (aria2's flag; AriaNg served from elsewhere needs it)")
 	fs.Var(prefixFlag{&o.allowTarget}, "allow-target", "addresses mflow may fetch from for any player, as comma-separated CIDRs (192.168.1.0/24,fd00::/8)")
 	fs.Var(prefixFlag{&o.denyTarget}, "deny-target", "addresses mflow never fetches from, as comma-separated CIDRs")
+	fs.StringSliceVar(&o.allowHosts, "allow-host", nil, "names clients may reach mflow by besides its IP addresses, localhost and this machine's name (nas.fritz.box, .example.com for its subdomains, * for any)")
+	fs.Var(prefixFlag{&o.trustedProxies}, "trusted-proxy", "reverse proxies whose X-Forwarded-For or Forwarded names the client, as comma-separated CIDRs (127.0.0.1 for nginx on this machine)")
 	fs.Var(newIntFlag(&o.maxStreams, 64, 1, 100000), "max-streams", "streams played at once; more are answered 503")
 	fs.Var(newIntFlag(&o.maxStopped, 1000, 0, 1000000), "max-download-result", "stopped tasks kept, the oldest forgotten first (aria2's flag)")
 	fs.Var(newIntFlag(&o.maxWaiting, 1000, 1, 1000000), "max-waiting", "waiting and paused tasks kept; more adds are refused")
@@ -233,6 +237,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		HostConnections: o.hostConnections, Insecure: o.insecure, RelayNoRange: o.relayNoRange, Policy: policy, Shared: shared, Memory: cache.Memory, Disk: cache.Disk,
 		MaxStreams: o.maxStreams, Tasks: store, MaxStopped: o.maxStopped, MaxWaiting: o.maxWaiting,
 		RPCSecret: o.rpcSecret, RPCListenAll: o.rpcListenAll, RPCAllowOriginAll: o.rpcOriginAll,
+		Hosts: append(access.MachineNames(), o.allowHosts...), Proxies: o.trustedProxies,
 		Version: versionString(), Logger: log,
 	})
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"reflect"
 	"runtime/debug"
 	"strconv"
@@ -209,5 +210,31 @@ func TestGetRefusesBadArgumentsWithOneLine(t *testing.T) {
 	var stdout bytes.Buffer
 	if code := run(t.Context(), []string{"get", "--help"}, &stdout, io.Discard); code != 0 || !strings.Contains(stdout.String(), "--output") {
 		t.Errorf("get --help: exit %d, %q", code, stdout.String())
+	}
+}
+
+func TestGetNeverPrintsARawServerString(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.Read(make([]byte, 4096))
+				io.WriteString(c, "HTTP/1.1 404 \x1b]0;owned\x07\x1b[31mgone\r\nContent-Length: 0\r\n\r\n")
+			}()
+		}
+	}()
+	var stdout, stderr bytes.Buffer
+	code := run(t.Context(), []string{"get", "-r", "0", "-o", filepath.Join(t.TempDir(), "f"), "http://" + ln.Addr().String() + "/f"}, &stdout, &stderr)
+	if code != 1 || strings.ContainsAny(stderr.String(), "\x1b\x07") || !strings.Contains(stderr.String(), `\x1b]0;owned\a`) {
+		t.Errorf("exit %d, stderr %q: want the server's words escaped", code, stderr.String())
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"os"
+	"slices"
 	"strings"
 )
 
@@ -84,11 +86,14 @@ func (e *RefusedError) Error() string {
 	return fmt.Sprintf("target refused by policy: %s is %s", e.Addr, e.Reason)
 }
 
-// Check decides whether a player of class client may make mflow connect to addr. Loopback and private
-// targets are for players that are themselves on this machine or a private network: a player from the
-// internet cannot reach your LAN or your machine through mflow.
+// Check decides whether a player of class client may make mflow connect to addr. Loopback targets are for
+// players on this machine, private ones for players on this machine or a private network: a player from the
+// LAN cannot reach this machine's own services (a Docker API, a NAS's admin page), nor one from the
+// internet your LAN. An IPv6 address that carries an IPv4 one (NAT64, 6to4, IPv4-compatible) is judged by the
+// IPv4 address inside it.
 func (p *Policy) Check(client Client, addr netip.AddrPort) error {
-	a := addr.Addr().Unmap()
+	raw := addr.Addr().Unmap()
+	a := embeddedIPv4(raw)
 	refuse := func(reason string) error { return &RefusedError{Addr: addr, Reason: reason} }
 	switch {
 	case a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast():
@@ -103,23 +108,43 @@ func (p *Policy) Check(client Client, addr netip.AddrPort) error {
 			return refuse("mflow's own address")
 		}
 	}
-	for _, d := range p.Deny {
-		if d.Contains(a) {
-			return refuse("in --deny-target")
-		}
+	in := func(prefixes []netip.Prefix) bool {
+		return slices.ContainsFunc(prefixes, func(pr netip.Prefix) bool { return pr.Contains(a) || pr.Contains(raw) })
 	}
-	for _, al := range p.Allow {
-		if al.Contains(a) {
-			return nil
-		}
+	if in(p.Deny) {
+		return refuse("in --deny-target")
+	}
+	if in(p.Allow) {
+		return nil
 	}
 	switch target := classify(a); {
-	case target == Loopback && client != Loopback && client != Private:
-		return refuse("loopback, and the player is not on this machine or a private network")
+	case target == Loopback && client != Loopback:
+		return refuse("this machine's own, and the player is not on this machine (--allow-target lets it)")
 	case target == Private && client == Internet:
 		return refuse("on a private network, and the player is on the internet")
 	}
 	return nil
+}
+
+var (
+	nat64   = netip.MustParsePrefix("64:ff9b::/96") // RFC 6052: the IPv4 address in the last 32 bits
+	sixTo4  = netip.MustParsePrefix("2002::/16")    // RFC 3056: the IPv4 address in bits 16-47
+	v4Compt = netip.MustParsePrefix("::/96")        // RFC 4291's deprecated IPv4-compatible form, ::a.b.c.d
+)
+
+// embeddedIPv4 is the IPv4 address an IPv6 address carries (NAT64, 6to4, IPv4-compatible), else a.
+func embeddedIPv4(a netip.Addr) netip.Addr {
+	if !a.Is6() {
+		return a
+	}
+	b := a.As16()
+	switch {
+	case nat64.Contains(a), v4Compt.Contains(a) && !a.IsLoopback() && !a.IsUnspecified():
+		return netip.AddrFrom4([4]byte(b[12:16]))
+	case sixTo4.Contains(a):
+		return netip.AddrFrom4([4]byte(b[2:6]))
+	}
+	return a
 }
 
 // ParsePrefixes reads a comma-separated list of CIDRs or single addresses, as --allow-target takes them.
@@ -153,4 +178,125 @@ func DialAddr(address string) (netip.AddrPort, error) {
 		return netip.AddrPort{}, err
 	}
 	return netip.ParseAddrPort(net.JoinHostPort(host, port))
+}
+
+// Proxies are the reverse proxies whose word mflow takes for who their client is (--trusted-proxy), as
+// nginx's set_real_ip_from: a request from one of them is judged by the client it forwards for. Without
+// any, X-Forwarded-For and Forwarded are ignored: any client could write them.
+type Proxies []netip.Prefix
+
+// trusts reports whether a is one of the proxies.
+func (p Proxies) trusts(a netip.Addr) bool {
+	return slices.ContainsFunc(p, func(pr netip.Prefix) bool { return pr.Contains(a.Unmap()) })
+}
+
+// ClientAddr is the address of the client behind r, as r.RemoteAddr is written: r's own peer, or, when the
+// peer is a trusted proxy, the rightmost address of its Forwarded (else X-Forwarded-For) chain that is not
+// a trusted proxy itself. A chain naming no address that can be read ("unknown", an obfuscated name) gives
+// "unknown", which is judged as a client on the internet.
+func (p Proxies) ClientAddr(r *http.Request) string {
+	peer, err := netip.ParseAddrPort(r.RemoteAddr)
+	if len(p) == 0 || err != nil || !p.trusts(peer.Addr()) {
+		return r.RemoteAddr
+	}
+	chain := forwardedFor(r.Header.Values("Forwarded"))
+	if len(chain) == 0 {
+		for _, v := range r.Header.Values("X-Forwarded-For") {
+			for hop := range strings.SplitSeq(v, ",") {
+				chain = append(chain, strings.TrimSpace(hop))
+			}
+		}
+	}
+	if len(chain) == 0 {
+		return r.RemoteAddr // the proxy asks for itself
+	}
+	for i := len(chain) - 1; i >= 0; i-- {
+		a, ok := parseHop(chain[i])
+		if !ok {
+			return "unknown"
+		}
+		if !p.trusts(a.Addr()) || i == 0 {
+			return a.String()
+		}
+	}
+	return "unknown"
+}
+
+// forwardedFor reads the for= of each element of Forwarded headers (RFC 7239), in order.
+func forwardedFor(values []string) []string {
+	var out []string
+	for _, v := range values {
+		for element := range strings.SplitSeq(v, ",") {
+			for pair := range strings.SplitSeq(element, ";") {
+				key, value, ok := strings.Cut(strings.TrimSpace(pair), "=")
+				if ok && strings.EqualFold(strings.TrimSpace(key), "for") {
+					out = append(out, strings.Trim(strings.TrimSpace(value), `"`))
+				}
+			}
+		}
+	}
+	return out
+}
+
+// parseHop reads one address of a forwarding chain: 192.0.2.1, 192.0.2.1:4711, 2001:db8::1 or
+// [2001:db8::1]:4711. A missing port is 0.
+func parseHop(s string) (netip.AddrPort, bool) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap, true
+	}
+	a, err := netip.ParseAddr(strings.Trim(s, "[]"))
+	if err != nil || a.Zone() != "" {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(a.Unmap(), 0), true
+}
+
+// Hosts are the names a request's Host may carry besides IP literals and localhost: this machine's own and
+// those given with --allow-host; a name starting with a dot covers its subdomains, and "*" any name. A web
+// page's requests carry its own host name, so a page of another site whose name was made to resolve to
+// this machine (DNS rebinding) is told apart from one of this machine.
+type Hosts []string
+
+// Allows reports whether a request for host (as http.Request.Host carries it, with or without a port) is
+// for this mflow.
+func (h Hosts) Allows(host string) bool {
+	if host == "" {
+		return true // HTTP/1.0: no browser sends a request without Host
+	}
+	name := host
+	if n, _, err := net.SplitHostPort(host); err == nil {
+		name = n
+	}
+	name = strings.TrimSuffix(strings.ToLower(strings.Trim(name, "[]")), ".")
+	if _, err := netip.ParseAddr(name); err == nil {
+		return true
+	}
+	if name == "localhost" || strings.HasSuffix(name, ".localhost") {
+		return true
+	}
+	for _, allowed := range h {
+		allowed = strings.TrimSuffix(strings.ToLower(allowed), ".")
+		switch {
+		case allowed == "*", allowed == name:
+			return true
+		case strings.HasPrefix(allowed, ".") && (strings.HasSuffix(name, allowed) || name == allowed[1:]):
+			return true
+		}
+	}
+	return false
+}
+
+// MachineNames are this machine's own names for Hosts: its host name, and that name in the local domains
+// home routers and mDNS give it (.local, .lan, .home.arpa, .localdomain).
+func MachineNames() Hosts {
+	name, err := os.Hostname()
+	if err != nil || name == "" {
+		return nil
+	}
+	short, _, _ := strings.Cut(name, ".")
+	names := Hosts{name, short}
+	for _, domain := range []string{".local", ".lan", ".home.arpa", ".localdomain"} {
+		names = append(names, short+domain)
+	}
+	return names
 }

@@ -26,10 +26,19 @@ func TestPolicy(t *testing.T) {
 		{Internet, "10.1.2.3:80", false},
 		{Internet, "100.64.0.1:80", false},
 		{Internet, "[fd00::1]:80", false},
-		{Internet, "192.168.7.5:80", true}, // --allow-target
-		{Internet, "127.0.0.9:80", true},   // --allow-target, one address
+		{Internet, "192.168.7.5:80", true},           // --allow-target
+		{Internet, "127.0.0.9:80", true},             // --allow-target, one address
+		{Internet, "[64:ff9b::7f00:1]:80", false},    // NAT64 of 127.0.0.1
+		{Internet, "[2002:7f00:1::]:80", false},      // 6to4 of 127.0.0.1
+		{Internet, "[::127.0.0.1]:80", false},        // IPv4-compatible 127.0.0.1
+		{Internet, "[64:ff9b::c0a8:101]:80", false},  // NAT64 of 192.168.1.1
+		{Internet, "[64:ff9b::5db8:d822]:80", true},  // NAT64 of a public address
+		{Loopback, "[64:ff9b::a9fe:a9fe]:80", false}, // NAT64 of the cloud metadata address
 		{Private, "192.168.1.1:80", true},
-		{Private, "127.0.0.1:80", true},
+		{Private, "127.0.0.1:80", false}, // a LAN player does not reach this machine's own services
+		{Private, "[::1]:80", false},
+		{Private, "[2002:7f00:1::]:80", false},
+		{Private, "127.0.0.9:80", true}, // unless --allow-target names them
 		{Private, "10.9.1.1:80", false}, // --deny-target
 		{Loopback, "127.0.0.1:80", true},
 		{Loopback, "127.0.0.1:6800", false}, // mflow itself
@@ -96,5 +105,54 @@ func TestSameOriginOrExtension(t *testing.T) {
 		if got := SameOriginOrExtension(r); got != want {
 			t.Errorf("Origin %q, Sec-Fetch-Site %q: %v, want %v", h[0], h[1], got, want)
 		}
+	}
+}
+
+func TestATrustedProxyIsTakenAtItsWord(t *testing.T) {
+	proxies := Proxies(mustPrefixes(t, "127.0.0.1,10.0.0.0/8"))
+	for _, c := range []struct {
+		peer    string
+		headers map[string]string
+		want    string
+	}{
+		{"203.0.113.7:1234", map[string]string{"X-Forwarded-For": "127.0.0.1"}, "203.0.113.7:1234"}, // not a proxy: its word counts for nothing
+		{"127.0.0.1:1234", nil, "127.0.0.1:1234"},                                                   // the proxy asking for itself
+		{"127.0.0.1:1234", map[string]string{"X-Forwarded-For": "203.0.113.7"}, "203.0.113.7:0"},
+		{"127.0.0.1:1234", map[string]string{"X-Forwarded-For": "127.0.0.1, 203.0.113.7, 10.1.1.1"}, "203.0.113.7:0"}, // the rightmost not trusted
+		{"127.0.0.1:1234", map[string]string{"X-Forwarded-For": "10.1.1.1, 10.2.2.2"}, "10.1.1.1:0"},                  // all trusted: the first
+		{"127.0.0.1:1234", map[string]string{"X-Forwarded-For": "[2001:db8::1]:4711"}, "[2001:db8::1]:4711"},
+		{"127.0.0.1:1234", map[string]string{"X-Forwarded-For": "bogus"}, "unknown"},
+		{"127.0.0.1:1234", map[string]string{"Forwarded": `for=192.0.2.60;proto=http, for="[2001:db8::1]:4711"`, "X-Forwarded-For": "127.0.0.1"}, "[2001:db8::1]:4711"},
+		{"127.0.0.1:1234", map[string]string{"Forwarded": "for=unknown"}, "unknown"},
+	} {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.RemoteAddr = c.peer
+		for k, v := range c.headers {
+			r.Header.Set(k, v)
+		}
+		if got := proxies.ClientAddr(r); got != c.want {
+			t.Errorf("from %s with %v: %q, want %q", c.peer, c.headers, got, c.want)
+		}
+	}
+	r := httptest.NewRequest("GET", "/", nil)
+	r.RemoteAddr, r.Header["X-Forwarded-For"] = "127.0.0.1:1", []string{"203.0.113.7"}
+	if got := Proxies(nil).ClientAddr(r); got != "127.0.0.1:1" {
+		t.Errorf("without --trusted-proxy: %q, want the peer itself", got)
+	}
+}
+
+func TestOnlyThisMachinesNamesAreAnswered(t *testing.T) {
+	h := Hosts{"nas", "nas.local", ".example.com"}
+	for host, want := range map[string]bool{
+		"": true, "127.0.0.1:6800": true, "[::1]:6800": true, "192.168.1.5": true, "localhost:6800": true, "LOCALHOST": true, "app.localhost": true,
+		"nas:6800": true, "NAS.local.": true, "media.example.com": true, "example.com": true,
+		"rebind.example:6800": false, "nas.evil.com": false, "notexample.com": false, "localhost.evil.com": false,
+	} {
+		if got := h.Allows(host); got != want {
+			t.Errorf("Host %q: allowed %v, want %v", host, got, want)
+		}
+	}
+	if !(Hosts{"*"}).Allows("anything.example") {
+		t.Error(`"*" does not allow any name`)
 	}
 }

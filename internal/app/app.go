@@ -47,6 +47,12 @@ type Config struct {
 	RPCListenAll      bool   // --rpc-listen-all
 	RPCAllowOriginAll bool   // --rpc-allow-origin-all
 
+	// Hosts are the names requests may carry in Host besides IP literals and localhost: this machine's
+	// own and --allow-host's. Proxies are the reverse proxies trusted to name their clients
+	// (--trusted-proxy).
+	Hosts   access.Hosts
+	Proxies access.Proxies
+
 	Version string       // mflow's, for the index page, the RPC and the User-Agent
 	Logger  *slog.Logger // default slog.Default()
 	Started time.Time    // when mflow started, for the status page; default now
@@ -83,6 +89,8 @@ func New(cfg Config) (*App, error) {
 	srv := &server.Server{
 		Play:       playback,
 		MaxStreams: cfg.MaxStreams,
+		Hosts:      cfg.Hosts,
+		Proxies:    cfg.Proxies,
 		Version:    cfg.Version,
 		Logger:     log,
 	}
@@ -96,7 +104,7 @@ func New(cfg Config) (*App, error) {
 		a.tasks = tasks
 		srv.Tasks = tasks
 		rpcHandler := &rpc.Handler{Tasks: tasks, Defaults: defaults, Secret: cfg.RPCSecret, ListenAll: cfg.RPCListenAll, AllowOriginAll: cfg.RPCAllowOriginAll, Version: cfg.Version, Logger: log}
-		srv.RPC, srv.Guard = rpcHandler, rpcHandler.Guard
+		srv.RPC, srv.Guard, srv.Prefixes = rpcHandler, rpcHandler.Guard, rpcHandler.Trusts
 	}
 	m := metrics.New(metrics.Sources{Play: playback, Engine: a.Engine, Client: client, Tasks: a.tasks, Memory: cfg.Memory, Disk: cfg.Disk})
 	a.Engine.Observe = m.Observe

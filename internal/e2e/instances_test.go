@@ -39,6 +39,8 @@ server {
         proxy_http_version 1.1;
         proxy_set_header Upgrade $http_upgrade;         # the JSON-RPC's WebSocket
         proxy_set_header Connection $connection_upgrade;
+        proxy_set_header Host $host;                    # the name the client asked for (mflow checks it)
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;   # who the client is
         proxy_buffering off;                            # bytes go to the player as mflow sends them
         proxy_read_timeout 1h;                          # a paused player keeps its stream
     }

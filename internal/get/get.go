@@ -13,8 +13,11 @@ import (
 	"mime"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"mflow/internal/httprange"
 	"mflow/internal/play"
@@ -224,14 +227,35 @@ func (w *fileWriter) Write(b []byte) (int, error) {
 }
 
 // nameOf is the file name for a download: the answer's Content-Disposition filename, else the link's
-// name, else "download"; never a path.
+// name, made safe (SafeName).
 func nameOf(file play.File) string {
 	name := file.Name
 	if _, params, err := mime.ParseMediaType(file.Disposition); err == nil && params["filename"] != "" {
 		name = params["filename"]
 	}
-	name = filepath.Base(filepath.Clean("/" + name))
-	if name == "/" || name == "." || name == "" {
+	return SafeName(name)
+}
+
+// SafeName makes a name a server gave safe to use as a file in the current folder and to print: no path
+// (separators and what is before the last one go), no control character (a terminal would obey escape
+// sequences), no leading dot (a hidden file, or .bashrc), no trailing dot or space (Windows drops them),
+// at most 200 bytes; "download" when nothing is left.
+func SafeName(name string) string {
+	if i := strings.LastIndexAny(name, `/\`); i >= 0 {
+		name = name[i+1:]
+	}
+	name = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) || r == unicode.ReplacementChar || unicode.Is(unicode.Bidi_Control, r) {
+			return -1
+		}
+		return r
+	}, strings.ToValidUTF8(name, ""))
+	name = strings.TrimRight(strings.TrimLeft(name, ". "), ". ")
+	for len(name) > 200 {
+		_, size := utf8.DecodeLastRuneInString(name)
+		name = name[:len(name)-size]
+	}
+	if name == "" {
 		return "download"
 	}
 	return name

@@ -6,14 +6,17 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
+	"mflow/internal/access"
 	"mflow/internal/app"
 	"mflow/internal/get"
 	"mflow/internal/source"
@@ -138,5 +141,37 @@ func TestNamesAndRefusals(t *testing.T) {
 	}
 	if _, err := os.Stat("gone.mkv"); !errors.Is(err, os.ErrNotExist) {
 		t.Error("a 404 left a file")
+	}
+}
+
+func TestAServersFileNameIsMadeSafe(t *testing.T) {
+	for given, want := range map[string]string{
+		"My Film.mkv":                     "My Film.mkv",
+		"\x1b]0;TITLE\x07\x1b[31mred.txt": "]0;TITLE[31mred.txt",
+		"a\nb.txt":                        "ab.txt",
+		".bashrc":                         "bashrc",
+		"../../etc/passwd":                "passwd",
+		`C:\Windows\evil.exe`:             "evil.exe",
+		"film.mkv. ":                      "film.mkv",
+		"\u202egnp.exe":                   "gnp.exe", // a right-to-left override would show it as exe.png
+		"...":                             "download",
+		"":                                "download",
+		"\xff\xfe":                        "download",
+		strings.Repeat("é", 150):          strings.Repeat("é", 100),
+	} {
+		if got := get.SafeName(given); got != want {
+			t.Errorf("SafeName(%q) = %q, want %q", given, got, want)
+		}
+	}
+	file := upstreamtest.RandomFile(100)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Disposition", `attachment; filename*=UTF-8''%1B%5D0%3BTITLE%07.bashrc%0Ax`)
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(file))
+	}))
+	defer srv.Close()
+	t.Chdir(t.TempDir())
+	path, err := downloader(t).Get(t.Context(), source.Link{Location: source.Location{URL: srv.URL + "/f", From: access.Loopback}}, "", &progress{stopAt: -1})
+	if err != nil || path != "]0;TITLE.bashrcx" {
+		t.Errorf("named %q, %v", path, err)
 	}
 }

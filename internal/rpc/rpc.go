@@ -124,21 +124,45 @@ func (h *Handler) Guard(next http.Handler) http.Handler {
 			http.Error(w, "mflow: "+strings.Replace(why, "the JSON-RPC", "this page", 1), http.StatusForbidden)
 			return
 		}
-		if h.Secret != "" {
-			token, bearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if !bearer {
-				token = r.URL.Query().Get("token")
-			}
-			if subtle.ConstantTimeCompare([]byte(token), []byte(h.Secret)) != 1 {
-				h.slowDown(r.Context())
-				w.Header().Set("WWW-Authenticate", `Bearer realm="mflow"`)
-				http.Error(w, "mflow: this page needs the RPC secret, as ?token=SECRET or Authorization: Bearer SECRET", http.StatusUnauthorized)
-				return
-			}
+		if h.Secret != "" && !h.bringsSecret(r) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="mflow"`)
+			http.Error(w, "mflow: this page needs the RPC secret, as ?token=SECRET or Authorization: Bearer SECRET", http.StatusUnauthorized)
+			return
 		}
 		w.Header().Set("Cache-Control", "no-store")
 		next.ServeHTTP(w, r)
 	})
+}
+
+// Trusts reports whether r comes from a client the JSON-RPC answers: one on this machine (or any, with
+// --rpc-listen-all and no secret) that is not a page of another site, or one that brings the secret as the
+// status page takes it. Such a client may name a task by a prefix of its GID, as it may over the JSON-RPC.
+func (h *Handler) Trusts(r *http.Request) bool {
+	if ok, _ := h.Allows(r); !ok {
+		return false
+	}
+	if h.Secret == "" || access.ClientOf(r.RemoteAddr) == access.Loopback {
+		return true
+	}
+	return secretOf(r) != "" && h.bringsSecret(r)
+}
+
+// bringsSecret reports whether r brings the secret, as "Authorization: Bearer SECRET" or "?token=SECRET";
+// one that does not waits its turn in the line of wrong tokens first, so guessing is slow.
+func (h *Handler) bringsSecret(r *http.Request) bool {
+	if subtle.ConstantTimeCompare([]byte(secretOf(r)), []byte(h.Secret)) == 1 {
+		return true
+	}
+	h.slowDown(r.Context())
+	return false
+}
+
+// secretOf is the secret a request brings: its bearer token, else its ?token=.
+func secretOf(r *http.Request) string {
+	if token, bearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); bearer {
+		return token
+	}
+	return r.URL.Query().Get("token")
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {

@@ -28,7 +28,7 @@ func guarded(t *testing.T, policy *access.Policy) *proxy {
 // playAs asks the proxy's handler for target as a player at remote would.
 func playAs(p *proxy, remote, target string) *httptest.ResponseRecorder {
 	req := httptest.NewRequest("GET", "/stream?url="+url.QueryEscape(target), nil)
-	req.RemoteAddr = remote
+	req.RemoteAddr, req.Host = remote, "localhost:6800"
 	w := httptest.NewRecorder()
 	p.srv.Handler().ServeHTTP(w, req)
 	return w
@@ -46,19 +46,25 @@ func TestAPlayerCannotReachWhatItCouldNotReachItself(t *testing.T) {
 	defer u.Close()
 	port := strings.TrimPrefix(u.URL, "http://127.0.0.1:")
 	p := guarded(t, &access.Policy{})
-	for _, target := range []string{u.URL + "/f", "http://localhost:" + port + "/f", "http://[::ffff:127.0.0.1]:" + port + "/f"} {
-		w := playAs(p, internetPlayer, target)
-		if w.Code != http.StatusForbidden || !strings.Contains(w.Body.String(), "mflow: target refused by policy") {
-			t.Errorf("an internet player, %s: %d %q, want 403 refused by policy", target, w.Code, w.Body)
+	for _, player := range []string{internetPlayer, lanPlayer} {
+		for _, target := range []string{u.URL + "/f", "http://localhost:" + port + "/f", "http://[::ffff:127.0.0.1]:" + port + "/f",
+			"http://[64:ff9b::7f00:1]:" + port + "/f", "http://[2002:7f00:1::]:" + port + "/f", "http://[::127.0.0.1]:" + port + "/f"} {
+			w := playAs(p, player, target)
+			if w.Code != http.StatusForbidden || !strings.Contains(w.Body.String(), "mflow: target refused by policy") {
+				t.Errorf("a player at %s, %s: %d %q, want 403 refused by policy", player, target, w.Code, w.Body)
+			}
 		}
 	}
 	if n := u.Requests(); n != 0 {
-		t.Errorf("the loopback upstream got %d requests from internet players", n)
+		t.Errorf("the loopback upstream got %d requests from players elsewhere", n)
 	}
-	for _, player := range []string{lanPlayer, localPlayer} {
-		if w := playAs(p, player, u.URL+"/f"); w.Code != 200 || w.Body.Len() != len(file) {
-			t.Errorf("a player at %s: %d, %d bytes", player, w.Code, w.Body.Len())
-		}
+	if w := playAs(p, localPlayer, u.URL+"/f"); w.Code != 200 || w.Body.Len() != len(file) {
+		t.Errorf("a player on this machine: %d, %d bytes", w.Code, w.Body.Len())
+	}
+	// --allow-target opens this machine's services to players elsewhere.
+	open := guarded(t, &access.Policy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}})
+	if w := playAs(open, lanPlayer, u.URL+"/f"); w.Code != 200 || w.Body.Len() != len(file) {
+		t.Errorf("a LAN player with --allow-target 127.0.0.1: %d, %d bytes", w.Code, w.Body.Len())
 	}
 	for _, target := range []string{"http://169.254.169.254/latest/meta-data/", "http://0.0.0.0:" + port + "/f", "http://[fe80::1]/f"} {
 		if w := playAs(p, localPlayer, target); w.Code != http.StatusForbidden || !strings.Contains(w.Body.String(), "refused by policy") {

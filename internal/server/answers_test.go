@@ -35,7 +35,7 @@ func always(f upstreamtest.Fault) func(int64, *http.Request) upstreamtest.Fault 
 // askAs asks the proxy's handler for path as a player at remote would.
 func askAs(p *proxy, method, remote, path string) *httptest.ResponseRecorder {
 	req := httptest.NewRequest(method, path, nil)
-	req.RemoteAddr = remote
+	req.RemoteAddr, req.Host = remote, "localhost:6800"
 	w := httptest.NewRecorder()
 	defer func() {
 		if v := recover(); v != nil && v != http.ErrAbortHandler { // a cut: a recorder cannot be reset

@@ -43,6 +43,16 @@ type Server struct {
 	// MaxStreams bounds the streams playing at once; one more is answered 503 with Retry-After. 0 is no
 	// bound.
 	MaxStreams int
+	// Hosts are the names requests may carry in Host besides IP literals and localhost (this machine's
+	// and --allow-host's); a request for any other name is refused, as a web page whose name was made to
+	// resolve here would send it (DNS rebinding).
+	Hosts access.Hosts
+	// Proxies are the reverse proxies trusted to say who their client is (--trusted-proxy): a request from
+	// one is judged, everywhere, by the client it forwards for.
+	Proxies access.Proxies
+	// Prefixes, when set, reports whether a request's client may name a task by a prefix of its GID (the
+	// clients the JSON-RPC answers); for any other, a prefix is answered as an unknown GID. Nil: none may.
+	Prefixes func(*http.Request) bool
 	// Logger receives the WARN line of every play that fails. Default slog.Default().
 	Logger *slog.Logger
 
@@ -51,7 +61,35 @@ type Server struct {
 
 // Handler returns the routes.
 func (s *Server) Handler() http.Handler {
-	return s.recoverPanics(s.routes())
+	return s.recoverPanics(s.realClient(s.checkHost(s.routes())))
+}
+
+// realClient makes a request from a trusted proxy the request of the client it forwards for, for every
+// route and every rule after it: who may use the JSON-RPC, what a player may reach, what the log says.
+func (s *Server) realClient(next http.Handler) http.Handler {
+	if len(s.Proxies) == 0 {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if client := s.Proxies.ClientAddr(r); client != r.RemoteAddr {
+			r = r.WithContext(r.Context())
+			r.RemoteAddr = client
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// checkHost refuses a request whose Host is not this machine's: a page of another site whose name was made
+// to resolve to this machine would otherwise be "same origin", read the tasks' cookies and reach through
+// /stream what listens on this machine.
+func (s *Server) checkHost(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.Hosts.Allows(r.Host) {
+			fail(w, http.StatusForbidden, fmt.Sprintf("Host %q is not a name of this machine; start mflow with --allow-host NAME to answer it (a guard against DNS rebinding)", r.Host))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // recoverPanics logs a handler's panic at ERROR with its stack and cuts that one answer; net/http would
@@ -146,6 +184,12 @@ func (s *Server) requestOf(w http.ResponseWriter, r *http.Request) (request, boo
 	if gid := q.Get("gid"); gid != "" {
 		if s.Tasks == nil {
 			fail(w, http.StatusNotFound, fmt.Sprintf("no task with gid %q: the JSON-RPC is off", gid))
+			return request{}, false
+		}
+		if len(gid) < 16 && (s.Prefixes == nil || !s.Prefixes(r)) {
+			// A GID is the capability to play its task: only the JSON-RPC's clients may look one up by a
+			// prefix. Any other is told what an unknown GID is told, and nothing is asked of the drive.
+			fail(w, http.StatusNotFound, (&task.Error{GID: gid, Err: task.ErrNotFound}).Error())
 			return request{}, false
 		}
 		st, err := s.Tasks.Begin(r.Context(), gid)

@@ -322,7 +322,7 @@ func TestLinkHeadersReachEveryHop(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
-	resp, body := p.get(t, "GET", "/stream?gid="+gid[:6], "")
+	resp, body := p.get(t, "GET", "/stream?gid="+gid, "")
 	if resp.StatusCode != 200 || !bytes.Equal(body, file) {
 		t.Fatalf("%d, %d bytes: %s", resp.StatusCode, len(body), body[:min(len(body), 200)])
 	}

@@ -170,6 +170,7 @@ func (r *Registry) save(c change) (lost []Change, first error) {
 	}
 	r.saveMu.Lock()
 	defer r.saveMu.Unlock()
+	var unsaved []string // the other instances are told only of what is kept
 	for _, t := range c.saves {
 		gid := t.GID
 		rec, ok := r.record(gid)
@@ -189,6 +190,7 @@ func (r *Registry) save(c change) (lost []Change, first error) {
 			err = &Error{GID: gid, Err: ErrConflict}
 		case err != nil:
 			r.cfg.Logger.Warn("task not saved: it may be lost when mflow stops", "gid", gid, "err", err)
+			unsaved = append(unsaved, gid)
 			err = fmt.Errorf("saving task %s: %w", gid, err)
 		}
 		if first == nil {
@@ -197,7 +199,7 @@ func (r *Registry) save(c change) (lost []Change, first error) {
 	}
 	if r.shared != nil {
 		changes := slices.DeleteFunc(c.changes(), func(ch Change) bool {
-			return slices.ContainsFunc(lost, func(l Change) bool { return l.GID == ch.GID })
+			return slices.ContainsFunc(lost, func(l Change) bool { return l.GID == ch.GID }) || slices.Contains(unsaved, ch.GID)
 		})
 		if err := r.shared.Publish(r.ctx, changes); err != nil && first == nil {
 			r.cfg.Logger.Warn("the other instances were not told of a task's change", "err", err)
@@ -311,7 +313,16 @@ type Addition struct {
 	From     access.Client     // the class of the client adding it
 }
 
-// Add registers a task and starts probing its size in the background. It returns the GID.
+// Bounds on one task: a signed drive link is 0.5 to 3 KiB, a drive's cookies a few; more is an attempt to
+// fill mflow's memory and its store.
+const (
+	MaxURIBytes  = 16 << 10 // one URI
+	MaxURIs      = 16       // a task's URIs, mirrors included
+	MaxTaskBytes = 64 << 10 // its URIs and its options together
+)
+
+// Add registers a task and starts probing its size in the background. It returns the GID. A task whose
+// save fails is not added: it would vanish at the next start.
 func (r *Registry) Add(a Addition) (string, error) {
 	for _, u := range a.URIs {
 		if p, err := url.Parse(u); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
@@ -321,15 +332,59 @@ func (r *Registry) Add(a Addition) (string, error) {
 	if len(a.URIs) == 0 {
 		return "", &Error{GID: a.GID, Err: ErrBadURI}
 	}
+	if err := checkSize(a.URIs, a.Options); err != nil {
+		return "", &Error{GID: a.GID, Err: err}
+	}
 	gid, c, err := r.add(a)
 	if err != nil {
 		return "", err
 	}
 	if err := r.commit(c); err != nil {
+		r.forgetAdded(gid)
 		return "", err
+	}
+	if !a.Paused {
+		r.announced(gid)
 	}
 	r.wg.Go(func() { r.probeSize(gid) })
 	return gid, nil
+}
+
+// checkSize refuses a task larger than the bounds.
+func checkSize(uris []string, options map[string]string) error {
+	total := 0
+	for _, u := range uris {
+		if len(u) > MaxURIBytes {
+			return ErrTooLarge
+		}
+		total += len(u)
+	}
+	for k, v := range options {
+		total += len(k) + len(v)
+	}
+	if len(uris) > MaxURIs || total > MaxTaskBytes {
+		return ErrTooLarge
+	}
+	return nil
+}
+
+// forgetAdded takes out again a task whose first save failed.
+func (r *Registry) forgetAdded(gid string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if t := r.tasks[gid]; t != nil {
+		r._drop(t)
+	}
+}
+
+// announced tells this instance's subscribers that a task was added and may be streamed, once it is kept.
+// The other instances hear of it in the change committed.
+func (r *Registry) announced(gid string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.tasks[gid] != nil {
+		r._send(Event{Kind: EventStarted, GID: gid})
+	}
 }
 
 func (r *Registry) add(a Addition) (string, change, error) {
@@ -360,7 +415,7 @@ func (r *Registry) add(a Addition) (string, change, error) {
 		pos = len(r.queue)
 	}
 	r.queue = slices.Insert(r.queue, pos, gid)
-	var c change
+	c := change{told: true} // this instance's subscribers hear of it once it is kept
 	c.save(t)
 	if !a.Paused {
 		r._announce(t, &c)
@@ -660,6 +715,9 @@ func (r *Registry) ChangeOptions(gid string, edit func(old map[string]string) (m
 	_, err := r.update(gid, func(t *task, c *change) error {
 		opts, err := edit(t.Record.clone().Options)
 		if err != nil {
+			return err
+		}
+		if err := checkSize(t.URIs, opts); err != nil {
 			return err
 		}
 		t.Options = opts

@@ -140,6 +140,7 @@ var (
 	ErrNotStopped  = errors.New("the task is not stopped")
 	ErrPaused      = errors.New("the task is paused")
 	ErrTooMany     = errors.New("too many tasks waiting")
+	ErrTooLarge    = fmt.Errorf("too large: a task holds at most %d URIs of %d KiB each, %d KiB with its options", MaxURIs, MaxURIBytes>>10, MaxTaskBytes>>10)
 	ErrConflict    = errors.New("the task was changed on another mflow instance meanwhile; read it again")
 	// ErrStopped is the cause a task's streams end with when it is paused or removed.
 	ErrStopped = errors.New("task paused or removed")

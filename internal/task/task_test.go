@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -242,11 +243,48 @@ func TestAFailedSaveIsReturnedAndLogged(t *testing.T) {
 	var logs bytes.Buffer
 	r := newRegistry(t, Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))}, failingStore{NewMemory()})
 	defer r.Close()
-	if _, err := r.Add(Addition{URIs: []string{"http://h/a.mp4"}}); err == nil || !strings.Contains(err.Error(), "no space left") {
+	events, unsubscribe := r.Subscribe()
+	defer unsubscribe()
+	if _, err := r.Add(Addition{URIs: []string{"http://h/a.mp4"}, GID: "00000000000000a1"}); err == nil || !strings.Contains(err.Error(), "no space left") {
 		t.Errorf("Add with a full disk: %v, want the disk's error", err)
 	}
 	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "no space left") {
 		t.Errorf("log %q, want a WARN line with the disk's error", logs.String())
+	}
+	// An add answered with an error leaves no task behind, and no client heard of one.
+	if _, err := r.Get("00000000000000a1"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("the task whose save failed: %v, want it not there", err)
+	}
+	if active, waiting, stopped := r.Lists(); len(active)+len(waiting)+len(stopped) != 0 {
+		t.Errorf("tasks after a failed add: %v %v %v", active, waiting, stopped)
+	}
+	if len(events) != 0 {
+		t.Errorf("a client heard %+v of a task that was not added", <-events)
+	}
+}
+
+func TestATasksURIsAreBounded(t *testing.T) {
+	r := newRegistry(t, Config{}, NewMemory())
+	defer r.Close()
+	long := "http://h/" + strings.Repeat("a", MaxURIBytes)
+	many := slices.Repeat([]string{"http://h/a.mp4"}, MaxURIs+1)
+	mirrors := slices.Repeat([]string{"http://h/" + strings.Repeat("b", 8<<10)}, 8) // each fine, together over
+	for what, a := range map[string]Addition{
+		"a URI over 16 KiB":        {URIs: []string{long}},
+		"17 URIs":                  {URIs: many},
+		"URIs over 64 KiB in all":  {URIs: mirrors},
+		"options and URIs over it": {URIs: mirrors[:4], Options: map[string]string{"header": strings.Repeat("c", 40<<10)}},
+	} {
+		if _, err := r.Add(a); !errors.Is(err, ErrTooLarge) {
+			t.Errorf("%s: %v, want ErrTooLarge", what, err)
+		}
+	}
+	gid := add(t, r, Addition{URIs: mirrors[:4]})
+	err := r.ChangeOptions(gid, func(map[string]string) (map[string]string, error) {
+		return map[string]string{"header": strings.Repeat("c", 40<<10)}, nil
+	})
+	if !errors.Is(err, ErrTooLarge) {
+		t.Errorf("options that make the task too large: %v, want ErrTooLarge", err)
 	}
 }
 

@@ -1,0 +1,188 @@
+package app_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/coder/websocket"
+
+	"mflow/internal/access"
+	"mflow/internal/app"
+	"mflow/internal/testsync"
+	"mflow/internal/upstreamtest"
+)
+
+// ask sends method path (with body) to base, for Host, with headers, and returns the status and body.
+func ask(t *testing.T, base, method, path, host, body string, headers map[string]string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, base+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if host != "" {
+		req.Host = host
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func rpcCall(method string, params ...any) string {
+	b, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": "1", "method": method, "params": params})
+	return string(b)
+}
+
+// addTask adds uri over the JSON-RPC, as this machine's client with the secret, and returns its GID.
+func addTask(t *testing.T, base, secret, uri string) string {
+	t.Helper()
+	status, body := ask(t, base, "POST", "/jsonrpc", "", rpcCall("aria2.addUri", "token:"+secret, []string{uri},
+		map[string]any{"header": []string{"Cookie: owner=secret"}}), nil)
+	var resp struct{ Result string }
+	if err := json.Unmarshal([]byte(body), &resp); status != 200 || err != nil || len(resp.Result) != 16 {
+		t.Fatalf("addUri: %d %s", status, body)
+	}
+	return resp.Result
+}
+
+func TestAPageWhoseNameWasMadeToPointHereIsRefusedEverywhere(t *testing.T) {
+	file := upstreamtest.RandomFile(100_000)
+	u := upstreamtest.New(file, upstreamtest.Options{})
+	defer u.Close()
+	srv := serve(t, app.Config{Connections: 4, ChunkSize: 64 << 10, Policy: &access.Policy{}})
+	gid := addTask(t, srv.URL, "", u.URL+"/film.mp4")
+	port := strings.TrimPrefix(srv.URL, "http://127.0.0.1:")
+	loopback := "/stream?url=" + url.QueryEscape(u.URL+"/film.mp4")
+	requests := []struct{ method, path, body string }{
+		{"POST", "/jsonrpc", rpcCall("aria2.getOption", gid)},
+		{"POST", "/jsonrpc", rpcCall("aria2.tellWaiting", 0, 100)},
+		{"POST", "/jsonrpc", rpcCall("aria2.addUri", []string{"http://example.com/x"})},
+		{"GET", "/status.json", ""},
+		{"GET", "/metrics", ""},
+		{"GET", loopback, ""},
+		{"GET", "/stream?gid=" + gid, ""},
+		{"GET", "/", ""},
+	}
+	// The page of rebind.example, its name now resolving to this machine: every request is refused, and
+	// the drive is asked nothing.
+	testsync.WaitFor(t, "the task's background probe", func() bool { return u.Requests() == 1 })
+	before := u.Requests()
+	for _, r := range requests {
+		status, body := ask(t, srv.URL, r.method, r.path, "rebind.example:"+port, r.body, map[string]string{"Origin": "http://rebind.example:" + port})
+		if status != http.StatusForbidden || !strings.Contains(body, "--allow-host") || strings.Count(body, "\n") != 1 {
+			t.Errorf("%s %s from rebind.example: %d %q, want 403 naming --allow-host", r.method, r.path, status, body)
+		}
+	}
+	if _, _, err := websocket.Dial(t.Context(), "ws://127.0.0.1:"+port+"/jsonrpc", &websocket.DialOptions{Host: "rebind.example:" + port,
+		HTTPHeader: http.Header{"Origin": {"http://rebind.example:" + port}}}); err == nil {
+		t.Error("the WebSocket of rebind.example was accepted")
+	}
+	if n := u.Requests() - before; n != 0 {
+		t.Errorf("the drive got %d requests from the rebinding page", n)
+	}
+	// A page of localhost itself is mflow's own.
+	for _, r := range requests {
+		status, body := ask(t, srv.URL, r.method, r.path, "localhost:"+port, r.body, map[string]string{"Origin": "http://localhost:" + port})
+		if status != 200 {
+			t.Errorf("%s %s from localhost's page: %d %.100q", r.method, r.path, status, body)
+		}
+	}
+	conn, _, err := websocket.Dial(t.Context(), "ws://127.0.0.1:"+port+"/jsonrpc", &websocket.DialOptions{Host: "localhost:" + port,
+		HTTPHeader: http.Header{"Origin": {"http://localhost:" + port}}})
+	if err != nil {
+		t.Fatalf("the WebSocket of localhost's page: %v", err)
+	}
+	conn.CloseNow()
+	// A name given with --allow-host is answered too.
+	named := serve(t, app.Config{Connections: 4, ChunkSize: 64 << 10, Hosts: access.Hosts{"nas.fritz.box"}})
+	if status, body := ask(t, named.URL, "GET", "/status.json", "nas.fritz.box:6800", "", nil); status != 200 {
+		t.Errorf("--allow-host nas.fritz.box: %d %q", status, body)
+	}
+}
+
+func TestAGIDPrefixPlaysOnlyForTheJSONRPCsClients(t *testing.T) {
+	file := upstreamtest.RandomFile(100_000)
+	u := upstreamtest.New(file, upstreamtest.Options{})
+	defer u.Close()
+	// Players from elsewhere arrive through a reverse proxy on this machine that names them.
+	srv := serve(t, app.Config{Connections: 4, ChunkSize: 64 << 10, RPCSecret: "s3", Proxies: access.Proxies{netip.MustParsePrefix("127.0.0.1/32")}})
+	gid := addTask(t, srv.URL, "s3", u.URL+"/film.mp4")
+	internet := map[string]string{"X-Forwarded-For": "203.0.113.7"}
+	// other is a GID prefix of prefix's length that names no task: the first digit changed.
+	other := func(prefix string) string {
+		first := "0"
+		if prefix[0] == '0' {
+			first = "1"
+		}
+		return first + prefix[1:]
+	}
+	testsync.WaitFor(t, "the task's background probe", func() bool { return u.Requests() == 1 })
+	before := u.Requests()
+	for _, prefix := range []string{gid[:1], gid[:3], gid[:15]} {
+		wantStatus, wantBody := ask(t, srv.URL, "GET", "/stream?gid="+other(prefix), "", "", internet)
+		status, body := ask(t, srv.URL, "GET", "/stream?gid="+prefix, "", "", internet)
+		if status != wantStatus || strings.Replace(body, prefix, other(prefix), 1) != wantBody {
+			t.Errorf("an internet player, gid=%s: %d %q; an unknown GID is %d %q", prefix, status, body, wantStatus, wantBody)
+		}
+	}
+	if status, _ := ask(t, srv.URL, "GET", "/stream?gid="+gid[:3]+"&token=wrong", "", "", internet); status != http.StatusNotFound {
+		t.Errorf("an internet player with a wrong secret: %d, want 404 as an unknown GID", status)
+	}
+	if n := u.Requests() - before; n != 0 {
+		t.Errorf("the drive got %d requests for prefixes asked from the internet", n)
+	}
+	for what, c := range map[string]struct {
+		path    string
+		headers map[string]string
+	}{
+		"an internet player, the whole GID":  {"/stream?gid=" + gid, internet},
+		"an internet player with the secret": {"/stream?gid=" + gid[:3] + "&token=s3", internet},
+		"a player on this machine, a prefix": {"/stream?gid=" + gid[:3], nil},
+		"an internet player with the bearer": {"/stream?gid=" + gid[:5], map[string]string{"X-Forwarded-For": "203.0.113.7", "Authorization": "Bearer s3"}},
+	} {
+		if status, body := ask(t, srv.URL, "GET", c.path, "", "", c.headers); status != 200 || !bytes.Equal([]byte(body), file) {
+			t.Errorf("%s: %d, %d bytes", what, status, len(body))
+		}
+	}
+}
+
+func TestAReverseProxysClientIsJudgedAsItself(t *testing.T) {
+	file := upstreamtest.RandomFile(10_000)
+	u := upstreamtest.New(file, upstreamtest.Options{})
+	defer u.Close()
+	loopback := "/stream?url=" + url.QueryEscape(u.URL+"/film.mp4")
+	for _, proxies := range []access.Proxies{nil, {netip.MustParsePrefix("127.0.0.1/32")}} {
+		srv := serve(t, app.Config{Connections: 4, ChunkSize: 64 << 10, Policy: &access.Policy{}, Proxies: proxies})
+		gid := addTask(t, srv.URL, "", u.URL+"/film.mp4")
+		for _, r := range []struct{ method, path, body string }{
+			{"POST", "/jsonrpc", rpcCall("aria2.getOption", gid)},
+			{"GET", "/status.json", ""},
+			{"GET", loopback, ""},
+		} {
+			for _, forwarded := range []map[string]string{{"X-Forwarded-For": "203.0.113.7"}, {"Forwarded": `for="203.0.113.7:5000"`}} {
+				status, body := ask(t, srv.URL, r.method, r.path, "", r.body, forwarded)
+				switch {
+				case proxies == nil && status != 200:
+					t.Errorf("without --trusted-proxy, %s %s %v: %d %.80q; the header is anyone's to write", r.method, r.path, forwarded, status, body)
+				case proxies != nil && status != http.StatusForbidden:
+					t.Errorf("behind a trusted proxy, %s %s for an internet client: %d %.80q, want 403", r.method, r.path, status, body)
+				}
+			}
+			if status, _ := ask(t, srv.URL, r.method, r.path, "", r.body, nil); status != 200 {
+				t.Errorf("%s %s from this machine itself: %d", r.method, r.path, status)
+			}
+		}
+	}
+}
