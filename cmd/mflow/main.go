@@ -41,7 +41,7 @@ func main() {
 		<-ctx.Done()
 		stop() // the first signal shuts down; a second one ends the process at once
 	}()
-	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(run(ctx, os.Args[1:], environ(os.Environ()), os.Stdout, os.Stderr))
 }
 
 // options are the command line's values.
@@ -74,11 +74,16 @@ type options struct {
 	stateDir        string
 	inMemory        bool
 	redis           string
+
+	confPath   string   // --conf-path
+	confRead   string   // the configuration file read; "" when none
+	unknownEnv []string // MFLOW_ variables that name no setting
 }
 
-// parseFlags reads args. It returns help or version text to print, or an error of one line naming the
-// flag and the form it takes.
-func parseFlags(args []string) (options, string, error) {
+// parseFlags reads args, then what the environment (env) and the configuration file set (see
+// loadSettings). It returns help or version text to print, or an error of one line naming the flag and the
+// form it takes.
+func parseFlags(args []string, env map[string]string) (options, string, error) {
 	var o options
 	fs := pflag.NewFlagSet("mflow", pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -112,6 +117,7 @@ func parseFlags(args []string) (options, string, error) {
 	fs.StringVar(&o.stateDir, "state-dir", "", "where tasks are kept across restarts (default: the user's state folder, ~/.local/state/mflow on Linux)")
 	fs.BoolVar(&o.inMemory, "in-memory", false, "keep tasks in memory only: they are gone when mflow stops")
 	fs.StringVar(&o.redis, "redis", "", "share tasks and --host-connections with the other mflow instances on this Redis (instead of --state-dir): redis://[user:pass@]host:port/db, rediss:// for TLS")
+	fs.StringVar(&o.confPath, "conf-path", "", "the configuration file: name=value lines named after these flags (default: mflow.conf in $XDG_CONFIG_HOME/mflow or the user's configuration folder, if there)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	help := fs.BoolP("help", "h", false, "print this help and exit")
 
@@ -126,6 +132,14 @@ func parseFlags(args []string) (options, string, error) {
 	}
 	if fs.NArg() > 0 {
 		return o, "", fmt.Errorf("unexpected argument %q: mflow takes flags only", fs.Arg(0))
+	}
+	read, err := loadSettings(fs, o.confPath, env)
+	if err != nil {
+		return o, "", err
+	}
+	o.confRead, o.unknownEnv = read, unknownEnv(fs, env)
+	if o.cacheDir == "" && !fs.Changed("cache-dir") {
+		o.cacheDir = firstDir(env["CACHE_DIRECTORY"]) // a systemd unit's CacheDirectory=
 	}
 	if o.redis != "" {
 		if _, err := redis.ParseURL(o.redis); err != nil {
@@ -174,12 +188,13 @@ func devVersion(settings []debug.BuildSetting) string {
 	return "dev-" + commit + dirty
 }
 
-// run is mflow's main, testable: it serves until ctx ends and returns the exit code.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+// run is mflow's main, testable: it serves until ctx ends and returns the exit code. env is the process
+// environment.
+func run(ctx context.Context, args []string, env map[string]string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "get" {
 		return runGet(ctx, args[1:], stdout, stderr)
 	}
-	o, text, err := parseFlags(args)
+	o, text, err := parseFlags(args, env)
 	if err != nil {
 		fmt.Fprintf(stderr, "mflow: %v (see --help)\n", err)
 		return 2
@@ -213,7 +228,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		defer rdb.Close()
 	}
-	store, err := openTaskStore(o, rdb, log)
+	store, err := openTaskStore(o, env, rdb, log)
 	if err != nil {
 		ln.Close()
 		fmt.Fprintf(stderr, "mflow: %v\n", err)
@@ -257,8 +272,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		ConnContext:       server.ConnContext, // a stream cut short resets its player's connection
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	log.Info("mflow listening", "address", ln.Addr().String(), "version", versionString(), "connections", o.connections, "chunk", bytesize.Format(o.chunkSize))
-	log.Info("who can reach what", "jsonrpc", rpcReach(o), "streams", "any client; LAN and this machine only for players on them")
+	listening := []any{"address", ln.Addr().String(), "version", versionString(), "connections", o.connections, "chunk", bytesize.Format(o.chunkSize)}
+	if o.confRead != "" {
+		listening = append(listening, "settings", o.confRead)
+	}
+	log.Info("mflow listening", listening...)
+	log.Info(reach(o, ln.Addr()))
+	for _, name := range o.unknownEnv {
+		log.Warn(name + " is set but is not a setting of mflow: it changes nothing")
+	}
 	if rdb != nil {
 		log.Info("tasks, their events and the connection budget are shared with the instances on this Redis", "redis", rdb.Options().Addr, "db", rdb.Options().DB)
 	}
@@ -282,19 +304,29 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// rpcReach says in a few words who the JSON-RPC answers.
-func rpcReach(o options) string {
-	who := "this machine only (set --rpc-secret to let others in)"
+// reach says in a sentence who can reach mflow at addr, and what each may do.
+func reach(o options, addr net.Addr) string {
+	players := "Players on this machine, the LAN and the internet can play through http://" + addr.String() + "/stream"
+	if ap, err := netip.ParseAddrPort(addr.String()); err == nil {
+		switch a := ap.Addr().Unmap(); {
+		case a.IsLoopback():
+			players = "Only players on this machine can reach mflow, at http://" + addr.String() + "/stream (--listen " + a.String() + ")"
+		case !a.IsUnspecified():
+			players = "Players that reach " + a.String() + " can play through http://" + addr.String() + "/stream"
+		}
+	}
+	rpc := "the JSON-RPC answers this machine only (--rpc-secret lets others in)"
 	switch {
 	case o.rpcSecret != "":
-		who = "any client sending the secret"
+		rpc = "the JSON-RPC answers any client that sends the secret"
 	case o.rpcListenAll:
-		who = "any client, no secret (--rpc-listen-all)"
+		rpc = "the JSON-RPC answers any client, without a secret (--rpc-listen-all)"
 	}
+	pages := ", and no web page of another site"
 	if o.rpcOriginAll {
-		return who + "; web pages of any site (--rpc-allow-origin-all)"
+		pages = ", web pages of any site included (--rpc-allow-origin-all)"
 	}
-	return who + "; no web page of another site"
+	return players + ", reaching the LAN's addresses only from the LAN and this machine's own only from this machine; " + rpc + pages + "."
 }
 
 // ownAddresses are the addresses mflow answers on, which it must never fetch from: the listening address,
@@ -344,22 +376,31 @@ func openCache(o options, log *slog.Logger) (chunkcache.Tiered, error) {
 }
 
 // openTaskStore opens the store the flags choose for tasks: Redis (rdb), memory, or a bbolt file in
-// --state-dir or the user's state folder.
-func openTaskStore(o options, rdb *redis.Client, log *slog.Logger) (task.Persister, error) {
+// --state-dir or the default state folder (see defaultStateDir). It says where they are kept.
+func openTaskStore(o options, env map[string]string, rdb *redis.Client, log *slog.Logger) (task.Persister, error) {
 	if rdb != nil {
-		return cluster.NewTasks(rdb, log), nil
+		return cluster.NewTasks(rdb, log), nil // its start-up line names the Redis
 	}
 	if o.inMemory {
+		log.Info("tasks are kept in memory only (--in-memory): they are gone when mflow stops")
 		return task.NewMemory(), nil
 	}
 	dir := o.stateDir
 	if dir == "" {
 		var err error
-		if dir, err = task.DefaultDir(); err != nil {
-			return nil, fmt.Errorf("no folder for the task store (%v); give one with --state-dir, or use --in-memory", err)
+		if dir, err = defaultStateDir(env); err != nil {
+			return nil, fmt.Errorf("no folder to keep tasks in (%v): give one with --state-dir, or keep them in memory with --in-memory", err)
 		}
 	}
-	return task.OpenBolt(dir)
+	store, err := task.OpenBolt(dir)
+	if err != nil {
+		if o.stateDir == "" {
+			err = fmt.Errorf("%w; give a folder with --state-dir, or keep tasks in memory with --in-memory", err)
+		}
+		return nil, err
+	}
+	log.Info("tasks are kept in "+store.File(), "store", "bbolt")
+	return store, nil
 }
 
 func listenProblem(addr string, port int, err error) string {

@@ -28,7 +28,7 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestDefaultsAreTheSeeds(t *testing.T) {
-	o, text, err := parseFlags(nil)
+	o, text, err := parseFlags(nil, nil)
 	if err != nil || text != "" {
 		t.Fatal(text, err)
 	}
@@ -38,7 +38,7 @@ func TestDefaultsAreTheSeeds(t *testing.T) {
 		t.Errorf("defaults %+v, want %+v", o, want)
 	}
 	o, _, err = parseFlags(strings.Fields("-p 9000 -c 16 -s 0.5M -r 2 --log-level debug --cache --cache-size 64M --cache-dir /c --cache-dir-size 1G --min-speed 100K --listen 127.0.0.1 --max-redirects 5 --host-connections 2 --insecure --relay-no-range --rpc-secret s --state-dir /s --in-memory" +
-		" --rpc-listen-all --rpc-allow-origin-all --allow-target 192.168.1.0/24,10.0.0.7 --deny-target fd00::/8 --max-streams 8 --max-download-result 10 --max-waiting 20"))
+		" --rpc-listen-all --rpc-allow-origin-all --allow-target 192.168.1.0/24,10.0.0.7 --deny-target fd00::/8 --max-streams 8 --max-download-result 10 --max-waiting 20"), nil)
 	want = options{listen: "127.0.0.1", port: 9000, connections: 16, chunkSize: 512 << 10, retry: 2, logLevel: "DEBUG", cache: true, cacheSize: 64 << 20, cacheDir: "/c", cacheDirSize: 1 << 30,
 		minSpeed: 100 << 10, maxRedirects: 5, hostConnections: 2, insecure: true, relayNoRange: true, rpcSecret: "s", stateDir: "/s", inMemory: true,
 		rpcListenAll: true, rpcOriginAll: true, allowTarget: []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24"), netip.MustParsePrefix("10.0.0.7/32")},
@@ -69,7 +69,7 @@ func TestBadFlagValuesExitTwoWithOneLine(t *testing.T) {
 		"extra":                              "extra",
 	} {
 		var stdout, stderr bytes.Buffer
-		code := run(t.Context(), strings.Fields(args), &stdout, &stderr)
+		code := run(t.Context(), strings.Fields(args), nil, &stdout, &stderr)
 		msg := stderr.String()
 		if code != 2 || strings.Count(msg, "\n") != 1 || !strings.Contains(msg, flag) || stdout.Len() != 0 {
 			t.Errorf("%s: exit %d, stderr %q", args, code, msg)
@@ -80,7 +80,7 @@ func TestBadFlagValuesExitTwoWithOneLine(t *testing.T) {
 func TestHelpAndVersion(t *testing.T) {
 	for _, args := range [][]string{{"-h"}, {"--help"}, {"--version"}} {
 		var stdout, stderr bytes.Buffer
-		if code := run(t.Context(), args, &stdout, &stderr); code != 0 || !strings.Contains(stdout.String(), "mflow") {
+		if code := run(t.Context(), args, nil, &stdout, &stderr); code != 0 || !strings.Contains(stdout.String(), "mflow") {
 			t.Errorf("%v: exit %d, %q", args, code, stdout.String())
 		}
 	}
@@ -94,7 +94,7 @@ func TestPortInUseSuggestsAnother(t *testing.T) {
 	defer ln.Close()
 	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 	var stderr bytes.Buffer
-	code := run(t.Context(), []string{"--listen", "127.0.0.1", "-p", port}, io.Discard, &stderr)
+	code := run(t.Context(), []string{"--listen", "127.0.0.1", "-p", port}, nil, io.Discard, &stderr)
 	if code != 1 || !strings.Contains(stderr.String(), "in use") || !strings.Contains(stderr.String(), "--port") || strings.Count(stderr.String(), "\n") != 1 {
 		t.Errorf("exit %d, %q", code, stderr.String())
 	}
@@ -103,6 +103,12 @@ func TestPortInUseSuggestsAnother(t *testing.T) {
 // startMflow runs mflow with args on a free loopback port until the function it returns is called, which
 // stops it as SIGINT does and returns its exit code. It returns once mflow answers.
 func startMflow(t *testing.T, args []string, logs io.Writer) (string, func() int) {
+	t.Helper()
+	return startMflowWith(t, args, nil, logs)
+}
+
+// startMflowWith is startMflow with env as the environment.
+func startMflowWith(t *testing.T, args []string, env map[string]string, logs io.Writer) (string, func() int) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -113,7 +119,7 @@ func startMflow(t *testing.T, args []string, logs io.Writer) (string, func() int
 	ctx, stop := context.WithCancel(t.Context())
 	done := make(chan int, 1)
 	go func() {
-		done <- run(ctx, append([]string{"--listen", "127.0.0.1", "-p", port}, args...), io.Discard, logs)
+		done <- run(ctx, append([]string{"--listen", "127.0.0.1", "-p", port}, args...), env, io.Discard, logs)
 	}()
 	base := "http://127.0.0.1:" + port
 	client := &http.Client{Transport: &http.Transport{}}
@@ -201,14 +207,14 @@ func TestGetRefusesBadArgumentsWithOneLine(t *testing.T) {
 		"get --nonsense http://h/f":       "--nonsense",
 	} {
 		var stdout, stderr bytes.Buffer
-		code := run(t.Context(), strings.Fields(args), &stdout, &stderr)
+		code := run(t.Context(), strings.Fields(args), nil, &stdout, &stderr)
 		msg := stderr.String()
 		if code != 2 || strings.Count(msg, "\n") != 1 || !strings.Contains(msg, says) || stdout.Len() != 0 {
 			t.Errorf("%s: exit %d, stderr %q", args, code, msg)
 		}
 	}
 	var stdout bytes.Buffer
-	if code := run(t.Context(), []string{"get", "--help"}, &stdout, io.Discard); code != 0 || !strings.Contains(stdout.String(), "--output") {
+	if code := run(t.Context(), []string{"get", "--help"}, nil, &stdout, io.Discard); code != 0 || !strings.Contains(stdout.String(), "--output") {
 		t.Errorf("get --help: exit %d, %q", code, stdout.String())
 	}
 }
@@ -233,8 +239,91 @@ func TestGetNeverPrintsARawServerString(t *testing.T) {
 		}
 	}()
 	var stdout, stderr bytes.Buffer
-	code := run(t.Context(), []string{"get", "-r", "0", "-o", filepath.Join(t.TempDir(), "f"), "http://" + ln.Addr().String() + "/f"}, &stdout, &stderr)
+	code := run(t.Context(), []string{"get", "-r", "0", "-o", filepath.Join(t.TempDir(), "f"), "http://" + ln.Addr().String() + "/f"}, nil, &stdout, &stderr)
 	if code != 1 || strings.ContainsAny(stderr.String(), "\x1b\x07") || !strings.Contains(stderr.String(), `\x1b]0;owned\a`) {
 		t.Errorf("exit %d, stderr %q: want the server's words escaped", code, stderr.String())
+	}
+}
+
+func TestSettingsComeFromTheCommandLineTheEnvironmentAndTheFile(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "mflow.conf")
+	os.WriteFile(conf, []byte("# mflow on the NAS\nport=6800\nrpc-secret = fromfile\n\ncache=true\nallow-target=192.168.1.0/24\nconnections=3\n"), 0o600)
+	env := map[string]string{"MFLOW_RPC_SECRET": "fromenv", "MFLOW_CONNECTIONS": "8"}
+	o, _, err := parseFlags([]string{"--conf-path", conf, "-c", "2"}, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.port != 6800 || o.rpcSecret != "fromenv" || o.connections != 2 || !o.cache || len(o.allowTarget) != 1 || o.confRead != conf {
+		t.Errorf("port %d (file), secret %q (the environment over the file), connections %d (the command line over both), cache %v, allow-target %v, read %q",
+			o.port, o.rpcSecret, o.connections, o.cache, o.allowTarget, o.confRead)
+	}
+	// Without --conf-path: the user's configuration folder, or systemd's.
+	xdg := filepath.Join(dir, "xdg")
+	os.MkdirAll(filepath.Join(xdg, "mflow"), 0o700)
+	os.WriteFile(filepath.Join(xdg, "mflow", "mflow.conf"), []byte("port=7000\n"), 0o600)
+	for what, c := range map[string]struct {
+		env  map[string]string
+		port int
+		read string
+	}{
+		"XDG_CONFIG_HOME":         {map[string]string{"XDG_CONFIG_HOME": xdg}, 7000, filepath.Join(xdg, "mflow", "mflow.conf")},
+		"CONFIGURATION_DIRECTORY": {map[string]string{"XDG_CONFIG_HOME": xdg, "CONFIGURATION_DIRECTORY": dir}, 6800, conf},
+		"MFLOW_CONF_PATH":         {map[string]string{"MFLOW_CONF_PATH": conf}, 6800, conf},
+		"no file there":           {map[string]string{"HOME": filepath.Join(dir, "nobody")}, 80, ""},
+	} {
+		o, _, err := parseFlags(nil, c.env)
+		if err != nil || o.port != c.port || o.confRead != c.read {
+			t.Errorf("%s: port %d, read %q, %v; want %d from %q", what, o.port, o.confRead, err, c.port, c.read)
+		}
+	}
+	// A systemd unit's cache folder is the disk cache's unless a setting says otherwise.
+	if o, _, _ := parseFlags(nil, map[string]string{"CACHE_DIRECTORY": "/var/cache/mflow"}); o.cacheDir != "/var/cache/mflow" {
+		t.Errorf("CACHE_DIRECTORY: --cache-dir %q", o.cacheDir)
+	}
+}
+
+func TestABadSettingExitsTwoSayingWhereAndWhat(t *testing.T) {
+	dir := t.TempDir()
+	for content, says := range map[string]string{
+		"port=6800\nprot=80\n": `:2: "prot" is not a setting of mflow; did you mean "port"?`,
+		"port 80\n":            ":1: want name=value",
+		"port=abc\n":           `:1: invalid argument "abc" for "-p, --port" flag: want a whole number`,
+		"help=true\n":          `:1: "help" is not a setting`,
+		"rpc-secrt=x\n":        `did you mean "rpc-secret"?`,
+	} {
+		conf := filepath.Join(dir, "bad.conf")
+		os.WriteFile(conf, []byte(content), 0o600)
+		var stderr bytes.Buffer
+		code := run(t.Context(), []string{"--conf-path", conf}, nil, io.Discard, &stderr)
+		if code != 2 || !strings.HasPrefix(stderr.String(), "mflow: "+conf) || !strings.Contains(stderr.String(), says) || strings.Count(stderr.String(), "\n") != 1 {
+			t.Errorf("%q: exit %d, %q; want 2 and %q", content, code, stderr.String(), says)
+		}
+	}
+	var stderr bytes.Buffer
+	if code := run(t.Context(), nil, map[string]string{"MFLOW_PORT": "x"}, io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), `MFLOW_PORT="x"`) {
+		t.Errorf("MFLOW_PORT=x: exit %d, %q", code, stderr.String())
+	}
+	if code := run(t.Context(), []string{"--conf-path", filepath.Join(dir, "missing.conf")}, nil, io.Discard, &stderr); code != 2 {
+		t.Errorf("a --conf-path that is not there: exit %d", code)
+	}
+}
+
+func TestAServiceUserKeepsItsTasksWhereSystemdSays(t *testing.T) {
+	state := t.TempDir()
+	logs := &testsync.SyncBuffer{}
+	_, stop := startMflowWith(t, nil, map[string]string{"STATE_DIRECTORY": state}, logs)
+	stop()
+	if _, err := os.Stat(filepath.Join(state, "tasks.db")); err != nil || !strings.Contains(logs.String(), "tasks are kept in "+filepath.Join(state, "tasks.db")) {
+		t.Errorf("STATE_DIRECTORY: %v; log:\n%s", err, logs.String())
+	}
+	notADir := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(notADir, nil, 0o600)
+	for what, env := range map[string]map[string]string{"no home": {}, "a home mflow cannot use": {"HOME": notADir}} {
+		var stderr bytes.Buffer
+		code := run(t.Context(), []string{"--listen", "127.0.0.1", "-p", "0"}, env, io.Discard, &stderr)
+		if code != 1 || !strings.Contains(stderr.String(), "--state-dir") || !strings.Contains(stderr.String(), "--in-memory") {
+			t.Errorf("%s: exit %d, %q; want the flags that help", what, code, stderr.String())
+		}
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"time"
 
@@ -90,26 +89,6 @@ type Bolt struct {
 	file string
 }
 
-// DefaultDir is where tasks are kept unless --state-dir says otherwise: $XDG_STATE_HOME/mflow, else
-// ~/.local/state/mflow on Linux and the user's configuration folder elsewhere.
-func DefaultDir() (string, error) {
-	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
-		return filepath.Join(d, "mflow"), nil
-	}
-	if runtime.GOOS == "linux" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			return "", err
-		}
-		return filepath.Join(home, ".local", "state", "mflow"), nil
-	}
-	d, err := os.UserConfigDir()
-	if err != nil {
-		return "", err
-	}
-	return filepath.Join(d, "mflow"), nil
-}
-
 // OpenBolt opens dir/tasks.db, making it when missing. A file another mflow holds, or one that is not a
 // task store, is an error, never a wait.
 func OpenBolt(dir string) (*Bolt, error) {
@@ -165,3 +144,6 @@ func (b *Bolt) Delete(gid string) error {
 }
 
 func (b *Bolt) Close() error { return b.db.Close() }
+
+// File is the store's file.
+func (b *Bolt) File() string { return b.file }
