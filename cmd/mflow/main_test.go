@@ -37,7 +37,7 @@ func TestDefaultsAreTheSeeds(t *testing.T) {
 	if !reflect.DeepEqual(o, want) {
 		t.Errorf("defaults %+v, want %+v", o, want)
 	}
-	o, _, err = parseFlags(strings.Fields("-p 9000 -c 16 -s 0.5M -r 2 --log-level debug --cache --cache-size 64M --cache-dir /c --cache-dir-size 1G --min-speed 100K --listen 127.0.0.1 --max-redirects 5 --host-connections 2 --insecure --relay-no-range --rpc-secret s --state-dir /s --in-memory" +
+	o, _, err = parseFlags(strings.Fields("-p 9000 -c 16 -s 0.5M -r 2 --log-level debug --cache --cache-size 64M --cache-dir /c --cache-dir-size 1G --min-speed 100K --listen 127.0.0.1 --max-redirects 5 --host-connections 2 --insecure --relay-no-range --rpc-secret s --state-dir /s --in-memory"+
 		" --rpc-listen-all --rpc-allow-origin-all --allow-target 192.168.1.0/24,10.0.0.7 --deny-target fd00::/8 --max-streams 8 --max-download-result 10 --max-waiting 20"), nil)
 	want = options{listen: "127.0.0.1", port: 9000, connections: 16, chunkSize: 512 << 10, retry: 2, logLevel: "DEBUG", cache: true, cacheSize: 64 << 20, cacheDir: "/c", cacheDirSize: 1 << 30,
 		minSpeed: 100 << 10, maxRedirects: 5, hostConnections: 2, insecure: true, relayNoRange: true, rpcSecret: "s", stateDir: "/s", inMemory: true,
