@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"runtime/debug"
@@ -325,5 +326,32 @@ func TestAServiceUserKeepsItsTasksWhereSystemdSays(t *testing.T) {
 		if code != 1 || !strings.Contains(stderr.String(), "--state-dir") || !strings.Contains(stderr.String(), "--in-memory") {
 			t.Errorf("%s: exit %d, %q; want the flags that help", what, code, stderr.String())
 		}
+	}
+}
+
+func TestTheSystemdUnitIsOneSystemdTakes(t *testing.T) {
+	unit, err := os.ReadFile("../../contrib/systemd/mflow.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range []string{"DynamicUser=yes", "StateDirectory=mflow", "ConfigurationDirectory=mflow", "Restart=on-failure", "ProtectSystem=strict", "NoNewPrivileges=yes"} {
+		if !bytes.Contains(unit, []byte("\n"+line+"\n")) {
+			t.Errorf("the unit lacks %s", line)
+		}
+	}
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Skip("systemd-analyze not installed (apt-get install systemd): the unit is not verified")
+	}
+	// systemd checks that the program exists: the unit as installed, running this test's own binary.
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "mflow.service")
+	os.WriteFile(path, bytes.ReplaceAll(unit, []byte("/usr/local/bin/mflow"), []byte(self)), 0o644)
+	out, err := exec.Command(analyze, "verify", path).CombinedOutput()
+	if err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}
 }
