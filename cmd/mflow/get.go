@@ -28,7 +28,7 @@ import (
 )
 
 // runGet is "mflow get [flags] URL": a download with the engine players stream through. It returns 0
-// only when the whole file is there.
+// only when the whole file is there, and 130 when interrupted (Ctrl-C).
 func runGet(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := pflag.NewFlagSet("mflow get", pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -104,6 +104,9 @@ func runGet(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	progress.finish(err)
 	if err != nil {
 		fmt.Fprintf(stderr, "mflow get: %s\n", printable(err.Error())) // it may quote what the server said
+		if ctx.Err() != nil {
+			return 130 // interrupted, as a shell reports Ctrl-C
+		}
 		return 1
 	}
 	fmt.Fprintf(stdout, "%s\n", printable(path))

@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -247,7 +248,13 @@ func run(ctx context.Context, args []string, env map[string]string, stdout, stde
 		defer budget.Close()
 		shared = budget
 	}
+	// aria2.shutdown stops mflow as a signal does; aria2.forceShutdown without the grace for the streams.
+	ctx, requestStop := context.WithCancel(ctx)
+	defer requestStop()
+	var forced atomic.Bool
+	dir, _ := os.Getwd()
 	mflow, err := app.New(app.Config{
+		Shutdown: func(force bool) { forced.Store(force); requestStop() }, Dir: dir, Port: o.port, ConfPath: o.confRead,
 		Connections: o.connections, ChunkSize: o.chunkSize, Retry: o.retry, MinSpeed: o.minSpeed, MaxRedirects: o.maxRedirects,
 		HostConnections: o.hostConnections, Insecure: o.insecure, RelayNoRange: o.relayNoRange, Policy: policy, Shared: shared, Memory: cache.Memory, Disk: cache.Disk,
 		MaxStreams: o.maxStreams, Tasks: store, MaxStopped: o.maxStopped, MaxWaiting: o.maxWaiting,
@@ -295,7 +302,11 @@ func run(ctx context.Context, args []string, env map[string]string, stdout, stde
 	}
 	log.Info("shutting down")
 	cancelStreams(server.ErrShuttingDown) // every stream ends now, its player's connection cut
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), time.Second)
+	grace := time.Second
+	if forced.Load() {
+		grace = 0
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	if err := hs.Shutdown(shutdownCtx); err != nil {
 		hs.Close()

@@ -355,3 +355,19 @@ func TestTheSystemdUnitIsOneSystemdTakes(t *testing.T) {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}
 }
+
+func TestAnInterruptedGetExits130(t *testing.T) {
+	u := upstreamtest.New(upstreamtest.RandomFile(4<<20), upstreamtest.Options{PerConn: 256 << 10})
+	defer u.Close()
+	ctx, interrupt := context.WithCancel(t.Context())
+	done := make(chan int, 1)
+	var stderr testsync.SyncBuffer
+	go func() {
+		done <- run(ctx, []string{"get", "-o", filepath.Join(t.TempDir(), "film.mp4"), u.URL + "/film.mp4"}, nil, io.Discard, &stderr)
+	}()
+	testsync.WaitFor(t, "the download to begin", func() bool { return u.Served() > 0 })
+	interrupt() // as Ctrl-C does
+	if code := <-done; code != 130 || !strings.Contains(stderr.String(), "run the same command again") {
+		t.Errorf("exit %d, %q; want 130 and how to resume", code, stderr.String())
+	}
+}

@@ -46,6 +46,13 @@ type Config struct {
 	RPCSecret         string // --rpc-secret
 	RPCListenAll      bool   // --rpc-listen-all
 	RPCAllowOriginAll bool   // --rpc-allow-origin-all
+	// Shutdown, when set, stops mflow for the JSON-RPC's aria2.shutdown (at once for forceShutdown).
+	Shutdown func(force bool)
+	// Dir, Port and ConfPath are what getGlobalOption reports: the working folder, the port, and the
+	// configuration file read.
+	Dir      string
+	Port     int
+	ConfPath string
 
 	// Hosts are the names requests may carry in Host besides IP literals and localhost: this machine's
 	// own and --allow-host's. Proxies are the reverse proxies trusted to name their clients
@@ -95,7 +102,8 @@ func New(cfg Config) (*App, error) {
 		Logger:     log,
 	}
 	if cfg.Tasks != nil {
-		defaults := rpc.Defaults{Connections: cfg.Connections, MinSpeed: cfg.MinSpeed, UserAgent: userAgent, PieceLength: cfg.ChunkSize}
+		defaults := rpc.Defaults{Connections: cfg.Connections, MinSpeed: cfg.MinSpeed, UserAgent: userAgent, PieceLength: cfg.ChunkSize, Dir: cfg.Dir,
+			Retries: cfg.Retry, MaxStreams: cfg.MaxStreams, MaxStopped: cfg.MaxStopped, Port: cfg.Port, Insecure: cfg.Insecure, ConfPath: cfg.ConfPath}
 		tasks, err := task.New(task.Config{Interpret: defaults.Interpret, Probe: resolver.Size, MaxStopped: max(cfg.MaxStopped, 1), MaxWaiting: cfg.MaxWaiting, Logger: log}, cfg.Tasks)
 		if err != nil {
 			cfg.Tasks.Close()
@@ -103,7 +111,8 @@ func New(cfg Config) (*App, error) {
 		}
 		a.tasks = tasks
 		srv.Tasks = tasks
-		rpcHandler := &rpc.Handler{Tasks: tasks, Defaults: defaults, Secret: cfg.RPCSecret, ListenAll: cfg.RPCListenAll, AllowOriginAll: cfg.RPCAllowOriginAll, Version: cfg.Version, Logger: log}
+		rpcHandler := &rpc.Handler{Tasks: tasks, Defaults: defaults, Secret: cfg.RPCSecret, ListenAll: cfg.RPCListenAll, AllowOriginAll: cfg.RPCAllowOriginAll,
+			Version: cfg.Version, Logger: log, Shutdown: cfg.Shutdown, Connections: connectionsOf(playback)}
 		srv.RPC, srv.Guard, srv.Prefixes = rpcHandler, rpcHandler.Guard, rpcHandler.Trusts
 	}
 	m := metrics.New(metrics.Sources{Play: playback, Engine: a.Engine, Client: client, Tasks: a.tasks, Memory: cfg.Memory, Disk: cfg.Disk})
@@ -116,6 +125,22 @@ func New(cfg Config) (*App, error) {
 	srv.Status = status.New(status.Sources{Play: playback, Tasks: a.tasks, Client: client, Memory: cfg.Memory, Disk: cfg.Disk, Version: cfg.Version, Started: started})
 	a.Handler = srv.Handler()
 	return a, nil
+}
+
+// connectionsOf is getServers' view of the upstream requests a task's players have open now.
+func connectionsOf(playback *play.Service) func(gid string) []rpc.Connection {
+	return func(gid string) []rpc.Connection {
+		var out []rpc.Connection
+		for _, p := range playback.Playing() {
+			if p.Task != gid {
+				continue
+			}
+			for _, r := range p.Progress.Requests {
+				out = append(out, rpc.Connection{Mirror: r.Mirror, URL: r.URL, Speed: r.Speed})
+			}
+		}
+		return out
+	}
 }
 
 // Close ends the tasks' background probes, closes their store, and closes idle upstream connections.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -181,5 +182,43 @@ func TestTheStatusShowsAStreamAsItPlays(t *testing.T) {
 	page.Body.Close()
 	if !strings.Contains(string(body), "status.json") || strings.Contains(string(body), `src="http`) || strings.Contains(string(body), `href="http`) {
 		t.Errorf("the page does not read status.json, or loads something from outside")
+	}
+}
+
+func TestFailedPlaysAreListedAndCounted(t *testing.T) {
+	gone := upstreamtest.New(upstreamtest.RandomFile(1000), upstreamtest.Options{Fault: func(int64, *http.Request) upstreamtest.Fault {
+		return upstreamtest.Fault{Status: http.StatusNotFound}
+	}})
+	defer gone.Close()
+	srv := serve(t, app.Config{Connections: 2, ChunkSize: 64 << 10})
+	for i := range 25 {
+		resp, err := http.Get(srv.URL + "/stream?url=" + url.QueryEscape(fmt.Sprintf("%s/film%d.mp4?sig=secret", gone.URL, i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	if resp, err := http.Get(srv.URL + "/stream?gid=0123456789abcdef"); err == nil { // an unknown task: a play that fails too
+		resp.Body.Close()
+	}
+	r, err := http.Get(srv.URL + "/status.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st status.Status
+	err = json.NewDecoder(r.Body).Decode(&st)
+	r.Body.Close()
+	if err != nil || len(st.FailedPlays) < 20 {
+		t.Fatalf("%d failed plays listed, %v: want the last 20 at least", len(st.FailedPlays), err)
+	}
+	newest, last := st.FailedPlays[0], st.FailedPlays[1]
+	if newest.Task != "0123456789abcdef" || newest.Status != 404 || !strings.Contains(newest.Reason, "no such task") {
+		t.Errorf("the newest failed play: %+v", newest)
+	}
+	if last.File != gone.URL+"/film24.mp4?…" || last.Status != 404 || !strings.Contains(last.Reason, "404") || !strings.HasPrefix(last.Player, "127.0.0.1:") || last.At.IsZero() {
+		t.Errorf("the play before it: %+v", last)
+	}
+	if m := scrape(t, srv.URL); m[`mflow_plays_failed_total{status="404"}`] != 26 {
+		t.Errorf("mflow_plays_failed_total{status=\"404\"} = %v, want 26", m[`mflow_plays_failed_total{status="404"}`])
 	}
 }

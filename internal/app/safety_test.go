@@ -133,7 +133,7 @@ func TestAGIDPrefixPlaysOnlyForTheJSONRPCsClients(t *testing.T) {
 	for _, prefix := range []string{gid[:1], gid[:3], gid[:15]} {
 		wantStatus, wantBody := ask(t, srv.URL, "GET", "/stream?gid="+other(prefix), "", "", internet)
 		status, body := ask(t, srv.URL, "GET", "/stream?gid="+prefix, "", "", internet)
-		if status != wantStatus || strings.Replace(body, prefix, other(prefix), 1) != wantBody {
+		if status != wantStatus || strings.Replace(body, "task "+prefix+":", "task "+other(prefix)+":", 1) != wantBody {
 			t.Errorf("an internet player, gid=%s: %d %q; an unknown GID is %d %q", prefix, status, body, wantStatus, wantBody)
 		}
 	}

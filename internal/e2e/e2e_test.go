@@ -842,3 +842,111 @@ func TestAnInterruptedGetResumesAndFetchesTheFileAboutOnce(t *testing.T) {
 		t.Errorf("nginx sent %d bytes for a %d-byte file over an interruption: more than about once", n, len(env.data))
 	}
 }
+
+// TestEveryAria2MethodAnswersAsARealAria2c runs the methods that change the queue and a task's URIs on
+// tasks of the same GIDs in aria2c and in mflow, and compares the answers.
+func TestEveryAria2MethodAnswersAsARealAria2c(t *testing.T) {
+	_, want := rpcPost(t, env.aria2, `{"id":1,"method":"system.listMethods"}`)
+	_, got := rpcPost(t, env.proxy+"/jsonrpc", `{"id":1,"method":"system.listMethods"}`)
+	if fmt.Sprint(got.(map[string]any)["result"]) != fmt.Sprint(want.(map[string]any)["result"]) {
+		t.Errorf("system.listMethods: mflow %v\naria2c %v", got, want)
+	}
+	call := func(method string, params ...any) string {
+		b, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": "1", "method": method, "params": append([]any{"token:s3"}, params...)})
+		return string(b)
+	}
+	gids := []string{"e2e0000000000001", "e2e0000000000002", "e2e0000000000003"}
+	for i, gid := range gids {
+		body := call("aria2.addUri", []string{fmt.Sprintf("%s/files/data.bin?n=%d", env.upstream, i)}, map[string]string{"gid": gid, "pause": "true"})
+		for _, u := range []string{env.aria2, env.proxy + "/jsonrpc"} {
+			if status, v := rpcPost(t, u, body); status != 200 {
+				t.Fatalf("addUri at %s: %d %v", u, status, v)
+			}
+		}
+	}
+	defer func() {
+		for _, gid := range gids {
+			for _, u := range []string{env.aria2, env.proxy + "/jsonrpc"} {
+				rpcPost(t, u, call("aria2.remove", gid))
+			}
+		}
+	}()
+	for _, body := range []string{
+		call("aria2.changePosition", gids[2], 0, "POS_SET"),
+		call("aria2.changePosition", gids[2], 5, "POS_CUR"),
+		call("aria2.changePosition", gids[2], -1, "POS_END"),
+		call("aria2.changePosition", gids[2], -100, "POS_CUR"),
+		call("aria2.tellWaiting", 0, 10, []string{"gid"}),
+		call("aria2.changePosition", gids[2], 0, "POS_NOPE"),
+		call("aria2.changePosition", gids[2], "0", "POS_SET"),
+		call("aria2.changePosition", "0123456789abcdef", 0, "POS_SET"),
+		call("aria2.changeUri", gids[0], 1, []string{"http://x/none"}, []string{"http://x/1", "http://x/2"}),
+		call("aria2.changeUri", gids[0], 1, []string{}, []string{"http://x/0", "notauri"}, 0),
+		call("aria2.getUris", gids[0]),
+		call("aria2.changeUri", gids[0], 2, []string{}, []string{"http://x/3"}),
+		call("aria2.changeUri", gids[0], 0, []string{}, []string{"http://x/3"}),
+		call("aria2.getServers", gids[1]),
+		call("aria2.getPeers", gids[1]),
+		call("aria2.addTorrent"),
+		call("aria2.addMetalink"),
+	} {
+		wantStatus, want := rpcPost(t, env.aria2, body)
+		gotStatus, got := rpcPost(t, env.proxy+"/jsonrpc", body)
+		w, g := fmt.Sprint(want), fmt.Sprint(got)
+		if strings.Contains(body, "getUris") || strings.Contains(body, "tellWaiting") {
+			w, g = fmt.Sprint(want.(map[string]any)["result"]), fmt.Sprint(got.(map[string]any)["result"])
+		}
+		if gotStatus != wantStatus || g != w {
+			t.Errorf("%s: mflow %d %v, aria2c %d %v", body, gotStatus, g, wantStatus, w)
+		}
+	}
+	// Where mflow has its own words (it takes no torrent; its tasks are kept in memory here), the envelope,
+	// the code and the status are aria2's.
+	for _, body := range []string{call("aria2.addTorrent", "AAAA"), call("aria2.addMetalink", "AAAA"), call("aria2.saveSession")} {
+		wantStatus, want := rpcPost(t, env.aria2, body)
+		gotStatus, got := rpcPost(t, env.proxy+"/jsonrpc", body)
+		w, g := want.(map[string]any)["error"], got.(map[string]any)["error"]
+		if gotStatus != wantStatus || w == nil || g == nil || w.(map[string]any)["code"] != g.(map[string]any)["code"] {
+			t.Errorf("%s: mflow %d %v, aria2c %d %v", body, gotStatus, got, wantStatus, want)
+		}
+	}
+}
+
+func TestShutdownStopsMflowAsItStopsAria2c(t *testing.T) {
+	for _, method := range []string{"aria2.shutdown", "aria2.forceShutdown"} {
+		ariaPort, mflowPort := freePort(), freePort()
+		aria := exec.Command(tools["aria2c"], "--enable-rpc", "--rpc-listen-port="+strconv.Itoa(ariaPort), "--rpc-secret=s3", "-d", t.TempDir(), "--quiet", "--no-conf")
+		mflow := exec.Command(env.bin, "--listen", "127.0.0.1", "--port", strconv.Itoa(mflowPort), "--in-memory", "--rpc-secret", "s3")
+		for _, cmd := range []*exec.Cmd{aria, mflow} {
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ariaURL, mflowURL := fmt.Sprintf("http://127.0.0.1:%d/jsonrpc", ariaPort), fmt.Sprintf("http://127.0.0.1:%d/jsonrpc", mflowPort)
+		for _, u := range []string{ariaURL, mflowURL} {
+			if err := waitRPC(u); err != nil {
+				t.Fatal(err)
+			}
+		}
+		body := `{"jsonrpc":"2.0","id":"s","method":"` + method + `","params":["token:s3"]}`
+		_, want := rpcPost(t, ariaURL, body)
+		_, got := rpcPost(t, mflowURL, body)
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("%s: mflow %v, aria2c %v", method, got, want)
+		}
+		for name, cmd := range map[string]*exec.Cmd{"aria2c": aria, "mflow": mflow} {
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+			select {
+			case err := <-exited:
+				if err != nil {
+					t.Errorf("%s after %s: %v", name, method, err)
+				}
+			case <-time.After(10 * time.Second):
+				cmd.Process.Kill()
+				<-exited
+				t.Errorf("%s still runs 10 s after %s", name, method)
+			}
+		}
+	}
+}

@@ -194,10 +194,7 @@ func (s *stream) startAttempt(p *piece, f *fetch) (try, bool) {
 	} else {
 		f.mirror = s._pickTarget()
 	}
-	t.target = s.target
-	if f.mirror > 0 {
-		t.target = s.mirrors[f.mirror-1]
-	}
+	t.target = s._targetOf(f)
 	ctx, cancel := context.WithCancelCause(s.ctx)
 	t.ctx = ctx
 	f.cancel, f.gen, f.sent, f.answered = cancel, s.targetGen, time.Now(), time.Time{}
@@ -347,6 +344,14 @@ func (s *stream) position(f *fetch) int64 {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
 	return f.pos
+}
+
+// _targetOf is the target f's attempt asks: the link's, or its mirror's.
+func (s *stream) _targetOf(f *fetch) source.Target {
+	if f.mirror > 0 {
+		return s.mirrors[f.mirror-1]
+	}
+	return s.target
 }
 
 // _pickTarget takes turns between the target and the mirrors not set aside: 0 is the target, n the nth

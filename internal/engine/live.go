@@ -28,6 +28,7 @@ type RequestProgress struct {
 	Speed      float64       // bytes/s over its last second, or since its answer when younger
 	Waiting    time.Duration // how long it has waited for its answer; 0 once answered
 	Mirror     int           // the mirror it asks, 1-based; 0 is the link itself
+	URL        string        // the URL it asks (after redirects): secrets in its query included
 }
 
 // Progress is the stream's progress now; the zero Progress before it starts and after it ends.
@@ -61,7 +62,7 @@ func (s *stream) progress() Progress {
 		if f.cancel == nil { // between attempts
 			continue
 		}
-		r := RequestProgress{Start: f.pos - f.got, End: pc.end - 1, Bytes: f.got, Speed: f.rate, Mirror: f.mirror}
+		r := RequestProgress{Start: f.pos - f.got, End: pc.end - 1, Bytes: f.got, Speed: f.rate, Mirror: f.mirror, URL: s._targetOf(f).URL}
 		switch {
 		case f.answered.IsZero():
 			r.Waiting = now.Sub(f.sent)

@@ -8,7 +8,9 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 
 	vm "github.com/VictoriaMetrics/metrics"
@@ -61,6 +63,7 @@ var help = map[string]string{
 	"mflow_upstream_bytes_total":              "Body bytes taken from upstreams.",
 	"mflow_streams_active":                    "Streams playing now.",
 	"mflow_streams_started_total":             "Streams started.",
+	"mflow_plays_failed_total":                "Plays that failed, by the HTTP status their player got (2xx: cut after the first byte).",
 	"mflow_upstream_requests_total":           "Upstream requests by how they ended: ok, failed (asked again or the stream failed), replaced (slow or stalled), cancelled (the stream ended first).",
 	"mflow_upstream_responses_total":          "Upstream requests by the status class of their answer; none when no answer came.",
 	"mflow_upstream_retries_total":            "Pieces asked again after a request failed.",
@@ -117,6 +120,14 @@ func (m *Metrics) writeSources(w io.Writer) {
 		vm.WriteCounterUint64(w, "mflow_player_bytes_total", uint64(p.Counters.Sent.Load()))
 		vm.WriteGaugeUint64(w, "mflow_streams_active", uint64(max(p.Counters.Active.Load(), 0)))
 		vm.WriteCounterUint64(w, "mflow_streams_started_total", uint64(p.Counters.Started.Load()))
+		failed := p.FailedByStatus()
+		if len(failed) > 0 {
+			family(w, "mflow_plays_failed_total", "counter", func(line func(labels string, v int64)) {
+				for _, status := range slices.Sorted(maps.Keys(failed)) {
+					line(fmt.Sprintf(`status="%d"`, status), failed[status])
+				}
+			})
+		}
 	}
 	if e := src.Engine; e != nil {
 		vm.WriteCounterUint64(w, "mflow_upstream_retries_total", uint64(e.Counters.Retries.Load()))

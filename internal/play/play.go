@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"mime"
 	"net/http"
 	"path"
@@ -46,6 +47,53 @@ type Service struct {
 
 	mu      sync.Mutex         // protects playing
 	playing map[int64]*playing // the streams playing now, by number
+
+	failedMu sync.Mutex    // protects the following fields
+	failed   []FailedPlay  // the last maxFailed plays that failed, oldest first
+	byStatus map[int]int64 // plays that failed since mflow started, by the status their player got
+}
+
+// maxFailed is how many failed plays the status page lists.
+const maxFailed = 50
+
+// FailedPlay is a play that failed: what the player asked for, what it was told, and why.
+type FailedPlay struct {
+	At     time.Time `json:"at"`
+	File   string    `json:"file"` // the link, without its query or credentials
+	Task   string    `json:"gid,omitempty"`
+	Player string    `json:"player"`
+	Status int       `json:"status"` // what the player got; 2xx for a play cut after its first byte
+	Reason string    `json:"reason"`
+}
+
+// Failed records a play that failed, for the status page and the metrics.
+func (s *Service) Failed(f FailedPlay) {
+	s.failedMu.Lock()
+	defer s.failedMu.Unlock()
+	if len(s.failed) == maxFailed {
+		s.failed = slices.Delete(s.failed, 0, 1)
+	}
+	s.failed = append(s.failed, f)
+	if s.byStatus == nil {
+		s.byStatus = map[int]int64{}
+	}
+	s.byStatus[f.Status]++
+}
+
+// FailedPlays are the last plays that failed, newest first.
+func (s *Service) FailedPlays() []FailedPlay {
+	s.failedMu.Lock()
+	defer s.failedMu.Unlock()
+	out := slices.Clone(s.failed)
+	slices.Reverse(out)
+	return out
+}
+
+// FailedByStatus counts the plays that failed since mflow started, by the status their player got.
+func (s *Service) FailedByStatus() map[int]int64 {
+	s.failedMu.Lock()
+	defer s.failedMu.Unlock()
+	return maps.Clone(s.byStatus)
 }
 
 // Counters are a Service's totals, each read and written atomically.

@@ -22,6 +22,15 @@ type Defaults struct {
 	MinSpeed    int64  // bytes/s (--min-speed), 0 = off
 	UserAgent   string // what mflow sends when a task sets none
 	PieceLength int64  // the chunk size (-s), reported as each task's pieceLength
+	Dir         string // the folder a task without a dir option is in: mflow's working folder, as aria2's
+
+	// mflow's settings that getGlobalOption reports under aria2's names.
+	Retries    int    // -r
+	MaxStreams int    // --max-streams
+	MaxStopped int    // --max-download-result
+	Port       int    // --port
+	Insecure   bool   // --insecure
+	ConfPath   string // the configuration file read, "" for none
 }
 
 // optionRule checks one aria2 option's value and returns it as aria2 keeps it.
@@ -114,8 +123,34 @@ func (d Defaults) optionsShown() map[string]string {
 		"min-split-size":            "20971520",
 		"lowest-speed-limit":        strconv.FormatInt(d.MinSpeed, 10),
 		"user-agent":                d.UserAgent,
-		"dir":                       "",
+		"dir":                       d.Dir,
+		"max-tries":                 strconv.Itoa(d.Retries + 1),
+		"piece-length":              strconv.FormatInt(d.PieceLength, 10),
+		"check-certificate":         strconv.FormatBool(!d.Insecure),
+		"connect-timeout":           "10",
+		"timeout":                   "20",
+		"all-proxy":                 "",
 	}
+}
+
+// globalShown are the global options getGlobalOption reports: the per-task defaults and mflow's own
+// settings under aria2's names.
+func (h *Handler) globalShown() map[string]string {
+	d := h.Defaults
+	out := d.optionsShown()
+	for k, v := range map[string]string{
+		"max-concurrent-downloads": strconv.Itoa(max(d.MaxStreams, 1)),
+		"max-download-result":      strconv.Itoa(d.MaxStopped),
+		"rpc-listen-port":          strconv.Itoa(d.Port),
+		"rpc-listen-all":           strconv.FormatBool(h.ListenAll || h.Secret != ""),
+		"rpc-allow-origin-all":     strconv.FormatBool(h.AllowOriginAll),
+		"rpc-max-request-size":     strconv.Itoa(maxBody),
+		"enable-rpc":               "true",
+		"conf-path":                d.ConfPath,
+	} {
+		out[k] = v
+	}
+	return out
 }
 
 // Interpret says what a task's aria2 options mean (task.Config.Interpret): its headers, file name,
@@ -180,6 +215,18 @@ func proxyURL(p, user, pass string) *url.URL {
 		u.User = url.UserPassword(user, pass)
 	}
 	return u
+}
+
+// methodNames are the methods system.listMethods lists, in aria2c 1.36's order: every one of its methods.
+var methodNames = []string{
+	"aria2.addUri", "aria2.addTorrent", "aria2.getPeers", "aria2.addMetalink", "aria2.remove", "aria2.pause",
+	"aria2.forcePause", "aria2.pauseAll", "aria2.forcePauseAll", "aria2.unpause", "aria2.unpauseAll",
+	"aria2.forceRemove", "aria2.changePosition", "aria2.tellStatus", "aria2.getUris", "aria2.getFiles",
+	"aria2.getServers", "aria2.tellActive", "aria2.tellWaiting", "aria2.tellStopped", "aria2.getOption",
+	"aria2.changeUri", "aria2.changeOption", "aria2.getGlobalOption", "aria2.changeGlobalOption",
+	"aria2.purgeDownloadResult", "aria2.removeDownloadResult", "aria2.getVersion", "aria2.getSessionInfo",
+	"aria2.shutdown", "aria2.forceShutdown", "aria2.getGlobalStat", "aria2.saveSession", "system.multicall",
+	"system.listMethods", "system.listNotifications",
 }
 
 // statusNames are aria2's words for task states.
@@ -258,5 +305,7 @@ func ariaMessage(err error) string {
 		return "Could not remove download result of GID#" + te.GID
 	case task.ErrTooMany:
 		return fmt.Sprintf("Too many tasks waiting: at most %d; remove some, or start mflow with a larger --max-waiting", te.Limit)
+	case task.ErrNotQueued:
+		return fmt.Sprintf("GID#%s not found in the waiting queue.", te.GID)
 	}
 }

@@ -2,7 +2,9 @@ package rpc
 
 import (
 	"encoding/json"
+	"io"
 	"maps"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -59,6 +61,15 @@ func init() {
 		"aria2.getSessionInfo":       getSessionInfo,
 		"aria2.removeDownloadResult": removeDownloadResult,
 		"aria2.purgeDownloadResult":  all((*task.Registry).PurgeResults),
+		"aria2.changePosition":       changePosition,
+		"aria2.changeUri":            changeURI,
+		"aria2.getServers":           getServers,
+		"aria2.getPeers":             getPeers,
+		"aria2.saveSession":          saveSession,
+		"aria2.shutdown":             shutdown(false),
+		"aria2.forceShutdown":        shutdown(true),
+		"aria2.addTorrent":           notHTTP("torrent"),
+		"aria2.addMetalink":          notHTTP("Metalink document"),
 		"system.multicall":           multicall,
 		"system.listMethods":         listMethods,
 		"system.listNotifications":   listNotifications,
@@ -266,10 +277,10 @@ func (h *Handler) status(v task.View, keys []string) map[string]any {
 		"uploadSpeed":     "0",
 		"downloadSpeed":   itoa(v.Speed),
 		"connections":     strconv.Itoa(h.connections(v)),
-		"dir":             v.Options["dir"],
+		"dir":             dirOf(v, h.Defaults),
 		"pieceLength":     itoa(piece),
 		"numPieces":       itoa((size + piece - 1) / piece),
-		"files":           files(v),
+		"files":           files(v, h.Defaults),
 	}
 	switch v.State {
 	case task.Failed:
@@ -292,10 +303,10 @@ func (h *Handler) status(v task.View, keys []string) map[string]any {
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
 // files is the one-file list aria2 reports: its path is dir/out, or the link's file name.
-func files(v task.View) []map[string]any {
+func files(v task.View, d Defaults) []map[string]any {
 	size := max(v.Size, 0)
 	p := v.Name
-	if dir := v.Options["dir"]; dir != "" && p != "" {
+	if dir := dirOf(v, d); dir != "" && p != "" {
 		p = strings.TrimSuffix(dir, "/") + "/" + p
 	}
 	return []map[string]any{{
@@ -306,6 +317,14 @@ func files(v task.View) []map[string]any {
 		"selected":        "true",
 		"uris":            uris(v),
 	}}
+}
+
+// dirOf is the folder a task is in: its dir option, else mflow's.
+func dirOf(v task.View, d Defaults) string {
+	if dir := v.Options["dir"]; dir != "" {
+		return dir
+	}
+	return d.Dir
 }
 
 func uris(v task.View) []map[string]string {
@@ -336,7 +355,7 @@ func getFiles(h *Handler, _ call, p params) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return files(v), nil
+	return files(v, h.Defaults), nil
 }
 
 func viewOf(h *Handler, p params) (task.View, error) {
@@ -383,10 +402,152 @@ func changeOption(h *Handler, _ call, p params) (any, error) {
 }
 
 func getGlobalOption(h *Handler, _ call, _ params) (any, error) {
-	out := h.Defaults.optionsShown()
-	out["max-concurrent-downloads"] = "5"
+	out := h.globalShown()
 	maps.Copy(out, h.globalOptions())
 	return out, nil
+}
+
+// positions are changePosition's words for where an offset counts from.
+var positions = map[string]int{"POS_SET": io.SeekStart, "POS_CUR": io.SeekCurrent, "POS_END": io.SeekEnd}
+
+func changePosition(h *Handler, _ call, p params) (any, error) {
+	gid, err := p.str(0)
+	if err != nil {
+		return nil, err
+	}
+	offset, err := p.integer(1)
+	if err != nil {
+		return nil, err
+	}
+	how, err := p.str(2)
+	if err != nil {
+		return nil, err
+	}
+	whence, ok := positions[how]
+	if !ok {
+		return nil, wireError("Illegal argument.")
+	}
+	return h.Tasks.Move(gid, offset, whence)
+}
+
+// changeURI removes delUris from a task's URIs (each once), then adds the http and https ones of addUris,
+// at position or last, and answers how many it removed and added.
+func changeURI(h *Handler, _ call, p params) (any, error) {
+	gid, err := p.str(0)
+	if err != nil {
+		return nil, err
+	}
+	index, err := p.integer(1)
+	if err != nil {
+		return nil, err
+	}
+	if index < 1 {
+		return nil, wireError("The integer parameter at 1 has invalid value: the value must be greater than or equal to 1.")
+	}
+	if index > 1 {
+		return nil, wireError("fileIndex is out of range")
+	}
+	del, err := p.strings(2)
+	if err != nil {
+		return nil, err
+	}
+	add, err := p.strings(3)
+	if err != nil {
+		return nil, err
+	}
+	position := -1
+	if p.has(4) {
+		if position, err = p.integer(4); err != nil {
+			return nil, err
+		}
+	}
+	var deleted, added int
+	err = h.Tasks.ChangeURIs(gid, func(uris []string) []string {
+		deleted, added = 0, 0
+		for _, d := range del {
+			if i := slices.Index(uris, d); i >= 0 {
+				uris = slices.Delete(uris, i, i+1)
+				deleted++
+			}
+		}
+		var fresh []string
+		for _, a := range add {
+			if u, err := url.Parse(a); err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" {
+				fresh = append(fresh, a)
+			}
+		}
+		at := len(uris)
+		if position >= 0 {
+			at = min(position, len(uris))
+		}
+		added = len(fresh)
+		return slices.Insert(uris, at, fresh...)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return []int{deleted, added}, nil
+}
+
+// Connection is one upstream request a task's players have open, for getServers.
+type Connection struct {
+	Mirror int     // which of the task's URIs it asks, from 0
+	URL    string  // the URL it asks, after redirects
+	Speed  float64 // bytes/s
+}
+
+// getServers answers, for a task being streamed, each open request's URI and speed in aria2's shape.
+func getServers(h *Handler, _ call, p params) (any, error) {
+	v, err := viewOf(h, p)
+	if err != nil {
+		return nil, err
+	}
+	if v.State != task.Active {
+		return nil, wiref("No active download for GID#%s", v.GID)
+	}
+	servers := []map[string]string{}
+	if h.Connections != nil {
+		for _, c := range h.Connections(v.GID) {
+			uri := v.URIs[min(max(c.Mirror, 0), len(v.URIs)-1)]
+			servers = append(servers, map[string]string{"uri": uri, "currentUri": c.URL, "downloadSpeed": itoa(int64(c.Speed))})
+		}
+	}
+	return []map[string]any{{"index": "1", "servers": servers}}, nil
+}
+
+func getPeers(_ *Handler, _ call, p params) (any, error) {
+	if _, err := p.str(0); err != nil {
+		return nil, err
+	}
+	return []any{}, nil // no BitTorrent, no peers
+}
+
+func saveSession(h *Handler, _ call, _ params) (any, error) {
+	if err := h.Tasks.Sync(); err != nil {
+		return nil, err
+	}
+	return "OK", nil
+}
+
+// shutdown answers "OK", then stops mflow as on SIGTERM (force: at once).
+func shutdown(force bool) method {
+	return func(h *Handler, c call, _ params) (any, error) {
+		if h.Shutdown == nil {
+			return nil, wireError("This mflow cannot be stopped over the JSON-RPC.")
+		}
+		c.later(func() { h.Shutdown(force) })
+		return "OK", nil
+	}
+}
+
+// notHTTP answers addTorrent and addMetalink in aria2's error envelope: mflow streams links.
+func notHTTP(what string) method {
+	return func(_ *Handler, _ call, p params) (any, error) {
+		if !p.has(0) {
+			return nil, missing(0)
+		}
+		return nil, wiref("mflow streams http and https links; it takes no %s: add the link with aria2.addUri.", what)
+	}
 }
 
 func changeGlobalOption(h *Handler, _ call, p params) (any, error) {
@@ -470,7 +631,7 @@ func multicall(h *Handler, c call, p params) (any, error) {
 }
 
 func listMethods(_ *Handler, _ call, _ params) (any, error) {
-	return slices.Sorted(maps.Keys(methods)), nil
+	return methodNames, nil
 }
 
 func listNotifications(_ *Handler, _ call, _ params) (any, error) {

@@ -3,6 +3,7 @@ package rpc
 import (
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -78,6 +79,19 @@ func TestFileNamesAreUnescapedOnce(t *testing.T) {
 	} {
 		if got := source.FileName(raw); got != want {
 			t.Errorf("FileName(%q) = %q, want %q", raw, got, want)
+		}
+	}
+}
+
+func TestEveryMethodListedIsAnsweredAndEveryOneAnsweredIsListed(t *testing.T) {
+	for _, name := range methodNames {
+		if methods[name] == nil {
+			t.Errorf("%s is listed but not answered", name)
+		}
+	}
+	for name := range methods {
+		if !slices.Contains(methodNames, name) {
+			t.Errorf("%s is answered but not listed", name)
 		}
 	}
 }

@@ -51,6 +51,11 @@ type Handler struct {
 	AuthDelay time.Duration
 	// Version is mflow's, reported among getVersion's features.
 	Version string
+	// Connections, when set, are the upstream requests the players of a task have open now, for getServers.
+	Connections func(gid string) []Connection
+	// Shutdown, when set, stops mflow: as on SIGTERM, or at once when force is set (aria2.shutdown,
+	// aria2.forceShutdown). It is called once the answer is written.
+	Shutdown func(force bool)
 	// Logger receives a DEBUG line per call. Default slog.Default().
 	Logger *slog.Logger
 
@@ -174,7 +179,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.AllowOriginAll {
 		hdr.Set("Access-Control-Allow-Origin", "*")
 	}
-	c := call{ctx: r.Context(), from: access.ClientOf(r.RemoteAddr)}
+	c := call{ctx: r.Context(), from: access.ClientOf(r.RemoteAddr), after: new([]func())}
+	defer func() { // once the reply is on its way
+		_ = http.NewResponseController(w).Flush()
+		c.runAfter()
+	}()
 	switch r.Method {
 	case http.MethodOptions:
 		if h.AllowOriginAll && r.Header.Get("Origin") != "" && r.Header.Get("Access-Control-Request-Method") != "" {
@@ -402,6 +411,19 @@ func (h *Handler) slowDown(ctx context.Context) {
 type call struct {
 	ctx  context.Context // the request's
 	from access.Client   // the class of the client calling: a task's background probe may reach what its adder could reach, no more
+	// after holds what must wait until the reply is written (a shutdown answers "OK" first).
+	after *[]func()
+}
+
+// later runs f once the reply to this call is written.
+func (c call) later(f func()) { *c.after = append(*c.after, f) }
+
+// runAfter runs what the calls of a request left for after its reply.
+func (c call) runAfter() {
+	for _, f := range *c.after {
+		f()
+	}
+	*c.after = nil
 }
 
 // wireError is an error whose text is aria2's, sent to the client as it is.
@@ -453,7 +475,7 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 	conn.SetReadLimit(maxBody)
 	ctx, cancel := context.WithCancel(r.Context())
-	c := call{ctx: ctx, from: access.ClientOf(r.RemoteAddr)}
+	c := call{ctx: ctx, from: access.ClientOf(r.RemoteAddr), after: new([]func())}
 	events, unsubscribe := h.Tasks.Subscribe()
 	defer unsubscribe()
 	done := make(chan struct{})
@@ -487,5 +509,6 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 			conn.CloseNow()
 			return
 		}
+		c.runAfter()
 	}
 }

@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -501,4 +503,140 @@ func TestWebSocketCallsAndNotifications(t *testing.T) {
 	json.Unmarshal(reply["result"], &gid)
 	send(request("aria2.remove", gid))
 	expect(true, "aria2.onDownloadStop") // announced, never streamed: still ended for the client
+}
+
+func TestTheQueueAndAURIListAreChangedAsAria2ChangesThem(t *testing.T) {
+	r := newRig(t, "s3")
+	add := func(uri string) (gid string) {
+		r.call(t, &gid, "aria2.addUri", []string{uri}, map[string]string{"pause": "true"})
+		return gid
+	}
+	a, b, c := add("http://h/a.mp4"), add("http://h/b.mp4"), add("http://h/c.mp4")
+	waiting := func() []string {
+		var list []struct{ GID string }
+		r.call(t, &list, "aria2.tellWaiting", 0, 10, []string{"gid"})
+		var out []string
+		for _, v := range list {
+			out = append(out, v.GID)
+		}
+		return out
+	}
+	// As recorded from aria2c 1.36: POS_SET 0 → 0; POS_CUR 5 → the end (2); POS_END -1 → 1; POS_CUR -100 → 0.
+	for _, m := range []struct {
+		pos  int
+		how  string
+		at   int
+		list []string
+	}{{0, "POS_SET", 0, []string{c, a, b}}, {5, "POS_CUR", 2, []string{a, b, c}}, {-1, "POS_END", 1, []string{a, c, b}}, {-100, "POS_CUR", 0, []string{c, a, b}}} {
+		var at int
+		r.call(t, &at, "aria2.changePosition", c, m.pos, m.how)
+		if got := waiting(); at != m.at || !slices.Equal(got, m.list) {
+			t.Errorf("changePosition %d %s: %d, %v; want %d, %v", m.pos, m.how, at, got, m.at, m.list)
+		}
+	}
+	for _, c := range []struct {
+		params []any
+		says   string
+	}{
+		{[]any{c, 0, "POS_NOPE"}, "Illegal argument."},
+		{[]any{c, "0", "POS_SET"}, "The parameter at 1 has wrong type."},
+		{[]any{"1234567890abcdef", 0, "POS_SET"}, "GID 1234567890abcdef is not found"},
+	} {
+		if msg := r.fails(t, "aria2.changePosition", c.params...); msg != c.says {
+			t.Errorf("changePosition %v: %q, want %q", c.params, msg, c.says)
+		}
+	}
+	// changeUri removes, then adds what are http(s) URIs, and answers how many of each.
+	var counts []int
+	r.call(t, &counts, "aria2.changeUri", a, 1, []string{"http://h/a.mp4"}, []string{"http://x/1", "http://x/2"})
+	r.call(t, &counts, "aria2.changeUri", a, 1, []string{}, []string{"http://x/0", "notauri"}, 0)
+	var uris []struct{ URI string }
+	r.call(t, &uris, "aria2.getUris", a)
+	if !slices.Equal(counts, []int{0, 1}) || len(uris) != 3 || uris[0].URI != "http://x/0" || uris[2].URI != "http://x/2" {
+		t.Errorf("changeUri: %v, URIs %v", counts, uris)
+	}
+	for params, says := range map[string][]any{
+		"fileIndex is out of range": {a, 2, []string{}, []string{"http://x/3"}},
+		"The integer parameter at 1 has invalid value: the value must be greater than or equal to 1.": {a, 0, []string{}, []string{"http://x/3"}},
+	} {
+		if msg := r.fails(t, "aria2.changeUri", says...); msg != params {
+			t.Errorf("changeUri %v: %q, want %q", says, msg, params)
+		}
+	}
+}
+
+func TestTheOtherMethodsAnswerAsAria2(t *testing.T) {
+	var stopped []bool
+	r := newRig(t, "s3", func(h *rpc.Handler) {
+		h.Shutdown = func(force bool) { stopped = append(stopped, force) }
+		h.Connections = func(string) []rpc.Connection {
+			return []rpc.Connection{{Mirror: 0, URL: "http://cdn/a.mp4?sig=1", Speed: 1234}}
+		}
+	})
+	var gid string
+	r.call(t, &gid, "aria2.addUri", []string{"http://h/a.mp4"})
+	if msg := r.fails(t, "aria2.getServers", gid); msg != "No active download for GID#"+gid {
+		t.Errorf("getServers of a task nobody plays: %q", msg)
+	}
+	st, err := r.store.Begin(t.Context(), gid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var servers []struct {
+		Index   string
+		Servers []map[string]string
+	}
+	r.call(t, &servers, "aria2.getServers", gid)
+	st.End()
+	if len(servers) != 1 || servers[0].Index != "1" || len(servers[0].Servers) != 1 ||
+		!maps.Equal(servers[0].Servers[0], map[string]string{"uri": "http://h/a.mp4", "currentUri": "http://cdn/a.mp4?sig=1", "downloadSpeed": "1234"}) {
+		t.Errorf("getServers of a task being played: %+v", servers)
+	}
+	var peers []any
+	r.call(t, &peers, "aria2.getPeers", gid)
+	if len(peers) != 0 {
+		t.Errorf("getPeers: %v", peers)
+	}
+	if msg := r.fails(t, "aria2.saveSession"); !strings.Contains(msg, "memory") {
+		t.Errorf("saveSession of tasks kept in memory: %q", msg)
+	}
+	for _, m := range []string{"aria2.addTorrent", "aria2.addMetalink"} {
+		if msg := r.fails(t, m, "AAAA"); !strings.Contains(msg, "aria2.addUri") {
+			t.Errorf("%s: %q", m, msg)
+		}
+		if msg := r.fails(t, m); msg != "The parameter at 0 is required but missing." {
+			t.Errorf("%s without its parameter: %q", m, msg)
+		}
+	}
+	var ok string
+	r.call(t, &ok, "aria2.shutdown")
+	r.call(t, &ok, "aria2.forceShutdown")
+	if ok != "OK" || !slices.Equal(stopped, []bool{false, true}) {
+		t.Errorf("shutdown, forceShutdown: %q, stopped %v", ok, stopped)
+	}
+	var global map[string]string
+	r.call(t, &global, "aria2.getGlobalOption")
+	for _, key := range []string{"dir", "split", "max-tries", "piece-length", "max-concurrent-downloads", "rpc-listen-port", "check-certificate", "user-agent"} {
+		if _, ok := global[key]; !ok {
+			t.Errorf("getGlobalOption lacks %s: %v", key, global)
+		}
+	}
+}
+
+func TestSaveSessionSaysOKOnceTheStoreIsDurable(t *testing.T) {
+	store, err := task.OpenBolt(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := task.New(task.Config{Probe: fakeProbe}, store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	h := &rpc.Handler{Tasks: r, Secret: "s3"}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest("POST", "/jsonrpc", strings.NewReader(request("aria2.saveSession"))))
+	if w.Code != 200 || !strings.Contains(w.Body.String(), `"result":"OK"`) {
+		t.Errorf("%d %s", w.Code, w.Body)
+	}
 }

@@ -189,21 +189,21 @@ func (s *Server) requestOf(w http.ResponseWriter, r *http.Request) (request, boo
 		if len(gid) < 16 && (s.Prefixes == nil || !s.Prefixes(r)) {
 			// A GID is the capability to play its task: only the JSON-RPC's clients may look one up by a
 			// prefix. Any other is told what an unknown GID is told, and nothing is asked of the drive.
-			fail(w, http.StatusNotFound, (&task.Error{GID: gid, Err: task.ErrNotFound}).Error())
+			s.refuse(w, r, gid, http.StatusNotFound, (&task.Error{GID: gid, Err: task.ErrNotFound}).Error())
 			return request{}, false
 		}
 		st, err := s.Tasks.Begin(r.Context(), gid)
 		switch {
 		case errors.Is(err, task.ErrPaused):
 			w.Header().Set("Retry-After", "10")
-			fail(w, http.StatusServiceUnavailable, err.Error()+"; unpause it to stream")
+			s.refuse(w, r, gid, http.StatusServiceUnavailable, err.Error()+"; unpause it to stream")
 			return request{}, false
 		case errors.Is(err, task.ErrUnavailable):
 			w.Header().Set("Retry-After", "5")
-			fail(w, http.StatusServiceUnavailable, err.Error())
+			s.refuse(w, r, gid, http.StatusServiceUnavailable, err.Error())
 			return request{}, false
 		case err != nil:
-			fail(w, http.StatusNotFound, err.Error())
+			s.refuse(w, r, gid, http.StatusNotFound, err.Error())
 			return request{}, false
 		}
 		l := st.Link
@@ -259,7 +259,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 	pb, err := s.Play.Open(req.ctx, req.Request)
 	if err != nil {
 		if r.Context().Err() == nil { // the player waits for an answer, whatever else ended the stream
-			s.failPlay(w, req.Request, err)
+			s.failPlay(w, r, req.Request, err)
 		}
 		return
 	}
@@ -373,10 +373,10 @@ func (s *Server) play(w http.ResponseWriter, r *http.Request, req request, pb *p
 		for _, name := range entityHeaders {
 			w.Header().Del(name) // they described the answer that is not coming
 		}
-		s.failPlay(w, req.Request, res.Err)
+		s.failPlay(w, r, req.Request, res.Err)
 	default:
 		if res.Outcome == play.Failed {
-			s.playFailed(req.Request, out.status, fmt.Sprintf("cut after %d bytes: %v", res.Stats.Bytes, res.Err))
+			s.playFailed(r, req.Request, out.status, fmt.Sprintf("cut after %d bytes: %v", res.Stats.Bytes, res.Err))
 		}
 		cut(w, r)
 	}
@@ -424,23 +424,37 @@ func viaMflow(via []string) bool {
 	return false
 }
 
-// playFailed is the one WARN line of a play that failed: which link, what the player was told, and why.
-func (s *Server) playFailed(req play.Request, status int, reason string) {
+// playFailed is the one WARN line of a play that failed: which link, what the player was told, and why;
+// the status page lists it too.
+func (s *Server) playFailed(r *http.Request, req play.Request, status int, reason string) {
 	log := req.Logger
 	if log == nil {
 		log = s.logger()
 	}
-	log.Warn("play failed", "file", upstream.Redact(req.Link.URL), "status", status, "why", reason)
+	var file string
+	attrs := []any{"status", status, "why", reason}
+	if req.Link.URL != "" {
+		file = upstream.Redact(req.Link.URL)
+		attrs = append([]any{"file", file}, attrs...)
+	}
+	log.Warn("play failed", attrs...)
+	s.Play.Failed(play.FailedPlay{At: time.Now(), File: file, Task: req.Task, Player: r.RemoteAddr, Status: status, Reason: reason})
+}
+
+// refuse answers a play of task gid that cannot begin (unknown, paused), and logs it as a failed play.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, gid string, status int, reason string) {
+	s.playFailed(r, play.Request{Task: gid, Logger: s.logger().With("gid", gid)}, status, reason)
+	fail(w, status, reason)
 }
 
 // failPlay answers a play that failed before its first byte with the status and reason err means, and
 // logs it.
-func (s *Server) failPlay(w http.ResponseWriter, req play.Request, err error) {
+func (s *Server) failPlay(w http.ResponseWriter, r *http.Request, req play.Request, err error) {
 	status, reason := failure(err)
 	if status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "5")
 	}
-	s.playFailed(req, status, reason)
+	s.playFailed(r, req, status, reason)
 	fail(w, status, reason)
 }
 

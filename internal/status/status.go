@@ -42,6 +42,8 @@ type Status struct {
 	TasksAway   string      `json:"tasks_unavailable,omitempty"` // why tasks cannot be changed now (a shared store away)
 	Cache       []CacheTier `json:"cache"`
 	Connections Connections `json:"connections"`
+	// FailedPlays are the last plays that failed, newest first: what a player was told, and why.
+	FailedPlays []play.FailedPlay `json:"failed_plays"`
 }
 
 // Stream is one stream playing now.
@@ -112,7 +114,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // Status is mflow's status now.
 func (h *Handler) Status() Status {
 	src := h.src
-	st := Status{Version: src.Version, Uptime: time.Since(src.Started).Seconds(), Streams: []Stream{}, Tasks: []Task{}, Cache: []CacheTier{}}
+	st := Status{Version: src.Version, Uptime: time.Since(src.Started).Seconds(), Streams: []Stream{}, Tasks: []Task{}, Cache: []CacheTier{},
+		FailedPlays: src.Play.FailedPlays()}
 	now := time.Now()
 	for _, p := range src.Play.Playing() {
 		s := Stream{ID: p.ID, Name: p.Name, URL: p.URL, GID: p.Task, Player: p.Player, Sent: p.Sent, Seconds: now.Sub(p.Started).Seconds(),
@@ -134,7 +137,11 @@ func (h *Handler) Status() Status {
 		active, waiting, stopped := src.Tasks.Lists()
 		for _, list := range [][]task.View{active, waiting, stopped} {
 			for _, v := range list {
-				st.Tasks = append(st.Tasks, Task{GID: v.GID, Status: v.State.String(), Name: v.Name, Size: v.Size, Played: v.Delivered, Speed: v.Speed})
+				played := v.Delivered
+				if v.Size >= 0 {
+					played = min(played, v.Size) // players that read the same bytes again took no more of the file
+				}
+				st.Tasks = append(st.Tasks, Task{GID: v.GID, Status: v.State.String(), Name: v.Name, Size: v.Size, Played: played, Speed: v.Speed})
 			}
 		}
 	}

@@ -147,3 +147,6 @@ func (b *Bolt) Close() error { return b.db.Close() }
 
 // File is the store's file.
 func (b *Bolt) File() string { return b.file }
+
+// Sync makes the file durable. Every Save already is when it returns: this waits for none to be under way.
+func (b *Bolt) Sync() error { return b.db.Sync() }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -129,7 +128,7 @@ func (r *Registry) _place(t *task) {
 		r.done = append(r.done, t.GID)
 		r.stops++
 	} else {
-		r.queue = append(r.queue, t.GID)
+		r._enqueue(t)
 	}
 }
 
@@ -324,12 +323,7 @@ const (
 // Add registers a task and starts probing its size in the background. It returns the GID. A task whose
 // save fails is not added: it would vanish at the next start.
 func (r *Registry) Add(a Addition) (string, error) {
-	for _, u := range a.URIs {
-		if p, err := url.Parse(u); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
-			return "", &Error{GID: a.GID, Err: ErrBadURI}
-		}
-	}
-	if len(a.URIs) == 0 {
+	if len(a.URIs) == 0 || slices.ContainsFunc(a.URIs, func(u string) bool { return !httpURI(u) }) {
 		return "", &Error{GID: a.GID, Err: ErrBadURI}
 	}
 	if err := checkSize(a.URIs, a.Options); err != nil {
@@ -409,13 +403,15 @@ func (r *Registry) add(a Addition) (string, change, error) {
 	if a.Paused {
 		t.State = Paused
 	}
-	r.tasks[gid] = t
-	pos := a.Position
-	if pos < 0 || pos > len(r.queue) {
-		pos = len(r.queue)
-	}
-	r.queue = slices.Insert(r.queue, pos, gid)
 	c := change{told: true} // this instance's subscribers hear of it once it is kept
+	t.Queue = r._lastKey()
+	r.tasks[gid] = t
+	if pos := a.Position; pos >= 0 && pos < len(r.queue) {
+		r.queue = slices.Insert(r.queue, pos, gid)
+		r._renumber(&c)
+	} else {
+		r.queue = append(r.queue, gid)
+	}
 	c.save(t)
 	if !a.Paused {
 		r._announce(t, &c)

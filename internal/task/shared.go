@@ -145,11 +145,14 @@ func (r *Registry) _adopt(gid string, rec Record, kept bool) {
 	if fresh.State != t.State && fresh.State != Waiting {
 		t._endStreams()
 	}
-	if fresh.State.stopped() != t.State.stopped() {
+	moved := fresh.State.stopped() != t.State.stopped() || fresh.Queue != t.Queue
+	if moved {
 		r._drop(t)
-		r._place(t)
 	}
 	t.Record = fresh.Record
+	if moved {
+		r._place(t)
+	}
 }
 
 // exchangeEverySecond hands this instance's figures to the shared store each second, until Close.

@@ -51,9 +51,9 @@ func (r *Registry) begin(ctx context.Context, gid string) (*Stream, change, erro
 	case Removed:
 		return nil, c, &Error{GID: t.GID, Err: ErrNotFound}
 	case Failed: // the player tries again: perhaps the upstream recovered
-		t.State, t.Failure = Waiting, nil
+		t.State, t.Failure, t.Queue = Waiting, nil, r._lastKey()
 		r.done = slices.DeleteFunc(r.done, func(g string) bool { return g == t.GID })
-		r.queue = append(r.queue, t.GID)
+		r._enqueue(t)
 		c.save(t)
 	}
 	l, spec, err := r._link(t)

@@ -76,6 +76,8 @@ type Record struct {
 	Size      int64             `json:"size"`      // -1 until probed
 	Delivered int64             `json:"delivered"` // bytes players took
 	Added     time.Time         `json:"added"`
+	// Queue orders the waiting and paused tasks (see queue.go); 0 in a record of an earlier mflow.
+	Queue int64 `json:"queue,omitempty"`
 	// Announced is set once the task was announced as started: a client that heard it shows the task as
 	// started until it hears it stopped, so removing it must say so and keep it as removed.
 	Announced bool `json:"announced,omitempty"`

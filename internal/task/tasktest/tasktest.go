@@ -6,6 +6,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -42,6 +43,65 @@ var config = task.Config{
 func TestStore(t *testing.T, open Open) {
 	t.Run("KeepsWhatItIsGiven", func(t *testing.T) { keepsWhatItIsGiven(t, open) })
 	t.Run("TasksSurviveARestart", func(t *testing.T) { tasksSurviveARestart(t, open) })
+	t.Run("TheQueuesOrderSurvivesARestart", func(t *testing.T) { theQueuesOrderSurvivesARestart(t, open) })
+}
+
+func theQueuesOrderSurvivesARestart(t *testing.T, open Open) {
+	r := newRegistry(t, open(t))
+	for _, gid := range gids(r) { // what the tests before left
+		r.Remove(gid)
+	}
+	r.PurgeResults()
+	a, b, c := add(t, r, task.Addition{}), add(t, r, task.Addition{}), add(t, r, task.Addition{Paused: true})
+	for _, m := range []struct {
+		offset, whence, at int
+		order              []string
+	}{
+		{0, io.SeekStart, 0, []string{c, a, b}},
+		{5, io.SeekCurrent, 2, []string{a, b, c}}, // past the end: the end
+		{-1, io.SeekEnd, 1, []string{a, c, b}},
+		{-100, io.SeekCurrent, 0, []string{c, a, b}},
+	} {
+		at, err := r.Move(c, m.offset, m.whence)
+		if got := gids(r); err != nil || at != m.at || !slices.Equal(got, m.order) {
+			t.Errorf("Move(%d, %d) = %d, %v, order %v; want %d, order %v", m.offset, m.whence, at, err, got, m.at, m.order)
+		}
+	}
+	front := add(t, r, task.Addition{Position: 1}) // addUri's position
+	if got := gids(r); !slices.Equal(got, []string{c, front, a, b}) {
+		t.Errorf("added at 1: %v", got)
+	}
+	if err := r.ChangeURIs(a, func(old []string) []string { return append(old, "http://mirror/a.mp4") }); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.ChangeURIs(a, func([]string) []string { return nil }); !errors.Is(err, task.ErrBadURI) {
+		t.Errorf("a task left without a URI: %v, want ErrBadURI", err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r = newRegistry(t, open(t))
+	defer r.Close()
+	if got := gids(r); !slices.Equal(got, []string{c, front, a, b}) {
+		t.Errorf("after a restart: %v, want %v", got, []string{c, front, a, b})
+	}
+	if v, _ := r.Get(a); !slices.Equal(v.URIs, []string{"http://h/a.mp4", "http://mirror/a.mp4"}) {
+		t.Errorf("the changed URIs after a restart: %v", v.URIs)
+	}
+	for _, gid := range []string{a, b, c, front} {
+		r.Remove(gid)
+	}
+	r.PurgeResults()
+}
+
+// gids are the waiting and paused tasks' GIDs in queue order.
+func gids(r *task.Registry) []string {
+	_, waiting, _ := r.Lists()
+	var out []string
+	for _, v := range waiting {
+		out = append(out, v.GID)
+	}
+	return out
 }
 
 func keepsWhatItIsGiven(t *testing.T, open Open) {
@@ -289,6 +349,9 @@ func add(t *testing.T, r *task.Registry, a task.Addition) string {
 	t.Helper()
 	if a.URIs == nil {
 		a.URIs = []string{"http://h/a.mp4"}
+	}
+	if a.Position == 0 {
+		a.Position = -1 // last, as addUri adds without a position
 	}
 	gid, err := r.Add(a)
 	if err != nil {
