@@ -843,11 +843,38 @@ func TestAnInterruptedGetResumesAndFetchesTheFileAboutOnce(t *testing.T) {
 	}
 }
 
+// rpcPair starts an aria2c and an mflow of their own, each with the JSON-RPC secret s3 and no task, and
+// returns their JSON-RPC URLs and the processes (stopped when the test ends, unless they stopped already).
+func rpcPair(t *testing.T) (ariaURL, mflowURL string, aria, mflow *exec.Cmd) {
+	ariaPort, mflowPort := freePort(), freePort()
+	aria = exec.Command(tools["aria2c"], "--enable-rpc", "--rpc-listen-port="+strconv.Itoa(ariaPort), "--rpc-secret=s3", "-d", t.TempDir(), "--quiet", "--no-conf")
+	mflow = exec.Command(env.bin, "--listen", "127.0.0.1", "--port", strconv.Itoa(mflowPort), "--in-memory", "--rpc-secret", "s3")
+	for _, cmd := range []*exec.Cmd{aria, mflow} {
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if cmd.ProcessState == nil {
+				cmd.Process.Kill()
+				cmd.Wait()
+			}
+		})
+	}
+	ariaURL, mflowURL = fmt.Sprintf("http://127.0.0.1:%d/jsonrpc", ariaPort), fmt.Sprintf("http://127.0.0.1:%d/jsonrpc", mflowPort)
+	for _, u := range []string{ariaURL, mflowURL} {
+		if err := waitRPC(u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ariaURL, mflowURL, aria, mflow
+}
+
 // TestEveryAria2MethodAnswersAsARealAria2c runs the methods that change the queue and a task's URIs on
 // tasks of the same GIDs in aria2c and in mflow, and compares the answers.
 func TestEveryAria2MethodAnswersAsARealAria2c(t *testing.T) {
-	_, want := rpcPost(t, env.aria2, `{"id":1,"method":"system.listMethods"}`)
-	_, got := rpcPost(t, env.proxy+"/jsonrpc", `{"id":1,"method":"system.listMethods"}`)
+	ariaURL, mflowURL, _, _ := rpcPair(t)
+	_, want := rpcPost(t, ariaURL, `{"id":1,"method":"system.listMethods"}`)
+	_, got := rpcPost(t, mflowURL, `{"id":1,"method":"system.listMethods"}`)
 	if fmt.Sprint(got.(map[string]any)["result"]) != fmt.Sprint(want.(map[string]any)["result"]) {
 		t.Errorf("system.listMethods: mflow %v\naria2c %v", got, want)
 	}
@@ -858,19 +885,12 @@ func TestEveryAria2MethodAnswersAsARealAria2c(t *testing.T) {
 	gids := []string{"e2e0000000000001", "e2e0000000000002", "e2e0000000000003"}
 	for i, gid := range gids {
 		body := call("aria2.addUri", []string{fmt.Sprintf("%s/files/data.bin?n=%d", env.upstream, i)}, map[string]string{"gid": gid, "pause": "true"})
-		for _, u := range []string{env.aria2, env.proxy + "/jsonrpc"} {
+		for _, u := range []string{ariaURL, mflowURL} {
 			if status, v := rpcPost(t, u, body); status != 200 {
 				t.Fatalf("addUri at %s: %d %v", u, status, v)
 			}
 		}
 	}
-	defer func() {
-		for _, gid := range gids {
-			for _, u := range []string{env.aria2, env.proxy + "/jsonrpc"} {
-				rpcPost(t, u, call("aria2.remove", gid))
-			}
-		}
-	}()
 	for _, body := range []string{
 		call("aria2.changePosition", gids[2], 0, "POS_SET"),
 		call("aria2.changePosition", gids[2], 5, "POS_CUR"),
@@ -890,8 +910,8 @@ func TestEveryAria2MethodAnswersAsARealAria2c(t *testing.T) {
 		call("aria2.addTorrent"),
 		call("aria2.addMetalink"),
 	} {
-		wantStatus, want := rpcPost(t, env.aria2, body)
-		gotStatus, got := rpcPost(t, env.proxy+"/jsonrpc", body)
+		wantStatus, want := rpcPost(t, ariaURL, body)
+		gotStatus, got := rpcPost(t, mflowURL, body)
 		w, g := fmt.Sprint(want), fmt.Sprint(got)
 		if strings.Contains(body, "getUris") || strings.Contains(body, "tellWaiting") {
 			w, g = fmt.Sprint(want.(map[string]any)["result"]), fmt.Sprint(got.(map[string]any)["result"])
@@ -903,8 +923,8 @@ func TestEveryAria2MethodAnswersAsARealAria2c(t *testing.T) {
 	// Where mflow has its own words (it takes no torrent; its tasks are kept in memory here), the envelope,
 	// the code and the status are aria2's.
 	for _, body := range []string{call("aria2.addTorrent", "AAAA"), call("aria2.addMetalink", "AAAA"), call("aria2.saveSession")} {
-		wantStatus, want := rpcPost(t, env.aria2, body)
-		gotStatus, got := rpcPost(t, env.proxy+"/jsonrpc", body)
+		wantStatus, want := rpcPost(t, ariaURL, body)
+		gotStatus, got := rpcPost(t, mflowURL, body)
 		w, g := want.(map[string]any)["error"], got.(map[string]any)["error"]
 		if gotStatus != wantStatus || w == nil || g == nil || w.(map[string]any)["code"] != g.(map[string]any)["code"] {
 			t.Errorf("%s: mflow %d %v, aria2c %d %v", body, gotStatus, got, wantStatus, want)
@@ -914,20 +934,7 @@ func TestEveryAria2MethodAnswersAsARealAria2c(t *testing.T) {
 
 func TestShutdownStopsMflowAsItStopsAria2c(t *testing.T) {
 	for _, method := range []string{"aria2.shutdown", "aria2.forceShutdown"} {
-		ariaPort, mflowPort := freePort(), freePort()
-		aria := exec.Command(tools["aria2c"], "--enable-rpc", "--rpc-listen-port="+strconv.Itoa(ariaPort), "--rpc-secret=s3", "-d", t.TempDir(), "--quiet", "--no-conf")
-		mflow := exec.Command(env.bin, "--listen", "127.0.0.1", "--port", strconv.Itoa(mflowPort), "--in-memory", "--rpc-secret", "s3")
-		for _, cmd := range []*exec.Cmd{aria, mflow} {
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-		}
-		ariaURL, mflowURL := fmt.Sprintf("http://127.0.0.1:%d/jsonrpc", ariaPort), fmt.Sprintf("http://127.0.0.1:%d/jsonrpc", mflowPort)
-		for _, u := range []string{ariaURL, mflowURL} {
-			if err := waitRPC(u); err != nil {
-				t.Fatal(err)
-			}
-		}
+		ariaURL, mflowURL, aria, mflow := rpcPair(t)
 		body := `{"jsonrpc":"2.0","id":"s","method":"` + method + `","params":["token:s3"]}`
 		_, want := rpcPost(t, ariaURL, body)
 		_, got := rpcPost(t, mflowURL, body)
