@@ -4,7 +4,9 @@
 package app
 
 import (
+	"context"
 	"log/slog"
+	"net"
 	"net/http"
 	"time"
 
@@ -30,6 +32,9 @@ type Config struct {
 	MaxRedirects    int            // per request
 	HostConnections int            // per upstream host, across all streams
 	Insecure        bool           // skip TLS verification upstream
+	// Dial, when set, replaces the network dialer upstream (the benchmark dials into a network
+	// namespace); the target policy is not applied to it.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	RelayNoRange    bool           // relay upstreams without Range over one connection
 	Policy          *access.Policy // where requests may connect; nil allows all
 	// Shared, when set, is the per-host connection budget shared with other instances (--redis).
@@ -82,7 +87,7 @@ func New(cfg Config) (*App, error) {
 		log = slog.Default()
 	}
 	userAgent := "mflow/" + cfg.Version
-	client := upstream.NewClient(upstream.Config{HostConnections: cfg.HostConnections, Insecure: cfg.Insecure, Policy: cfg.Policy, Shared: cfg.Shared, MaxRedirects: cfg.MaxRedirects, UserAgent: userAgent})
+	client := upstream.NewClient(upstream.Config{HostConnections: cfg.HostConnections, Insecure: cfg.Insecure, Policy: cfg.Policy, Shared: cfg.Shared, MaxRedirects: cfg.MaxRedirects, UserAgent: userAgent, Dial: cfg.Dial})
 	resolver := &link.Resolver{Client: client, Retry: upstream.Retry{Max: cfg.Retry}, Hedge: cfg.Connections, Logger: log}
 	a := &App{
 		Engine: &engine.Engine{Client: client, ChunkSize: cfg.ChunkSize, Connections: cfg.Connections, Retries: cfg.Retry, MinSpeed: cfg.MinSpeed, Logger: log},

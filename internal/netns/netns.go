@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -111,6 +112,28 @@ func (ns *Namespace) Listen(network, address string) (net.Listener, error) {
 	err := ns.Do(func() error {
 		var err error
 		ln, err = net.Listen(network, address)
+		return err
+	})
+	return ln, err
+}
+
+// ListenTCP listens on address inside the namespace, its connections sending with the TCP congestion
+// control named (cubic, bbr, reno): a server's choice shapes how a lossy path treats it, and the kernel's
+// default may not be the one modelled.
+func (ns *Namespace) ListenTCP(address, congestion string) (net.Listener, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var err error
+		if cerr := c.Control(func(fd uintptr) {
+			err = unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, congestion)
+		}); cerr != nil {
+			return cerr
+		}
+		return err
+	}}
+	var ln net.Listener
+	err := ns.Do(func() error {
+		var err error
+		ln, err = lc.Listen(context.Background(), "tcp", address)
 		return err
 	})
 	return ln, err

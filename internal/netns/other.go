@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"os/exec"
 )
 
@@ -19,14 +20,24 @@ type Namespace struct{ Name string }
 // New fails: there are no namespaces here.
 func New(string) (*Namespace, error) { return nil, Available() }
 
-func (ns *Namespace) Close() error                                { return Available() }
-func (ns *Namespace) IP(...string) error                          { return Available() }
-func (ns *Namespace) Sysctl(string, string) error                 { return Available() }
-func (ns *Namespace) Do(func() error) error                       { return Available() }
-func (ns *Namespace) Listen(string, string) (net.Listener, error) { return nil, Available() }
+func (ns *Namespace) Close() error                                   { return Available() }
+func (ns *Namespace) IP(...string) error                             { return Available() }
+func (ns *Namespace) Sysctl(string, string) error                    { return Available() }
+func (ns *Namespace) Do(func() error) error                          { return Available() }
+func (ns *Namespace) Listen(string, string) (net.Listener, error)    { return nil, Available() }
+func (ns *Namespace) ListenTCP(string, string) (net.Listener, error) { return nil, Available() }
 func (ns *Namespace) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
 	return exec.CommandContext(ctx, name, args...)
 }
 func (ns *Namespace) Dialer(net.Addr) func(context.Context, string, string) (net.Conn, error) {
 	return func(context.Context, string, string) (net.Conn, error) { return nil, Available() }
 }
+
+// Link would join two namespaces; there are none here.
+type Link struct{ A, B netip.Addr }
+
+// Connect fails: there are no namespaces here.
+func Connect(_, _ *Namespace, _, _ netip.Addr, _ Path) (*Link, error) { return nil, Available() }
+
+func (l *Link) Close() error                        { return Available() }
+func (l *Link) Counts() (carried, dropped [2]int64) { return }

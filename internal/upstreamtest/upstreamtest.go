@@ -173,6 +173,16 @@ func New(content []byte, opts Options) *Upstream {
 	return u
 }
 
+// NewOn starts an upstream on ln: a listener in a network namespace, for a real path to it.
+func NewOn(ln net.Listener, content []byte, opts Options) *Upstream {
+	u := newUpstream(content, opts)
+	ts := &httptest.Server{Listener: ln, Config: &http.Server{Handler: u}}
+	u.configure(ts.Config)
+	ts.Start()
+	u.URL, u.closer = ts.URL, ts.Close
+	return u
+}
+
 // NewTLS starts an upstream on loopback over TLS, speaking HTTP/2 when h2 is set.
 func NewTLS(content []byte, h2 bool, opts Options) *Upstream {
 	u := newUpstream(content, opts)
