@@ -27,6 +27,7 @@ import (
 	"mflow/internal/bytesize"
 	"mflow/internal/chunkcache"
 	"mflow/internal/cluster"
+	"mflow/internal/engine"
 	"mflow/internal/logging"
 	"mflow/internal/server"
 	"mflow/internal/task"
@@ -51,6 +52,7 @@ type options struct {
 	port            int
 	connections     int
 	chunkSize       int64
+	readAhead       int64
 	retry           int
 	logLevel        string
 	cache           bool
@@ -93,6 +95,7 @@ func parseFlags(args []string, env map[string]string) (options, string, error) {
 	fs.VarP(newIntFlag(&o.port, 80, 0, 65535), "port", "p", "port to listen on")
 	fs.VarP(newIntFlag(&o.connections, 4, 1, 64), "connections", "c", "upstream connections per stream (and chunks read ahead)")
 	fs.VarP(bytesize.NewValue(&o.chunkSize, 1<<20), "chunk-size", "s", "chunk size: 512K, 1M, 0.5M, 2M…")
+	fs.Var(bytesize.NewValue(&o.readAhead, engine.DefaultReadAhead), "read-ahead", "the most one stream reads ahead of its player, and holds in memory (K, M, G)")
 	fs.VarP(newIntFlag(&o.retry, 5, 0, 100), "retry", "r", "retries of one chunk before the stream fails")
 	o.logLevel = "INFO"
 	fs.Var(levelFlag{&o.logLevel}, "log-level", "DEBUG, INFO, WARNING, ERROR or CRITICAL")
@@ -149,6 +152,9 @@ func parseFlags(args []string, env map[string]string) (options, string, error) {
 		if fs.Changed("state-dir") || o.inMemory {
 			return o, "", fmt.Errorf("--redis keeps the tasks in Redis: leave out --state-dir and --in-memory")
 		}
+	}
+	if o.readAhead < 0 || o.readAhead > 1<<34 {
+		return o, "", fmt.Errorf("invalid argument %q for \"--read-ahead\" flag: want up to 16G, such as 32M or 64M", bytesize.Format(o.readAhead))
 	}
 	if o.chunkSize < 16<<10 || o.chunkSize > 1<<30 {
 		return o, "", fmt.Errorf("invalid argument %q for \"-s, --chunk-size\" flag: want 16K to 1G, such as 512K or 1M", bytesize.Format(o.chunkSize))
@@ -255,7 +261,7 @@ func run(ctx context.Context, args []string, env map[string]string, stdout, stde
 	dir, _ := os.Getwd()
 	mflow, err := app.New(app.Config{
 		Shutdown: func(force bool) { forced.Store(force); requestStop() }, Dir: dir, Port: o.port, ConfPath: o.confRead,
-		Connections: o.connections, ChunkSize: o.chunkSize, Retry: o.retry, MinSpeed: o.minSpeed, MaxRedirects: o.maxRedirects,
+		Connections: o.connections, ChunkSize: o.chunkSize, ReadAhead: o.readAhead, Retry: o.retry, MinSpeed: o.minSpeed, MaxRedirects: o.maxRedirects,
 		HostConnections: o.hostConnections, Insecure: o.insecure, RelayNoRange: o.relayNoRange, Policy: policy, Shared: shared, Memory: cache.Memory, Disk: cache.Disk,
 		MaxStreams: o.maxStreams, Tasks: store, MaxStopped: o.maxStopped, MaxWaiting: o.maxWaiting,
 		RPCSecret: o.rpcSecret, RPCListenAll: o.rpcListenAll, RPCAllowOriginAll: o.rpcOriginAll,
@@ -361,17 +367,16 @@ func ownAddresses(addr net.Addr) []netip.AddrPort {
 	return own
 }
 
-// openCache builds the chunk cache the flags ask for: memory with --cache, disk with --cache-dir, or both.
 // openCache opens the chunk caches the flags ask for; either tier may be nil.
 func openCache(o options, log *slog.Logger) (chunkcache.Tiered, error) {
 	var tiers chunkcache.Tiered
 	if o.cache {
 		tiers.Memory = chunkcache.NewMemory(o.cacheSize)
 		// A large, long-lived cache would let the GC grow the heap to twice its size. A soft limit of the
-		// cache, four streams' windows and some room keeps resident memory near that; more streams make
+		// cache, two streams' read-ahead and some room keeps resident memory near that; more streams make
 		// the GC work harder instead of the process grow. GOMEMLIMIT, when set, wins.
 		if os.Getenv("GOMEMLIMIT") == "" {
-			limit := o.cacheSize + 4*int64(o.connections)*o.chunkSize + 64<<20
+			limit := o.cacheSize + 2*o.readAhead + 64<<20
 			debug.SetMemoryLimit(limit)
 			log.Debug("soft memory limit", "bytes", bytesize.Human(float64(limit)))
 		}

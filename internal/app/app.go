@@ -25,18 +25,19 @@ import (
 
 // Config is what mflow's flags set.
 type Config struct {
-	Connections     int            // per stream (-c)
-	ChunkSize       int64          // -s
-	Retry           int            // retries of a chunk or a probe (-r)
-	MinSpeed        int64          // bytes/s, 0 = off
-	MaxRedirects    int            // per request
-	HostConnections int            // per upstream host, across all streams
-	Insecure        bool           // skip TLS verification upstream
+	Connections     int   // per stream (-c)
+	ChunkSize       int64 // -s
+	ReadAhead       int64 // --read-ahead; 0 is the engine's default
+	Retry           int   // retries of a chunk or a probe (-r)
+	MinSpeed        int64 // bytes/s, 0 = off
+	MaxRedirects    int   // per request
+	HostConnections int   // per upstream host, across all streams
+	Insecure        bool  // skip TLS verification upstream
 	// Dial, when set, replaces the network dialer upstream (the benchmark dials into a network
 	// namespace); the target policy is not applied to it.
-	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
-	RelayNoRange    bool           // relay upstreams without Range over one connection
-	Policy          *access.Policy // where requests may connect; nil allows all
+	Dial         func(ctx context.Context, network, addr string) (net.Conn, error)
+	RelayNoRange bool           // relay upstreams without Range over one connection
+	Policy       *access.Policy // where requests may connect; nil allows all
 	// Shared, when set, is the per-host connection budget shared with other instances (--redis).
 	Shared     upstream.SharedBudget
 	Memory     *chunkcache.Memory // the memory chunk cache; nil for none
@@ -90,7 +91,7 @@ func New(cfg Config) (*App, error) {
 	client := upstream.NewClient(upstream.Config{HostConnections: cfg.HostConnections, Insecure: cfg.Insecure, Policy: cfg.Policy, Shared: cfg.Shared, MaxRedirects: cfg.MaxRedirects, UserAgent: userAgent, Dial: cfg.Dial})
 	resolver := &link.Resolver{Client: client, Retry: upstream.Retry{Max: cfg.Retry}, Hedge: cfg.Connections, Logger: log}
 	a := &App{
-		Engine: &engine.Engine{Client: client, ChunkSize: cfg.ChunkSize, Connections: cfg.Connections, Retries: cfg.Retry, MinSpeed: cfg.MinSpeed, Logger: log},
+		Engine: &engine.Engine{Client: client, ChunkSize: cfg.ChunkSize, ReadAhead: cfg.ReadAhead, Connections: cfg.Connections, Retries: cfg.Retry, MinSpeed: cfg.MinSpeed, Logger: log},
 		client: client,
 	}
 	if cfg.Memory != nil || cfg.Disk != nil {

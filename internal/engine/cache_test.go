@@ -67,8 +67,8 @@ func TestDiskCacheSurvivesARestartAndRefetchesACorruptChunk(t *testing.T) {
 		checkBytes(t, got, file, span)
 		return u.Requests() - before
 	}
-	if n := play(); n != 8 {
-		t.Fatalf("the first play sent %d requests, want one per chunk (8)", n)
+	if n := play(); n < 1 || n > 8 {
+		t.Fatalf("the first play sent %d requests, want one to eight (at most one per chunk)", n)
 	}
 	if n := play(); n != 0 {
 		t.Errorf("after a restart the play sent %d requests, want none", n)

@@ -47,9 +47,12 @@ type Engine struct {
 	Client *upstream.Client
 	// ChunkSize is the size of a chunk and the grid chunks are aligned to.
 	ChunkSize int64
-	// Connections is the number of upstream requests a stream keeps going at once (more only while one
-	// ends and the next begins), and half the chunks it reads ahead.
+	// Connections is the most upstream requests a stream has open at once, its probe's answer, races and
+	// hedges included.
 	Connections int
+	// ReadAhead bounds how far a stream reads ahead of its player, in bytes (DefaultReadAhead when 0): a
+	// stream starts with Connections chunks ahead and reads further while its player keeps up.
+	ReadAhead int64
 	// Retries is how often one piece may be tried again before the stream fails.
 	Retries int
 	// MinSpeed, in bytes per second, drops a connection slower than this for slowSamples seconds in a row;
@@ -91,34 +94,21 @@ type Cache interface {
 	Put(key string, data []byte)
 }
 
-const (
-	// sampleEvery is how often each connection's speed is sampled for --min-speed and the stall rule.
-	sampleEvery = time.Second
-	// slowSamples is how many samples in a row below MinSpeed drop a connection.
-	slowSamples = 3
-	// routeEvery is how often each request's speed is compared with the stream's best.
-	routeEvery = 100 * time.Millisecond
-	// routeWindow is the longest window a request's speed is taken over: a server that paces in bursts
-	// further apart than half of it still looks slower than it is.
-	routeWindow = time.Second
-	// routeSamples is how many comparisons in a row a request must lose, lagFactor times slower than the
-	// stream's best lately, before it is asked again on a fresh request.
-	routeSamples = 2
-	// routeFade is how much of the stream's best speed is kept at each route check: half of it after a
-	// second.
-	routeFade = 0.933
-	// maxReplaced bounds the fresh requests one piece gets for being slow; after that its connection stays.
-	maxReplaced = 3
-	// minSplit is the smallest half an idle connection takes from a piece.
-	minSplit = 128 << 10
-	// splitAfter is how long a piece must still need before an idle connection takes half of it: below
-	// that, a new request costs more than it saves.
-	splitAfter = time.Second
-	// lagFactor marks a connection as lagging when it is this many times slower than the stream's usual.
-	lagFactor = 4
-	// readSize is how much one connection reads at a time.
-	readSize = 32 << 10
-)
+// readSize is how much one connection reads at a time.
+const readSize = 32 << 10
+
+// DefaultReadAhead is the most a stream reads ahead of its player unless Engine.ReadAhead says otherwise.
+const DefaultReadAhead = 64 << 20
+
+// maxAhead is the read-ahead bound of a stream of lanes requests: ReadAhead, and never less than a chunk
+// for each request in flight and one ready.
+func (e *Engine) maxAhead(lanes int) int64 {
+	ahead := e.ReadAhead
+	if ahead <= 0 {
+		ahead = DefaultReadAhead
+	}
+	return max(ahead, 2*int64(lanes)*e.ChunkSize)
+}
 
 // Request is one range to stream.
 type Request struct {
@@ -211,18 +201,25 @@ func (e *Engine) Stream(ctx context.Context, w io.Writer, req Request) (stats St
 	defer e.closeFile(f)
 	s := e.newStream(ctx, f, req)
 	defer s.end(&stats, &err)
+	// The stream's work is its own (it may finish a chunk for the cache after its player left), but a stop
+	// for any other cause than the player going (a task paused, mflow stopping) ends it at once.
+	stop := context.AfterFunc(ctx, func() {
+		if cause := context.Cause(ctx); !errors.Is(cause, context.Canceled) {
+			s.cancel(cause)
+		}
+	})
+	defer stop()
 	if req.Live != nil {
 		req.Live.set(s.progress)
 		defer req.Live.set(nil)
 	}
 	s.plan()
-	for range 2 * s.lanes {
+	for range s.lanes {
 		s.wg.Go(func() { defer s.recoverWorker(); s.work() })
 	}
 	s.wg.Go(func() { defer s.recoverWorker(); s.watch() })
-	if err = s.write(w); err == nil {
-		s.finish()
-	}
+	err = s.write(w)
+	s.linger(context.Cause(ctx))
 	return stats, err
 }
 
@@ -266,9 +263,9 @@ func (e *Engine) logger() *slog.Logger {
 	return slog.Default()
 }
 
-// HeldBytes is the memory the streams hold in chunk buffers now. A stream holds at most 2 × Connections
-// chunks ahead of its player, and with a cache up to two more it finishes for the cache; each request
-// also has a readSize read buffer.
+// HeldBytes is the memory the streams hold in chunk buffers now. A stream holds at most its read-ahead
+// (ReadAhead) and a chunk, and with a cache up to two more it finishes for the cache; each request also
+// has a readSize read buffer.
 func (e *Engine) HeldBytes() int64 { return e.held.Load() }
 
 func (e *Engine) getBuffer() *[]byte {

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"mflow/internal/testsync"
@@ -256,11 +257,12 @@ func TestPlayerLeavingCancelsEveryUpstreamRequest(t *testing.T) {
 	testsync.WaitFor(t, "no upstream request open", func() bool { return u.Open() == 0 })
 }
 
-// blockingWriter passes the first write, then holds every later one until release is closed.
+// blockingWriter takes writes until it holds after bytes, then holds every later one until release is
+// closed.
 type blockingWriter struct {
+	after   int
 	mu      sync.Mutex
 	buf     bytes.Buffer
-	first   chan struct{}
 	release chan struct{}
 }
 
@@ -268,47 +270,59 @@ func (w *blockingWriter) Write(b []byte) (int, error) {
 	w.mu.Lock()
 	n := w.buf.Len()
 	w.mu.Unlock()
-	if n > 0 {
+	if n >= w.after {
 		<-w.release
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.buf.Write(b)
-	if n == 0 {
-		close(w.first)
-	}
-	return len(b), nil
+	return w.buf.Write(b)
+}
+
+func (w *blockingWriter) taken() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return int64(w.buf.Len())
 }
 
 func TestSlowPlayerBoundsTheReadAhead(t *testing.T) {
-	file := upstreamtest.RandomFile(8 << 20)
-	u := upstreamtest.New(file, upstreamtest.Options{})
-	defer u.Close()
-	const chunk, conns = 64 << 10, 4
-	e := newEngine(t, u, chunk, conns)
-	w := &blockingWriter{first: make(chan struct{}), release: make(chan struct{})}
-	done := make(chan error, 1)
-	span := httprange.Span{Start: 0, End: int64(len(file)) - 1}
-	go func() {
-		_, err := e.Stream(t.Context(), w, engine.Request{Target: target(u), Span: span})
-		done <- err
-	}()
-	<-w.first
-	w.mu.Lock()
-	taken := int64(w.buf.Len()) // final until release: the player holds its second write
-	w.mu.Unlock()
-	// The window beyond what the player took fills (2 × conns chunks: a request can start before the one
-	// ahead of it ends), and the connections go idle.
-	const window = 2 * conns
-	testsync.WaitFor(t, "the read-ahead window to fill", func() bool { return u.Served()-taken > (window-1)*chunk && u.Open() == 0 })
-	if ahead := u.Served() - taken; ahead > window*chunk || ahead <= (window-1)*chunk {
-		t.Errorf("fetched %d bytes beyond the %d the stalled player took, want %d chunks' worth (%d)", ahead, taken, window, window*chunk)
+	const chunk, conns, readAhead = 64 << 10, 4, 16 * 64 << 10
+	for _, c := range []struct {
+		name        string
+		after       int   // what the player takes before it stops reading
+		least, most int64 // the read-ahead beyond it, once the connections are idle
+	}{
+		{"a seek's worth", 1, 2 * chunk, 3 * chunk},                      // the first window: a chunk per connection but one
+		{"a player that read on", 2 << 20, readAhead - chunk, readAhead}, // grown to the bound
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				file := upstreamtest.RandomFile(8 << 20)
+				u := upstreamtest.NewInMemory(file, upstreamtest.Options{})
+				defer u.Close()
+				e := newEngine(t, u, chunk, conns)
+				e.ReadAhead = readAhead
+				w := &blockingWriter{after: c.after, release: make(chan struct{})}
+				done := make(chan error, 1)
+				span := httprange.Span{Start: 0, End: int64(len(file)) - 1}
+				go func() {
+					_, err := e.Stream(t.Context(), w, engine.Request{Target: target(u), Span: span})
+					done <- err
+				}()
+				synctest.Wait() // the player holds a write, the connections are idle
+				if u.Open() != 0 {
+					t.Errorf("%d requests open while the player holds its write", u.Open())
+				}
+				if ahead := u.Served() - w.taken(); ahead < c.least || ahead > c.most {
+					t.Errorf("fetched %d bytes beyond the %d the stalled player took, want %d to %d", ahead, w.taken(), c.least, c.most)
+				}
+				close(w.release)
+				if err := <-done; err != nil {
+					t.Fatal(err)
+				}
+				checkBytes(t, w.buf.Bytes(), file, span)
+			})
+		})
 	}
-	close(w.release)
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	checkBytes(t, w.buf.Bytes(), file, span)
 }
 
 // firstWriteWriter reports its first write.

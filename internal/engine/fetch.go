@@ -8,114 +8,35 @@ import (
 	"net/http"
 	"time"
 
+	"mflow/internal/engine/pace"
 	"mflow/internal/httprange"
 	"mflow/internal/source"
 	"mflow/internal/upstream"
 )
 
-// fetch is a worker's claim on a piece, kept across its retries. Its fields are protected by the file's lock.
+// fetch is one lane's work: the bytes [pos, claim) it claims, brought by one request at a time, asked
+// again after a failure from the byte it reached. Its fields are protected by the file's lock.
 type fetch struct {
-	pos   int64     // next offset this connection will read
-	began time.Time // when the claim was made
-	lane  bool      // holds one of the stream's lanes; given up near the end, so the next request can start
+	from      int64     // where its claim began
+	pos       int64     // the next byte its request brings
+	claim     int64     // one past the last byte it claims; an idle lane that takes half lowers it
+	began     time.Time // when it was made
+	racer     *fetch    // a fresh request racing this slow one on the same bytes, if any
+	raced     *fetch    // for a racer: the slow request it races
+	raceGap   int64     // for a racer: how far behind the slow request its first bytes came; -1 before
+	wantsRace bool      // the policy found it far slower than the stream's best: a free lane races it
 
 	retries    int   // attempts in a row that failed with no new byte reaching the stream in between
 	failedAt   int64 // the stream's received bytes when its last attempt failed
 	recovering bool  // waiting to try again after a failure the upstream did not ask it to wait out
+	replaced   int   // fresh requests its bytes got for being slow
 
-	// The current attempt:
-	cancel     context.CancelCauseFunc // ends it; nil between attempts
-	gen        int                     // target generation it uses
-	mirror     int                     // the mirror it uses, 1-based; 0 is the target
-	sent       time.Time               // when its request went out
-	answered   time.Time               // when its answer arrived; zero before
-	got        int64                   // bytes it read
-	sampled    int64                   // got at the last one-second sample
-	samples    int                     // one-second samples taken
-	rate       float64                 // bytes/s in the last one-second sample
-	quiet      time.Duration           // time since it last delivered a byte (or since it was sent)
-	slowCount  int                     // one-second samples in a row below the minimum speed
-	lastByte   time.Time               // when its last bytes arrived
-	silence    time.Duration           // the longest wait for bytes since its grace time: the server's pacing
-	trail      routeTrail              // what it had read at the last route checks
-	routeRate  float64                 // bytes/s over twice its longest silence: its steady speed
-	measured   bool                    // routeRate counts: the request ran a whole such window past its grace time
-	recentRate float64                 // bytes/s over the last route check's interval; 0 in a silence
-	routeSlow  int                     // route checks in a row it lost to the stream's best
-}
-
-// fill works on p until it is done, the stream ends, or its retries run out.
-func (s *stream) fill(p *piece, f *fetch) {
-	defer s.leave(p, f)
-	for {
-		err := s.attempt(p, f)
-		if err == nil || s.ctx.Err() != nil {
-			return
-		}
-		if errors.Is(err, errSlowRoute) && s.racedBy(p, f) {
-			return // the fresh request racing it carries on
-		}
-		wait, fatal := s.retryPlan(p, f, err)
-		if fatal != nil {
-			if s.racedBy(p, f) {
-				return // another connection on the piece may still bring it
-			}
-			s.fail(fatal)
-			return
-		}
-		if wait > 0 {
-			s.setRecovering(f, !slowDownAsked(err))
-			t := time.NewTimer(wait)
-			select {
-			case <-t.C:
-			case <-s.ctx.Done():
-				t.Stop()
-				return
-			}
-			s.setRecovering(f, false)
-		}
-	}
-}
-
-// slowDownAsked reports whether the upstream asked to be left alone for a while (429, 503): then no other
-// connection hurries to the piece while this one waits.
-func slowDownAsked(err error) bool {
-	var status *upstream.StatusError
-	return errors.As(err, &status) && (status.Code == http.StatusTooManyRequests || status.Code == http.StatusServiceUnavailable)
-}
-
-func (s *stream) setRecovering(f *fetch, on bool) {
-	s.f.mu.Lock()
-	defer s.f.mu.Unlock()
-	f.recovering = on
-	s.f._broadcast() // an idle lane may take the piece the player waits on meanwhile
-}
-
-// leave drops f's claim on p, and logs p once it is done.
-func (s *stream) leave(p *piece, f *fetch) {
-	s.f.mu.Lock()
-	defer s.f.mu.Unlock()
-	for i, g := range p.fetches {
-		if g == f {
-			p.fetches = append(p.fetches[:i], p.fetches[i+1:]...)
-			break
-		}
-	}
-	delete(s.fetches, f)
-	s._giveLane(f)
-	if p.done() && f.pos >= p.end {
-		s.log.Debug("piece done", "from", p.start, "to", p.end-1, "took", time.Since(f.began).Round(time.Millisecond), "retries", f.retries)
-	}
-	s.f._broadcast()
-}
-
-// _giveLane lets another worker start a request in f's lane.
-func (s *stream) _giveLane(f *fetch) {
-	if f.lane {
-		f.lane = false
-		s.busy--
-		s.f._broadcast()
-	}
+	// The current attempt, its request open; meter is nil between attempts.
+	meter  *pace.Request           // what the policy knows of it
+	cancel context.CancelCauseFunc // ends it
+	asked  int64                   // one past the last byte it asked for
+	gen    int                     // the target generation it uses
+	mirror int                     // the mirror it asks, 1-based; 0 is the target
 }
 
 // try is what one attempt needs, set up under the lock.
@@ -126,38 +47,156 @@ type try struct {
 	head   *http.Response // the probe's answer, when this attempt may use it
 }
 
-// attempt sends one request for the rest of p (or takes the probe's answer) and copies its answer in.
-// It returns nil when p needs this connection no more.
-func (s *stream) attempt(p *piece, f *fetch) (err error) {
-	t, ok := s.startAttempt(p, f)
+// run works on f until its bytes are in, the stream is over, or its retries run out; then the lane is
+// free again.
+func (s *stream) run(f *fetch) {
+	defer s.leave(f)
+	for {
+		// A request cut short holds its lane a moment longer, while the server learns of it (the upstream
+		// client's Close waits): the upstream never sees more than -c requests of a stream.
+		err := s.attempt(f)
+		if err == nil || s.ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, errRaceLost) {
+			return
+		}
+		wait, fatal := s.retryPlan(f, err)
+		if fatal != nil {
+			if s.covered(f) {
+				return // another request on its bytes may still bring them
+			}
+			s.fail(fatal)
+			return
+		}
+		if wait > 0 {
+			s.setRecovering(f, !slowDownAsked(err))
+			ok := s.pause(wait)
+			s.setRecovering(f, false)
+			if !ok {
+				return
+			}
+		}
+	}
+}
+
+// pause waits d unless the stream ends first; false when it did.
+func (s *stream) pause(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-s.ctx.Done():
+		return false
+	}
+}
+
+// slowDownAsked reports whether the upstream asked to be left alone for a while (429, 503): then no other
+// connection hurries to the bytes while this one waits.
+func slowDownAsked(err error) bool {
+	var status *upstream.StatusError
+	return errors.As(err, &status) && (status.Code == http.StatusTooManyRequests || status.Code == http.StatusServiceUnavailable)
+}
+
+func (s *stream) setRecovering(f *fetch, on bool) {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	f.recovering = on
+	s.f._broadcast() // an idle lane may take the bytes the player waits on meanwhile
+}
+
+// leave drops f: its lane is free, its claim gone. When that made the policy's requests grow, the stream
+// holds the chunks of its longer read-ahead at once, whether the player reads on or not.
+func (s *stream) leave(f *fetch) {
+	if s.drop(f) {
+		s.plan()
+	}
+}
+
+// drop forgets f, and reports whether the requests grew.
+func (s *stream) drop(f *fetch) (grew bool) {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	for i, g := range s.fetches {
+		if g == f {
+			s.fetches = append(s.fetches[:i], s.fetches[i+1:]...)
+			break
+		}
+	}
+	delete(s.f.fetches, f)
+	if f.racer != nil {
+		f.racer.raced = nil
+	}
+	if f.raced != nil {
+		f.raced.racer = nil
+	}
+	if f.pos >= f.claim && f.claim > f.from {
+		if f.raced == nil {
+			grew = s.pace.Finished()
+		}
+		s.log.Debug("bytes in", "from", f.from, "to", f.claim-1, "took", time.Since(f.began).Round(time.Millisecond), "retries", f.retries)
+	}
+	s.f._broadcast()
+	return grew
+}
+
+// covered reports whether another request of the file still works on f's next byte.
+func (s *stream) covered(f *fetch) bool {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	return f.racer != nil || f.raced != nil
+}
+
+// attempt sends one request for the rest of f's claim (or takes the probe's answer) and copies its answer
+// in. It returns nil when f needs it no more.
+func (s *stream) attempt(f *fetch) (err error) {
+	t, ok := s.startAttempt(f)
 	if !ok {
 		return nil
 	}
 	defer func() { s.endAttempt(f, t.span, err) }()
-	resp, err := s.open(t)
+	resp, err := s.open(f, &t)
 	if resp == nil {
-		return err // nil when another connection finished the piece meanwhile
+		return err
 	}
 	defer resp.Body.Close()
 	s.answered(f, t.head != nil)
 	buf := make([]byte, readSize)
 	for {
-		n, err := resp.Body.Read(buf)
-		if n > 0 && !s.deliver(p, f, buf[:n]) {
+		n, rerr := resp.Body.Read(buf)
+		more := n == 0 || s.deliver(f, buf[:n])
+		if rerr == io.EOF {
+			if s.position(f) < t.span.End+1 {
+				return fmt.Errorf("%w at byte %d of %s", upstream.ErrShortBody, s.position(f), t.span.Header())
+			}
 			return nil
 		}
-		if err == io.EOF {
-			return fmt.Errorf("%w at byte %d of %s", upstream.ErrShortBody, s.position(f), t.span.Header())
+		if rerr != nil {
+			return attemptError(t.ctx, fmt.Errorf("%w at byte %d of %s: %w", upstream.ErrShortBody, s.position(f), t.span.Header(), rerr))
 		}
-		if err != nil {
-			return attemptError(t.ctx, fmt.Errorf("%w at byte %d of %s: %w", upstream.ErrShortBody, s.position(f), t.span.Header(), err))
+		if !more {
+			s.drain(resp.Body, t.span.End+1-s.position(f))
+			return nil
 		}
 	}
 }
 
-// open returns the checked answer for t: the probe's, when it fits, else a new request's. Without an
-// answer, the error is nil when the attempt was cancelled because nobody needs it any more.
-func (s *stream) open(t try) (*http.Response, error) {
+// drainMax is how much of an answer a request that needs no more of it reads on, so its connection serves
+// the next request rather than a new one starting over (a handshake, and TCP's slow start).
+const drainMax = 128 << 10
+
+// drain reads and drops the left bytes of body, to its end, when they are few.
+func (s *stream) drain(body io.Reader, left int64) {
+	if left >= 0 && left <= drainMax {
+		io.Copy(io.Discard, io.LimitReader(body, left+1))
+	}
+}
+
+// open returns the checked answer for t: the probe's, when it fits, else a new request's for the rest of
+// f's claim. Without an answer, the error is nil when the attempt was cancelled because nobody needs it any
+// more.
+func (s *stream) open(f *fetch, t *try) (*http.Response, error) {
 	if resp := t.head; resp != nil {
 		// The probe's request is not ours to cancel: closing its body ends it.
 		context.AfterFunc(t.ctx, func() { resp.Body.Close() })
@@ -166,7 +205,8 @@ func (s *stream) open(t try) (*http.Response, error) {
 			return resp, nil
 		}
 		resp.Body.Close()
-		s.log.Debug("the probe's answer does not fit the first piece; asking again", "err", err)
+		s.log.Debug("the probe's answer does not fit the first request; asking again", "err", err)
+		t.head, t.span = nil, s.askWhole(f)
 	}
 	resp, _, err := s.e.Client.Get(t.ctx, t.target.Location, t.span.Header())
 	if err != nil {
@@ -179,17 +219,26 @@ func (s *stream) open(t try) (*http.Response, error) {
 	return resp, nil
 }
 
-// startAttempt sets f up for a new attempt on the rest of p; false when p needs no more bytes.
-func (s *stream) startAttempt(p *piece, f *fetch) (try, bool) {
+// askWhole makes f's attempt ask for the whole rest of its claim, and returns that span.
+func (s *stream) askWhole(f *fetch) httprange.Span {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
-	if p.done() || p.c.released {
+	f.asked = f.claim
+	return httprange.Span{Start: f.pos, End: f.claim - 1}
+}
+
+// startAttempt sets f up for a new attempt on the rest of its claim; false when it needs no more bytes.
+func (s *stream) startAttempt(f *fetch) (try, bool) {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	f.pos = s._nextNeeded(f.pos, f.claim)
+	if f.pos >= f.claim || s.ctx.Err() != nil {
 		return try{}, false
 	}
-	f.pos = max(f.pos, p.filled)
-	t := try{span: httprange.Span{Start: f.pos, End: p.end - 1}}
-	if s.head != nil && f.pos == s.span.Start {
+	t := try{span: httprange.Span{Start: f.pos, End: f.claim - 1}}
+	if s.head != nil && f.pos == s.span.Start && f.raced == nil {
 		t.head, s.head = s.head, nil
+		t.span.End = s.headEnd - 1 // what the probe asked for; the rest of the claim is asked after it
 		f.mirror = 0
 	} else {
 		f.mirror = s._pickTarget()
@@ -197,10 +246,26 @@ func (s *stream) startAttempt(p *piece, f *fetch) (try, bool) {
 	t.target = s._targetOf(f)
 	ctx, cancel := context.WithCancelCause(s.ctx)
 	t.ctx = ctx
-	f.cancel, f.gen, f.sent, f.answered = cancel, s.targetGen, time.Now(), time.Time{}
-	f.got, f.sampled, f.samples, f.rate, f.quiet, f.slowCount = 0, 0, 0, 0, 0, 0
-	f.lastByte, f.silence, f.trail, f.routeRate, f.measured, f.recentRate, f.routeSlow = time.Time{}, 0, routeTrail{}, 0, false, 0, 0
+	f.cancel, f.gen, f.asked = cancel, s.targetGen, t.span.End+1
+	f.meter = s.pace.Sent(time.Now())
 	return t, true
+}
+
+// _nextNeeded is the first byte in [from, to) that no piece holds yet: bytes another request already
+// brought are not asked again.
+func (s *stream) _nextNeeded(from, to int64) int64 {
+	for from < to {
+		c := s.f.chunks[from/s.e.ChunkSize]
+		if c == nil {
+			return from
+		}
+		p := c._pieceAt(from)
+		if p == nil || p.filled <= from {
+			return from
+		}
+		from = p.filled
+	}
+	return from
 }
 
 // endAttempt closes the attempt, logs it (its range, first-byte time, bytes, speed and end) and reports
@@ -215,21 +280,19 @@ func (s *stream) endAttempt(f *fetch, span httprange.Span, err error) {
 func (s *stream) closeAttempt(f *fetch, span httprange.Span, err error) RequestDone {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
+	now := time.Now()
 	f.cancel(nil)
-	f.cancel = nil
-	done := RequestDone{Bytes: f.got, Took: time.Since(f.sent), Outcome: outcomeOf(err)}
-	attrs := []any{"range", span.Header(), "bytes", f.got}
-	if !f.answered.IsZero() {
+	m := f.meter
+	f.cancel, f.meter = nil, nil
+	s.pace.Done(m, now)
+	done := RequestDone{Bytes: m.Bytes(), Took: now.Sub(m.Sent()), Outcome: outcomeOf(err)}
+	attrs := []any{"range", span.Header(), "bytes", m.Bytes()}
+	if m.Answered() {
 		done.Status = http.StatusPartialContent // an answer used is a checked 206
-		done.FirstByte = f.answered.Sub(f.sent)
+		done.FirstByte = m.FirstByte()
 		attrs = append(attrs, "first_byte", done.FirstByte.Round(time.Millisecond))
-		if d := time.Since(f.answered); d > 0 {
-			speed := float64(f.got) / d.Seconds()
-			attrs = append(attrs, "speed", fmt.Sprintf("%.0fKiB/s", speed/1024))
-			// A request too short for a route check still tells what a good route gives.
-			if f.got >= 4*readSize && speed > s.routeBest {
-				s.routeBest, s.routeBestBy = speed, f
-			}
+		if d := now.Sub(m.Sent()) - done.FirstByte; d > 0 {
+			attrs = append(attrs, "speed", fmt.Sprintf("%.0fKiB/s", float64(m.Bytes())/d.Seconds()/1024))
 		}
 	}
 	var status *upstream.StatusError
@@ -246,51 +309,6 @@ func (s *stream) closeAttempt(f *fetch, span httprange.Span, err error) RequestD
 	return done
 }
 
-// routeTrail is what a request had read at its last route checks, enough to cover routeWindow.
-type routeTrail struct {
-	at   [routeTrailLen]time.Time
-	got  [routeTrailLen]int64
-	next int // where the next sample goes
-}
-
-const routeTrailLen = int(routeWindow/routeEvery) + 2
-
-func (t *routeTrail) add(at time.Time, got int64) {
-	t.at[t.next], t.got[t.next] = at, got
-	t.next = (t.next + 1) % routeTrailLen
-}
-
-// rate is the bytes per second read over the window before now: from the newest sample at least window
-// old and not before since.
-func (t *routeTrail) rate(now time.Time, window time.Duration, since time.Time) float64 {
-	fromAt, fromGot := time.Time{}, int64(0)
-	newest := t.got[(t.next+routeTrailLen-1)%routeTrailLen]
-	for i := range routeTrailLen {
-		if at := t.at[i]; !at.Before(since) && now.Sub(at) >= window && at.After(fromAt) {
-			fromAt, fromGot = at, t.got[i]
-		}
-	}
-	if fromAt.IsZero() { // no sample that old since: the oldest one since
-		for i := range routeTrailLen {
-			if at := t.at[i]; !at.Before(since) && (fromAt.IsZero() || at.Before(fromAt)) {
-				fromAt, fromGot = at, t.got[i]
-			}
-		}
-	}
-	d := now.Sub(fromAt)
-	if d <= 0 {
-		return 0
-	}
-	return float64(newest-fromGot) / d.Seconds()
-}
-
-func later(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
-}
-
 // RequestDone describes one upstream request of a stream, as it ended.
 type RequestDone struct {
 	Outcome   Outcome
@@ -304,8 +322,8 @@ type RequestDone struct {
 type Outcome int
 
 const (
-	OutcomeOK        Outcome = iota // its bytes are in, or another request finished its piece first
-	OutcomeFailed                   // an error: its piece is tried again, or the stream fails
+	OutcomeOK        Outcome = iota // its bytes are in, or another request brought them first
+	OutcomeFailed                   // an error: its bytes are asked again, or the stream fails
 	OutcomeReplaced                 // cancelled as far slower than the stream's best, below --min-speed, or stalled
 	OutcomeCancelled                // the stream ended first: the player has its bytes, left, or the stream failed
 )
@@ -323,21 +341,12 @@ func outcomeOf(err error) Outcome {
 	return OutcomeFailed
 }
 
-// answered records that f's answer arrived, and learns the stream's usual wait for one (the probe's answer,
-// already there, says nothing about it).
+// answered records that f's answer arrived; the probe's answer, already there, says nothing of the wait
+// for one.
 func (s *stream) answered(f *fetch, fromProbe bool) {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
-	f.answered = time.Now()
-	if fromProbe {
-		return
-	}
-	wait := f.answered.Sub(f.sent)
-	if s.firstByte == 0 {
-		s.firstByte = wait
-	} else {
-		s.firstByte = (3*s.firstByte + wait) / 4
-	}
+	s.pace.Answered(f.meter, time.Now(), fromProbe)
 }
 
 func (s *stream) position(f *fetch) int64 {
@@ -372,68 +381,80 @@ func attemptError(ctx context.Context, err error) error {
 	if ctx.Err() == nil {
 		return err
 	}
-	if cause := context.Cause(ctx); cause != errRaceLost {
-		return cause
-	}
-	return nil
+	return context.Cause(ctx)
 }
 
-// deliver copies the bytes a connection read at f.pos into p, past what p already holds, and reports
-// whether the connection should go on reading. A request near its end gives its lane up here.
-func (s *stream) deliver(p *piece, f *fetch, data []byte) bool {
+// deliver copies the bytes a request read at f.pos into the pieces they belong to, past what each already
+// holds, and reports whether the request should go on reading: it should not once its claim is in, when
+// it races and lost, or when nobody needs its bytes any more.
+func (s *stream) deliver(f *fetch, data []byte) bool {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
-	if p.done() || p.c.released {
-		return false
-	}
-	from := f.pos
-	f.pos += int64(len(data))
-	f.got += int64(len(data))
-	f.quiet = 0
-	f.lastByte = time.Now()
-	if to := min(f.pos, p.end); to > p.filled {
-		copy(p.c.bytes(p.filled, to), data[p.filled-from:to-from])
-		s.received += to - p.filled
-		p.filled = to
-		s.f._progress()
-	}
-	if !p.done() {
-		s._handOverNearEnd(p, f)
-		return true
-	}
-	for _, g := range p.fetches {
-		if g != f && g.cancel != nil {
-			g.cancel(errRaceLost)
+	size := s.e.ChunkSize
+	s.pace.Got(f.meter, time.Now(), len(data))
+	at := f.pos
+	for len(data) > 0 && at < f.asked {
+		c := s.f.chunks[at/size]
+		step := min(int64(len(data)), (at/size+1)*size-at, f.asked-at)
+		if c != nil && !c.released {
+			if p := c._pieceAt(at); p != nil {
+				step = min(step, p.end-at)
+				if at <= p.filled && at+step > p.filled { // contiguous with what the piece holds: the new part
+					copy(c.bytes(p.filled, at+step), data[p.filled-at:step])
+					s.received += at + step - p.filled
+					p.filled = at + step
+					s.f._progress()
+				}
+			} else if next := c._pieceAfter(at); next != nil {
+				step = min(step, next.start-at) // bytes no stream needs: dropped
+			}
 		}
+		at += step
+		data = data[step:]
 	}
-	return false
+	f.pos = at
+	s._settleRace(f, f.racer)
+	s._settleRace(f.raced, f)
+	return f.pos < f.claim
 }
 
-// _handOverNearEnd gives f's lane up once what is left of p will take less than the stream's usual wait
-// for an answer: the next request then arrives as this one ends.
-func (s *stream) _handOverNearEnd(p *piece, f *fetch) {
-	if !f.lane || s.firstByte <= 0 || f.got < 2*readSize {
+// _settleRace ends a race as soon as it is decided. The fresh request wins when it catches up with the
+// slow one: the slow one is cancelled and the fresh carries on with its claim. It loses when the slow one
+// brought its claim first, or when it brought twice the gap it started behind without closing it (a route
+// at least twice as fast would have): every byte it brings until then is one the slow request brings too.
+func (s *stream) _settleRace(slow, fresh *fetch) {
+	if slow == nil || fresh == nil || fresh.meter == nil || fresh.meter.Bytes() == 0 {
 		return
 	}
-	elapsed := time.Since(f.answered)
-	if elapsed <= 0 {
+	if fresh.raceGap < 0 {
+		fresh.raceGap = max(slow.pos-fresh.pos, 0)
+	}
+	loser := (*fetch)(nil)
+	switch {
+	case fresh.pos >= slow.pos:
+		fresh.claim = max(fresh.claim, slow.claim)
+		slow.claim, loser = slow.pos, slow
+		s.replaced++
+	case slow.pos >= slow.claim || fresh.meter.Bytes() > max(2*fresh.raceGap, 2*readSize):
+		fresh.claim, loser = fresh.pos, fresh
+	default:
 		return
 	}
-	rate := float64(f.got) / elapsed.Seconds()
-	if left := float64(p.end-max(p.filled, f.pos)) / rate; left <= s.firstByte.Seconds() {
-		s._giveLane(f)
+	slow.racer, fresh.raced = nil, nil
+	if loser.cancel != nil {
+		loser.cancel(errRaceLost)
 	}
 }
 
 // retryPlan decides what follows a failed attempt: how long to wait before the next, or why the stream
 // must fail.
-func (s *stream) retryPlan(p *piece, f *fetch, err error) (time.Duration, error) {
+func (s *stream) retryPlan(f *fetch, err error) (time.Duration, error) {
 	if errors.Is(err, errSlowRoute) {
-		s.countReplaced(p)
+		s.countReplaced(f)
 		return 0, nil
 	}
 	retries := s.countRetry(f)
-	where := fmt.Sprintf("bytes %d-%d", s.position(f), p.end-1)
+	where := fmt.Sprintf("bytes %d-%d", s.position(f), f.claim-1)
 	policy := upstream.Retry{Max: s.e.Retries, Base: s.e.RetryBase}
 	if retries > policy.Max {
 		return 0, fmt.Errorf("%s: gave up after %d retries in a row brought no byte: %w", where, policy.Max, err)
@@ -461,7 +482,7 @@ func (s *stream) retryPlan(p *piece, f *fetch, err error) (time.Duration, error)
 }
 
 // countRetry counts a failed attempt of f, and returns how many of its attempts failed in a row with no
-// new byte reaching the stream in between: bytes that arrived, to its piece or to another, show the
+// new byte reaching the stream in between: bytes that arrived, to its claim or to another, show the
 // upstream serving, so a try that moved the stream forward is progress, not a spent retry (-r).
 func (s *stream) countRetry(f *fetch) int {
 	s.f.mu.Lock()
@@ -476,22 +497,10 @@ func (s *stream) countRetry(f *fetch) int {
 	return f.retries
 }
 
-// racedBy reports whether another connection works on p besides f.
-func (s *stream) racedBy(p *piece, f *fetch) bool {
+func (s *stream) countReplaced(f *fetch) {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
-	for _, g := range p.fetches {
-		if g != f {
-			return true
-		}
-	}
-	return false
-}
-
-func (s *stream) countReplaced(p *piece) {
-	s.f.mu.Lock()
-	defer s.f.mu.Unlock()
-	p.replaced++
+	f.replaced++
 	s.replaced++
 }
 
@@ -536,147 +545,4 @@ func (s *stream) setTarget(t source.Target) {
 	defer s.f.mu.Unlock()
 	s.target = t
 	s.targetGen++
-}
-
-// watch samples the connections until the stream ends: each second for --min-speed and the stall rule,
-// and each routeEvery against the stream's best.
-func (s *stream) watch() {
-	second := time.NewTicker(sampleEvery)
-	defer second.Stop()
-	route := time.NewTicker(routeEvery)
-	defer route.Stop()
-	for {
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-second.C:
-			s.sample()
-		case <-route.C:
-			s.checkRoutes()
-		}
-	}
-}
-
-// sample takes one speed sample of every attempt of the stream: it drops those below the minimum speed
-// for slowSamples samples in a row, and those silent for StallTimeout.
-func (s *stream) sample() {
-	stall := s.e.StallTimeout
-	if stall <= 0 {
-		stall = 10 * time.Second
-	}
-	s.f.mu.Lock()
-	defer s.f.mu.Unlock()
-	for f := range s.fetches {
-		if f.cancel == nil {
-			continue
-		}
-		delta := f.got - f.sampled
-		f.sampled, f.rate = f.got, float64(delta)/sampleEvery.Seconds()
-		f.samples++
-		if delta == 0 {
-			f.quiet += sampleEvery
-		} else {
-			s.connRate = 0.7*s.connRate + 0.3*f.rate
-			if s.connRate < f.rate/2 { // the first samples, or a faster link than before
-				s.connRate = f.rate
-			}
-		}
-		switch {
-		case f.quiet >= stall:
-			s.log.Debug("connection stalled; replacing it", "at", f.pos, "silent", f.quiet)
-			f.cancel(upstream.ErrStalled)
-		case s.minSpeed > 0 && f.rate < float64(s.minSpeed):
-			if f.slowCount++; f.slowCount >= slowSamples {
-				s.log.Debug("connection below --min-speed; replacing it", "at", f.pos, "speed", int64(f.rate))
-				f.cancel(errSlow)
-			}
-		default:
-			f.slowCount = 0
-		}
-	}
-	s.f._broadcast()
-}
-
-// checkRoutes compares each answered request's speed with the best speed this stream's requests reached
-// lately (a maximum that fades by routeFade each check, so a drive that slows down as a whole is soon the
-// new normal). A request is judged on its speed over the last check's interval, once it has run for its
-// grace time, four first-byte times (TCP's slow start on a distant drive is over by then) and at least
-// routeEvery. One lagFactor times slower, with more
-// than a moment of work left, gives its lane up at once, so a fresh request races it on the same piece
-// (first bytes win); still that slow at the next check, it is cancelled, and the fresh request goes on
-// alone. Drives route each request on its own, so a fresh one usually lands on a good route; a request
-// misjudged costs some bytes fetched twice, not time. The best is kept across requests because a slow
-// request often runs alone: the others finished the window and wait for it.
-func (s *stream) checkRoutes() {
-	s.f.mu.Lock()
-	defer s.f.mu.Unlock()
-	now := time.Now()
-	grace := max(routeEvery, 4*s.firstByte)
-	s.routeBest *= routeFade
-	for f := range s.fetches {
-		if f.cancel == nil || f.answered.IsZero() {
-			continue
-		}
-		f.trail.add(now, f.got)
-		start := f.answered.Add(grace) // never judged over its first round trips: slower on any route
-		if now.Before(start) {
-			continue
-		}
-		// Two speeds. Over the last check's interval, which shows a slow route at once; and over twice the
-		// longest silence the request had (routeEvery to routeWindow), once it ran that long: a server
-		// that paces in bursts, as nginx's limit_rate sends a second's worth at once, leaves silences no
-		// slow route explains, and such a window holds a burst. The stream's best is taken over the long
-		// window only, so a burst does not set it; a request is judged on its recent speed while bytes
-		// come, and on the long window while they do not, never on a silence alone.
-		f.silence = max(f.silence, now.Sub(later(f.lastByte, start)))
-		recent := f.trail.rate(now, routeEvery, start)
-		window := min(max(routeEvery, 2*f.silence), routeWindow)
-		long, whole := 0.0, now.Sub(start) >= window
-		if whole {
-			long = f.trail.rate(now, window, start)
-			if long > s.routeBest {
-				s.routeBest, s.routeBestBy = long, f
-			}
-		}
-		f.recentRate = 0
-		if now.Sub(start) >= routeEvery {
-			f.recentRate = recent
-		}
-		if whole {
-			f.routeRate, f.measured = long, true
-		}
-	}
-	for f, p := range s.fetches {
-		if f.cancel == nil || f.answered.IsZero() || now.Sub(f.answered) < grace+routeEvery || s.routeBestBy == f { // never judged by its own past
-			continue
-		}
-		// Judged on its recent speed while bytes come; in a silence, on its steady speed, or, before it ran a
-		// whole window, on its speed since its answer: a burst before the silence counts, a slow route's
-		// trickle does not hide.
-		rate := f.recentRate
-		switch {
-		case rate > 0:
-		case f.measured:
-			rate = f.routeRate
-		default:
-			rate = float64(f.got) / now.Sub(f.answered).Seconds()
-		}
-		left := float64(p.end - max(p.filled, f.pos))
-		worth := rate == 0 || left/rate > (2*routeEvery).Seconds()
-		if rate*lagFactor >= s.routeBest || !worth || p.done() {
-			f.routeSlow = 0
-			continue
-		}
-		switch f.routeSlow++; {
-		case f.routeSlow == 1 && f.lane && p.replaced < maxReplaced:
-			s.log.Debug("request far slower than the stream's best; racing a fresh one", "at", f.pos, "speed", int64(rate), "best", int64(s.routeBest))
-			s.e.Counters.Raced.Add(1)
-			s._giveLane(f)
-			p.replaced++
-			s.replaced++
-		case f.routeSlow >= routeSamples && (len(p.fetches) > 1 || p.replaced < maxReplaced):
-			s.log.Debug("request still far slower than the stream's best; replacing it", "at", f.pos, "speed", int64(rate), "best", int64(s.routeBest))
-			f.cancel(errSlowRoute)
-		}
-	}
 }

@@ -17,10 +17,11 @@ type file struct {
 	// mu protects the following fields, and the state of every stream of this file: one lock, so that a
 	// delivery, a write and a choice of work always see the same pieces.
 	mu       sync.Mutex
-	streams  int              // streams using this file
-	chunks   map[int64]*chunk // chunks held by at least one stream, by index
-	progress chan struct{}    // closed (and replaced) when a piece gets bytes or a stream fails: wakes writers
-	changed  chan struct{}    // closed (and replaced) when idle workers should look for work again
+	streams  int                // streams using this file
+	chunks   map[int64]*chunk   // chunks held by at least one stream, by index
+	fetches  map[*fetch]*stream // every stream's requests (and their claims on bytes), with the stream
+	progress chan struct{}      // closed (and replaced) when a piece gets bytes or a stream fails: wakes writers
+	changed  chan struct{}      // closed (and replaced) when idle workers should look for work again
 }
 
 // chunk is one aligned unit of the file and the buffer its pieces fill. Its fields are protected by the
@@ -66,6 +67,16 @@ func (c *chunk) _complete() bool {
 func (c *chunk) _pieceAt(x int64) *piece {
 	for _, p := range c.pieces {
 		if p.start <= x && x < p.end {
+			return p
+		}
+	}
+	return nil
+}
+
+// _pieceAfter is the first piece that starts after offset x; nil when none does.
+func (c *chunk) _pieceAfter(x int64) *piece {
+	for _, p := range c.pieces {
+		if p.start > x {
 			return p
 		}
 	}
@@ -118,7 +129,7 @@ func (e *Engine) openFile(key string, size int64) *file {
 		f.addStream(1)
 		return f
 	}
-	f := &file{e: e, key: key, size: size, streams: 1, chunks: map[int64]*chunk{}, progress: make(chan struct{}), changed: make(chan struct{})}
+	f := &file{e: e, key: key, size: size, streams: 1, chunks: map[int64]*chunk{}, fetches: map[*fetch]*stream{}, progress: make(chan struct{}), changed: make(chan struct{})}
 	if key != "" {
 		if e.files == nil {
 			e.files = map[string]*file{}
@@ -187,20 +198,14 @@ func (f *file) _acquire(index, from, to int64, cached []byte) *chunk {
 }
 
 // _release drops a stream's hold on c. When it was the last hold, c is released and returned: the caller
-// must hand it to retire once the lock is let go.
+// must hand it to retire once the lock is let go. Requests that were to bring its bytes notice when they
+// bring them.
 func (f *file) _release(c *chunk) *chunk {
 	if c.refs--; c.refs > 0 {
 		return nil
 	}
 	delete(f.chunks, c.index)
 	c.released = true
-	for _, p := range c.pieces {
-		for _, g := range p.fetches {
-			if g.cancel != nil {
-				g.cancel(errRaceLost) // nobody needs these bytes any more
-			}
-		}
-	}
 	return c
 }
 

@@ -58,18 +58,10 @@ func (s *stream) progress() Progress {
 	defer s.f.mu.Unlock()
 	p := Progress{Written: s.written - s.span.Start, Retries: s.retries, Replaced: s.replaced}
 	now := time.Now()
-	for f, pc := range s.fetches {
-		if f.cancel == nil { // between attempts
-			continue
-		}
-		r := RequestProgress{Start: f.pos - f.got, End: pc.end - 1, Bytes: f.got, Speed: f.rate, Mirror: f.mirror, URL: s._targetOf(f).URL}
-		switch {
-		case f.answered.IsZero():
-			r.Waiting = now.Sub(f.sent)
-		case f.samples == 0 && now.After(f.answered): // not sampled yet: its speed since its answer
-			r.Speed = float64(f.got) / now.Sub(f.answered).Seconds()
-		}
-		p.Requests = append(p.Requests, r)
+	for _, f := range s._open() {
+		m := f.meter
+		p.Requests = append(p.Requests, RequestProgress{Start: f.pos - m.Bytes(), End: f.claim - 1, Bytes: m.Bytes(), Speed: m.Speed(now),
+			Waiting: m.Waiting(now), Mirror: f.mirror, URL: s._targetOf(f).URL})
 	}
 	slices.SortFunc(p.Requests, func(a, b RequestProgress) int { return cmp.Compare(a.Start, b.Start) })
 	return p

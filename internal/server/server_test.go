@@ -571,6 +571,28 @@ func TestATaskWithAProxyFetchesThroughIt(t *testing.T) {
 	}
 }
 
+func TestAChunkEnteredMidwayIsCompletedForTheCache(t *testing.T) {
+	// The seed's defaults: 1 MiB chunks, so the range enters chunk 0 at 1,000,000 and ends in chunk 7.
+	file := upstreamtest.RandomFile(9 << 20)
+	u := upstreamtest.New(file, upstreamtest.Options{PerConn: 8 << 20})
+	defer u.Close()
+	p := newProxy(t, func(s *server.Server) {
+		s.Play.Engine.ChunkSize = 1 << 20
+		s.Play.Engine.Cache = chunkcache.NewMemory(64 << 20)
+	})
+	p.get(t, "GET", streamPath(u.URL+"/f.mkv"), "bytes=1000000-7999999")
+	// The stream finishes chunks 0 and 7 after the player has its bytes; the upstream goes quiet then.
+	testsync.WaitFor(t, "the entered chunks to be completed", func() bool { return u.Open() == 0 && u.Served() >= 8<<20 })
+	before := u.Requests()
+	resp, body := p.get(t, "GET", streamPath(u.URL+"/f.mkv"), "bytes=1000000-7999999")
+	if resp.StatusCode != 206 || !bytes.Equal(body, file[1000000:8000000]) {
+		t.Fatalf("replay: %d, %d bytes", resp.StatusCode, len(body))
+	}
+	if n := u.Requests() - before; n != 0 {
+		t.Errorf("the replay sent %d requests upstream, want none: every chunk it needs is in the cache", n)
+	}
+}
+
 func TestARangePlayedTwiceCostsAtMostOneProbe(t *testing.T) {
 	file := upstreamtest.RandomFile(2 << 20)
 	u := upstreamtest.New(file, upstreamtest.Options{})

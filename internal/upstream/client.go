@@ -280,12 +280,13 @@ func (c *Client) Do(req *http.Request, at source.Location) (*http.Response, erro
 		releaseShared()
 		releaseLocal()
 	})
+	sent := time.Now()
 	resp, err := set[at.From][slot].RoundTrip(req)
 	if err != nil {
 		release()
 		return nil, err
 	}
-	resp.Body = &releasingBody{ReadCloser: resp.Body, release: release}
+	resp.Body = &releasingBody{ReadCloser: resp.Body, release: release, grace: cutGrace(time.Since(sent))}
 	return resp, nil
 }
 
@@ -339,16 +340,38 @@ func (c *Client) leaveHost(host string, s *hostSlots) {
 	}
 }
 
-// releasingBody frees its request's slot when closed.
+// releasingBody frees its request's slot when closed. Closed before its end, its connection is gone, but
+// the server learns of it only a moment later and counts the request open until then: Close holds the slot,
+// and its caller, that long, so that the server never sees more than HostConnections requests, nor a stream
+// more than its connections.
 type releasingBody struct {
 	io.ReadCloser
 	release func()
+	grace   time.Duration // how long the news of a cut takes to reach the server
+	atEOF   bool          // the body was read to its end
+}
+
+func (b *releasingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.atEOF = true
+	}
+	return n, err
 }
 
 func (b *releasingBody) Close() error {
 	err := b.ReadCloser.Close()
+	if !b.atEOF {
+		time.Sleep(b.grace)
+	}
 	b.release()
 	return err
+}
+
+// cutGrace is how long the news of a request cut short takes to reach its server: about half the wait for
+// its answer, a one-way trip.
+func cutGrace(answerWait time.Duration) time.Duration {
+	return min(max(answerWait/2, 5*time.Millisecond), 100*time.Millisecond)
 }
 
 // Get sends a GET as at says (and Range, when rng is not empty), following up to Config.MaxRedirects

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/goleak"
@@ -235,4 +236,39 @@ func TestALinksHeaderCarriesNoHopByHopHeaders(t *testing.T) {
 	if len(h) != len(want) || h.Get("Cookie") != "a=b" || h.Get("Referer") != "https://drive.example/" {
 		t.Errorf("CleanHeader = %v, want %v", h, want)
 	}
+}
+
+func TestACutRequestHoldsItsSlotUntilTheServerCanKnow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		// 40 ms to the first byte: the news of a cut takes about 20 ms to reach the server.
+		u := upstreamtest.NewInMemory(make([]byte, 4<<20), upstreamtest.Options{PerConn: 1 << 20, Latency: 40 * time.Millisecond})
+		defer u.Close()
+		c := NewClient(Config{HostConnections: 1, Dial: u.Dial()})
+		defer c.CloseIdleConnections()
+		get := func(rng string) io.ReadCloser {
+			resp, _, err := c.Get(t.Context(), source.Location{URL: u.URL + "/f"}, rng)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return resp.Body
+		}
+		body := get("bytes=0-1048575")
+		io.ReadFull(body, make([]byte, 64<<10))
+		began := time.Now()
+		body.Close() // cut
+		if held := time.Since(began); held < 15*time.Millisecond || held > 100*time.Millisecond {
+			t.Errorf("a cut request held its slot %v, want about half its wait for an answer (20 ms)", held)
+		}
+		synctest.Wait() // the server has noticed the cut
+		if u.Open() != 0 {
+			t.Errorf("%d requests open at the server once the slot was free", u.Open())
+		}
+		body = get("bytes=0-65535")
+		io.Copy(io.Discard, body)
+		began = time.Now()
+		body.Close()
+		if held := time.Since(began); held != 0 {
+			t.Errorf("a request read to its end held its slot %v after Close", held)
+		}
+	})
 }

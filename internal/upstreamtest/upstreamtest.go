@@ -296,7 +296,10 @@ const chunk = 16 << 10
 func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	n := u.requests.Add(1)
 	open := u.open.Add(1)
-	defer u.open.Add(-1)
+	// A request is open until its answer's last byte is written (or it ends early): what the server does
+	// after that is no longer the client's.
+	answered := sync.OnceFunc(func() { u.open.Add(-1) })
+	defer answered()
 	for old := u.maxOpen.Load(); open > old && !u.maxOpen.CompareAndSwap(old, open); old = u.maxOpen.Load() {
 	}
 	var f Fault
@@ -416,6 +419,9 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		pos += step
 		sent += step
 		u.served.Add(step)
+		if pos > end {
+			answered()
+		}
 	}
 }
 

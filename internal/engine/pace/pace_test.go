@@ -1,0 +1,272 @@
+package pace
+
+import (
+	"testing"
+	"time"
+)
+
+const mib = 1 << 20
+
+var t0 = time.Date(2026, 12, 1, 20, 0, 0, 0, time.UTC)
+
+// feed is one request's bytes over time: how many it brings in each 10 ms step from its answer on.
+type feed func(step int) int
+
+// steady brings rate bytes/s evenly.
+func steady(rate float64) feed {
+	return func(int) int { return int(rate / 100) }
+}
+
+// bursts brings a second's worth of rate bytes at once, every second, as nginx's limit_rate does.
+func bursts(rate float64) feed {
+	return func(step int) int {
+		if step%100 == 0 {
+			return int(rate)
+		}
+		return 0
+	}
+}
+
+// silent brings nothing.
+func silent(int) int { return 0 }
+
+// run plays reqs, each answered after firstByte and fed by its feed, for d, checking routes every
+// RouteEvery and sampling every SampleEvery; it returns each request's route and sample verdicts in order
+// (Keep left out), raced marking a request raced from its first Race verdict on.
+func run(s *Stream, feeds []feed, d time.Duration) [][]Verdict {
+	const step = 10 * time.Millisecond
+	reqs := make([]*Request, len(feeds))
+	raced := make([]bool, len(feeds))
+	for i := range reqs {
+		reqs[i] = s.Sent(t0)
+	}
+	got := make([][]Verdict, len(feeds))
+	for n := 1; time.Duration(n)*step <= d; n++ {
+		now := t0.Add(time.Duration(n) * step)
+		for i, r := range reqs {
+			if n == 15 { // answers after 150 ms
+				s.Answered(r, now, false)
+			}
+			if n > 15 {
+				if b := feeds[i](n - 16); b > 0 {
+					s.Got(r, now, b)
+				}
+			}
+		}
+		if n%int(RouteEvery/step) == 0 {
+			judged := make([]Judged, len(reqs))
+			for i, r := range reqs {
+				judged[i] = Judged{Req: r, Left: 64 * mib, Raced: raced[i]}
+			}
+			for i, v := range s.Routes(now, judged) {
+				if v != Keep {
+					got[i] = append(got[i], v)
+					raced[i] = raced[i] || v == Race
+				}
+			}
+		}
+		if n%int(SampleEvery/step) == 0 {
+			for i, v := range s.Sample(now, reqs) {
+				if v != Keep {
+					got[i] = append(got[i], v)
+				}
+			}
+		}
+	}
+	return got
+}
+
+func TestBurstsGetNoVerdict(t *testing.T) {
+	s := New(Config{Lanes: 2, Chunk: mib, MaxAhead: 64 * mib})
+	got := run(s, []feed{steady(2e6), bursts(2e6)}, 10*time.Second)
+	for i, v := range got {
+		if len(v) > 0 {
+			t.Errorf("request %d got verdicts %v; a server pacing in one-second bursts is not a slow route", i, v)
+		}
+	}
+}
+
+func TestARouteFiveTimesSlowerIsRacedThenReplaced(t *testing.T) {
+	s := New(Config{Lanes: 2, Chunk: mib, MaxAhead: 64 * mib})
+	got := run(s, []feed{steady(2e6), steady(0.4e6)}, 3*time.Second)
+	if len(got[0]) > 0 {
+		t.Errorf("the fast request got verdicts %v", got[0])
+	}
+	if len(got[1]) < 2 || got[1][0] != Race || got[1][1] != Replace {
+		t.Errorf("the slow request got %v, want Race then Replace", got[1])
+	}
+}
+
+func TestARouteTwiceAsSlowIsKept(t *testing.T) {
+	s := New(Config{Lanes: 2, Chunk: mib, MaxAhead: 64 * mib})
+	got := run(s, []feed{steady(2e6), steady(1e6)}, 5*time.Second)
+	if len(got[1]) > 0 {
+		t.Errorf("a request at half the best speed got %v: only far slower routes are raced", got[1])
+	}
+}
+
+func TestTenSilentSecondsAreAStall(t *testing.T) {
+	s := New(Config{Lanes: 1, Chunk: mib, MaxAhead: 64 * mib})
+	if got := run(s, []feed{silent}, 9500*time.Millisecond); len(got[0]) > 0 {
+		t.Fatalf("verdicts before ten silent seconds: %v", got[0])
+	}
+	s = New(Config{Lanes: 1, Chunk: mib, MaxAhead: 64 * mib})
+	if got := run(s, []feed{silent}, 10500*time.Millisecond); len(got[0]) != 1 || got[0][0] != Stalled {
+		t.Errorf("ten silent seconds gave %v, want Stalled once", got[0])
+	}
+	s = New(Config{Lanes: 1, Chunk: mib, MaxAhead: 64 * mib})
+	if got := run(s, []feed{bursts(2e6)}, 30*time.Second); len(got[0]) > 0 {
+		t.Errorf("a request bringing bytes each second got %v", got[0])
+	}
+}
+
+func TestBelowMinSpeedForThreeSamplesIsTooSlow(t *testing.T) {
+	s := New(Config{Lanes: 1, Chunk: mib, MaxAhead: 64 * mib, MinSpeed: 1e6})
+	got := run(s, []feed{steady(0.5e6)}, 3500*time.Millisecond)
+	if len(got[0]) != 1 || got[0][0] != TooSlow {
+		t.Errorf("3 s below --min-speed gave %v, want TooSlow once", got[0])
+	}
+	s = New(Config{Lanes: 1, Chunk: mib, MaxAhead: 64 * mib})
+	if got := run(s, []feed{steady(0.5e6)}, 5*time.Second); len(got[0]) > 0 {
+		t.Errorf("without --min-speed a slow lone request got %v", got[0])
+	}
+}
+
+func TestTheProbesWaitIsNotTheUpstreams(t *testing.T) {
+	s := New(Config{Lanes: 2, Chunk: mib, MaxAhead: 64 * mib})
+	probe := s.Sent(t0)
+	s.Answered(probe, t0.Add(2*time.Second), true)
+	if s.FirstByte() != 0 {
+		t.Errorf("first-byte wait %v after the probe's answer alone", s.FirstByte())
+	}
+	r := s.Sent(t0)
+	s.Answered(r, t0.Add(200*time.Millisecond), false)
+	r = s.Sent(t0)
+	s.Answered(r, t0.Add(600*time.Millisecond), false)
+	if got := s.FirstByte(); got != 300*time.Millisecond {
+		t.Errorf("first-byte wait %v, want the moving average 300ms", got)
+	}
+}
+
+func TestAnIdleLaneTakesHalfOfTheRequestThatNeedsLongest(t *testing.T) {
+	s := New(Config{Lanes: 3, Chunk: mib, MaxAhead: 64 * mib})
+	reqs := make([]*Request, 3)
+	for i := range reqs {
+		reqs[i] = s.Sent(t0)
+		s.Answered(reqs[i], t0.Add(100*time.Millisecond), false)
+	}
+	for step := range 100 { // one second at 2 MB/s each
+		now := t0.Add(100*time.Millisecond + time.Duration(step+1)*10*time.Millisecond)
+		for _, r := range reqs {
+			s.Got(r, now, 20000)
+		}
+	}
+	s.Sample(t0.Add(1100*time.Millisecond), reqs)
+	if got := s.HandOver([]Judged{{Req: reqs[0], Left: 8 * mib}}); got != -1 {
+		t.Errorf("handed over %d before the player read past its first window", got)
+	}
+	if got := s.HandOver([]Judged{{Req: reqs[0], Left: 8 * mib}, {Req: reqs[1], Left: 4 * mib, Waited: true}}); got != 1 {
+		t.Errorf("handed over %d, want the one the player waits on", got)
+	}
+	s.Read(2 * mib)
+	cases := []struct {
+		name string
+		left [3]int64
+		want int
+	}{
+		{"the longest rest", [3]int64{mib, 8 * mib, 4 * mib}, 1},
+		{"near their ends", [3]int64{mib, mib, mib / 2}, -1}, // half a second each: they hand over soon
+		{"just over a second", [3]int64{3 * mib, 0, 0}, 0},
+	}
+	for _, c := range cases {
+		judged := make([]Judged, 3)
+		for i, r := range reqs {
+			judged[i] = Judged{Req: r, Left: c.left[i]}
+		}
+		if got := s.HandOver(judged); got != c.want {
+			t.Errorf("%s: hands over %d, want %d", c.name, got, c.want)
+		}
+	}
+	judged := []Judged{{Req: reqs[0], Left: 8 * mib, Raced: true}}
+	if got := s.HandOver(judged); got != -1 {
+		t.Errorf("a raced request was handed over (%d)", got)
+	}
+}
+
+func TestRequestsGrowWhileThePlayerReads(t *testing.T) {
+	s := New(Config{Lanes: 4, Chunk: mib, MaxAhead: 64 * mib})
+	if s.Extent() != mib || s.Ahead() != 3*mib {
+		t.Fatalf("at the start: extent %d, ahead %d; want one chunk, a chunk per lane but one", s.Extent(), s.Ahead())
+	}
+	s.Finished()
+	s.Finished()
+	s.Read(2 * mib) // a seek's worth: mpv jumps on after a couple of MiB
+	if s.Extent() != mib || s.Ahead() != 3*mib {
+		t.Errorf("grew to %d, %d ahead, for a player that read less than its first window", s.Extent(), s.Ahead())
+	}
+	s.Read(mib)
+	if s.Extent() != 4*mib || s.Ahead() != 20*mib {
+		t.Errorf("past the first window: extent %d, ahead %d; want 4 MiB, 20 MiB", s.Extent(), s.Ahead())
+	}
+	for range 10 {
+		s.Finished()
+		s.Finished()
+	}
+	if s.Extent() != 4*mib {
+		t.Errorf("grew to %d while the player stood still", s.Extent())
+	}
+	s.Read(1)
+	if s.Extent() != 15*mib || s.Ahead() != 64*mib {
+		t.Errorf("fully grown: extent %d, ahead %d; want 15 MiB (the read-ahead bound less a chunk per lane, per lane), 64 MiB", s.Extent(), s.Ahead())
+	}
+	if one := New(Config{Lanes: 1, Chunk: mib, MaxAhead: 64 * mib}); one.Ahead() != 2*mib {
+		t.Errorf("one lane reads %d ahead at the start, want two chunks", one.Ahead())
+	}
+	cases := []struct {
+		distance, left, want int64
+	}{
+		{0, 64 * mib, mib},               // at the player: one chunk
+		{10 * mib, 64 * mib, 5 * mib},    // half its distance ahead
+		{11 * mib, 64 * mib, 6 * mib},    // in whole chunks
+		{60 * mib, 400 * mib, 15 * mib},  // no longer than the extent
+		{60 * mib, 12 * mib, 3 * mib},    // near the end, its lane's share of what is left
+		{60 * mib, mib / 2, mib},         // never less than a chunk
+		{40 * mib, 100 * mib, 15 * mib},  // far ahead
+		{20 * mib, 100 * mib, 10 * mib},  //
+		{2 * mib, 1 << 40, mib},          //
+		{1 << 40, 1 << 40, 15 * mib},     // no overflow
+		{mib + 1, 64 * mib, mib},         // rounded up to a chunk
+		{5 * mib, 64 * mib, 3 * mib},     // 2.5 MiB rounded up
+		{30 * mib, 30 * mib, 8 * mib},    // 7.5 MiB rounded up
+		{30 * mib, 4*mib + 4, 2 * mib},   // a share rounded up
+		{30 * mib, 4 * mib, mib},         // a share of one chunk
+		{30 * mib, 1, mib},               // the last byte
+		{30 * mib, 0, mib},               //
+		{-mib, 64 * mib, mib},            // behind the player (a cache-only chunk): one chunk
+		{9 * mib, 36 * mib, 5 * mib},     // both rules give 4.5 MiB
+		{100 * mib, 100 * mib, 15 * mib}, //
+	}
+	for _, c := range cases {
+		if got := s.ExtentAt(c.distance, c.left); got != c.want {
+			t.Errorf("ExtentAt(%d, %d) = %d, want %d", c.distance, c.left, got, c.want)
+		}
+	}
+}
+
+func TestABurstIsNotTheBestSpeed(t *testing.T) {
+	s := New(Config{Lanes: 2, Chunk: mib, MaxAhead: 64 * mib})
+	r := s.Sent(t0)
+	s.Answered(r, t0.Add(5*time.Millisecond), false)
+	s.Got(r, t0.Add(10*time.Millisecond), 256<<10) // a pacing server's burst: all at once
+	s.Done(r, t0.Add(10*time.Millisecond))
+	if s.Best() != 0 {
+		t.Errorf("best %v after one burst of a request", s.Best())
+	}
+	r = s.Sent(t0)
+	s.Answered(r, t0.Add(5*time.Millisecond), false)
+	s.Got(r, t0.Add(505*time.Millisecond), mib)
+	s.Done(r, t0.Add(505*time.Millisecond))
+	if s.Best() != 2*mib {
+		t.Errorf("best %v after a request of a MiB in half a second, want %d", s.Best(), 2*mib)
+	}
+}

@@ -1,0 +1,75 @@
+package pace
+
+// How far ahead a stream reads, and how much a request asks for. A seek costs what it reads: a stream
+// starts with requests of one chunk and a first window of a chunk fewer than it has lanes (two at least;
+// the free lane races, hedges, or fetches a film's index), sliding on with the player, so a player that reads a couple
+// of MiB and jumps elsewhere (mpv does on every seek) made about a request per chunk it needed. Each
+// request costs a round trip in which its connection brings nothing, and no lane may open a second one
+// meanwhile; so once the player read past its first window, the requests grow: growth times longer at each
+// round of requests done while it reads on, up to what the read-ahead bound allows; and the read-ahead
+// grows with them, to hold a request per lane and a chunk each more.
+
+// growth is how much longer requests get at each round.
+const growth = 4
+
+// Read tells the policy the player took n more bytes, and reports whether the requests, and the
+// read-ahead, grew.
+func (s *Stream) Read(n int64) (grew bool) {
+	s.read += n
+	return s.grow()
+}
+
+// Finished tells the policy that a request brought all it claimed, and reports whether the requests, and
+// the read-ahead, grew.
+func (s *Stream) Finished() (grew bool) {
+	s.done++
+	return s.grow()
+}
+
+// grow makes the requests longer once a round of them is done, the player read past its first window (a
+// seek's worth) and read on since they last grew: a player that stopped reading holds the read-ahead where
+// it is.
+func (s *Stream) grow() bool {
+	if 2*s.done < s.cfg.Lanes || s.read == s.readAtGrowth || s.read < s.firstWindow() || s.extent >= s.maxExtent() {
+		return false
+	}
+	s.done, s.readAtGrowth = 0, s.read
+	s.extent = min(growth*s.extent, s.maxExtent())
+	s.ahead = s.aheadFor(s.extent)
+	return true
+}
+
+// Ahead is how far ahead of the player the stream reads now: it holds the chunks of those bytes.
+func (s *Stream) Ahead() int64 { return s.ahead }
+
+// Extent is how many bytes a new request asks for at most now: whole chunks.
+func (s *Stream) Extent() int64 { return s.extent }
+
+// ExtentAt is how many bytes a new request asks for when it starts distance bytes ahead of the player and
+// left bytes of the player's range are still to come, whoever brings them: the extent; but no more than a
+// part of its distance ahead, so that a player reading as fast as the stream brings bytes finds them ready
+// in order (half of it: a lane brings its bytes at a fraction of the stream's speed); and near the end its
+// lane's share of what is left, so the lanes finish together.
+func (s *Stream) ExtentAt(distance, left int64) int64 {
+	e := min(left/int64(s.cfg.Lanes), distance/2)
+	e = (e + s.cfg.Chunk - 1) / s.cfg.Chunk * s.cfg.Chunk // whole chunks
+	return min(max(e, s.cfg.Chunk), s.extent)
+}
+
+// maxExtent is the longest request the read-ahead bound allows: one per lane, and a chunk each more.
+func (s *Stream) maxExtent() int64 {
+	lanes := int64(s.cfg.Lanes)
+	per := (s.cfg.MaxAhead - lanes*s.cfg.Chunk) / lanes
+	return max(per/s.cfg.Chunk, 1) * s.cfg.Chunk
+}
+
+// aheadFor is the read-ahead that requests of extent bytes want: one per lane in flight and a chunk each
+// more, within MaxAhead.
+func (s *Stream) aheadFor(extent int64) int64 {
+	return min(int64(s.cfg.Lanes)*(extent+s.cfg.Chunk), s.cfg.MaxAhead)
+}
+
+// firstWindow is how far ahead a stream reads at its start: a chunk per lane but one, and two at least.
+func (s *Stream) firstWindow() int64 {
+	return int64(max(s.cfg.Lanes-1, 2)) * s.cfg.Chunk
+}
