@@ -14,6 +14,7 @@ import (
 	"mflow/internal/chunkcache"
 	"mflow/internal/engine"
 	"mflow/internal/link"
+	"mflow/internal/mediaindex"
 	"mflow/internal/metrics"
 	"mflow/internal/play"
 	"mflow/internal/rpc"
@@ -91,7 +92,7 @@ func New(cfg Config) (*App, error) {
 	client := upstream.NewClient(upstream.Config{HostConnections: cfg.HostConnections, Insecure: cfg.Insecure, Policy: cfg.Policy, Shared: cfg.Shared, MaxRedirects: cfg.MaxRedirects, UserAgent: userAgent, Dial: cfg.Dial})
 	resolver := &link.Resolver{Client: client, Retry: upstream.Retry{Max: cfg.Retry}, Hedge: cfg.Connections, Logger: log}
 	a := &App{
-		Engine: &engine.Engine{Client: client, ChunkSize: cfg.ChunkSize, ReadAhead: cfg.ReadAhead, Connections: cfg.Connections, Retries: cfg.Retry, MinSpeed: cfg.MinSpeed, Logger: log},
+		Engine: &engine.Engine{Client: client, IndexOf: mediaindex.Locate, ChunkSize: cfg.ChunkSize, ReadAhead: cfg.ReadAhead, Connections: cfg.Connections, Retries: cfg.Retry, MinSpeed: cfg.MinSpeed, Logger: log},
 		client: client,
 	}
 	if cfg.Memory != nil || cfg.Disk != nil {
@@ -153,6 +154,7 @@ func connectionsOf(playback *play.Service) func(gid string) []rpc.Connection {
 // Streams must have ended first.
 func (a *App) Close() error {
 	defer a.client.CloseIdleConnections()
+	a.Engine.Close()
 	if a.tasks != nil {
 		return a.tasks.Close()
 	}

@@ -37,6 +37,7 @@ import (
 	"time"
 
 	"mflow/internal/httprange"
+	"mflow/internal/mediaindex"
 	"mflow/internal/source"
 	"mflow/internal/upstream"
 )
@@ -53,6 +54,11 @@ type Engine struct {
 	// ReadAhead bounds how far a stream reads ahead of its player, in bytes (DefaultReadAhead when 0): a
 	// stream starts with Connections chunks ahead and reads further while its player keeps up.
 	ReadAhead int64
+	// IndexOf, when set, tells from a film's first bytes where it keeps its index when that is not at its
+	// head (mediaindex.Locate): a stream from byte 0 then fetches the index alongside the head, within its
+	// connections, and holds it and the head's chunk for the player's jumps at open. Nil fetches nothing
+	// ahead.
+	IndexOf func(head []byte, size int64) (mediaindex.Index, mediaindex.Verdict)
 	// Retries is how often one piece may be tried again before the stream fails.
 	Retries int
 	// MinSpeed, in bytes per second, drops a connection slower than this for slowSamples seconds in a row;
@@ -78,6 +84,20 @@ type Engine struct {
 
 	filesMu sync.Mutex       // protects files
 	files   map[string]*file // the files being streamed, by FileKey
+
+	lingerMu  sync.Mutex           // protects lingering
+	lingering map[*stream]struct{} // streams finishing what they keep after their player was done
+	lingers   sync.WaitGroup       // their goroutines
+}
+
+// Close ends the streams still finishing chunks after their players were done, and waits for them.
+func (e *Engine) Close() {
+	e.lingerMu.Lock()
+	for s := range e.lingering {
+		s.cancel(errStreamDone)
+	}
+	e.lingerMu.Unlock()
+	e.lingers.Wait()
 }
 
 // Counters are an engine's totals, each read and written atomically, so that streams count without a lock.
@@ -198,17 +218,26 @@ func (e *Engine) Stream(ctx context.Context, w io.Writer, req Request) (stats St
 		return Stats{}, fmt.Errorf("bytes %d-%d are not within the %d-byte file", sp.Start, sp.End, size)
 	}
 	f := e.openFile(req.FileKey, size)
-	defer e.closeFile(f)
 	s := e.newStream(ctx, f, req)
-	defer s.end(&stats, &err)
-	// The stream's work is its own (it may finish a chunk for the cache after its player left), but a stop
+	// The stream's work is its own (it may finish chunks it keeps after its player was done), but a stop
 	// for any other cause than the player going (a task paused, mflow stopping) ends it at once.
 	stop := context.AfterFunc(ctx, func() {
 		if cause := context.Cause(ctx); !errors.Is(cause, context.Canceled) {
 			s.cancel(cause)
 		}
 	})
-	defer stop()
+	lingers := false
+	defer func() {
+		if v := recover(); v != nil {
+			err, lingers = s.panicked(v), false
+		}
+		if !lingers {
+			s.close()
+			stop()
+			e.closeFile(f)
+		}
+		stats = s.stats()
+	}()
 	if req.Live != nil {
 		req.Live.set(s.progress)
 		defer req.Live.set(nil)
@@ -219,21 +248,39 @@ func (e *Engine) Stream(ctx context.Context, w io.Writer, req Request) (stats St
 	}
 	s.wg.Go(func() { defer s.recoverWorker(); s.watch() })
 	err = s.write(w)
-	s.linger(context.Cause(ctx))
+	if lingers = s.startLinger(context.Cause(ctx)); lingers {
+		// The player is done with the stream: it returns now, so that the player's next request (on the
+		// same connection, often) does not wait for what the stream keeps.
+		e.lingerMu.Lock()
+		if e.lingering == nil {
+			e.lingering = map[*stream]struct{}{}
+		}
+		e.lingering[s] = struct{}{}
+		e.lingerMu.Unlock()
+		e.lingers.Go(func() {
+			defer func() {
+				if v := recover(); v != nil {
+					s.panicked(v)
+				}
+				s.close()
+				stop()
+				e.closeFile(f)
+				e.lingerMu.Lock()
+				delete(e.lingering, s)
+				e.lingerMu.Unlock()
+			}()
+			s.linger()
+		})
+	}
 	return stats, err
 }
 
-// end runs when Stream returns, however it returns: it turns a panic of the writer into the stream's
-// error, stops the workers, waits for them, and lets go of the chunks.
-func (s *stream) end(stats *Stats, err *error) {
-	if v := recover(); v != nil {
-		*err = s.panicked(v)
-	}
+// close ends the stream's work, waits for its goroutines and lets go of what it holds.
+func (s *stream) close() {
 	s.cancel(errStreamDone)
 	s.wg.Wait()
 	s.releaseAll()
 	closeHead(s.takeHead())
-	*stats = s.stats()
 }
 
 // recoverWorker ends the stream when one of its goroutines panics, instead of the process.

@@ -33,8 +33,12 @@ var quiet = slog.New(slog.DiscardHandler)
 // newEngine returns an engine on u with fast retries, and closes its connections when the test ends.
 func newEngine(t *testing.T, u *upstreamtest.Upstream, chunk int64, conns int) *engine.Engine {
 	c := upstream.NewClient(upstream.Config{Dial: u.Dial(), TLS: u.TLS(), MaxRedirects: 3})
-	t.Cleanup(c.CloseIdleConnections)
-	return &engine.Engine{Client: c, ChunkSize: chunk, Connections: conns, Retries: 5, RetryBase: time.Millisecond, Logger: quiet}
+	e := &engine.Engine{Client: c, ChunkSize: chunk, Connections: conns, Retries: 5, RetryBase: time.Millisecond, Logger: quiet}
+	t.Cleanup(func() {
+		e.Close()
+		c.CloseIdleConnections()
+	})
+	return e
 }
 
 func target(u *upstreamtest.Upstream) source.Target {

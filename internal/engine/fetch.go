@@ -58,8 +58,8 @@ func (s *stream) run(f *fetch) {
 		if err == nil || s.ctx.Err() != nil {
 			return
 		}
-		if errors.Is(err, errRaceLost) {
-			return
+		if errors.Is(err, errRaceLost) || errors.Is(err, errStreamDone) {
+			return // another request brings its bytes, or nobody needs them any more
 		}
 		wait, fatal := s.retryPlan(f, err)
 		if fatal != nil {
@@ -165,7 +165,13 @@ func (s *stream) attempt(f *fetch) (err error) {
 	buf := make([]byte, readSize)
 	for {
 		n, rerr := resp.Body.Read(buf)
-		more := n == 0 || s.deliver(f, buf[:n])
+		more, found := true, false
+		if n > 0 {
+			more, found = s.deliver(f, buf[:n])
+		}
+		if found {
+			s.plan() // the film's index is elsewhere: hold its chunks
+		}
 		if rerr == io.EOF {
 			if s.position(f) < t.span.End+1 {
 				return fmt.Errorf("%w at byte %d of %s", upstream.ErrShortBody, s.position(f), t.span.Header())
@@ -385,9 +391,10 @@ func attemptError(ctx context.Context, err error) error {
 }
 
 // deliver copies the bytes a request read at f.pos into the pieces they belong to, past what each already
-// holds, and reports whether the request should go on reading: it should not once its claim is in, when
-// it races and lost, or when nobody needs its bytes any more.
-func (s *stream) deliver(f *fetch, data []byte) bool {
+// holds, and reports whether the request should go on reading (it should not once its claim is in, when
+// it races and lost, or when nobody needs its bytes any more) and whether they told where the film's index
+// is.
+func (s *stream) deliver(f *fetch, data []byte) (more, indexFound bool) {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
 	size := s.e.ChunkSize
@@ -415,7 +422,7 @@ func (s *stream) deliver(f *fetch, data []byte) bool {
 	f.pos = at
 	s._settleRace(f, f.racer)
 	s._settleRace(f.raced, f)
-	return f.pos < f.claim
+	return f.pos < f.claim, s._seekIndex()
 }
 
 // _settleRace ends a race as soon as it is decided. The fresh request wins when it catches up with the

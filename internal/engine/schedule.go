@@ -16,7 +16,8 @@ import (
 //  1. a fresh request racing one the policy found far slower than the stream's best, or the one the player
 //     waits on when it lags, on the same bytes;
 //  2. a hedge: the bytes the player waits on, while the request on them waits to try again;
-//  3. the first bytes of the read-ahead no request claims, for as long a request as the policy says;
+//  3. the first bytes of the read-ahead no request claims, for as long a request as the policy says; the
+//     film's index, when it is elsewhere, right after the head's first chunk;
 //  4. half of the request that needs longest, as aria2 does, when the policy hands it over;
 //  5. the bytes of a chunk only the cache wants.
 
@@ -34,7 +35,11 @@ func (s *stream) work() {
 // nextJob waits for something to do in a free lane, and claims it; nil once the stream is over.
 func (s *stream) nextJob() *fetch {
 	for {
-		f, wait := s.claimJob()
+		f, wait, indexFound := s.claimJob()
+		if indexFound {
+			s.plan() // the film's index is elsewhere: hold its chunks, then claim them
+			continue
+		}
 		if f != nil || wait == nil {
 			return f
 		}
@@ -46,24 +51,27 @@ func (s *stream) nextJob() *fetch {
 }
 
 // claimJob takes work for a free lane, or returns what to wait on for some; both nil once the stream is
-// over.
-func (s *stream) claimJob() (*fetch, <-chan struct{}) {
+// over. indexFound says the head, from the cache, told where the film's index is: its chunks are to be
+// held first.
+func (s *stream) claimJob() (f *fetch, wait <-chan struct{}, indexFound bool) {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
 	if s.ctx.Err() != nil {
-		return nil, nil
+		return nil, nil, false
 	}
 	if len(s.fetches) >= s.lanes {
-		return nil, s.f.changed
+		return nil, s.f.changed, false
 	}
-	f := s._pickJob()
-	if f == nil {
-		return nil, s.f.changed
+	if s._seekIndex() {
+		return nil, nil, true
+	}
+	if f = s._pickJob(); f == nil {
+		return nil, s.f.changed, false
 	}
 	f.began = time.Now()
 	s.fetches = append(s.fetches, f)
 	s.f.fetches[f] = s
-	return f, nil
+	return f, nil, false
 }
 
 // _pickJob chooses the work of a free lane; nil when there is none now.
@@ -74,13 +82,23 @@ func (s *stream) _pickJob() *fetch {
 	if f := s._hedge(); f != nil {
 		return f
 	}
-	if !s.lingering {
-		if f := s._claimNext(s.window, true); f != nil {
-			return f
-		}
-		if f := s._split(); f != nil {
-			return f
-		}
+	if s.lingering {
+		return s._claimNext(s._kept(), false)
+	}
+	if f := s._claimNext(s.window[:min(len(s.window), 1)], true); f != nil { // the head first
+		return f
+	}
+	if !s.indexSought {
+		return nil // until the head tells whether the film's index is elsewhere: the player reads it next
+	}
+	if f := s._claimNext(s.index, false); f != nil {
+		return f
+	}
+	if f := s._claimNext(s.window, true); f != nil {
+		return f
+	}
+	if f := s._split(); f != nil {
+		return f
 	}
 	return s._claimNext(slices.Concat(s.window, s.finishing), false)
 }

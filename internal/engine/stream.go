@@ -7,11 +7,13 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
 	"mflow/internal/engine/pace"
 	"mflow/internal/httprange"
+	"mflow/internal/mediaindex"
 	"mflow/internal/source"
 )
 
@@ -33,25 +35,29 @@ type stream struct {
 	refreshMu sync.Mutex
 
 	// The file's lock (f.mu) protects the following fields.
-	pace          *pace.Stream    // what the stream learned of its upstream and its player, and its verdicts
-	target        source.Target   // current target; Refresh replaces it
-	targetGen     int             // counts target replacements
-	mirrors       []source.Target // other copies of the file
-	mirrorAside   []bool          // mirrors set aside after a failure
-	nextTarget    int             // round-robin position over target and the usable mirrors
-	head          *http.Response  // the probe's answer for span.Start, until the first request takes it
-	headEnd       int64           // one past the last byte the probe asked for
-	window        []*chunk        // chunks held, in order; window[0] holds the next byte to write
-	finishing     []*chunk        // chunks written but not yet whole, held so the cache can keep them
-	nextChunk     int64           // index of the next chunk to hold
-	written       int64           // offset of the next byte for the player; only the writer changes it
-	writerWaiting bool            // the writer is waiting on the head
-	fetches       []*fetch        // this stream's requests, each in a lane of its own: never more than lanes
-	lingering     bool            // the player has its bytes or left: only the chunks finishing are fetched on
-	retries       int             // retries of all requests
-	replaced      int             // requests replaced for being slow
-	received      int64           // bytes new to the file's pieces that this stream's requests brought
-	err           error           // why the stream failed; the first error wins
+	pace          *pace.Stream     // what the stream learned of its upstream and its player, and its verdicts
+	target        source.Target    // current target; Refresh replaces it
+	targetGen     int              // counts target replacements
+	mirrors       []source.Target  // other copies of the file
+	mirrorAside   []bool           // mirrors set aside after a failure
+	nextTarget    int              // round-robin position over target and the usable mirrors
+	head          *http.Response   // the probe's answer for span.Start, until the first request takes it
+	headEnd       int64            // one past the last byte the probe asked for
+	window        []*chunk         // chunks held, in order; window[0] holds the next byte to write
+	finishing     []*chunk         // chunks written but not yet whole, held so the cache can keep them
+	index         []*chunk         // the film's index's chunks and its head's, held from when the head told
+	indexAt       mediaindex.Index // where the film keeps its index; zero when nowhere to fetch ahead
+	indexSought   bool             // the head told where the index is, or there is none to seek
+	nextIndex     int64            // index of the next chunk of the film's index to hold
+	nextChunk     int64            // index of the next chunk to hold
+	written       int64            // offset of the next byte for the player; only the writer changes it
+	writerWaiting bool             // the writer is waiting on the head
+	fetches       []*fetch         // this stream's requests, each in a lane of its own: never more than lanes
+	lingering     bool             // the player has its bytes or left: only the chunks finishing are fetched on
+	retries       int              // retries of all requests
+	replaced      int              // requests replaced for being slow
+	received      int64            // bytes new to the file's pieces that this stream's requests brought
+	err           error            // why the stream failed; the first error wins
 }
 
 func (e *Engine) newStream(ctx context.Context, f *file, req Request) *stream {
@@ -70,6 +76,7 @@ func (e *Engine) newStream(ctx context.Context, f *file, req Request) *stream {
 		head:        req.Head,
 		nextChunk:   req.Span.Start / e.ChunkSize,
 		written:     req.Span.Start,
+		indexSought: e.IndexOf == nil || req.Span.Start != 0, // only a play from the head opens a film
 	}
 	if req.Head != nil {
 		s.headEnd = min(req.Span.End+1, (req.Span.Start/e.ChunkSize+1)*e.ChunkSize)
@@ -127,8 +134,46 @@ func (s *stream) holdChunks(lookedUp int64, data []byte) (next int64, lookup boo
 		s.window = append(s.window, s.f._acquire(k, max(s.span.Start, k*size), min((k+1)*size, s.span.End+1), cached))
 		s.nextChunk++
 	}
+	for ix := s.indexAt; s.nextIndex*size < ix.End; s.nextIndex++ {
+		k := s.nextIndex
+		if s.f.chunks[k] == nil && s.f.caching() && k != lookedUp {
+			return k, true
+		}
+		var cached []byte
+		if k == lookedUp {
+			cached = data
+		}
+		s.index = append(s.index, s.f._acquire(k, max(ix.Start, k*size), min((k+1)*size, ix.End), cached))
+	}
 	s.f._broadcast()
 	return 0, false
+}
+
+// _seekIndex reads the head for where the film keeps its index, once chunk 0 brought more of it, and
+// reports whether it found one to fetch ahead: then its chunks are to be held, and the head's chunk with
+// them, so that the player's jumps to the index and back find their bytes.
+func (s *stream) _seekIndex() bool {
+	c := s.f.chunks[0]
+	if s.indexSought || c == nil {
+		return false
+	}
+	p := c._pieceAt(0)
+	if p == nil || p.filled == 0 {
+		return false
+	}
+	ix, verdict := s.e.IndexOf(c.bytes(0, p.filled), s.f.size)
+	if verdict == mediaindex.NeedMore {
+		return false
+	}
+	s.indexSought = true
+	s.f._broadcast() // the lanes that waited for the verdict
+	if verdict != mediaindex.Found || ix.Start > s.span.End {
+		return false
+	}
+	s.indexAt, s.nextIndex = ix, ix.Start/s.e.ChunkSize
+	s.index = append(s.index, s.f._acquire(0, 0, c.end, nil))
+	s.log.Debug("the film's index is not at its head: fetching it alongside", "from", ix.Start, "to", ix.End-1)
+	return true
 }
 
 // releaseAll lets go of the chunks still held, once no worker of the stream is left.
@@ -140,10 +185,10 @@ func (s *stream) dropWindow() []*chunk {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
 	var released []*chunk
-	for _, c := range append(s.window, s.finishing...) {
+	for _, c := range slices.Concat(s.window, s.finishing, s.index) {
 		released = append(released, s.f._release(c))
 	}
-	s.window, s.finishing = nil, nil
+	s.window, s.finishing, s.index = nil, nil, nil
 	s.f._broadcast()
 	return released
 }
@@ -268,21 +313,34 @@ func (s *stream) wrote(c *chunk, n int) (released *chunk, moved bool) {
 	return released, true
 }
 
-// lingerFor bounds how long a stream whose player left goes on finishing chunks for the cache.
-const lingerFor = 10 * time.Second
+const (
+	// lingerFor bounds how long a stream whose player left goes on finishing chunks it keeps.
+	lingerFor = 10 * time.Second
+	// indexHold is how long a lingering stream still holds a film's index and head once they are whole:
+	// a player opening the film jumps to the index and back within it.
+	indexHold = 3 * time.Second
+)
 
-// linger finishes, once the player has its bytes or went away, the chunks written but not yet whole, so
-// the cache can keep them: at most the chunk the player entered mid-way and the last one, for lingerFor.
-// A stream stopped (paused, removed, shut down) or failed ends at once.
-func (s *stream) linger(player error) {
-	if !s.startLinger(player) {
-		return
-	}
+// linger finishes, once the player has its bytes or went away, the chunks it keeps (see _kept): with a
+// cache, the chunk the player entered mid-way and the last one, so the cache can keep them; and a film's
+// index and head, held indexHold more, for the player's next requests. It lasts lingerFor at most. A
+// stream stopped (paused, removed, shut down) or failed ends at once.
+func (s *stream) linger() {
 	limit := time.NewTimer(lingerFor)
 	defer limit.Stop()
 	for {
-		wait := s.finishWait()
+		wait, holdIndex := s.finishWait()
+		if wait == nil && !holdIndex {
+			return
+		}
 		if wait == nil {
+			hold := time.NewTimer(indexHold)
+			defer hold.Stop()
+			select {
+			case <-hold.C:
+			case <-s.ctx.Done():
+			case <-limit.C:
+			}
 			return
 		}
 		select {
@@ -300,16 +358,17 @@ func (s *stream) linger(player error) {
 func (s *stream) startLinger(player error) bool {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
-	if len(s.finishing) == 0 || s.err != nil && !errors.Is(s.err, ErrPlayerGone) && !errors.Is(s.err, context.Canceled) {
+	if len(s._kept()) == 0 || s.err != nil && !errors.Is(s.err, ErrPlayerGone) && !errors.Is(s.err, context.Canceled) {
 		return false
 	}
 	if player != nil && !errors.Is(player, context.Canceled) {
 		return false
 	}
 	s.lingering, s.err = true, nil
-	// The window's chunks are the player's, not the cache's: their requests stop now.
+	// The rest of the window's chunks were the player's: their requests stop now.
+	kept := s._kept()
 	for _, f := range s.fetches {
-		if f.cancel != nil && !s._finishingHas(f.pos) {
+		if f.cancel != nil && !slices.ContainsFunc(kept, func(c *chunk) bool { return c.start <= f.pos && f.pos < c.end }) {
 			f.cancel(errStreamDone)
 		}
 	}
@@ -317,28 +376,29 @@ func (s *stream) startLinger(player error) bool {
 	return true
 }
 
-// _finishingHas reports whether byte x is in a chunk held for the cache.
-func (s *stream) _finishingHas(x int64) bool {
-	for _, c := range s.finishing {
-		if c.start <= x && x < c.end {
-			return true
-		}
+// _kept is the chunks a stream whose player is done with it still finishes: those the player entered
+// mid-way, with a cache; the last, when the player has all its bytes and a cache keeps chunks; and a film's
+// index and head.
+func (s *stream) _kept() []*chunk {
+	kept := slices.Concat(s.finishing, s.index)
+	if s.written > s.span.End && len(s.window) > 0 && s.f.caching() {
+		kept = append(kept, s.window[0])
 	}
-	return false
+	return kept
 }
 
-// finishWait is what to wait on while a finishing chunk is not whole; nil when all are, or the stream is
-// over.
-func (s *stream) finishWait() <-chan struct{} {
+// finishWait is what to wait on while a chunk kept is not whole; nil once all are, or the stream is over.
+// holdIndex says the film's index and head are whole, to be held a while for the player.
+func (s *stream) finishWait() (wait <-chan struct{}, holdIndex bool) {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
 	if s.err != nil || s.ctx.Err() != nil {
-		return nil
+		return nil, false
 	}
-	for _, c := range s.finishing {
+	for _, c := range s._kept() {
 		if !c._complete() {
-			return s.f.progress
+			return s.f.progress, false
 		}
 	}
-	return nil
+	return nil, len(s.index) > 0
 }

@@ -39,9 +39,11 @@ func service(t *testing.T) *play.Service {
 	client := upstream.NewClient(upstream.Config{MaxRedirects: 3})
 	t.Cleanup(client.CloseIdleConnections)
 	quiet := slog.New(slog.DiscardHandler)
+	e := &engine.Engine{Client: client, ChunkSize: 16 << 10, Connections: 3, Retries: 2, RetryBase: time.Millisecond, Logger: quiet}
+	t.Cleanup(e.Close)
 	return &play.Service{
 		Resolver: &link.Resolver{Client: client, Retry: upstream.Retry{Max: 1, Base: time.Millisecond}},
-		Engine:   &engine.Engine{Client: client, ChunkSize: 16 << 10, Connections: 3, Retries: 2, RetryBase: time.Millisecond, Logger: quiet},
+		Engine:   e,
 		Logger:   quiet,
 	}
 }

@@ -63,6 +63,7 @@ func newProxy(t *testing.T, tune func(*server.Server)) *proxy {
 	player := &http.Client{Transport: &http.Transport{DisableCompression: true}}
 	t.Cleanup(func() {
 		ts.Close()
+		s.Play.Engine.Close()
 		player.CloseIdleConnections()
 		client.CloseIdleConnections()
 	})

@@ -1,0 +1,135 @@
+package engine_test
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net/http"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"mflow/internal/engine"
+	"mflow/internal/httprange"
+	"mflow/internal/mediaindex"
+	"mflow/internal/upstreamtest"
+)
+
+// tailIndexedMP4 is a film of size bytes as many on drives are: ftyp, mdat, then its moov of index bytes.
+func tailIndexedMP4(size, index int) (film []byte, moov int64) {
+	film = upstreamtest.RandomFile(size)
+	binary.BigEndian.PutUint32(film, 32)
+	copy(film[4:], "ftypisom")
+	binary.BigEndian.PutUint32(film[32:], uint32(size-index-32))
+	copy(film[36:], "mdat")
+	moov = int64(size - index)
+	binary.BigEndian.PutUint32(film[moov:], uint32(index))
+	copy(film[moov+4:], "moov")
+	return film, moov
+}
+
+// recorded is an upstream's requests, with when they came.
+type recorded struct {
+	mu   sync.Mutex
+	reqs []struct {
+		at   time.Time
+		span httprange.Span
+	}
+}
+
+func (r *recorded) fault(_ int64, req *http.Request) upstreamtest.Fault {
+	var a, b int64
+	fmt.Sscanf(req.Header.Get("Range"), "bytes=%d-%d", &a, &b)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.reqs = append(r.reqs, struct {
+		at   time.Time
+		span httprange.Span
+	}{time.Now(), httprange.Span{Start: a, End: b}})
+	return upstreamtest.Fault{}
+}
+
+// since is how many requests came at or after t, and how many of those asked for a byte of [from, to].
+func (r *recorded) since(t time.Time, from, to int64) (all, within int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, q := range r.reqs {
+		if !q.at.Before(t) {
+			all++
+			if q.span.Start <= to && from <= q.span.End {
+				within++
+			}
+		}
+	}
+	return all, within
+}
+
+// openFilm plays the film as mpv opens one whose index is at its end: the head, then the index, then back
+// to the mdat's start; it returns when each of the three plays began.
+func openFilm(t *testing.T, e *engine.Engine, u *upstreamtest.Upstream, film []byte, moov int64) (began [3]time.Time) {
+	for i, c := range []struct {
+		from int64
+		read int64
+	}{{0, 64 << 10}, {moov, int64(len(film)) - moov}, {40, 256 << 10}} {
+		began[i] = time.Now()
+		ctx, leave := context.WithCancel(t.Context())
+		w := &leavingWriter{after: c.read, leave: leave}
+		e.Stream(ctx, w, engine.Request{Target: target(u), FileKey: "film", Span: httprange.Span{Start: c.from, End: int64(len(film)) - 1}})
+		leave()
+		if w.got < c.read {
+			t.Fatalf("the play from %d read %d bytes, want %d", c.from, w.got, c.read)
+		}
+	}
+	return began
+}
+
+func TestAFilmsIndexAtItsEndIsFetchedWithItsHead(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		film, moov := tailIndexedMP4(64<<20, 3<<20)
+		rec := &recorded{}
+		opts := upstreamtest.DriveModels(2e6)[1].Opts // 150 ms
+		opts.Fault = rec.fault
+		u := upstreamtest.NewInMemory(film, opts)
+		defer u.Close()
+		e := newEngine(t, u, 1<<20, 4)
+		e.IndexOf = mediaindex.Locate
+		began := openFilm(t, e, u, film, moov)
+		e.Client.CloseIdleConnections()
+		if _, within := rec.since(began[0], moov, int64(len(film))-1); within == 0 {
+			t.Fatal("nobody asked for the index")
+		}
+		if _, within := rec.since(began[1], moov, int64(len(film))-1); within != 0 {
+			t.Errorf("%d requests for the index after the player asked for it: it was not fetched with the head", within)
+		}
+		if all, _ := rec.since(began[2], 0, 0); all != 0 {
+			t.Errorf("the return to the mdat made %d requests: the head was not held", all)
+		}
+		if n := u.MaxOpen(); n > 4 {
+			t.Errorf("%d requests open at once with -c 4", n)
+		}
+	})
+}
+
+func TestNoIndexIsFetchedAheadWhenItIsAtTheHead(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		film := upstreamtest.RandomFile(64 << 20)
+		binary.BigEndian.PutUint32(film, 32)
+		copy(film[4:], "ftypisom")
+		binary.BigEndian.PutUint32(film[32:], 2<<20)
+		copy(film[36:], "moov")
+		rec := &recorded{}
+		u := upstreamtest.NewInMemory(film, upstreamtest.Options{Fault: rec.fault, PerConn: 2e6, Latency: 150 * time.Millisecond})
+		defer u.Close()
+		e := newEngine(t, u, 1<<20, 4)
+		e.IndexOf = mediaindex.Locate
+		began := time.Now()
+		ctx, leave := context.WithCancel(t.Context())
+		e.Stream(ctx, &leavingWriter{after: 3 << 20, leave: leave}, engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(film)) - 1}})
+		leave()
+		e.Client.CloseIdleConnections()
+		if all, beyond := rec.since(began, 8<<20, int64(len(film))-1); beyond != 0 {
+			t.Errorf("%d of %d requests went far beyond the head of a film indexed in front", beyond, all)
+		}
+	})
+}
