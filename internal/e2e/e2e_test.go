@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
 	"net/url"
 	"os"
 	"os/exec"
@@ -29,6 +30,7 @@ import (
 	"testing"
 	"time"
 
+	"mflow/internal/mediaindex"
 	"mflow/internal/testsync"
 
 	"mflow/internal/upstreamtest"
@@ -119,7 +121,9 @@ func setUp() (func(), error) {
 	// player must seek to the tail before it can play.
 	film := []string{"-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25", "-f", "lavfi", "-i", "sine=frequency=440",
 		"-t", "10", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac"}
-	for name, flags := range map[string][]string{"film.mp4": {"-movflags", "+faststart"}, "tail.mp4": nil} {
+	// And a minute of it at 2 Mbit/s (15 MB), its index at the end: far beyond the head's read-ahead.
+	long := []string{"-t", "60", "-b:v", "2M"}
+	for name, flags := range map[string][]string{"film.mp4": {"-movflags", "+faststart"}, "tail.mp4": nil, "long.mp4": long} {
 		args := append(append(append([]string{}, film...), flags...), filepath.Join(www, name))
 		if out, err := exec.Command(tools["ffmpeg"], args...).CombinedOutput(); err != nil {
 			return stop, fmt.Errorf("ffmpeg making %s: %v: %s", name, err, out)
@@ -319,6 +323,67 @@ func TestFFmpegSeeksIntoTheMiddleAndDecodes(t *testing.T) {
 		if err := cmd.Run(); err != nil || stderr.Len() > 0 {
 			t.Errorf("ffmpeg -ss 5 %s: %v: %s", name, err, strings.ReplaceAll(strings.TrimSpace(stderr.String()), "\n", " | "))
 		}
+	}
+}
+
+// recorder is a reverse proxy that notes when a request first asked for a byte at or past from; its
+// requests take delay to arrive, as over a network.
+type recorder struct {
+	*httptest.Server
+	mu    sync.Mutex
+	first time.Time
+}
+
+func record(t *testing.T, to string, from int64, delay time.Duration) *recorder {
+	target, _ := url.Parse(to)
+	r := &recorder{}
+	proxy := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(target); pr.Out.Host = pr.In.Host }}
+	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		var start int64 = -1
+		fmt.Sscanf(req.Header.Get("Range"), "bytes=%d-", &start)
+		time.Sleep(delay)
+		r.mu.Lock()
+		if start >= from && r.first.IsZero() {
+			r.first = time.Now()
+		}
+		r.mu.Unlock()
+		proxy.ServeHTTP(w, req)
+	}))
+	t.Cleanup(r.Close)
+	return r
+}
+
+func (r *recorder) firstAsked() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.first
+}
+
+func TestAFilmsIndexAtItsEndIsAskedForBeforeThePlayerAsks(t *testing.T) {
+	film, err := os.ReadFile(filepath.Join(env.dir, "www", "files", "long.mp4"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ix, verdict := mediaindex.Locate(film[:mediaindex.HeadBytes], int64(len(film)))
+	if verdict != mediaindex.Found {
+		t.Fatalf("ffmpeg's film without +faststart has its index in front (%v)", verdict)
+	}
+	// ffprobe → recorder → mflow → recorder → nginx: who asks for the moov first. ffprobe is 50 ms from
+	// mflow, as a player across a home network is (its jump costs it a new connection: more).
+	drive := record(t, env.upstream, ix.Start/(1<<20)*(1<<20), 0)
+	player := record(t, env.proxy, ix.Start, 50*time.Millisecond)
+	out, err := exec.CommandContext(t.Context(), tools["ffprobe"], "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
+		player.URL+"/stream?url="+url.QueryEscape(drive.URL+"/files/long.mp4")).CombinedOutput()
+	if err != nil || !strings.HasPrefix(strings.TrimSpace(string(out)), "60.") {
+		t.Fatalf("ffprobe: %q, %v", out, err)
+	}
+	asked, wanted := drive.firstAsked(), player.firstAsked()
+	switch {
+	case wanted.IsZero():
+		t.Fatal("ffprobe never asked for the index")
+	case asked.IsZero() || !asked.Before(wanted):
+		log, _ := os.ReadFile(env.mflowLog)
+		t.Errorf("mflow asked the drive for the index %v after ffprobe asked for it; its log:\n%s", asked.Sub(wanted), log)
 	}
 }
 
