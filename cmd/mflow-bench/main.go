@@ -49,7 +49,11 @@ func main() {
 	flag.Parse()
 	b := &bench{size: *size, perConn: *perConn, runs: max(*runs, 1), firstByteRuns: *firstByteRuns, playerRate: *playerRate}
 	b.aria2c, _ = exec.LookPath("aria2c")
-	if err := b.run(*only, *plotTo); err != nil {
+	var err error
+	if b.films, err = makeFilms(); err == nil {
+		err = b.run(*only, *plotTo)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "mflow-bench:", err)
 		os.Exit(1)
 	}
@@ -62,6 +66,7 @@ type bench struct {
 	firstByteRuns int
 	playerRate    float64
 	aria2c        string // "" when not installed
+	films         *films // nil when ffmpeg is not installed
 }
 
 // model is one upstream to measure on.
@@ -100,6 +105,7 @@ type result struct {
 	waitProxy, waitDirect   time.Duration // a paced player's total wait after its first byte; 0: not measured
 	cacheFirst, cacheReplay float64       // a play and its replay with --cache, bytes/s; 0: not measured
 	replayRequests          int64         // upstream requests of the replay
+	players                 *playerFigures // mpv's first frame and the seek pattern; nil: not measured
 }
 
 func (b *bench) run(only, plotTo string) error {
@@ -260,6 +266,11 @@ func (b *bench) measure(m model) (result, error) {
 		if r.waitDirect, err = b.pacedWait(player, fileURL+"?paced-direct", m.size); err != nil {
 			return r, fmt.Errorf("paced player direct: %w", err)
 		}
+		fig, err := b.measurePlayers(where, proxy, m.opts, file)
+		if err != nil {
+			return r, err
+		}
+		r.players = &fig
 	}
 	return r, nil
 }
@@ -301,6 +312,7 @@ func (b *bench) print(results []result) {
 				bytesize.Human(b.playerRate), r.name, r.waitProxy.Round(time.Millisecond), r.waitDirect.Round(time.Millisecond))
 		}
 	}
+	b.printPlayers(results)
 	fmt.Printf("\nUneven routes: each tool over its own upstreams, seeds %v, speed = all bytes ÷ all time. The lossy path has no per-connection cap, so no ideal: one connection there settles at its loss-limited rate.\n", routeSeeds)
 	fmt.Printf("\nPeak open requests are counted at the upstream (mflow's -c is %d). Peak stream memory is what the stream held in chunk buffers, plus a %s read buffer per request.\n",
 		connections, bytesize.Human(32<<10))

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -339,8 +340,8 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	start, end, partial := int64(0), size-1, false
 	if rng := r.Header.Get("Range"); rng != "" && !u.opts.NoRange && !f.Whole {
-		var a, b int64
-		if _, err := fmt.Sscanf(rng, "bytes=%d-%d", &a, &b); err != nil || a > b {
+		a, b := int64(0), size-1 // bytes=A-B, or bytes=A- as players ask
+		if _, err := fmt.Sscanf(rng, "bytes=%d-%d", &a, &b); err != nil && !strings.HasSuffix(rng, "-") || a > b {
 			http.Error(w, "bad range", http.StatusBadRequest)
 			return
 		}
