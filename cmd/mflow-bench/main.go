@@ -102,9 +102,9 @@ type result struct {
 	open                    int64   // most requests open at the upstream at once during mflow's plays
 	firstDirect, firstProxy time.Duration
 	replayDirect, replay    time.Duration
-	waitProxy, waitDirect   time.Duration // a paced player's total wait after its first byte; 0: not measured
-	cacheFirst, cacheReplay float64       // a play and its replay with --cache, bytes/s; 0: not measured
-	replayRequests          int64         // upstream requests of the replay
+	waitProxy, waitDirect   time.Duration  // a paced player's total wait after its first byte; 0: not measured
+	cacheFirst, cacheReplay float64        // a play and its replay with --cache, bytes/s; 0: not measured
+	replayRequests          int64          // upstream requests of the replay
 	players                 *playerFigures // mpv's first frame and the seek pattern; nil: not measured
 }
 
