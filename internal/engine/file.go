@@ -39,11 +39,9 @@ type chunk struct {
 // piece is a byte range [start, end) of a chunk that connections fill. Its fields are protected by the
 // file's lock.
 type piece struct {
-	c          *chunk   // the chunk it belongs to
-	start, end int64    // absolute offsets; a split lowers end
-	filled     int64    // bytes [start, filled) are in the chunk's buffer
-	fetches    []*fetch // connections working on it, of any stream
-	replaced   int      // fresh requests it got for being slow
+	c          *chunk // the chunk it belongs to
+	start, end int64  // absolute offsets; a split lowers end
+	filled     int64  // bytes [start, filled) are in the chunk's buffer
 }
 
 func (p *piece) done() bool { return p.filled >= p.end }
