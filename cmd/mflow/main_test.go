@@ -371,3 +371,29 @@ func TestAnInterruptedGetExits130(t *testing.T) {
 		t.Errorf("exit %d, %q; want 130 and how to resume", code, stderr.String())
 	}
 }
+
+func TestTheStartLineSaysWhoCanReachMflow(t *testing.T) {
+	for _, c := range []struct {
+		listen string
+		o      options
+		want   []string
+	}{
+		{"127.0.0.1:6800", options{}, []string{"Only players on this machine can reach mflow, at http://127.0.0.1:6800/stream (--listen 127.0.0.1)",
+			"the JSON-RPC answers this machine only (--rpc-secret lets others in)", "no web page of another site"}},
+		{"[::1]:6800", options{rpcSecret: "s"}, []string{"Only players on this machine", "(--listen ::1)", "any client that sends the secret"}},
+		{"0.0.0.0:6800", options{rpcListenAll: true}, []string{"Players on this machine, the LAN and the internet can play through http://0.0.0.0:6800/stream",
+			"any client, without a secret (--rpc-listen-all)"}},
+		{"192.168.1.5:6800", options{rpcOriginAll: true}, []string{"Players that reach 192.168.1.5 can play through", "web pages of any site included (--rpc-allow-origin-all)"}},
+	} {
+		line := reach(c.o, net.TCPAddrFromAddrPort(netip.MustParseAddrPort(c.listen)))
+		for _, w := range c.want {
+			if !strings.Contains(line, w) {
+				t.Errorf("--listen %s: %q, want it to say %q", c.listen, line, w)
+			}
+		}
+		host := netip.MustParseAddrPort(c.listen).Addr().String()
+		if words := strings.ReplaceAll(line, host, ""); strings.Count(words, ".") != 1 || !strings.HasSuffix(words, ".") {
+			t.Errorf("--listen %s: %q is not one sentence", c.listen, line)
+		}
+	}
+}

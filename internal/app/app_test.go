@@ -222,3 +222,24 @@ func TestFailedPlaysAreListedAndCounted(t *testing.T) {
 		t.Errorf("mflow_plays_failed_total{status=\"404\"} = %v, want 26", m[`mflow_plays_failed_total{status="404"}`])
 	}
 }
+
+func TestATaskPlayedTwiceShowsNoMoreThanItsSize(t *testing.T) {
+	file := upstreamtest.RandomFile(300_000)
+	u := upstreamtest.New(file, upstreamtest.Options{})
+	defer u.Close()
+	srv := serve(t, app.Config{Connections: 2, ChunkSize: 64 << 10})
+	gid := addTask(t, srv.URL, "", u.URL+"/film.mp4")
+	for range 2 {
+		if status, body := ask(t, srv.URL, "GET", "/stream?gid="+gid, "", "", nil); status != 200 || body != string(file) {
+			t.Fatalf("play: %d, %d bytes", status, len(body))
+		}
+	}
+	_, body := ask(t, srv.URL, "GET", "/status.json", "", "", nil)
+	var st status.Status
+	if err := json.Unmarshal([]byte(body), &st); err != nil || len(st.Tasks) != 1 {
+		t.Fatalf("status %s: %v", body, err)
+	}
+	if tk := st.Tasks[0]; tk.Size != int64(len(file)) || tk.Played != tk.Size {
+		t.Errorf("a task of %d bytes played twice shows %d played, want its size", tk.Size, tk.Played)
+	}
+}
