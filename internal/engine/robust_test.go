@@ -295,8 +295,9 @@ func TestASlowRouteIsReplacedWhileTheOthersKeepTheirRequests(t *testing.T) {
 		}
 		mu.Lock()
 		defer mu.Unlock()
-		if len(ranges) != 9 {
-			t.Errorf("%d requests, want 9: one per chunk and one fresh request for the slow route: %q", len(ranges), ranges)
+		if splits := int(e.Counters.Splits.Load()); len(ranges) > 9+splits {
+			t.Errorf("%d requests, want at most 9 and the %d halves idle connections took: one per chunk and one fresh request for the slow route: %q",
+				len(ranges), splits, ranges)
 		}
 		// 8 MiB over 4 connections at 1 MiB/s is 2 s; the slow route alone would take 16 s for its chunk.
 		if took > 4*time.Second {

@@ -39,9 +39,11 @@ const (
 	lagFactor = 4
 	// minSplit is the smallest half an idle lane takes from a request.
 	minSplit = 128 << 10
-	// splitAfter is how long a request must still need before an idle lane takes half of it: below that, a
-	// new request costs more than it saves.
-	splitAfter = time.Second
+	// splitAfter is the least a request must still need before an idle lane takes half of it, and
+	// splitWaits how many first-byte waits it must need at least: the new half comes after one wait (and a
+	// new connection's slow start), so below that it costs more than it saves.
+	splitAfter = 250 * time.Millisecond
+	splitWaits = 4
 	// maxReplaced bounds the fresh requests one request's bytes get for being slow; then it stays.
 	maxReplaced = 3
 )
@@ -207,7 +209,8 @@ func (s *Stream) TimeLeft(r *Request, left int64) time.Duration {
 }
 
 // HandOver is which of reqs an idle lane takes half of, as aria2 does: the one that needs longest to
-// bring the rest of its bytes, when that is over splitAfter and the rest holds two halves of minSplit;
+// bring the rest of its bytes, when that is over splitAfter and splitWaits first-byte waits and the rest
+// holds two halves of minSplit;
 // -1 for none. A request near its end keeps its bytes: a new request would cost more than it saves. And
 // before the player read past its first window, only a request it waits on is handed over.
 func (s *Stream) HandOver(reqs []Judged) int {
@@ -221,7 +224,7 @@ func (s *Stream) HandOver(reqs []Judged) int {
 			longest, need = i, d
 		}
 	}
-	if longest < 0 || need < splitAfter || reqs[longest].Left < 2*minSplit {
+	if longest < 0 || need < max(splitAfter, splitWaits*s.firstByte) || reqs[longest].Left < 2*minSplit {
 		return -1
 	}
 	return longest

@@ -148,20 +148,26 @@ func TestTheProbesWaitIsNotTheUpstreams(t *testing.T) {
 	}
 }
 
-func TestAnIdleLaneTakesHalfOfTheRequestThatNeedsLongest(t *testing.T) {
+// measuredStream is a stream of three requests answered after firstByte, then a second at 2 MB/s each.
+func measuredStream(firstByte time.Duration) (*Stream, []*Request) {
 	s := New(Config{Lanes: 3, Chunk: mib, MaxAhead: 64 * mib})
 	reqs := make([]*Request, 3)
 	for i := range reqs {
 		reqs[i] = s.Sent(t0)
-		s.Answered(reqs[i], t0.Add(100*time.Millisecond), false)
+		s.Answered(reqs[i], t0.Add(firstByte), false)
 	}
-	for step := range 100 { // one second at 2 MB/s each
-		now := t0.Add(100*time.Millisecond + time.Duration(step+1)*10*time.Millisecond)
+	for step := range 100 {
+		now := t0.Add(firstByte + time.Duration(step+1)*10*time.Millisecond)
 		for _, r := range reqs {
 			s.Got(r, now, 20000)
 		}
 	}
-	s.Sample(t0.Add(1100*time.Millisecond), reqs)
+	s.Sample(t0.Add(firstByte+time.Second), reqs)
+	return s, reqs
+}
+
+func TestAnIdleLaneTakesHalfOfTheRequestThatNeedsLongest(t *testing.T) {
+	s, reqs := measuredStream(100 * time.Millisecond)
 	if got := s.HandOver([]Judged{{Req: reqs[0], Left: 8 * mib}}); got != -1 {
 		t.Errorf("handed over %d before the player read past its first window", got)
 	}
@@ -175,8 +181,8 @@ func TestAnIdleLaneTakesHalfOfTheRequestThatNeedsLongest(t *testing.T) {
 		want int
 	}{
 		{"the longest rest", [3]int64{mib, 8 * mib, 4 * mib}, 1},
-		{"near their ends", [3]int64{mib, mib, mib / 2}, -1}, // half a second each: they hand over soon
-		{"just over a second", [3]int64{3 * mib, 0, 0}, 0},
+		{"near their ends", [3]int64{mib / 2, mib / 2, mib / 4}, -1}, // a quarter second each: under four first-byte waits
+		{"over four first-byte waits", [3]int64{mib, 0, 0}, 0},       // half a second
 	}
 	for _, c := range cases {
 		judged := make([]Judged, 3)
@@ -190,6 +196,15 @@ func TestAnIdleLaneTakesHalfOfTheRequestThatNeedsLongest(t *testing.T) {
 	judged := []Judged{{Req: reqs[0], Left: 8 * mib, Raced: true}}
 	if got := s.HandOver(judged); got != -1 {
 		t.Errorf("a raced request was handed over (%d)", got)
+	}
+	// A drive that answers at once: a request needing over a quarter second is split, one needing less is not.
+	s, reqs = measuredStream(time.Millisecond)
+	s.Read(2 * mib)
+	if got := s.HandOver([]Judged{{Req: reqs[0], Left: mib / 2}}); got != 0 {
+		t.Errorf("a request needing a quarter second, answered at once, was not handed over (%d)", got)
+	}
+	if got := s.HandOver([]Judged{{Req: reqs[0], Left: mib / 3}}); got != -1 {
+		t.Errorf("a request needing a sixth of a second was handed over (%d)", got)
 	}
 }
 
