@@ -399,6 +399,7 @@ func TestASeekCostsAboutWhatItReads(t *testing.T) {
 			}
 		}
 		e.Client.CloseIdleConnections()
+		t.Logf("20 seeks of 2 MiB made %d upstream requests", u.Requests())
 		if n := u.Requests(); n > 100 {
 			t.Errorf("20 seeks of 2 MiB made %d upstream requests, want at most 100 (about 3 chunks each)", n)
 		}
