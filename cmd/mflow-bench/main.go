@@ -275,6 +275,9 @@ func (b *bench) measure(m model) (result, error) {
 	return r, nil
 }
 
+// hasIdeal reports whether r's N × one connection is a bound to compare with: not on a path without a cap.
+func (r result) hasIdeal() bool { return r.one > 0 || r.name == "uneven routes" }
+
 func (b *bench) print(results []result) {
 	fmt.Println("| upstream | one connection | N × one (ideal) | mflow | mflow ÷ ideal | aria2c | aria2c ÷ ideal | mflow ÷ aria2c | peak open requests | peak stream memory |")
 	fmt.Println("|---|---|---|---|---|---|---|---|---|---|")
@@ -283,7 +286,7 @@ func (b *bench) print(results []result) {
 		if r.one > 0 {
 			one = bytesize.Human(r.one) + "/s"
 		}
-		if r.one > 0 || r.name == "uneven routes" {
+		if r.hasIdeal() {
 			ideal, vsIdeal = bytesize.Human(r.ideal)+"/s", fmt.Sprintf("**%.2f**", r.mflow/r.ideal)
 		}
 		if r.aria > 0 {
