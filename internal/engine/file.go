@@ -32,7 +32,8 @@ type chunk struct {
 	buf        *[]byte  // from Engine.buffers; (*buf)[0] holds byte start
 	pieces     []*piece // in order, not overlapping; together they cover what streams asked for
 	refs       int      // streams holding the chunk in their window
-	cached     bool     // filled from the cache: never put back
+	cached     bool     // the cache has it (filled from it, or put): never put again
+	storing    bool     // complete and held by no stream, being put into the cache: streams still find it
 	released   bool     // no stream holds it: no byte may be copied in, the buffer is being given back
 }
 
@@ -195,39 +196,53 @@ func (f *file) _acquire(index, from, to int64, cached []byte) *chunk {
 	return c
 }
 
-// _release drops a stream's hold on c. When it was the last hold, c is released and returned: the caller
-// must hand it to retire once the lock is let go. Requests that were to bring its bytes notice when they
-// bring them.
+// _release drops a stream's hold on c. When it was the last hold, c is returned: the caller must hand it
+// to retire once the lock is let go. A complete chunk for the cache stays where streams find it until the
+// cache has it, so a stream that comes meanwhile neither misses it in the cache nor fetches it again;
+// any other is released at once, and requests that were to bring its bytes notice when they bring them.
 func (f *file) _release(c *chunk) *chunk {
-	if c.refs--; c.refs > 0 {
+	if c.refs--; c.refs > 0 || c.storing {
 		return nil
+	}
+	if f.caching() && !c.cached && c._complete() {
+		c.storing = true
+		return c
 	}
 	delete(f.chunks, c.index)
 	c.released = true
 	return c
 }
 
-// retire puts released chunks that are complete into the cache and gives their buffers back. Call without
-// the lock: no stream can reach a released chunk any more, and the cache may write a file.
+// retire puts the chunks _release returned for the cache into it and gives their buffers back. Call
+// without the lock: the cache may write a file.
 func (f *file) retire(chunks []*chunk) {
 	for _, c := range chunks {
 		if c == nil {
 			continue
 		}
-		if f.caching() && !c.cached && f.completeReleased(c) {
+		if c.storing {
 			f.e.Cache.Put(f.cacheKey(c.index), c.bytes(c.start, c.end))
+			if !f.stored(c) {
+				continue
+			}
 		}
 		f.e.buffers.Put(c.buf)
 		f.e.held.Add(-f.e.ChunkSize)
 	}
 }
 
-// completeReleased reports whether a released chunk is complete. Its pieces may still be touched by a
-// connection that has not yet seen the release, so it is read under the lock.
-func (f *file) completeReleased(c *chunk) bool {
+// stored ends c's storing once the cache has it, and reports whether c is released: it is not when a
+// stream came for it meanwhile, which now holds it.
+func (f *file) stored(c *chunk) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return c._complete()
+	c.storing, c.cached = false, true
+	if c.refs > 0 {
+		return false
+	}
+	delete(f.chunks, c.index)
+	c.released = true
+	return true
 }
 
 // _progress wakes every writer of the file.

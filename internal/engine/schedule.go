@@ -88,8 +88,10 @@ func (s *stream) _pickJob() *fetch {
 	if f := s._claimNext(s.window[:min(len(s.window), 1)], true); f != nil { // the head first
 		return f
 	}
-	if !s.indexSought {
-		return nil // until the head tells whether the film's index is elsewhere: the player reads it next
+	if !s.indexSought || s.nextIndex*s.e.ChunkSize < s.indexAt.End {
+		// Until the head tells whether the film's index is elsewhere, and plan holds its chunks: the
+		// player reads it next.
+		return nil
 	}
 	if f := s._claimNext(s.index, false); f != nil {
 		return f
