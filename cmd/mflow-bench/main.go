@@ -14,14 +14,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -44,9 +45,19 @@ func main() {
 	runs := flag.Int("runs", 3, "interleaved runs of each measurement; the tables give their medians")
 	firstByteRuns := flag.Int("first-byte-runs", 9, "plays to time for the first byte")
 	playerRate := flag.Float64("player-rate", 7e6, "the reading speed of the paced player, bytes/s")
-	only := flag.String("only", "", "measure only the models whose name contains this")
+	only := flag.String("only", "", "measure only the models whose name matches this regular expression")
 	plotTo := flag.String("plot", "", "also draw the results into this PNG (needs gnuplot)")
+	logTo := flag.String("log", "", "write mflow's DEBUG log (each upstream request) to this file")
 	flag.Parse()
+	if *logTo != "" {
+		f, err := os.Create(*logTo)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "mflow-bench:", err)
+			os.Exit(1)
+		}
+		defer f.Close()
+		mflowLog = slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	b := &bench{size: *size, perConn: *perConn, runs: max(*runs, 1), firstByteRuns: *firstByteRuns, playerRate: *playerRate}
 	b.aria2c, _ = exec.LookPath("aria2c")
 	var err error
@@ -109,13 +120,17 @@ type result struct {
 }
 
 func (b *bench) run(only, plotTo string) error {
+	match, err := regexp.Compile(only)
+	if err != nil {
+		return fmt.Errorf("-only: %w", err)
+	}
 	fmt.Printf("Every connection capped at %s/s; mflow -c %d -s %s; aria2c -x%d -s%d -k1M%s; medians of %d interleaved runs.\n\n",
 		bytesize.Human(b.perConn), connections, bytesize.Format(chunkSize), connections, connections,
 		map[bool]string{true: "", false: " (not installed)"}[b.aria2c != ""], b.runs)
 	models, skipped := b.models()
 	var results []result
 	for _, m := range models {
-		if !strings.Contains(m.name, only) {
+		if !match.MatchString(m.name) {
 			continue
 		}
 		r, err := b.measure(m)

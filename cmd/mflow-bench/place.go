@@ -80,6 +80,9 @@ func overPath(path netns.Path) (*place, error) {
 	}, nil
 }
 
+// mflowLog is where mflow logs: nowhere, unless -log names a file.
+var mflowLog = slog.New(slog.DiscardHandler)
+
 // player is a client where players are.
 func (p *place) player() *http.Client {
 	return &http.Client{Transport: &http.Transport{DisableCompression: true, DialContext: p.dial}}
@@ -95,7 +98,7 @@ type proxy struct {
 
 func (p *place) proxy(cache *chunkcache.Memory) (*proxy, error) {
 	mflow, err := app.New(app.Config{Connections: connections, ChunkSize: chunkSize, Retry: 5, MaxRedirects: 3, HostConnections: 16, Memory: cache,
-		Dial: p.dial, Version: "bench", Logger: slog.New(slog.DiscardHandler)})
+		Dial: p.dial, Version: "bench", Logger: mflowLog})
 	if err != nil {
 		return nil, err // New fails only on a task store, and the benchmark has none
 	}
