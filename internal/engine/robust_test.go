@@ -400,8 +400,10 @@ func TestASeekCostsAboutWhatItReads(t *testing.T) {
 		}
 		e.Client.CloseIdleConnections()
 		t.Logf("20 seeks of 2 MiB made %d upstream requests", u.Requests())
-		if n := u.Requests(); n > 100 {
-			t.Errorf("20 seeks of 2 MiB made %d upstream requests, want at most 100 (about 3 chunks each)", n)
+		// A read-ahead that slid on with each seek's first window made 81: a request for every chunk the
+		// seek read, and two or three more for bytes it never read.
+		if n := u.Requests(); n > 70 {
+			t.Errorf("20 seeks of 2 MiB made %d upstream requests, want at most 70 (the 3 chunks each reads, and few more)", n)
 		}
 	})
 }

@@ -309,6 +309,9 @@ func (s *stream) wrote(c *chunk, n int) (released *chunk, moved bool) {
 		released = s.f._release(c)
 	}
 	s.window = s.window[1:]
+	if len(s.window) == 0 && s.written <= s.span.End {
+		s.pace.FirstWindowRead() // the player read all the stream held: it reads on
+	}
 	s.f._broadcast()
 	return released, true
 }

@@ -58,6 +58,7 @@ type Stream struct {
 	connRate  float64       // one connection's usual speed, bytes/s (a moving average of samples)
 
 	read         int64 // bytes the player took
+	opened       bool  // the player took every byte of its first window: the read-ahead slides with it
 	readAtGrowth int64 // read when the requests last grew
 	done         int   // requests that brought all they claimed since the requests last grew
 	ahead        int64 // how far ahead of the player the stream reads now
@@ -72,6 +73,7 @@ func New(cfg Config) *Stream {
 	}
 	s := &Stream{cfg: cfg, extent: cfg.Chunk}
 	s.ahead = s.firstWindow()
+	s.opened = s.maxExtent() <= cfg.Chunk // requests that cannot grow slide on from the start
 	return s
 }
 
@@ -214,7 +216,7 @@ func (s *Stream) TimeLeft(r *Request, left int64) time.Duration {
 // -1 for none. A request near its end keeps its bytes: a new request would cost more than it saves. And
 // before the player read past its first window, only a request it waits on is handed over.
 func (s *Stream) HandOver(reqs []Judged) int {
-	early := s.read < s.firstWindow() // a seek's worth costs a request per chunk: only the player's wait is split
+	early := !s.opened // a seek's worth costs a request per chunk: only the player's wait is split
 	longest, need := -1, time.Duration(0)
 	for i, j := range reqs {
 		if j.Raced || early && !j.Waited {

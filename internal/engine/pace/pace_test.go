@@ -175,6 +175,7 @@ func TestAnIdleLaneTakesHalfOfTheRequestThatNeedsLongest(t *testing.T) {
 		t.Errorf("handed over %d, want the one the player waits on", got)
 	}
 	s.Read(2 * mib)
+	s.FirstWindowRead()
 	cases := []struct {
 		name string
 		left [3]int64
@@ -200,6 +201,7 @@ func TestAnIdleLaneTakesHalfOfTheRequestThatNeedsLongest(t *testing.T) {
 	// A drive that answers at once: a request needing over a quarter second is split, one needing less is not.
 	s, reqs = measuredStream(time.Millisecond)
 	s.Read(2 * mib)
+	s.FirstWindowRead()
 	if got := s.HandOver([]Judged{{Req: reqs[0], Left: mib / 2}}); got != 0 {
 		t.Errorf("a request needing a quarter second, answered at once, was not handed over (%d)", got)
 	}
@@ -216,10 +218,14 @@ func TestRequestsGrowWhileThePlayerReads(t *testing.T) {
 	s.Finished()
 	s.Finished()
 	s.Read(2 * mib) // a seek's worth: mpv jumps on after a couple of MiB
-	if s.Extent() != mib || s.Ahead() != 3*mib {
-		t.Errorf("grew to %d, %d ahead, for a player that read less than its first window", s.Extent(), s.Ahead())
+	if s.Extent() != mib || s.Ahead() != mib {
+		t.Errorf("grew to %d, %d ahead, for a player that read less than its first window; want its window to stay", s.Extent(), s.Ahead())
 	}
 	s.Read(mib)
+	if s.Extent() != mib || s.Ahead() != 0 {
+		t.Errorf("grew to %d, %d ahead, before the player read on past its first window", s.Extent(), s.Ahead())
+	}
+	s.FirstWindowRead()
 	if s.Extent() != 4*mib || s.Ahead() != 20*mib {
 		t.Errorf("past the first window: extent %d, ahead %d; want 4 MiB, 20 MiB", s.Extent(), s.Ahead())
 	}

@@ -2,8 +2,9 @@ package pace
 
 // How far ahead a stream reads, and how much a request asks for. A seek costs what it reads: a stream
 // starts with requests of one chunk and a first window of a chunk fewer than it has lanes (two at least;
-// the free lane races, hedges, or fetches a film's index), sliding on with the player, so a player that reads a couple
-// of MiB and jumps elsewhere (mpv does on every seek) made about a request per chunk it needed. Each
+// the free lane races, hedges, or fetches a film's index), which stays where it is until the player took
+// all of it, so a player that reads a couple of MiB and jumps elsewhere (mpv does on every seek) made a
+// request per chunk it needed and none for bytes beyond what it read. Each
 // request costs a round trip in which its connection brings nothing, and no lane may open a second one
 // meanwhile; so once the player read past its first window, the requests grow: growth times longer at each
 // round of requests done while it reads on, up to what the read-ahead bound allows; and the read-ahead
@@ -19,6 +20,13 @@ func (s *Stream) Read(n int64) (grew bool) {
 	return s.grow()
 }
 
+// FirstWindowRead tells the policy that the player took every byte of its first window and reads on: the
+// read-ahead slides with it from now on. It reports whether the requests, and the read-ahead, grew.
+func (s *Stream) FirstWindowRead() (grew bool) {
+	s.opened = true
+	return s.grow()
+}
+
 // Finished tells the policy that a request brought all it claimed, and reports whether the requests, and
 // the read-ahead, grew.
 func (s *Stream) Finished() (grew bool) {
@@ -26,11 +34,11 @@ func (s *Stream) Finished() (grew bool) {
 	return s.grow()
 }
 
-// grow makes the requests longer once a round of them is done, the player read past its first window (a
+// grow makes the requests longer once a round of them is done, the player read all of its first window (a
 // seek's worth) and read on since they last grew: a player that stopped reading holds the read-ahead where
 // it is.
 func (s *Stream) grow() bool {
-	if 2*s.done < s.cfg.Lanes || s.read == s.readAtGrowth || s.read < s.firstWindow() || s.extent >= s.maxExtent() {
+	if 2*s.done < s.cfg.Lanes || s.read == s.readAtGrowth || !s.opened || s.extent >= s.maxExtent() {
 		return false
 	}
 	s.done, s.readAtGrowth = 0, s.read
@@ -39,8 +47,14 @@ func (s *Stream) grow() bool {
 	return true
 }
 
-// Ahead is how far ahead of the player the stream reads now: it holds the chunks of those bytes.
-func (s *Stream) Ahead() int64 { return s.ahead }
+// Ahead is how far ahead of the player the stream reads now: it holds the chunks of those bytes. Until
+// the player took its first window, that window stays where the stream started.
+func (s *Stream) Ahead() int64 {
+	if !s.opened {
+		return max(s.ahead-s.read, 0)
+	}
+	return s.ahead
+}
 
 // Extent is how many bytes a new request asks for at most now: whole chunks.
 func (s *Stream) Extent() int64 { return s.extent }
