@@ -214,7 +214,7 @@ func (s *stream) _split() *fetch {
 	for i, f := range open {
 		judged[i] = s._judged(f)
 	}
-	i := s.pace.HandOver(judged)
+	i := s.pace.HandOver(time.Now(), judged)
 	if i < 0 {
 		return nil
 	}
@@ -300,6 +300,9 @@ func (s *stream) checkRoutes() {
 	judged := make([]pace.Judged, len(open))
 	for i, f := range open {
 		judged[i] = s._judged(f)
+	}
+	if len(s.fetches) < s.lanes {
+		s.f._broadcast() // an idle lane looks again: a request past its grace time may be handed over now
 	}
 	for i, v := range s.pace.Routes(time.Now(), judged) {
 		f := open[i]

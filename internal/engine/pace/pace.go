@@ -53,6 +53,7 @@ type Stream struct {
 	cfg Config
 
 	firstByte time.Duration // the usual wait for an answer (a moving average); 0 until one came
+	answers   int           // answers whose wait firstByte counts
 	best      float64       // the best speed of one request lately, bytes/s (a fading maximum)
 	bestBy    *Request      // the request that reached best: never judged against itself
 	connRate  float64       // one connection's usual speed, bytes/s (a moving average of samples)
@@ -116,7 +117,7 @@ func (s *Stream) Answered(r *Request, now time.Time, fromProbe bool) {
 		return
 	}
 	wait := now.Sub(r.sent)
-	if s.firstByte == 0 {
+	if s.answers++; s.answers == 1 {
 		s.firstByte = wait
 	} else {
 		s.firstByte = (3*s.firstByte + wait) / 4
@@ -214,12 +215,19 @@ func (s *Stream) TimeLeft(r *Request, left int64) time.Duration {
 // bring the rest of its bytes, when that is over splitAfter and splitWaits first-byte waits and the rest
 // holds two halves of minSplit;
 // -1 for none. A request near its end keeps its bytes: a new request would cost more than it saves. And
-// before the player read past its first window, only a request it waits on is handed over.
-func (s *Stream) HandOver(reqs []Judged) int {
+// before the player read past its first window, only a request it waits on is handed over. A request is
+// judged once it ran its grace time, as in Routes, and nothing before the stream knows its first-byte
+// wait: on a long path a young request is in TCP's slow start, far slower than it will be, and the half
+// an idle lane would take waits a handshake and a slow start of its own.
+func (s *Stream) HandOver(now time.Time, reqs []Judged) int {
+	if s.answers == 0 {
+		return -1
+	}
+	grace := max(RouteEvery, 4*s.firstByte)
 	early := !s.opened // a seek's worth costs a request per chunk: only the player's wait is split
 	longest, need := -1, time.Duration(0)
 	for i, j := range reqs {
-		if j.Raced || early && !j.Waited {
+		if j.Raced || early && !j.Waited || !j.Req.Answered() || now.Sub(j.Req.answered) < grace {
 			continue
 		}
 		if d := s.TimeLeft(j.Req, j.Left); d > need {

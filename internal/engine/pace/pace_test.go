@@ -168,10 +168,11 @@ func measuredStream(firstByte time.Duration) (*Stream, []*Request) {
 
 func TestAnIdleLaneTakesHalfOfTheRequestThatNeedsLongest(t *testing.T) {
 	s, reqs := measuredStream(100 * time.Millisecond)
-	if got := s.HandOver([]Judged{{Req: reqs[0], Left: 8 * mib}}); got != -1 {
+	t1 := t0.Add(1100 * time.Millisecond) // when measuredStream's requests have run a second
+	if got := s.HandOver(t1, []Judged{{Req: reqs[0], Left: 8 * mib}}); got != -1 {
 		t.Errorf("handed over %d before the player read past its first window", got)
 	}
-	if got := s.HandOver([]Judged{{Req: reqs[0], Left: 8 * mib}, {Req: reqs[1], Left: 4 * mib, Waited: true}}); got != 1 {
+	if got := s.HandOver(t1, []Judged{{Req: reqs[0], Left: 8 * mib}, {Req: reqs[1], Left: 4 * mib, Waited: true}}); got != 1 {
 		t.Errorf("handed over %d, want the one the player waits on", got)
 	}
 	s.Read(2 * mib)
@@ -190,23 +191,49 @@ func TestAnIdleLaneTakesHalfOfTheRequestThatNeedsLongest(t *testing.T) {
 		for i, r := range reqs {
 			judged[i] = Judged{Req: r, Left: c.left[i]}
 		}
-		if got := s.HandOver(judged); got != c.want {
+		if got := s.HandOver(t1, judged); got != c.want {
 			t.Errorf("%s: hands over %d, want %d", c.name, got, c.want)
 		}
 	}
 	judged := []Judged{{Req: reqs[0], Left: 8 * mib, Raced: true}}
-	if got := s.HandOver(judged); got != -1 {
+	if got := s.HandOver(t1, judged); got != -1 {
 		t.Errorf("a raced request was handed over (%d)", got)
 	}
 	// A drive that answers at once: a request needing over a quarter second is split, one needing less is not.
 	s, reqs = measuredStream(time.Millisecond)
+	t1 = t0.Add(time.Second)
 	s.Read(2 * mib)
 	s.FirstWindowRead()
-	if got := s.HandOver([]Judged{{Req: reqs[0], Left: mib / 2}}); got != 0 {
+	if got := s.HandOver(t1, []Judged{{Req: reqs[0], Left: mib / 2}}); got != 0 {
 		t.Errorf("a request needing a quarter second, answered at once, was not handed over (%d)", got)
 	}
-	if got := s.HandOver([]Judged{{Req: reqs[0], Left: mib / 3}}); got != -1 {
+	if got := s.HandOver(t1, []Judged{{Req: reqs[0], Left: mib / 3}}); got != -1 {
 		t.Errorf("a request needing a sixth of a second was handed over (%d)", got)
+	}
+}
+
+func TestAYoungRequestIsNotHandedOver(t *testing.T) {
+	// A long path's first requests: the probe's answer in slow start, 300 KiB/s for a second, the player
+	// waiting on it. A half taken now would wait a handshake and a slow start of its own.
+	s := New(Config{Lanes: 4, Chunk: mib, MaxAhead: 64 * mib})
+	probe := s.Sent(t0)
+	s.Answered(probe, t0, true)
+	for i := 1; i <= 10; i++ {
+		s.Got(probe, t0.Add(time.Duration(i)*100*time.Millisecond), 30<<10)
+	}
+	t1 := t0.Add(time.Second)
+	s.Sample(t1, []*Request{probe})
+	waited := []Judged{{Req: probe, Left: 700 << 10, Waited: true}}
+	if got := s.HandOver(t1, waited); got != -1 {
+		t.Errorf("handed over %d before any request's first-byte wait was known", got)
+	}
+	other := s.Sent(t0)
+	s.Answered(other, t0.Add(300*time.Millisecond), false)
+	if got := s.HandOver(t1, waited); got != -1 {
+		t.Errorf("handed over %d a second after its answer, within four 300 ms first-byte waits", got)
+	}
+	if got := s.HandOver(t0.Add(1300*time.Millisecond), waited); got != 0 {
+		t.Errorf("handed over %d past its grace time (a 2.3 s rest against four 300 ms waits), want the player's", got)
 	}
 }
 
