@@ -44,6 +44,8 @@ const (
 	// new connection's slow start), so below that it costs more than it saves.
 	splitAfter = 250 * time.Millisecond
 	splitWaits = 4
+	// graceWaits is how many first-byte waits a request runs before it is judged (see grace).
+	graceWaits = 8
 	// maxReplaced bounds the fresh requests one request's bytes get for being slow; then it stays.
 	maxReplaced = 3
 )
@@ -223,7 +225,7 @@ func (s *Stream) HandOver(now time.Time, reqs []Judged) int {
 	if s.answers == 0 {
 		return -1
 	}
-	grace := max(RouteEvery, 4*s.firstByte)
+	grace := s.grace()
 	early := !s.opened // a seek's worth costs a request per chunk: only the player's wait is split
 	longest, need := -1, time.Duration(0)
 	for i, j := range reqs {
@@ -238,6 +240,13 @@ func (s *Stream) HandOver(now time.Time, reqs []Judged) int {
 		return -1
 	}
 	return longest
+}
+
+// grace is how long a request runs after its answer before it is judged: graceWaits first-byte waits, so
+// that TCP's slow start is over (about five round trips to reach 2 MB/s over 150 ms, from a new
+// connection's ten packets), and RouteEvery at least.
+func (s *Stream) grace() time.Duration {
+	return max(RouteEvery, graceWaits*s.firstByte)
 }
 
 // Verdict is what the engine is to do with a request.
@@ -261,7 +270,7 @@ type Judged struct {
 }
 
 // Routes compares each answered request's speed with the best one of this stream's requests reached lately,
-// every RouteEvery. A request is judged once it ran its grace time, four first-byte times (TCP's slow start
+// every RouteEvery. A request is judged once it ran its grace time, eight first-byte times (TCP's slow start
 // on a distant drive is over by then) and at least RouteEvery, on its speed over the last check's interval
 // while bytes come, and on its steady speed over twice its longest silence while they do not: a server
 // that paces in bursts (nginx's limit_rate sends a second's worth at once) leaves silences no slow route
@@ -270,7 +279,7 @@ type Judged struct {
 // route); still that slow at the next check, it is replaced. The best is kept across requests, because a
 // slow request often runs alone: the others finished and wait for it.
 func (s *Stream) Routes(now time.Time, reqs []Judged) []Verdict {
-	grace := max(RouteEvery, 4*s.firstByte)
+	grace := s.grace()
 	s.best *= routeFade
 	for _, j := range reqs {
 		r := j.Req

@@ -230,9 +230,9 @@ func TestAYoungRequestIsNotHandedOver(t *testing.T) {
 	other := s.Sent(t0)
 	s.Answered(other, t0.Add(300*time.Millisecond), false)
 	if got := s.HandOver(t1, waited); got != -1 {
-		t.Errorf("handed over %d a second after its answer, within four 300 ms first-byte waits", got)
+		t.Errorf("handed over %d a second after its answer, within eight 300 ms first-byte waits", got)
 	}
-	if got := s.HandOver(t0.Add(1300*time.Millisecond), waited); got != 0 {
+	if got := s.HandOver(t0.Add(2500*time.Millisecond), waited); got != 0 {
 		t.Errorf("handed over %d past its grace time (a 2.3 s rest against four 300 ms waits), want the player's", got)
 	}
 }
