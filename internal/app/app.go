@@ -90,7 +90,7 @@ func New(cfg Config) (*App, error) {
 	}
 	userAgent := "mflow/" + cfg.Version
 	client := upstream.NewClient(upstream.Config{HostConnections: cfg.HostConnections, Insecure: cfg.Insecure, Policy: cfg.Policy, Shared: cfg.Shared, MaxRedirects: cfg.MaxRedirects, UserAgent: userAgent, Dial: cfg.Dial})
-	resolver := &link.Resolver{Client: client, Retry: upstream.Retry{Max: cfg.Retry}, Hedge: cfg.Connections, Logger: log}
+	resolver := &link.Resolver{Client: client, Retry: upstream.Retry{Max: cfg.Retry}, Hedge: cfg.Connections, Warm: cfg.Connections - 1, Logger: log}
 	a := &App{
 		Engine: &engine.Engine{Client: client, IndexOf: mediaindex.Locate, ChunkSize: cfg.ChunkSize, ReadAhead: cfg.ReadAhead, Connections: cfg.Connections, Retries: cfg.Retry, MinSpeed: cfg.MinSpeed, Logger: log},
 		client: client,

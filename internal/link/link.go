@@ -45,6 +45,9 @@ type Resolver struct {
 	Retry upstream.Retry
 	// Hedge is how many tries at once follow a failed one (a stream's connections); 0 or 1 tries once.
 	Hedge int
+	// Warm is how many connections to the link's host a play's probe opens ahead alongside its own, for
+	// the stream's requests that follow it (see upstream.Client.Warm); 0 opens none.
+	Warm int
 	// StallTimeout bounds one try's wait for its answer, so a stalled probe costs about this and is tried
 	// again. Default 10 s, as the engine's stall rule.
 	StallTimeout time.Duration
@@ -367,6 +370,9 @@ func (r *Resolver) probeOnce(ctx context.Context, l source.Link, first httprange
 	want := httprange.Span{Start: 0, End: 0}
 	if first.Start >= 0 {
 		want = first
+		if r.Warm > 0 {
+			r.Client.Warm(l.Location, r.Warm)
+		}
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	stall := time.AfterFunc(r.stallTimeout(), func() { cancel(upstream.ErrStalled) })

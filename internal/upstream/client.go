@@ -68,6 +68,9 @@ type Client struct {
 	cfg    Config
 	tls    *tls.Config  // the base of every transport's TLS configuration
 	direct transportSet // requests through the environment's proxy, if any
+	// warmers dial for the direct transports of each class of player, and keep the connections Warm
+	// opened ahead.
+	warmers [3]*warmDialer
 
 	mu      sync.Mutex            // protects the following fields, and each hostSlots' and proxySet's users
 	hosts   map[string]*hostSlots // by host:port, while some request uses the host
@@ -122,7 +125,10 @@ func NewClient(cfg Config) *Client {
 		tlsConfig.InsecureSkipVerify = true
 	}
 	c := &Client{cfg: cfg, tls: tlsConfig, hosts: map[string]*hostSlots{}, proxied: map[string]*proxySet{}}
-	c.direct = c.newTransportSet(http.ProxyFromEnvironment)
+	for class := range c.warmers {
+		c.warmers[class] = newWarmDialer(c.dialer(access.Client(class)), cfg.ConnectTimeout)
+		c.direct[class] = c.newTransports(http.ProxyFromEnvironment, c.warmers[class].DialContext)
+	}
 	return c
 }
 
@@ -130,13 +136,14 @@ func NewClient(cfg Config) *Client {
 func (c *Client) newTransportSet(proxy func(*http.Request) (*url.URL, error)) transportSet {
 	var set transportSet
 	for class := range set {
-		set[class] = c.newTransports(access.Client(class), proxy)
+		set[class] = c.newTransports(proxy, c.dialer(access.Client(class)))
 	}
 	return set
 }
 
-// newTransports makes the slots' transports for requests from players of class.
-func (c *Client) newTransports(class access.Client, proxy func(*http.Request) (*url.URL, error)) []*http.Transport {
+// dialer is the network's dialer for requests from players of class: the target policy checks each
+// address it connects to.
+func (c *Client) dialer(class access.Client) dialFunc {
 	cfg := c.cfg
 	dial := cfg.Dial
 	if dial == nil {
@@ -154,6 +161,12 @@ func (c *Client) newTransports(class access.Client, proxy func(*http.Request) (*
 		}
 		dial = d.DialContext
 	}
+	return dial
+}
+
+// newTransports makes the slots' transports, through proxy, connecting with dial.
+func (c *Client) newTransports(proxy func(*http.Request) (*url.URL, error), dial dialFunc) []*http.Transport {
+	cfg := c.cfg
 	var transports []*http.Transport
 	for range cfg.HostConnections {
 		transports = append(transports, &http.Transport{
@@ -217,6 +230,9 @@ func (set *transportSet) closeIdle() {
 
 // CloseIdleConnections closes the keep-alive connections no request is using.
 func (c *Client) CloseIdleConnections() {
+	for _, w := range c.warmers {
+		w.closeReady()
+	}
 	c.direct.closeIdle()
 	c.mu.Lock()
 	defer c.mu.Unlock()

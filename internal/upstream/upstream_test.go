@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"mflow/internal/access"
 	"mflow/internal/httprange"
 	"mflow/internal/source"
+	"mflow/internal/testsync"
 	"mflow/internal/upstreamtest"
 )
 
@@ -271,4 +273,38 @@ func TestACutRequestHoldsItsSlotUntilTheServerCanKnow(t *testing.T) {
 			t.Errorf("a request read to its end held its slot %v after Close", held)
 		}
 	})
+}
+
+func TestConnectionsOpenedAheadServeTheRequestsThatFollow(t *testing.T) {
+	u := upstreamtest.New(make([]byte, 64<<10), upstreamtest.Options{})
+	defer u.Close()
+	c := NewClient(Config{HostConnections: 4})
+	defer c.CloseIdleConnections()
+	at := source.Location{URL: u.URL + "/f", From: access.Loopback}
+	c.Warm(at, 3)
+	testsync.WaitFor(t, "three connections opened ahead", func() bool { return u.Conns() == 3 })
+	c.Warm(at, 3) // already open: no more
+	proxied := at
+	proxied.Proxy = &url.URL{Scheme: "http", Host: "127.0.0.1:9"}
+	c.Warm(proxied, 3) // a proxy's connection is what a request dials: nothing ahead
+	// Three requests open at once take the three connections: no handshake of their own.
+	var opened, wg sync.WaitGroup
+	opened.Add(3)
+	for range 3 {
+		wg.Go(func() {
+			resp, _, err := c.Get(t.Context(), at, "bytes=0-999")
+			opened.Done()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			opened.Wait()
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		})
+	}
+	wg.Wait()
+	if n := u.Conns(); n != 3 {
+		t.Errorf("%d connections for three requests after three were opened ahead, want 3", n)
+	}
 }
