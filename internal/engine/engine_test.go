@@ -312,7 +312,8 @@ func TestSlowPlayerBoundsTheReadAhead(t *testing.T) {
 					_, err := e.Stream(t.Context(), w, engine.Request{Target: target(u), Span: span})
 					done <- err
 				}()
-				synctest.Wait() // the player holds a write, the connections are idle
+				time.Sleep(time.Second) // the bubble's clock: the stream settles once its first window is read
+				synctest.Wait()         // the player holds a write, the connections are idle
 				if u.Open() != 0 {
 					t.Errorf("%d requests open while the player holds its write", u.Open())
 				}

@@ -252,7 +252,11 @@ func (s *stream) write(w io.Writer) error {
 		}
 		// Bytes below a piece's fill mark never change again, and the chunk is held: write without the lock.
 		n, werr := w.Write(ready)
-		if released, moved := s.wrote(c, n); moved {
+		released, moved, drained := s.wrote(c, n)
+		if werr == nil && drained {
+			s.settle()
+		}
+		if moved {
 			s.f.retire([]*chunk{released})
 			s.plan()
 		}
@@ -261,6 +265,26 @@ func (s *stream) write(w io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// settle waits, once the player took all of the stream's first window, for the time the policy gives a
+// player that wanted only those bytes to be seen gone, then lets the read-ahead slide with the player.
+func (s *stream) settle() {
+	s.f.mu.Lock()
+	wait := time.NewTimer(s.pace.Settle())
+	s.f.mu.Unlock()
+	defer wait.Stop()
+	select {
+	case <-wait.C:
+	case <-s.ctx.Done():
+		return
+	case <-s.player.Done():
+		return
+	}
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	s.pace.FirstWindowRead()
+	s.f._broadcast()
 }
 
 // ready returns the bytes the player can have next, or the channel to wait on for them, or why the stream
@@ -294,14 +318,15 @@ func (s *stream) ready() (data []byte, c *chunk, wait <-chan struct{}, err error
 }
 
 // wrote records n bytes written from c. When the player is past c, c leaves the window; the chunk it
-// returns, if any, must be retired. moved says the read-ahead moved on: more chunks are to be held.
-func (s *stream) wrote(c *chunk, n int) (released *chunk, moved bool) {
+// returns, if any, must be retired. moved says the read-ahead moved on: more chunks are to be held;
+// drained, that the player took all of the first window: the stream is to settle before it reads on.
+func (s *stream) wrote(c *chunk, n int) (released *chunk, moved, drained bool) {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
 	s.written += int64(n)
 	grew := s.pace.Read(int64(n))
 	if s.written != min(c.end, s.span.End+1) {
-		return nil, grew
+		return nil, grew, false
 	}
 	if s.f.caching() && !c._complete() {
 		s.finishing = append(s.finishing, c) // the rest of it is fetched for the cache
@@ -309,11 +334,9 @@ func (s *stream) wrote(c *chunk, n int) (released *chunk, moved bool) {
 		released = s.f._release(c)
 	}
 	s.window = s.window[1:]
-	if len(s.window) == 0 && s.written <= s.span.End {
-		s.pace.FirstWindowRead() // the player read all the stream held: it reads on
-	}
+	drained = len(s.window) == 0 && s.written <= s.span.End && !s.pace.Opened()
 	s.f._broadcast()
-	return released, true
+	return released, true, drained
 }
 
 const (

@@ -301,6 +301,27 @@ func TestRequestsGrowWhileThePlayerReads(t *testing.T) {
 	}
 }
 
+func TestAStreamSettlesNoLongerThanARequestWouldCost(t *testing.T) {
+	cases := []struct {
+		name      string
+		firstByte time.Duration // 0: no answer yet
+		want      time.Duration
+	}{
+		{"no answer yet", 0, 20 * time.Millisecond},
+		{"a long path", 150 * time.Millisecond, 20 * time.Millisecond},
+		{"a drive answering at once", 2 * time.Millisecond, 2 * time.Millisecond},
+	}
+	for _, c := range cases {
+		s := New(Config{Lanes: 4, Chunk: mib, MaxAhead: 64 * mib})
+		if c.firstByte > 0 {
+			s, _ = measuredStream(c.firstByte)
+		}
+		if got := s.Settle(); got != c.want {
+			t.Errorf("%s: settles %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
 func TestABurstIsNotTheBestSpeed(t *testing.T) {
 	s := New(Config{Lanes: 2, Chunk: mib, MaxAhead: 64 * mib})
 	r := s.Sent(t0)

@@ -1,5 +1,7 @@
 package pace
 
+import "time"
+
 // How far ahead a stream reads, and how much a request asks for. A seek costs what it reads: a stream
 // starts with requests of one chunk and a first window of a chunk fewer than it has lanes (two at least;
 // the free lane races, hedges, or fetches a film's index), which stays where it is until the player took
@@ -19,6 +21,23 @@ func (s *Stream) Read(n int64) (grew bool) {
 	s.read += n
 	return s.grow()
 }
+
+// settle is the longest a stream waits, once its player took all of its first window, before it reads on.
+const settle = 20 * time.Millisecond
+
+// Settle is how long a stream waits, once its player took all of its first window, before it asks for
+// more: the socket buffers between take a window's last bytes before the player reads them, and a player
+// that wanted only those (a seek) is seen gone within its own round trip, before any request is spent on
+// bytes it never reads. Never longer than a first-byte wait: no longer than the request it may save.
+func (s *Stream) Settle() time.Duration {
+	if s.firstByte > 0 {
+		return min(settle, s.firstByte)
+	}
+	return settle
+}
+
+// Opened reports whether the read-ahead slides with the player: it took all of its first window.
+func (s *Stream) Opened() bool { return s.opened }
 
 // FirstWindowRead tells the policy that the player took every byte of its first window and reads on: the
 // read-ahead slides with it from now on. It reports whether the requests, and the read-ahead, grew.
