@@ -719,8 +719,9 @@ func TestFaultSoakThroughNginx(t *testing.T) {
 }
 
 // crossOriginPage tries, from its own origin, what a web page of another site would try against mflow's
-// JSON-RPC at rpc: read it with fetch, open its WebSocket, and read it through JSONP. It writes what worked.
-const crossOriginPage = `<!doctype html><html><body><pre id="out">pending</pre><script>
+// JSON-RPC at rpc: read it with fetch, open its WebSocket, and read it through JSONP. It posts what worked
+// to its own server's /report.
+const crossOriginPage = `<!doctype html><html><body><script>
 const rpc = %q, out = [];
 async function main() {
   try {
@@ -739,27 +740,48 @@ async function main() {
     s.onerror = () => { out.push("jsonp:blocked"); done(); };
     document.body.appendChild(s);
   });
-  document.getElementById("out").textContent = "done " + out.join(" ");
+  await fetch("/report", {method: "POST", body: "done " + out.join(" ")});
 }
 main();
 </script></body></html>`
 
-// visit loads url in a headless Chromium and returns the page's text once its script has run.
-func visit(t *testing.T, url string) string {
+// visit serves page from a site of its own, opens it in a headless Chromium, and returns what the page
+// posts to that site's /report. It waits for the report itself, however slow the machine, up to a minute.
+func visit(t *testing.T, page string) string {
 	t.Helper()
+	reports := make(chan string, 1)
+	site := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/report" {
+			b, _ := io.ReadAll(r.Body)
+			select {
+			case reports <- string(b):
+			default:
+			}
+			return
+		}
+		w.Header().Set("Content-Type", "text/html")
+		io.WriteString(w, page)
+	}))
+	defer site.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, tools["chromium"], "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--user-data-dir="+t.TempDir(),
-		"--virtual-time-budget=15000", "--dump-dom", url).Output()
-	if err != nil {
+	browser := exec.CommandContext(ctx, tools["chromium"], append(chromiumSwitches(t), site.URL+"/")...)
+	if err := browser.Start(); err != nil {
 		t.Fatalf("chromium: %v", err)
 	}
-	m := regexp.MustCompile(`<pre id="out">([^<]*)</pre>`).FindSubmatch(out)
-	if m == nil {
-		t.Fatalf("chromium showed no result: %.300s", out)
+	exited := make(chan error, 1)
+	go func() { exited <- browser.Wait() }()
+	defer func() { cancel(); <-exited }() // before site.Close, which waits for the browser's requests
+	select {
+	case report := <-reports:
+		return report
+	case err := <-exited:
+		exited <- err
+		t.Fatalf("chromium ended before the page reported: %v", err)
+	case <-ctx.Done():
+		t.Fatal("the page reported nothing within a minute")
 	}
-	return string(m[1])
+	return ""
 }
 
 func TestAPageOfAnotherSiteCannotUseTheRPC(t *testing.T) {
@@ -784,16 +806,16 @@ func TestAPageOfAnotherSiteCannotUseTheRPC(t *testing.T) {
 		env.proxy + "/jsonrpc": "done fetch:blocked ws:blocked jsonp:blocked",
 		openURL + "/jsonrpc":   "done fetch:read ws:open jsonp:read",
 	} {
-		page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Type", "text/html")
-			fmt.Fprintf(w, crossOriginPage, rpc)
-		}))
-		got := visit(t, page.URL+"/")
-		page.Close()
-		if got != want {
+		if got := visit(t, fmt.Sprintf(crossOriginPage, rpc)); got != want {
 			t.Errorf("a page of another origin against %s: %q, want %q", rpc, got, want)
 		}
 	}
+}
+
+// chromiumSwitches are the switches every headless Chromium of the suite runs with, a profile of its own included.
+func chromiumSwitches(t *testing.T) []string {
+	return []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--user-data-dir=" + t.TempDir()}
 }
 
 // chromium runs a headless Chromium with args and the suite's usual switches, and returns what it prints.
@@ -801,9 +823,7 @@ func chromium(t *testing.T, args ...string) []byte {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	base := []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--user-data-dir=" + t.TempDir()}
-	out, err := exec.CommandContext(ctx, tools["chromium"], append(base, args...)...).Output()
+	out, err := exec.CommandContext(ctx, tools["chromium"], append(chromiumSwitches(t), args...)...).Output()
 	if err != nil {
 		t.Fatalf("chromium: %v", err)
 	}
