@@ -361,6 +361,14 @@ func (s *stream) position(f *fetch) int64 {
 	return f.pos
 }
 
+// rest names the bytes f still has to bring, for errors and logs. Its claim moves under the lock when a
+// race settles on another lane.
+func (s *stream) rest(f *fetch) string {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	return fmt.Sprintf("bytes %d-%d", f.pos, f.claim-1)
+}
+
 // _targetOf is the target f's attempt asks: the link's, or its mirror's.
 func (s *stream) _targetOf(f *fetch) source.Target {
 	if f.mirror > 0 {
@@ -461,7 +469,7 @@ func (s *stream) retryPlan(f *fetch, err error) (time.Duration, error) {
 		return 0, nil
 	}
 	retries := s.countRetry(f)
-	where := fmt.Sprintf("bytes %d-%d", s.position(f), f.claim-1)
+	where := s.rest(f)
 	policy := upstream.Retry{Max: s.e.Retries, Base: s.e.RetryBase}
 	if retries > policy.Max {
 		return 0, fmt.Errorf("%s: gave up after %d retries in a row brought no byte: %w", where, policy.Max, err)
