@@ -77,7 +77,7 @@ type bench struct {
 	firstByteRuns int
 	playerRate    float64
 	aria2c        string // "" when not installed
-	films         *films // nil when ffmpeg is not installed
+	films         films  // empty when ffmpeg is not installed
 }
 
 // model is one upstream to measure on.

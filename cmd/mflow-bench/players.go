@@ -19,23 +19,23 @@ import (
 // What a person feels: how soon mpv shows a film's first frame, and what a seek costs.
 
 // films are two encodings of one minute of film (2 Mbit/s, 15 MB): its index in front (+faststart), and
-// at the end, as many files on drives are; nil when ffmpeg is not installed.
+// at the end, as many files on drives are; both nil when ffmpeg is not installed.
 type films struct {
 	front, tail []byte
 }
 
 // makeFilms encodes the films with ffmpeg.
-func makeFilms() (*films, error) {
+func makeFilms() (films, error) {
+	var f films
 	ffmpeg, err := exec.LookPath("ffmpeg")
 	if err != nil {
-		return nil, nil
+		return f, nil
 	}
 	dir, err := os.MkdirTemp("", "mflow-bench-films")
 	if err != nil {
-		return nil, err
+		return f, err
 	}
 	defer os.RemoveAll(dir)
-	f := &films{}
 	for _, film := range []struct {
 		to    *[]byte
 		flags []string
@@ -44,10 +44,10 @@ func makeFilms() (*films, error) {
 		args := append([]string{"-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=25", "-f", "lavfi", "-i", "sine=frequency=440",
 			"-t", "60", "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "2M", "-pix_fmt", "yuv420p", "-c:a", "aac"}, film.flags...)
 		if msg, err := exec.Command(ffmpeg, append(args, out)...).CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("ffmpeg: %v: %s", err, msg)
+			return f, fmt.Errorf("ffmpeg: %v: %s", err, msg)
 		}
 		if *film.to, err = os.ReadFile(out); err != nil {
-			return nil, err
+			return f, err
 		}
 	}
 	return f, nil
