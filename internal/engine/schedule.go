@@ -292,7 +292,7 @@ func (s *stream) sample() {
 }
 
 // checkRoutes applies the policy's route verdicts: a request far slower than the stream's best is raced by
-// a fresh one when a lane is free, and replaced when it stays that slow.
+// a fresh one when a lane is free, and replaced when it stays that slow or no lane is free.
 func (s *stream) checkRoutes() {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
@@ -304,10 +304,10 @@ func (s *stream) checkRoutes() {
 	if len(s.fetches) < s.lanes {
 		s.f._broadcast() // an idle lane looks again: a request past its grace time may be handed over now
 	}
-	for i, v := range s.pace.Routes(time.Now(), judged) {
+	for i, v := range s.pace.Routes(time.Now(), judged, len(s.fetches) < s.lanes) {
 		f := open[i]
 		switch {
-		case v == pace.Race && len(s.fetches) < s.lanes:
+		case v == pace.Race:
 			f.wantsRace = true // a free lane takes it up
 			s.f._broadcast()
 		case v != pace.Replace:

@@ -275,10 +275,11 @@ type Judged struct {
 // while bytes come, and on its steady speed over twice its longest silence while they do not: a server
 // that paces in bursts (nginx's limit_rate sends a second's worth at once) leaves silences no slow route
 // explains, and is not taken for one. One lagFactor times slower, with more than a moment of work left, is
-// raced by a fresh request (drives route each request on their own: a fresh one usually lands on a good
-// route); still that slow at the next check, it is replaced. The best is kept across requests, because a
-// slow request often runs alone: the others finished and wait for it.
-func (s *Stream) Routes(now time.Time, reqs []Judged) []Verdict {
+// raced by a fresh request when laneFree says a lane is free for one (drives route each request on their
+// own: a fresh one usually lands on a good route); still that slow at the next check, it is replaced. With
+// every lane busy it is replaced at once: a race would wait for a lane while the slow route holds one. The
+// best is kept across requests, because a slow request often runs alone: the others finished and wait for it.
+func (s *Stream) Routes(now time.Time, reqs []Judged, laneFree bool) []Verdict {
 	grace := s.grace()
 	s.best *= routeFade
 	for _, j := range reqs {
@@ -325,8 +326,10 @@ func (s *Stream) Routes(now time.Time, reqs []Judged) []Verdict {
 			continue
 		}
 		switch r.routeSlow++; {
-		case r.routeSlow == 1 && !j.Raced && j.Replaced < maxReplaced:
+		case r.routeSlow == 1 && !j.Raced && j.Replaced < maxReplaced && laneFree:
 			verdicts[i] = Race
+		case r.routeSlow == 1 && !j.Raced && j.Replaced < maxReplaced:
+			verdicts[i] = Replace
 		case r.routeSlow >= routeSamples && (j.Raced || j.Replaced < maxReplaced):
 			verdicts[i] = Replace
 		}

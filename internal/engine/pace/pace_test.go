@@ -31,9 +31,10 @@ func bursts(rate float64) feed {
 func silent(int) int { return 0 }
 
 // run plays reqs, each answered after firstByte and fed by its feed, for d, checking routes every
-// RouteEvery and sampling every SampleEvery; it returns each request's route and sample verdicts in order
-// (Keep left out), raced marking a request raced from its first Race verdict on.
-func run(s *Stream, feeds []feed, d time.Duration) [][]Verdict {
+// RouteEvery (with a lane free for a race, or none) and sampling every SampleEvery; it returns each
+// request's route and sample verdicts in order (Keep left out), raced marking a request raced from its
+// first Race verdict on.
+func run(s *Stream, feeds []feed, d time.Duration, laneFree bool) [][]Verdict {
 	const step = 10 * time.Millisecond
 	reqs := make([]*Request, len(feeds))
 	raced := make([]bool, len(feeds))
@@ -58,7 +59,7 @@ func run(s *Stream, feeds []feed, d time.Duration) [][]Verdict {
 			for i, r := range reqs {
 				judged[i] = Judged{Req: r, Left: 64 * mib, Raced: raced[i]}
 			}
-			for i, v := range s.Routes(now, judged) {
+			for i, v := range s.Routes(now, judged, laneFree) {
 				if v != Keep {
 					got[i] = append(got[i], v)
 					raced[i] = raced[i] || v == Race
@@ -77,18 +78,20 @@ func run(s *Stream, feeds []feed, d time.Duration) [][]Verdict {
 }
 
 func TestBurstsGetNoVerdict(t *testing.T) {
-	s := New(Config{Lanes: 2, Chunk: mib, MaxAhead: 64 * mib})
-	got := run(s, []feed{steady(2e6), bursts(2e6)}, 10*time.Second)
-	for i, v := range got {
-		if len(v) > 0 {
-			t.Errorf("request %d got verdicts %v; a server pacing in one-second bursts is not a slow route", i, v)
+	for _, laneFree := range []bool{true, false} {
+		s := New(Config{Lanes: 2, Chunk: mib, MaxAhead: 64 * mib})
+		got := run(s, []feed{steady(2e6), bursts(2e6)}, 10*time.Second, laneFree)
+		for i, v := range got {
+			if len(v) > 0 {
+				t.Errorf("lane free %v: request %d got verdicts %v; a server pacing in one-second bursts is not a slow route", laneFree, i, v)
+			}
 		}
 	}
 }
 
 func TestARouteFiveTimesSlowerIsRacedThenReplaced(t *testing.T) {
 	s := New(Config{Lanes: 2, Chunk: mib, MaxAhead: 64 * mib})
-	got := run(s, []feed{steady(2e6), steady(0.4e6)}, 3*time.Second)
+	got := run(s, []feed{steady(2e6), steady(0.4e6)}, 3*time.Second, true)
 	if len(got[0]) > 0 {
 		t.Errorf("the fast request got verdicts %v", got[0])
 	}
@@ -97,9 +100,21 @@ func TestARouteFiveTimesSlowerIsRacedThenReplaced(t *testing.T) {
 	}
 }
 
+func TestARouteFiveTimesSlowerIsReplacedAtOnceWhenNoLaneIsFree(t *testing.T) {
+	// Waiting for a lane to race it would keep the slow route holding one of them.
+	s := New(Config{Lanes: 2, Chunk: mib, MaxAhead: 64 * mib})
+	got := run(s, []feed{steady(2e6), steady(0.4e6)}, 3*time.Second, false)
+	if len(got[0]) > 0 {
+		t.Errorf("the fast request got verdicts %v", got[0])
+	}
+	if len(got[1]) == 0 || got[1][0] != Replace {
+		t.Errorf("the slow request got %v, want Replace first", got[1])
+	}
+}
+
 func TestARouteTwiceAsSlowIsKept(t *testing.T) {
 	s := New(Config{Lanes: 2, Chunk: mib, MaxAhead: 64 * mib})
-	got := run(s, []feed{steady(2e6), steady(1e6)}, 5*time.Second)
+	got := run(s, []feed{steady(2e6), steady(1e6)}, 5*time.Second, true)
 	if len(got[1]) > 0 {
 		t.Errorf("a request at half the best speed got %v: only far slower routes are raced", got[1])
 	}
@@ -107,27 +122,27 @@ func TestARouteTwiceAsSlowIsKept(t *testing.T) {
 
 func TestTenSilentSecondsAreAStall(t *testing.T) {
 	s := New(Config{Lanes: 1, Chunk: mib, MaxAhead: 64 * mib})
-	if got := run(s, []feed{silent}, 9500*time.Millisecond); len(got[0]) > 0 {
+	if got := run(s, []feed{silent}, 9500*time.Millisecond, true); len(got[0]) > 0 {
 		t.Fatalf("verdicts before ten silent seconds: %v", got[0])
 	}
 	s = New(Config{Lanes: 1, Chunk: mib, MaxAhead: 64 * mib})
-	if got := run(s, []feed{silent}, 10500*time.Millisecond); len(got[0]) != 1 || got[0][0] != Stalled {
+	if got := run(s, []feed{silent}, 10500*time.Millisecond, true); len(got[0]) != 1 || got[0][0] != Stalled {
 		t.Errorf("ten silent seconds gave %v, want Stalled once", got[0])
 	}
 	s = New(Config{Lanes: 1, Chunk: mib, MaxAhead: 64 * mib})
-	if got := run(s, []feed{bursts(2e6)}, 30*time.Second); len(got[0]) > 0 {
+	if got := run(s, []feed{bursts(2e6)}, 30*time.Second, true); len(got[0]) > 0 {
 		t.Errorf("a request bringing bytes each second got %v", got[0])
 	}
 }
 
 func TestBelowMinSpeedForThreeSamplesIsTooSlow(t *testing.T) {
 	s := New(Config{Lanes: 1, Chunk: mib, MaxAhead: 64 * mib, MinSpeed: 1e6})
-	got := run(s, []feed{steady(0.5e6)}, 3500*time.Millisecond)
+	got := run(s, []feed{steady(0.5e6)}, 3500*time.Millisecond, true)
 	if len(got[0]) != 1 || got[0][0] != TooSlow {
 		t.Errorf("3 s below --min-speed gave %v, want TooSlow once", got[0])
 	}
 	s = New(Config{Lanes: 1, Chunk: mib, MaxAhead: 64 * mib})
-	if got := run(s, []feed{steady(0.5e6)}, 5*time.Second); len(got[0]) > 0 {
+	if got := run(s, []feed{steady(0.5e6)}, 5*time.Second, true); len(got[0]) > 0 {
 		t.Errorf("without --min-speed a slow lone request got %v", got[0])
 	}
 }
