@@ -326,10 +326,11 @@ func (s *Stream) Routes(now time.Time, reqs []Judged, laneFree bool) []Verdict {
 			continue
 		}
 		switch r.routeSlow++; {
-		case r.routeSlow == 1 && !j.Raced && j.Replaced < maxReplaced && laneFree:
-			verdicts[i] = Race
 		case r.routeSlow == 1 && !j.Raced && j.Replaced < maxReplaced:
-			verdicts[i] = Replace
+			verdicts[i] = Replace // no lane to race it on
+			if laneFree {
+				verdicts[i] = Race
+			}
 		case r.routeSlow >= routeSamples && (j.Raced || j.Replaced < maxReplaced):
 			verdicts[i] = Replace
 		}
