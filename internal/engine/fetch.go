@@ -165,12 +165,12 @@ func (s *stream) attempt(f *fetch) (err error) {
 	buf := make([]byte, readSize)
 	for {
 		n, rerr := resp.Body.Read(buf)
-		more, found := true, false
+		more, hold := true, false
 		if n > 0 {
-			more, found = s.deliver(f, buf[:n])
+			more, hold = s.deliver(f, buf[:n])
 		}
-		if found {
-			s.plan() // the film's index is elsewhere: hold its chunks
+		if hold {
+			s.plan() // the head told where the film's index is: hold its chunks, or the read-ahead's
 		}
 		if rerr == io.EOF {
 			if s.position(f) < t.span.End+1 {
@@ -401,8 +401,8 @@ func attemptError(ctx context.Context, err error) error {
 // deliver copies the bytes a request read at f.pos into the pieces they belong to, past what each already
 // holds, and reports whether the request should go on reading (it should not once its claim is in, when
 // it races and lost, or when nobody needs its bytes any more) and whether they told where the film's index
-// is.
-func (s *stream) deliver(f *fetch, data []byte) (more, indexFound bool) {
+// is, so that chunks are to be held (see _seekIndex).
+func (s *stream) deliver(f *fetch, data []byte) (more, hold bool) {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
 	size := s.e.ChunkSize

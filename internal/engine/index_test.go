@@ -128,8 +128,36 @@ func TestNoIndexIsFetchedAheadWhenItIsAtTheHead(t *testing.T) {
 		e.Stream(ctx, &leavingWriter{after: 3 << 20, leave: leave}, engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(film)) - 1}})
 		leave()
 		e.Client.CloseIdleConnections()
-		if all, beyond := rec.since(began, 8<<20, int64(len(film))-1); beyond != 0 {
-			t.Errorf("%d of %d requests went far beyond the head of a film indexed in front", beyond, all)
+		if all, tail := rec.since(began, 48<<20, int64(len(film))-1); tail != 0 {
+			t.Errorf("%d of %d requests went to the last 16 MiB of a film indexed in front, where a film indexed at its end keeps its index", tail, all)
+		}
+	})
+}
+
+func TestAPlayFromTheHeadOfAFilmIndexedInFrontUsesEveryLaneAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		film := upstreamtest.RandomFile(64 << 20)
+		binary.BigEndian.PutUint32(film, 32)
+		copy(film[4:], "ftypisom")
+		binary.BigEndian.PutUint32(film[32:], 2<<20)
+		copy(film[36:], "moov")
+		rec := &recorded{}
+		u := upstreamtest.NewInMemory(film, upstreamtest.Options{Fault: rec.fault, PerConn: 2e6, Latency: 150 * time.Millisecond})
+		defer u.Close()
+		e := newEngine(t, u, 1<<20, 4)
+		e.IndexOf = mediaindex.Locate
+		began := time.Now()
+		ctx, leave := context.WithCancel(t.Context())
+		e.Stream(ctx, &leavingWriter{after: 1 << 20, leave: leave}, engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(film)) - 1}})
+		leave()
+		e.Client.CloseIdleConnections()
+		// A seek's first window is a chunk per lane but one, kept until it is read; a play that opens a
+		// film at its head reads on, and its fourth lane brings the fourth chunk instead of idling.
+		if all, fourth := rec.since(began, 3<<20, 4<<20-1); fourth == 0 {
+			t.Errorf("none of %d requests asked for the fourth chunk while the player read the first", all)
+		}
+		if n := u.MaxOpen(); n > 4 {
+			t.Errorf("%d requests open at once with -c 4", n)
 		}
 	})
 }

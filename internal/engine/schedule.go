@@ -35,9 +35,9 @@ func (s *stream) work() {
 // nextJob waits for something to do in a free lane, and claims it; nil once the stream is over.
 func (s *stream) nextJob() *fetch {
 	for {
-		f, wait, indexFound := s.claimJob()
-		if indexFound {
-			s.plan() // the film's index is elsewhere: hold its chunks, then claim them
+		f, wait, hold := s.claimJob()
+		if hold {
+			s.plan() // the head told where the film's index is: hold its chunks, or the read-ahead's
 			continue
 		}
 		if f != nil || wait == nil {
@@ -51,9 +51,9 @@ func (s *stream) nextJob() *fetch {
 }
 
 // claimJob takes work for a free lane, or returns what to wait on for some; both nil once the stream is
-// over. indexFound says the head, from the cache, told where the film's index is: its chunks are to be
-// held first.
-func (s *stream) claimJob() (f *fetch, wait <-chan struct{}, indexFound bool) {
+// over. hold says the head, from the cache, told where the film's index is: chunks are to be held
+// first.
+func (s *stream) claimJob() (f *fetch, wait <-chan struct{}, hold bool) {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
 	if s.ctx.Err() != nil {

@@ -150,8 +150,9 @@ func (s *stream) holdChunks(lookedUp int64, data []byte) (next int64, lookup boo
 }
 
 // _seekIndex reads the head for where the film keeps its index, once chunk 0 brought more of it, and
-// reports whether it found one to fetch ahead: then its chunks are to be held, and the head's chunk with
-// them, so that the player's jumps to the index and back find their bytes.
+// reports whether chunks are to be held now: the index's, when it found one to fetch ahead, with the
+// head's chunk, so that the player's jumps to the index and back find their bytes; else the read-ahead's,
+// which slides on from the head.
 func (s *stream) _seekIndex() bool {
 	c := s.f.chunks[0]
 	if s.indexSought || c == nil {
@@ -168,7 +169,8 @@ func (s *stream) _seekIndex() bool {
 	s.indexSought = true
 	s.f._broadcast() // the lanes that waited for the verdict
 	if verdict != mediaindex.Found || ix.Start > s.span.End {
-		return false
+		s.pace.ReadsOn()
+		return true // the read-ahead slides on: hold its next chunks
 	}
 	s.indexAt, s.nextIndex = ix, ix.Start/s.e.ChunkSize
 	s.index = append(s.index, s.f._acquire(0, 0, c.end, nil))

@@ -316,6 +316,29 @@ func TestRequestsGrowWhileThePlayerReads(t *testing.T) {
 	}
 }
 
+func TestAPlayThatReadsOnFromTheHeadSlidesAtOnceOverAChunkPerLane(t *testing.T) {
+	s := New(Config{Lanes: 4, Chunk: mib, MaxAhead: 64 * mib})
+	s.Read(64 << 10)
+	s.ReadsOn()
+	if !s.Opened() || s.Ahead() != 4*mib {
+		t.Fatalf("reading on from the head: opened %v, %d ahead; want sliding, a chunk per lane", s.Opened(), s.Ahead())
+	}
+	s.Read(mib)
+	if s.Ahead() != 4*mib {
+		t.Errorf("%d ahead after the player read a chunk; want the window to slide with it", s.Ahead())
+	}
+	s.Finished()
+	s.Finished()
+	s.Read(1)
+	if s.Extent() != 4*mib || s.Ahead() != 20*mib {
+		t.Errorf("after a round of requests: extent %d, ahead %d; want 4 MiB, 20 MiB", s.Extent(), s.Ahead())
+	}
+	s.ReadsOn()
+	if s.Ahead() != 20*mib {
+		t.Errorf("told again: %d ahead; want the grown read-ahead kept", s.Ahead())
+	}
+}
+
 func TestAStreamSettlesNoLongerThanARequestWouldCost(t *testing.T) {
 	cases := []struct {
 		name      string

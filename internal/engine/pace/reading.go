@@ -46,6 +46,18 @@ func (s *Stream) FirstWindowRead() (grew bool) {
 	return s.grow()
 }
 
+// ReadsOn tells the policy that the player opened the file at its head and the head told there is nothing
+// to fetch elsewhere first (another kind of file, or a film indexed in front): a player reads on from
+// there, so the read-ahead slides with it from now, a chunk per lane, and no lane waits for the first
+// window to be read. A seek starts elsewhere and keeps its first window.
+func (s *Stream) ReadsOn() {
+	if s.opened {
+		return
+	}
+	s.opened = true
+	s.ahead = max(s.ahead, int64(s.cfg.Lanes)*s.cfg.Chunk)
+}
+
 // Finished tells the policy that a request brought all it claimed, and reports whether the requests, and
 // the read-ahead, grew.
 func (s *Stream) Finished() (grew bool) {
