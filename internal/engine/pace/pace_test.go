@@ -298,10 +298,12 @@ func TestRequestsGrowWhileThePlayerReads(t *testing.T) {
 		{20 * mib, 100 * mib, 10 * mib},  //
 		{2 * mib, 1 << 40, mib},          //
 		{1 << 40, 1 << 40, 15 * mib},     // no overflow
-		{mib + 1, 64 * mib, mib},         // rounded up to a chunk
-		{5 * mib, 64 * mib, 3 * mib},     // 2.5 MiB rounded up
-		{30 * mib, 30 * mib, 8 * mib},    // 7.5 MiB rounded up
-		{30 * mib, 4*mib + 4, 2 * mib},   // a share rounded up
+		{mib + 1, 64 * mib, mib},         // never less than a chunk
+		{5 * mib, 64 * mib, 3 * mib},     // 2.5 MiB: the nearest whole chunks, half up
+		{30 * mib, 30 * mib, 8 * mib},    // 7.5 MiB
+		{30 * mib, 4*mib + 4, mib},       // a share of just over a chunk: one, not two
+		{30 * mib, 7 * mib, 2 * mib},     // a share of 1.75 MiB: two
+		{30 * mib, 5 * mib, mib},         // a share of 1.25 MiB: one
 		{30 * mib, 4 * mib, mib},         // a share of one chunk
 		{30 * mib, 1, mib},               // the last byte
 		{30 * mib, 0, mib},               //
