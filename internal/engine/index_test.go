@@ -111,24 +111,32 @@ func TestAFilmsIndexAtItsEndIsFetchedWithItsHead(t *testing.T) {
 	})
 }
 
+// playFrontIndexedFilm plays a 64 MiB film indexed in front from its head, over a 150 ms drive, until the
+// player read the given bytes and left; it returns the drive's requests, when the play began, and the
+// most requests it had open at once.
+func playFrontIndexedFilm(t *testing.T, read int64) (rec *recorded, began time.Time, maxOpen int64) {
+	film := upstreamtest.RandomFile(64 << 20)
+	binary.BigEndian.PutUint32(film, 32)
+	copy(film[4:], "ftypisom")
+	binary.BigEndian.PutUint32(film[32:], 2<<20)
+	copy(film[36:], "moov")
+	rec = &recorded{}
+	u := upstreamtest.NewInMemory(film, upstreamtest.Options{Fault: rec.fault, PerConn: 2e6, Latency: 150 * time.Millisecond})
+	defer u.Close()
+	e := newEngine(t, u, 1<<20, 4)
+	e.IndexOf = mediaindex.Locate
+	began = time.Now()
+	ctx, leave := context.WithCancel(t.Context())
+	e.Stream(ctx, &leavingWriter{after: read, leave: leave}, engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(film)) - 1}})
+	leave()
+	e.Client.CloseIdleConnections()
+	return rec, began, u.MaxOpen()
+}
+
 func TestNoIndexIsFetchedAheadWhenItIsAtTheHead(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		film := upstreamtest.RandomFile(64 << 20)
-		binary.BigEndian.PutUint32(film, 32)
-		copy(film[4:], "ftypisom")
-		binary.BigEndian.PutUint32(film[32:], 2<<20)
-		copy(film[36:], "moov")
-		rec := &recorded{}
-		u := upstreamtest.NewInMemory(film, upstreamtest.Options{Fault: rec.fault, PerConn: 2e6, Latency: 150 * time.Millisecond})
-		defer u.Close()
-		e := newEngine(t, u, 1<<20, 4)
-		e.IndexOf = mediaindex.Locate
-		began := time.Now()
-		ctx, leave := context.WithCancel(t.Context())
-		e.Stream(ctx, &leavingWriter{after: 3 << 20, leave: leave}, engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(film)) - 1}})
-		leave()
-		e.Client.CloseIdleConnections()
-		if all, tail := rec.since(began, 48<<20, int64(len(film))-1); tail != 0 {
+		rec, began, _ := playFrontIndexedFilm(t, 3<<20)
+		if all, tail := rec.since(began, 48<<20, 64<<20-1); tail != 0 {
 			t.Errorf("%d of %d requests went to the last 16 MiB of a film indexed in front, where a film indexed at its end keeps its index", tail, all)
 		}
 	})
@@ -136,28 +144,14 @@ func TestNoIndexIsFetchedAheadWhenItIsAtTheHead(t *testing.T) {
 
 func TestAPlayFromTheHeadOfAFilmIndexedInFrontUsesEveryLaneAtOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		film := upstreamtest.RandomFile(64 << 20)
-		binary.BigEndian.PutUint32(film, 32)
-		copy(film[4:], "ftypisom")
-		binary.BigEndian.PutUint32(film[32:], 2<<20)
-		copy(film[36:], "moov")
-		rec := &recorded{}
-		u := upstreamtest.NewInMemory(film, upstreamtest.Options{Fault: rec.fault, PerConn: 2e6, Latency: 150 * time.Millisecond})
-		defer u.Close()
-		e := newEngine(t, u, 1<<20, 4)
-		e.IndexOf = mediaindex.Locate
-		began := time.Now()
-		ctx, leave := context.WithCancel(t.Context())
-		e.Stream(ctx, &leavingWriter{after: 1 << 20, leave: leave}, engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(film)) - 1}})
-		leave()
-		e.Client.CloseIdleConnections()
+		rec, began, maxOpen := playFrontIndexedFilm(t, 1<<20)
 		// A seek's first window is a chunk per lane but one, kept until it is read; a play that opens a
 		// film at its head reads on, and its fourth lane brings the fourth chunk instead of idling.
 		if all, fourth := rec.since(began, 3<<20, 4<<20-1); fourth == 0 {
 			t.Errorf("none of %d requests asked for the fourth chunk while the player read the first", all)
 		}
-		if n := u.MaxOpen(); n > 4 {
-			t.Errorf("%d requests open at once with -c 4", n)
+		if maxOpen > 4 {
+			t.Errorf("%d requests open at once with -c 4", maxOpen)
 		}
 	})
 }
