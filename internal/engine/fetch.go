@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"time"
 
 	"mflow/internal/engine/pace"
@@ -45,6 +46,7 @@ type try struct {
 	target source.Target
 	ctx    context.Context
 	head   *http.Response // the probe's answer, when this attempt may use it
+	via    pace.Via       // how its answer came
 }
 
 // run works on f until its bytes are in, the stream is over, or its retries run out; then the lane is
@@ -161,7 +163,7 @@ func (s *stream) attempt(f *fetch) (err error) {
 		return err
 	}
 	defer resp.Body.Close()
-	s.answered(f, t.head != nil)
+	s.answered(f, t.via)
 	buf := make([]byte, readSize)
 	for {
 		n, rerr := resp.Body.Read(buf)
@@ -208,13 +210,20 @@ func (s *stream) open(f *fetch, t *try) (*http.Response, error) {
 		context.AfterFunc(t.ctx, func() { resp.Body.Close() })
 		err := upstream.CheckPartial(resp, t.target.URL, t.span, t.target.Version)
 		if err == nil {
+			t.via = pace.ViaProbe
 			return resp, nil
 		}
 		resp.Body.Close()
 		s.log.Debug("the probe's answer does not fit the first request; asking again", "err", err)
 		t.head, t.span = nil, s.askWhole(f)
 	}
-	resp, _, err := s.e.Client.Get(t.ctx, t.target.Location, t.span.Header())
+	t.via = pace.ViaReused
+	trace := &httptrace.ClientTrace{GotConn: func(c httptrace.GotConnInfo) {
+		if !c.Reused {
+			t.via = pace.ViaNew // a connection opened ahead too: it carried nothing yet
+		}
+	}}
+	resp, _, err := s.e.Client.Get(httptrace.WithClientTrace(t.ctx, trace), t.target.Location, t.span.Header())
 	if err != nil {
 		return nil, attemptError(t.ctx, err)
 	}
@@ -347,12 +356,11 @@ func outcomeOf(err error) Outcome {
 	return OutcomeFailed
 }
 
-// answered records that f's answer arrived; the probe's answer, already there, says nothing of the wait
-// for one.
-func (s *stream) answered(f *fetch, fromProbe bool) {
+// answered records that f's answer arrived, and how.
+func (s *stream) answered(f *fetch, via pace.Via) {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
-	s.pace.Answered(f.meter, time.Now(), fromProbe)
+	s.pace.Answered(f.meter, time.Now(), via)
 }
 
 func (s *stream) position(f *fetch) int64 {

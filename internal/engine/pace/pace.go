@@ -44,8 +44,13 @@ const (
 	// new connection's slow start), so below that it costs more than it saves.
 	splitAfter = 250 * time.Millisecond
 	splitWaits = 4
-	// graceWaits is how many first-byte waits a request runs before it is judged (see grace).
-	graceWaits = 8
+	// graceWaits is how many first-byte waits a request runs before it is judged (see grace), and
+	// flatGraceWaits how many where young requests do not ramp up.
+	graceWaits     = 8
+	flatGraceWaits = 2
+	// rampRatio marks a request as ramping up when its first window brought less than this part of its
+	// second's speed (TCP's slow start over 50 ms brings about half; a paced route as much or more).
+	rampRatio = 0.7
 	// maxReplaced bounds the fresh requests one request's bytes get for being slow; then it stays.
 	maxReplaced = 3
 )
@@ -59,6 +64,7 @@ type Stream struct {
 	best      float64       // the best speed of one request lately, bytes/s (a fading maximum)
 	bestBy    *Request      // the request that reached best: never judged against itself
 	connRate  float64       // one connection's usual speed, bytes/s (a moving average of samples)
+	ramp      ramp          // whether a young request here is slower than it will be
 
 	read         int64 // bytes the player took
 	opened       bool  // the player took every byte of its first window: the read-ahead slides with it
@@ -94,6 +100,7 @@ type Request struct {
 	sent       time.Time     // when it went out
 	answered   time.Time     // when its answer came; zero before
 	fromProbe  bool          // the probe's answer: its wait says nothing of the upstream
+	newConn    bool          // it came over a new connection
 	got        int64         // body bytes read
 	lastByte   time.Time     // when its last bytes came
 	sampled    int64         // got at the last one-second sample
@@ -107,15 +114,36 @@ type Request struct {
 	measured   bool          // routeRate counts: it ran a whole such window past its grace time
 	recentRate float64       // bytes/s over the last route check's interval; 0 in a silence
 	routeSlow  int           // route checks in a row it lost to the stream's best
+	firstAt    time.Time     // when its first window after the answer ended (see learnRamp); zero before
+	firstGot   int64         // got by then
+	rampTold   bool          // its two windows were compared
 }
+
+// ramp is what a stream learnt of its young requests.
+type ramp int
+
+const (
+	rampUnknown ramp = iota // no request ran two windows yet: judged as if they ramp
+	rampNone                // requests ran at their route's speed from their first bytes
+	rampSeen                // a request ran far slower in its first window than in its second: for good
+)
 
 // Sent is a new request's meter.
 func (s *Stream) Sent(now time.Time) *Request { return &Request{sent: now} }
 
-// Answered records that r's answer came; fromProbe marks the probe's, whose wait was another's.
-func (s *Stream) Answered(r *Request, now time.Time, fromProbe bool) {
-	r.answered, r.fromProbe = now, fromProbe
-	if fromProbe {
+// Via is how a request's answer came.
+type Via int
+
+const (
+	ViaReused Via = iota // over a connection that brought an answer before
+	ViaNew               // over a new connection: on a long path, in TCP's slow start
+	ViaProbe             // the probe's: it waited for the stream, so its wait and first bytes tell nothing
+)
+
+// Answered records that r's answer came, and how.
+func (s *Stream) Answered(r *Request, now time.Time, via Via) {
+	r.answered, r.fromProbe, r.newConn = now, via == ViaProbe, via == ViaNew
+	if r.fromProbe {
 		return
 	}
 	wait := now.Sub(r.sent)
@@ -244,9 +272,45 @@ func (s *Stream) HandOver(now time.Time, reqs []Judged) int {
 
 // grace is how long a request runs after its answer before it is judged: graceWaits first-byte waits, so
 // that TCP's slow start is over (about five round trips to reach 2 MB/s over 150 ms, from a new
-// connection's ten packets), and RouteEvery at least.
+// connection's ten packets), and RouteEvery at least. Where no request ramped up, flatGraceWaits: a slow
+// route is then slow from its first bytes, and each moment it is kept costs its lane most of its speed.
 func (s *Stream) grace() time.Duration {
-	return max(RouteEvery, graceWaits*s.firstByte)
+	waits := graceWaits
+	if s.ramp == rampNone {
+		waits = flatGraceWaits
+	}
+	return max(RouteEvery, time.Duration(waits)*s.firstByte)
+}
+
+// learnRamp compares r's speed over a first window after its answer (flatGraceWaits first-byte waits,
+// RouteEvery at least) with its speed over as long a window after it: a request in TCP's slow start brings
+// far less in the first, one on a paced route as much or more. Once one ramped up, the stream judges young
+// requests late for good: each of its new connections will ramp up too. Only a request over a new
+// connection tells: one over a used connection starts at the speed its last one reached (the probe's
+// answer too: its first bytes waited in the socket buffers for the stream to start).
+func (s *Stream) learnRamp(r *Request, now time.Time) {
+	if s.ramp == rampSeen || r.rampTold || !r.newConn {
+		return
+	}
+	age := now.Sub(r.answered)
+	if r.firstAt.IsZero() {
+		if age >= max(RouteEvery, flatGraceWaits*s.firstByte) {
+			r.firstAt, r.firstGot = now, r.got
+		}
+		return
+	}
+	first := r.firstAt.Sub(r.answered)
+	if now.Sub(r.firstAt) < first {
+		return
+	}
+	r.rampTold = true
+	firstRate := float64(r.firstGot) / first.Seconds()
+	secondRate := float64(r.got-r.firstGot) / now.Sub(r.firstAt).Seconds()
+	if firstRate < rampRatio*secondRate {
+		s.ramp = rampSeen
+	} else {
+		s.ramp = rampNone
+	}
 }
 
 // Verdict is what the engine is to do with a request.
@@ -288,6 +352,7 @@ func (s *Stream) Routes(now time.Time, reqs []Judged, laneFree bool) []Verdict {
 			continue
 		}
 		r.trail.add(now, r.got)
+		s.learnRamp(r, now)
 		start := r.answered.Add(grace) // never judged over its first round trips: slower on any route
 		if now.Before(start) {
 			continue

@@ -1,6 +1,7 @@
 package pace
 
 import (
+	"math"
 	"testing"
 	"time"
 )
@@ -30,12 +31,28 @@ func bursts(rate float64) feed {
 // silent brings nothing.
 func silent(int) int { return 0 }
 
-// run plays reqs, each answered after firstByte and fed by its feed, for d, checking routes every
+// slowStart brings what TCP's slow start lets through a path with round trips of rtt: ten packets in the
+// first, twice as many in each next one, up to rate.
+func slowStart(rate float64, rtt time.Duration) feed {
+	return func(step int) int {
+		trips := int(time.Duration(step) * 10 * time.Millisecond / rtt)
+		perSecond := min(rate, 14600*math.Pow(2, float64(trips))/rtt.Seconds())
+		return int(perSecond / 100)
+	}
+}
+
+// run plays reqs, each answered after 150 ms and fed by its feed, for d, checking routes every
 // RouteEvery (with a lane free for a race, or none) and sampling every SampleEvery; it returns each
 // request's route and sample verdicts in order (Keep left out), raced marking a request raced from its
 // first Race verdict on.
 func run(s *Stream, feeds []feed, d time.Duration, laneFree bool) [][]Verdict {
+	return runAnswered(s, feeds, d, laneFree, 150*time.Millisecond, ViaNew)
+}
+
+// runAnswered is run with the answers after firstByte, come as via says.
+func runAnswered(s *Stream, feeds []feed, d time.Duration, laneFree bool, firstByte time.Duration, via Via) [][]Verdict {
 	const step = 10 * time.Millisecond
+	answerStep := int(firstByte / step)
 	reqs := make([]*Request, len(feeds))
 	raced := make([]bool, len(feeds))
 	for i := range reqs {
@@ -45,11 +62,11 @@ func run(s *Stream, feeds []feed, d time.Duration, laneFree bool) [][]Verdict {
 	for n := 1; time.Duration(n)*step <= d; n++ {
 		now := t0.Add(time.Duration(n) * step)
 		for i, r := range reqs {
-			if n == 15 { // answers after 150 ms
-				s.Answered(r, now, false)
+			if n == answerStep {
+				s.Answered(r, now, via)
 			}
-			if n > 15 {
-				if b := feeds[i](n - 16); b > 0 {
+			if n > answerStep {
+				if b := feeds[i](n - answerStep - 1); b > 0 {
 					s.Got(r, now, b)
 				}
 			}
@@ -112,6 +129,61 @@ func TestARouteFiveTimesSlowerIsReplacedAtOnceWhenNoLaneIsFree(t *testing.T) {
 	}
 }
 
+func TestWhereRequestsDoNotRampUpASlowRouteIsJudgedSooner(t *testing.T) {
+	// A drive whose requests run at their route's speed from their first bytes: each moment a route ten
+	// times slower is kept costs its lane nine tenths of its speed, so it is judged after two first-byte
+	// waits, not eight.
+	s := New(Config{Lanes: 2, Chunk: mib, MaxAhead: 64 * mib})
+	got := run(s, []feed{steady(2e6), steady(0.2e6)}, time.Second, false)
+	if len(got[0]) > 0 || len(got[1]) == 0 || got[1][0] != Replace {
+		t.Errorf("a second in, the fast request got %v and the slow one %v; want the slow one replaced", got[0], got[1])
+	}
+	// Over a long path a young request is in TCP's slow start: once one ramped up, every request waits out
+	// eight first-byte waits before it is judged.
+	s = New(Config{Lanes: 2, Chunk: mib, MaxAhead: 64 * mib})
+	got = run(s, []feed{slowStart(2e6, 150*time.Millisecond), steady(0.2e6)}, time.Second, false)
+	if len(got[0]) > 0 || len(got[1]) > 0 {
+		t.Errorf("a second in, beside a request in slow start, the requests got %v and %v; want none judged yet", got[0], got[1])
+	}
+	s = New(Config{Lanes: 2, Chunk: mib, MaxAhead: 64 * mib})
+	got = run(s, []feed{slowStart(2e6, 150*time.Millisecond), steady(0.2e6)}, 2*time.Second, false)
+	if len(got[1]) == 0 || got[1][0] != Replace {
+		t.Errorf("past eight first-byte waits, the slow route got %v, want Replace", got[1])
+	}
+}
+
+func TestARampIsLearntFromARequestsFirstTwoWindows(t *testing.T) {
+	cases := []struct {
+		name      string
+		firstByte time.Duration
+		via       Via
+		feeds     []feed
+		want      ramp
+	}{
+		{"too young to tell", 150 * time.Millisecond, ViaNew, []feed{steady(2e6)}, rampUnknown},
+		{"a paced route", 150 * time.Millisecond, ViaNew, []feed{steady(2e6), steady(2e6)}, rampNone},
+		{"bursts", 150 * time.Millisecond, ViaNew, []feed{bursts(2e6)}, rampNone},
+		{"slow start over 150 ms", 300 * time.Millisecond, ViaNew, []feed{slowStart(2e6, 150*time.Millisecond)}, rampSeen},
+		{"slow start over 50 ms", 100 * time.Millisecond, ViaNew, []feed{slowStart(2e6, 50*time.Millisecond)}, rampSeen},
+		{"one ramp among paced ones", 150 * time.Millisecond, ViaNew, []feed{steady(2e6), slowStart(2e6, 150*time.Millisecond), steady(2e6)}, rampSeen},
+		// A used connection starts at the speed its last request reached, and the probe's first bytes
+		// waited in the socket buffers: neither tells whether a new connection ramps up.
+		{"used connections", 150 * time.Millisecond, ViaReused, []feed{steady(2e6)}, rampUnknown},
+		{"the probe", 10 * time.Millisecond, ViaProbe, []feed{steady(2e6)}, rampUnknown},
+	}
+	for _, c := range cases {
+		s := New(Config{Lanes: 4, Chunk: mib, MaxAhead: 64 * mib})
+		d := 3 * time.Second
+		if c.want == rampUnknown {
+			d = 500 * time.Millisecond
+		}
+		runAnswered(s, c.feeds, d, true, c.firstByte, c.via)
+		if s.ramp != c.want {
+			t.Errorf("%s: learnt %v, want %v", c.name, s.ramp, c.want)
+		}
+	}
+}
+
 func TestARouteTwiceAsSlowIsKept(t *testing.T) {
 	s := New(Config{Lanes: 2, Chunk: mib, MaxAhead: 64 * mib})
 	got := run(s, []feed{steady(2e6), steady(1e6)}, 5*time.Second, true)
@@ -150,14 +222,14 @@ func TestBelowMinSpeedForThreeSamplesIsTooSlow(t *testing.T) {
 func TestTheProbesWaitIsNotTheUpstreams(t *testing.T) {
 	s := New(Config{Lanes: 2, Chunk: mib, MaxAhead: 64 * mib})
 	probe := s.Sent(t0)
-	s.Answered(probe, t0.Add(2*time.Second), true)
+	s.Answered(probe, t0.Add(2*time.Second), ViaProbe)
 	if s.FirstByte() != 0 {
 		t.Errorf("first-byte wait %v after the probe's answer alone", s.FirstByte())
 	}
 	r := s.Sent(t0)
-	s.Answered(r, t0.Add(200*time.Millisecond), false)
+	s.Answered(r, t0.Add(200*time.Millisecond), ViaReused)
 	r = s.Sent(t0)
-	s.Answered(r, t0.Add(600*time.Millisecond), false)
+	s.Answered(r, t0.Add(600*time.Millisecond), ViaReused)
 	if got := s.FirstByte(); got != 300*time.Millisecond {
 		t.Errorf("first-byte wait %v, want the moving average 300ms", got)
 	}
@@ -169,7 +241,7 @@ func measuredStream(firstByte time.Duration) (*Stream, []*Request) {
 	reqs := make([]*Request, 3)
 	for i := range reqs {
 		reqs[i] = s.Sent(t0)
-		s.Answered(reqs[i], t0.Add(firstByte), false)
+		s.Answered(reqs[i], t0.Add(firstByte), ViaReused)
 	}
 	for step := range 100 {
 		now := t0.Add(firstByte + time.Duration(step+1)*10*time.Millisecond)
@@ -232,7 +304,7 @@ func TestAYoungRequestIsNotHandedOver(t *testing.T) {
 	// waiting on it. A half taken now would wait a handshake and a slow start of its own.
 	s := New(Config{Lanes: 4, Chunk: mib, MaxAhead: 64 * mib})
 	probe := s.Sent(t0)
-	s.Answered(probe, t0, true)
+	s.Answered(probe, t0, ViaProbe)
 	for i := 1; i <= 10; i++ {
 		s.Got(probe, t0.Add(time.Duration(i)*100*time.Millisecond), 30<<10)
 	}
@@ -243,7 +315,7 @@ func TestAYoungRequestIsNotHandedOver(t *testing.T) {
 		t.Errorf("handed over %d before any request's first-byte wait was known", got)
 	}
 	other := s.Sent(t0)
-	s.Answered(other, t0.Add(300*time.Millisecond), false)
+	s.Answered(other, t0.Add(300*time.Millisecond), ViaReused)
 	if got := s.HandOver(t1, waited); got != -1 {
 		t.Errorf("handed over %d a second after its answer, within eight 300 ms first-byte waits", got)
 	}
@@ -365,14 +437,14 @@ func TestAStreamSettlesNoLongerThanARequestWouldCost(t *testing.T) {
 func TestABurstIsNotTheBestSpeed(t *testing.T) {
 	s := New(Config{Lanes: 2, Chunk: mib, MaxAhead: 64 * mib})
 	r := s.Sent(t0)
-	s.Answered(r, t0.Add(5*time.Millisecond), false)
+	s.Answered(r, t0.Add(5*time.Millisecond), ViaReused)
 	s.Got(r, t0.Add(10*time.Millisecond), 256<<10) // a pacing server's burst: all at once
 	s.Done(r, t0.Add(10*time.Millisecond))
 	if s.Best() != 0 {
 		t.Errorf("best %v after one burst of a request", s.Best())
 	}
 	r = s.Sent(t0)
-	s.Answered(r, t0.Add(5*time.Millisecond), false)
+	s.Answered(r, t0.Add(5*time.Millisecond), ViaReused)
 	s.Got(r, t0.Add(505*time.Millisecond), mib)
 	s.Done(r, t0.Add(505*time.Millisecond))
 	if s.Best() != 2*mib {
