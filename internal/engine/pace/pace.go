@@ -59,12 +59,13 @@ const (
 type Stream struct {
 	cfg Config
 
-	firstByte time.Duration // the usual wait for an answer (a moving average); 0 until one came
-	answers   int           // answers whose wait firstByte counts
-	best      float64       // the best speed of one request lately, bytes/s (a fading maximum)
-	bestBy    *Request      // the request that reached best: never judged against itself
-	connRate  float64       // one connection's usual speed, bytes/s (a moving average of samples)
-	ramp      ramp          // whether a young request here is slower than it will be
+	firstByte     time.Duration // the usual wait for an answer (a moving average); 0 until one came
+	answers       int           // answers whose wait firstByte counts
+	best          float64       // the best speed of one request lately, bytes/s (a fading maximum)
+	bestBy        *Request      // the request that reached best: never judged against itself
+	connRate      float64       // one connection's usual speed, bytes/s (a moving average of samples)
+	ramp          ramp          // whether a young request here is slower than it will be
+	fastestSecond float64       // the best speed of a request's second window after its answer (see timeWindows)
 
 	read         int64 // bytes the player took
 	opened       bool  // the player took every byte of its first window: the read-ahead slides with it
@@ -97,26 +98,29 @@ func (s *Stream) ConnRate() float64 { return s.connRate }
 
 // Request is what the policy knows of one request, one attempt of the engine's: made fresh for each.
 type Request struct {
-	sent       time.Time     // when it went out
-	answered   time.Time     // when its answer came; zero before
-	fromProbe  bool          // the probe's answer: its wait says nothing of the upstream
-	newConn    bool          // it came over a new connection
-	got        int64         // body bytes read
-	lastByte   time.Time     // when its last bytes came
-	sampled    int64         // got at the last one-second sample
-	samples    int           // one-second samples taken
-	rate       float64       // bytes/s over the last one-second sample
-	quiet      time.Duration // how long it has brought nothing, in whole samples
-	slowCount  int           // samples in a row below MinSpeed
-	silence    time.Duration // the longest wait for bytes since its grace time: the server's pacing
-	trail      trail         // what it had read at the last route checks
-	routeRate  float64       // bytes/s over twice its longest silence: its steady speed
-	measured   bool          // routeRate counts: it ran a whole such window past its grace time
-	recentRate float64       // bytes/s over the last route check's interval; 0 in a silence
-	routeSlow  int           // route checks in a row it lost to the stream's best
-	firstAt    time.Time     // when its first window after the answer ended (see learnRamp); zero before
-	firstGot   int64         // got by then
-	rampTold   bool          // its two windows were compared
+	sent         time.Time     // when it went out
+	answered     time.Time     // when its answer came; zero before
+	fromProbe    bool          // the probe's answer: its wait says nothing of the upstream
+	newConn      bool          // it came over a new connection
+	got          int64         // body bytes read
+	lastByte     time.Time     // when its last bytes came
+	sampled      int64         // got at the last one-second sample
+	samples      int           // one-second samples taken
+	rate         float64       // bytes/s over the last one-second sample
+	quiet        time.Duration // how long it has brought nothing, in whole samples
+	slowCount    int           // samples in a row below MinSpeed
+	silence      time.Duration // the longest wait for bytes since its grace time: the server's pacing
+	trail        trail         // what it had read at the last route checks
+	routeRate    float64       // bytes/s over twice its longest silence: its steady speed
+	measured     bool          // routeRate counts: it ran a whole such window past its grace time
+	recentRate   float64       // bytes/s over the last route check's interval; 0 in a silence
+	routeSlow    int           // route checks in a row it lost to the stream's best
+	firstAt      time.Time     // when its first window after the answer ended (see timeWindows); zero before
+	firstGot     int64         // got by then
+	windowsTimed bool          // firstRate and secondRate are known
+	firstRate    float64       // bytes/s over its first window
+	secondRate   float64       // bytes/s over its second window
+	rampTold     bool          // the stream learnt from its windows
 }
 
 // ramp is what a stream learnt of its young requests.
@@ -282,19 +286,14 @@ func (s *Stream) grace() time.Duration {
 	return max(RouteEvery, time.Duration(waits)*s.firstByte)
 }
 
-// learnRamp compares r's speed over a first window after its answer (flatGraceWaits first-byte waits,
-// RouteEvery at least) with its speed over as long a window after it: a request in TCP's slow start brings
-// far less in the first, one on a paced route as much or more. Once one ramped up, the stream judges young
-// requests late for good: each of its new connections will ramp up too. Only a request over a new
-// connection tells: one over a used connection starts at the speed its last one reached (the probe's
-// answer too: its first bytes waited in the socket buffers for the stream to start).
-func (s *Stream) learnRamp(r *Request, now time.Time) {
-	if s.ramp == rampSeen || r.rampTold || !r.newConn {
+// timeWindows takes r's speed over a first window after its answer (flatGraceWaits first-byte waits,
+// RouteEvery at least) and over as long a window after it, once each is over.
+func (s *Stream) timeWindows(r *Request, now time.Time) {
+	if r.windowsTimed {
 		return
 	}
-	age := now.Sub(r.answered)
 	if r.firstAt.IsZero() {
-		if age >= max(RouteEvery, flatGraceWaits*s.firstByte) {
+		if now.Sub(r.answered) >= max(RouteEvery, flatGraceWaits*s.firstByte) {
 			r.firstAt, r.firstGot = now, r.got
 		}
 		return
@@ -303,12 +302,28 @@ func (s *Stream) learnRamp(r *Request, now time.Time) {
 	if now.Sub(r.firstAt) < first {
 		return
 	}
+	r.windowsTimed = true
+	r.firstRate = float64(r.firstGot) / first.Seconds()
+	r.secondRate = float64(r.got-r.firstGot) / now.Sub(r.firstAt).Seconds()
+	s.fastestSecond = max(s.fastestSecond, r.secondRate)
+}
+
+// learnRamp compares the speeds of r's first two windows: a request in TCP's slow start brings far less in
+// the first, one on a paced route as much or more. Once one ramped up, the stream judges young requests
+// late for good: each of its new connections will ramp up too. Only a request over a new connection
+// tells: one over a used connection starts at the speed its last one reached (the probe's answer too: its
+// first bytes waited in the socket buffers for the stream to start). Nor one on a slow route, four times
+// slower than the fastest second window or the stream's best: its server's pace, not TCP's, holds it from
+// its first bytes, on any path.
+func (s *Stream) learnRamp(r *Request) {
+	if s.ramp == rampSeen || r.rampTold || !r.windowsTimed || !r.newConn {
+		return
+	}
 	r.rampTold = true
-	firstRate := float64(r.firstGot) / first.Seconds()
-	secondRate := float64(r.got-r.firstGot) / now.Sub(r.firstAt).Seconds()
-	if firstRate < rampRatio*secondRate {
+	switch {
+	case r.firstRate < rampRatio*r.secondRate:
 		s.ramp = rampSeen
-	} else {
+	case r.secondRate*lagFactor >= max(s.best, s.connRate, s.fastestSecond):
 		s.ramp = rampNone
 	}
 }
@@ -352,7 +367,7 @@ func (s *Stream) Routes(now time.Time, reqs []Judged, laneFree bool) []Verdict {
 			continue
 		}
 		r.trail.add(now, r.got)
-		s.learnRamp(r, now)
+		s.timeWindows(r, now)
 		start := r.answered.Add(grace) // never judged over its first round trips: slower on any route
 		if now.Before(start) {
 			continue
@@ -370,6 +385,9 @@ func (s *Stream) Routes(now time.Time, reqs []Judged, laneFree bool) []Verdict {
 		if now.Sub(start) >= RouteEvery {
 			r.recentRate = r.trail.rate(now, RouteEvery, start)
 		}
+	}
+	for _, j := range reqs { // once every request's windows of this check are timed: a slow route is told apart
+		s.learnRamp(j.Req)
 	}
 	verdicts := make([]Verdict, len(reqs))
 	for i, j := range reqs {

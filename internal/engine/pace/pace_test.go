@@ -46,11 +46,15 @@ func slowStart(rate float64, rtt time.Duration) feed {
 // request's route and sample verdicts in order (Keep left out), raced marking a request raced from its
 // first Race verdict on.
 func run(s *Stream, feeds []feed, d time.Duration, laneFree bool) [][]Verdict {
-	return runAnswered(s, feeds, d, laneFree, 150*time.Millisecond, ViaNew)
+	vias := make([]Via, len(feeds))
+	for i := range vias {
+		vias[i] = ViaNew
+	}
+	return runAnswered(s, feeds, vias, d, laneFree, 150*time.Millisecond)
 }
 
-// runAnswered is run with the answers after firstByte, come as via says.
-func runAnswered(s *Stream, feeds []feed, d time.Duration, laneFree bool, firstByte time.Duration, via Via) [][]Verdict {
+// runAnswered is run with the answers after firstByte, each come as its vias says.
+func runAnswered(s *Stream, feeds []feed, vias []Via, d time.Duration, laneFree bool, firstByte time.Duration) [][]Verdict {
 	const step = 10 * time.Millisecond
 	answerStep := int(firstByte / step)
 	reqs := make([]*Request, len(feeds))
@@ -63,7 +67,7 @@ func runAnswered(s *Stream, feeds []feed, d time.Duration, laneFree bool, firstB
 		now := t0.Add(time.Duration(n) * step)
 		for i, r := range reqs {
 			if n == answerStep {
-				s.Answered(r, now, via)
+				s.Answered(r, now, vias[i])
 			}
 			if n > answerStep {
 				if b := feeds[i](n - answerStep - 1); b > 0 {
@@ -153,34 +157,38 @@ func TestWhereRequestsDoNotRampUpASlowRouteIsJudgedSooner(t *testing.T) {
 }
 
 func TestARampIsLearntFromARequestsFirstTwoWindows(t *testing.T) {
+	const rtt = 150 * time.Millisecond
+	paced, ramping, slow := steady(2e6), slowStart(2e6, rtt), steady(0.2e6)
 	cases := []struct {
 		name      string
 		firstByte time.Duration
-		via       Via
 		feeds     []feed
+		vias      []Via
 		want      ramp
 	}{
-		{"too young to tell", 150 * time.Millisecond, ViaNew, []feed{steady(2e6)}, rampUnknown},
-		{"a paced route", 150 * time.Millisecond, ViaNew, []feed{steady(2e6), steady(2e6)}, rampNone},
-		{"bursts", 150 * time.Millisecond, ViaNew, []feed{bursts(2e6)}, rampNone},
-		{"slow start over 150 ms", 300 * time.Millisecond, ViaNew, []feed{slowStart(2e6, 150*time.Millisecond)}, rampSeen},
-		{"slow start over 50 ms", 100 * time.Millisecond, ViaNew, []feed{slowStart(2e6, 50*time.Millisecond)}, rampSeen},
-		{"one ramp among paced ones", 150 * time.Millisecond, ViaNew, []feed{steady(2e6), slowStart(2e6, 150*time.Millisecond), steady(2e6)}, rampSeen},
+		{"a paced route", rtt, []feed{paced, paced}, []Via{ViaNew, ViaNew}, rampNone},
+		{"bursts", rtt, []feed{bursts(2e6)}, []Via{ViaNew}, rampNone},
+		{"slow start over 150 ms", 2 * rtt, []feed{ramping}, []Via{ViaNew}, rampSeen},
+		{"slow start over 50 ms", 100 * time.Millisecond, []feed{slowStart(2e6, 50*time.Millisecond)}, []Via{ViaNew}, rampSeen},
+		{"one ramp among paced ones", rtt, []feed{paced, ramping, paced}, []Via{ViaNew, ViaNew, ViaNew}, rampSeen},
+		{"a ramp beside a slow route", rtt, []feed{slow, ramping}, []Via{ViaNew, ViaNew}, rampSeen},
 		// A used connection starts at the speed its last request reached, and the probe's first bytes
 		// waited in the socket buffers: neither tells whether a new connection ramps up.
-		{"used connections", 150 * time.Millisecond, ViaReused, []feed{steady(2e6)}, rampUnknown},
-		{"the probe", 10 * time.Millisecond, ViaProbe, []feed{steady(2e6)}, rampUnknown},
+		{"used connections", rtt, []feed{paced}, []Via{ViaReused}, rampUnknown},
+		{"the probe", 10 * time.Millisecond, []feed{paced}, []Via{ViaProbe}, rampUnknown},
+		// A slow route is held by its server's pace from its first bytes, on a long path too.
+		{"a slow route beside a used connection", rtt, []feed{paced, slow}, []Via{ViaReused, ViaNew}, rampUnknown},
 	}
 	for _, c := range cases {
 		s := New(Config{Lanes: 4, Chunk: mib, MaxAhead: 64 * mib})
-		d := 3 * time.Second
-		if c.want == rampUnknown {
-			d = 500 * time.Millisecond
-		}
-		runAnswered(s, c.feeds, d, true, c.firstByte, c.via)
+		runAnswered(s, c.feeds, c.vias, 3*time.Second, true, c.firstByte)
 		if s.ramp != c.want {
 			t.Errorf("%s: learnt %v, want %v", c.name, s.ramp, c.want)
 		}
+	}
+	s := New(Config{Lanes: 4, Chunk: mib, MaxAhead: 64 * mib})
+	if runAnswered(s, []feed{paced}, []Via{ViaNew}, 500*time.Millisecond, true, rtt); s.ramp != rampUnknown {
+		t.Errorf("learnt %v from a request younger than its two windows", s.ramp)
 	}
 }
 
