@@ -217,8 +217,8 @@ func (s *stream) open(f *fetch, t *try) (*http.Response, error) {
 		s.log.Debug("the probe's answer does not fit the first request; asking again", "err", err)
 		t.head, t.span = nil, s.askWhole(f)
 	}
-	t.via = pace.ViaReused
-	trace := &httptrace.ClientTrace{GotConn: func(c httptrace.GotConnInfo) {
+	trace := &httptrace.ClientTrace{GotConn: func(c httptrace.GotConnInfo) { // the last one, after redirects
+		t.via = pace.ViaReused
 		if !c.Reused {
 			t.via = pace.ViaNew // a connection opened ahead too: it carried nothing yet
 		}
