@@ -50,6 +50,8 @@ type stream struct {
 	indexSought   bool             // the head told where the index is, or there is none to seek
 	nextIndex     int64            // index of the next chunk of the film's index to hold
 	nextChunk     int64            // index of the next chunk to hold
+	planning      bool             // a plan runs: another call leaves its work to that one
+	replan        bool             // plan was called while one ran: that one goes round once more
 	written       int64            // offset of the next byte for the player; only the writer changes it
 	writerWaiting bool             // the writer is waiting on the head
 	fetches       []*fetch         // this stream's requests, each in a lane of its own: never more than lanes
@@ -102,8 +104,13 @@ func (e *Engine) newStream(ctx context.Context, f *file, req Request) *stream {
 }
 
 // plan holds more chunks while the read-ahead the policy allows lasts. A chunk no stream holds is looked
-// up in the cache first, without the lock.
+// up in the cache first, without the lock. One plan runs at a time: a call meanwhile (a lane done, the
+// writer moved on, the head read) has the running one go round once more, and no chunk is looked up twice
+// (a file read, for the disk tier).
 func (s *stream) plan() {
+	if !s.startPlan() {
+		return
+	}
 	lookedUp, data := int64(-1), []byte(nil)
 	for {
 		next, lookup := s.holdChunks(lookedUp, data)
@@ -114,11 +121,40 @@ func (s *stream) plan() {
 	}
 }
 
+// startPlan reports whether no plan runs, and marks one running; else it has the running one go round
+// once more.
+func (s *stream) startPlan() bool {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	if s.planning {
+		s.replan = true
+		return false
+	}
+	s.planning = true
+	return true
+}
+
 // holdChunks holds the next chunks until the read-ahead is covered, and returns early with the index of
-// one the cache must be asked for first (lookedUp, data: the answer for the one asked last).
+// one the cache must be asked for first (lookedUp, data: the answer for the one asked last). Once it
+// returns no lookup, the plan is over.
 func (s *stream) holdChunks(lookedUp int64, data []byte) (next int64, lookup bool) {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
+	for {
+		if next, lookup := s._holdChunks(lookedUp, data); lookup {
+			return next, true
+		}
+		if !s.replan {
+			break
+		}
+		s.replan = false
+	}
+	s.planning = false
+	s.f._broadcast()
+	return 0, false
+}
+
+func (s *stream) _holdChunks(lookedUp int64, data []byte) (next int64, lookup bool) {
 	size := s.e.ChunkSize
 	limit := s.written + s.pace.Ahead()
 	// Whole chunks within the read-ahead: a player that starts mid-chunk holds no more chunks for it.
@@ -145,7 +181,6 @@ func (s *stream) holdChunks(lookedUp int64, data []byte) (next int64, lookup boo
 		}
 		s.index = append(s.index, s.f._acquire(k, max(ix.Start, k*size), min((k+1)*size, ix.End), cached))
 	}
-	s.f._broadcast()
 	return 0, false
 }
 
