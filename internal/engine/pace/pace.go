@@ -100,8 +100,7 @@ func (s *Stream) ConnRate() float64 { return s.connRate }
 type Request struct {
 	sent         time.Time     // when it went out
 	answered     time.Time     // when its answer came; zero before
-	fromProbe    bool          // the probe's answer: its wait says nothing of the upstream
-	newConn      bool          // it came over a new connection
+	via          Via           // how its answer came
 	got          int64         // body bytes read
 	lastByte     time.Time     // when its last bytes came
 	sampled      int64         // got at the last one-second sample
@@ -146,8 +145,8 @@ const (
 
 // Answered records that r's answer came, and how.
 func (s *Stream) Answered(r *Request, now time.Time, via Via) {
-	r.answered, r.fromProbe, r.newConn = now, via == ViaProbe, via == ViaNew
-	if r.fromProbe {
+	r.answered, r.via = now, via
+	if via == ViaProbe {
 		return
 	}
 	wait := now.Sub(r.sent)
@@ -316,7 +315,7 @@ func (s *Stream) timeWindows(r *Request, now time.Time) {
 // slower than the fastest second window or the stream's best: its server's pace, not TCP's, holds it from
 // its first bytes, on any path.
 func (s *Stream) learnRamp(r *Request) {
-	if s.ramp == rampSeen || r.rampTold || !r.windowsTimed || !r.newConn {
+	if s.ramp == rampSeen || r.rampTold || !r.windowsTimed || r.via != ViaNew {
 		return
 	}
 	r.rampTold = true
