@@ -51,7 +51,6 @@ type stream struct {
 	nextIndex     int64            // index of the next chunk of the film's index to hold
 	nextChunk     int64            // index of the next chunk to hold
 	planning      bool             // a plan runs: another call leaves its work to that one
-	replan        bool             // plan was called while one ran: that one goes round once more
 	written       int64            // offset of the next byte for the player; only the writer changes it
 	writerWaiting bool             // the writer is waiting on the head
 	fetches       []*fetch         // this stream's requests, each in a lane of its own: never more than lanes
@@ -104,9 +103,9 @@ func (e *Engine) newStream(ctx context.Context, f *file, req Request) *stream {
 }
 
 // plan holds more chunks while the read-ahead the policy allows lasts. A chunk no stream holds is looked
-// up in the cache first, without the lock. One plan runs at a time: a call meanwhile (a lane done, the
-// writer moved on, the head read) has the running one go round once more, and no chunk is looked up twice
-// (a file read, for the disk tier).
+// up in the cache first, without the lock. One plan runs at a time, so no chunk is looked up twice (a file
+// read, for the disk tier): a call meanwhile (a lane done, the writer moved on, the head read) leaves its
+// work to the running one, which takes the lock again after it and so sees what it changed.
 func (s *stream) plan() {
 	if !s.startPlan() {
 		return
@@ -121,13 +120,11 @@ func (s *stream) plan() {
 	}
 }
 
-// startPlan reports whether no plan runs, and marks one running; else it has the running one go round
-// once more.
+// startPlan reports whether no plan runs, and marks one running.
 func (s *stream) startPlan() bool {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
 	if s.planning {
-		s.replan = true
 		return false
 	}
 	s.planning = true
@@ -140,14 +137,8 @@ func (s *stream) startPlan() bool {
 func (s *stream) holdChunks(lookedUp int64, data []byte) (next int64, lookup bool) {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
-	for {
-		if next, lookup := s._holdChunks(lookedUp, data); lookup {
-			return next, true
-		}
-		if !s.replan {
-			break
-		}
-		s.replan = false
+	if next, lookup := s._holdChunks(lookedUp, data); lookup {
+		return next, true
 	}
 	s.planning = false
 	s.f._broadcast()
