@@ -109,6 +109,7 @@ func (b *bench) models() (models []model, skipped string) {
 type result struct {
 	name                    string
 	one, ideal, mflow, aria float64 // one is 0 where it is not measured
+	bound                   float64 // the most any client reaches within the connections; 0 where not known
 	peak                    int64   // most bytes the stream held in chunk buffers
 	open                    int64   // most requests open at the upstream at once during mflow's plays
 	firstDirect, firstProxy time.Duration
@@ -230,6 +231,7 @@ func (b *bench) measure(m model) (result, error) {
 	if m.one {
 		r.one = median(ones)
 		r.ideal = connections * r.one
+		r.bound = bound(float64(m.size), r.one, m.opts.PerConn)
 	}
 	up, err := where.upstream(file, m.opts)
 	if err != nil {
@@ -290,16 +292,31 @@ func (b *bench) measure(m model) (result, error) {
 	return r, nil
 }
 
+// bound is the fastest any client reads a file of size bytes with connections connections, where one
+// connection reads it at one bytes/s and each is capped at perConn: each connection pays what one pays
+// besides its bytes at the cap (connecting, the first byte, TCP's slow start) and brings a share of the
+// file at the cap. Whatever requests a client makes, it cannot do better; 0 without a cap.
+func bound(size, one, perConn float64) float64 {
+	if perConn <= 0 || one <= 0 {
+		return 0
+	}
+	overhead := max(size/one-size/perConn, 0)
+	return size / (overhead + size/(connections*perConn))
+}
+
 // hasIdeal reports whether r's N × one connection is a bound to compare with: not on a path without a cap.
 func (r result) hasIdeal() bool { return r.one > 0 || r.name == "uneven routes" }
 
 func (b *bench) print(results []result) {
-	fmt.Println("| upstream | one connection | N × one (ideal) | mflow | mflow ÷ ideal | aria2c | aria2c ÷ ideal | mflow ÷ aria2c | peak open requests | peak stream memory |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Println("| upstream | one connection | N × one (ideal) | best within -c ÷ ideal | mflow | mflow ÷ ideal | aria2c | aria2c ÷ ideal | mflow ÷ aria2c | peak open requests | peak stream memory |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range results {
-		one, ideal, vsIdeal, aria, ariaRatio, vsAria := "–", "–", "–", "–", "–", "–"
+		one, ideal, best, vsIdeal, aria, ariaRatio, vsAria := "–", "–", "–", "–", "–", "–", "–"
 		if r.one > 0 {
 			one = bytesize.Human(r.one) + "/s"
+		}
+		if r.bound > 0 {
+			best = fmt.Sprintf("%.2f", r.bound/r.ideal)
 		}
 		if r.hasIdeal() {
 			ideal, vsIdeal = bytesize.Human(r.ideal)+"/s", fmt.Sprintf("**%.2f**", r.mflow/r.ideal)
@@ -310,7 +327,7 @@ func (b *bench) print(results []result) {
 				ariaRatio = fmt.Sprintf("%.2f", r.aria/r.ideal)
 			}
 		}
-		fmt.Printf("| %s | %s | %s | %s/s | %s | %s | %s | %s | %d | %s |\n", r.name, one, ideal, bytesize.Human(r.mflow), vsIdeal,
+		fmt.Printf("| %s | %s | %s | %s | %s/s | %s | %s | %s | %s | %d | %s |\n", r.name, one, ideal, best, bytesize.Human(r.mflow), vsIdeal,
 			aria, ariaRatio, vsAria, r.open, bytesize.Human(float64(r.peak)))
 	}
 	fmt.Printf("\nFirst byte, median of %d plays (a first play probes a new link; a replay reuses the probe):\n\n", b.firstByteRuns)
@@ -331,6 +348,8 @@ func (b *bench) print(results []result) {
 		}
 	}
 	b.printPlayers(results)
+	fmt.Printf("\nBest within -c: one connection's cost besides its bytes at the cap (connecting, the first byte, TCP's slow start), paid by each of %d connections over a %d-th of the file: no client reads faster within -c %d, whatever requests it makes.\n",
+		connections, connections, connections)
 	fmt.Printf("\nUneven routes: each tool over its own upstreams, seeds %v, speed = all bytes ÷ all time. The lossy path has no per-connection cap, so no ideal: one connection there settles at its loss-limited rate.\n", routeSeeds)
 	fmt.Printf("\nPeak open requests are counted at the upstream (mflow's -c is %d). Peak stream memory is what the stream held in chunk buffers, plus a %s read buffer per request.\n",
 		connections, bytesize.Human(32<<10))

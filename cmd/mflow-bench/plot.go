@@ -15,7 +15,11 @@ func plot(path string, results []result, perConn float64) error {
 	var speeds, firsts strings.Builder
 	for i, r := range results {
 		if r.hasIdeal() {
-			fmt.Fprintf(&speeds, "%d \"%s\" %.3f %.3f\n", i, r.name, r.mflow/r.ideal, r.aria/r.ideal)
+			best := "NaN"
+			if r.bound > 0 {
+				best = fmt.Sprintf("%.3f", r.bound/r.ideal)
+			}
+			fmt.Fprintf(&speeds, "%d \"%s\" %.3f %.3f %s\n", i, r.name, r.mflow/r.ideal, r.aria/r.ideal, best)
 		}
 		fmt.Fprintf(&firsts, "%d \"%s\" %.1f %.1f %.1f\n", i, strings.TrimSuffix(r.name, ", no cap"), ms(r.firstDirect), ms(r.firstProxy), ms(r.replay))
 	}
@@ -32,7 +36,7 @@ set xtics rotate by -20 nomirror
 set bmargin 5
 set ylabel "speed ÷ (4 × one connection)"
 set yrange [0:1.2]
-plot $speeds using 3:xtic(2) title "mflow" lc rgb "#1f77b4", '' using 4 title "aria2c -x4" lc rgb "#ff7f0e", 1 notitle dt 2 lc rgb "#999999"
+plot $speeds using 3:xtic(2) title "mflow" lc rgb "#1f77b4", '' using 4 title "aria2c -x4" lc rgb "#ff7f0e", '' using 5 title "best within -c 4" lc rgb "#bbbbbb", 1 notitle dt 2 lc rgb "#999999"
 set ylabel "first byte, ms"
 set yrange [0:*]
 set offsets 0, 0, graph 0.3, 0
