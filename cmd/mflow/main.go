@@ -71,6 +71,7 @@ type options struct {
 	denyTarget      []netip.Prefix
 	allowHosts      []string
 	trustedProxies  []netip.Prefix
+	realIPHeader    string
 	maxStreams      int
 	maxStopped      int
 	maxWaiting      int
@@ -114,7 +115,8 @@ func parseFlags(args []string, env map[string]string) (options, string, error) {
 	fs.Var(prefixFlag{&o.allowTarget}, "allow-target", "addresses mflow may fetch from for any player, as comma-separated CIDRs (192.168.1.0/24,fd00::/8)")
 	fs.Var(prefixFlag{&o.denyTarget}, "deny-target", "addresses mflow never fetches from, as comma-separated CIDRs")
 	fs.StringSliceVar(&o.allowHosts, "allow-host", nil, "names clients may reach mflow by besides its IP addresses, localhost and this machine's name (nas.fritz.box, .example.com for its subdomains, * for any)")
-	fs.Var(prefixFlag{&o.trustedProxies}, "trusted-proxy", "reverse proxies whose X-Forwarded-For or Forwarded names the client, as comma-separated CIDRs (127.0.0.1 for nginx on this machine)")
+	fs.Var(prefixFlag{&o.trustedProxies}, "trusted-proxy", "reverse proxies whose X-Forwarded-For names the client, as comma-separated CIDRs (127.0.0.1 for nginx on this machine)")
+	fs.StringVar(&o.realIPHeader, "real-ip-header", "X-Forwarded-For", "the one header a --trusted-proxy names its client in: X-Forwarded-For, X-Real-IP or Forwarded (nginx's real_ip_header)")
 	fs.Var(newIntFlag(&o.maxStreams, 64, 1, 100000), "max-streams", "streams played at once; more are answered 503")
 	fs.Var(newIntFlag(&o.maxStopped, 1000, 0, 1000000), "max-download-result", "stopped tasks kept, the oldest forgotten first (aria2's flag)")
 	fs.Var(newIntFlag(&o.maxWaiting, 1000, 1, 1000000), "max-waiting", "waiting and paused tasks kept; more adds are refused")
@@ -152,6 +154,9 @@ func parseFlags(args []string, env map[string]string) (options, string, error) {
 		if fs.Changed("state-dir") || o.inMemory {
 			return o, "", fmt.Errorf("--redis keeps the tasks in Redis: leave out --state-dir and --in-memory")
 		}
+	}
+	if o.realIPHeader, err = access.CheckHeader(o.realIPHeader); err != nil {
+		return o, "", fmt.Errorf("invalid argument for \"--real-ip-header\" flag: %v", err)
 	}
 	if o.readAhead < 0 || o.readAhead > 1<<34 {
 		return o, "", fmt.Errorf("invalid argument %q for \"--read-ahead\" flag: want up to 16G, such as 32M or 64M", bytesize.Format(o.readAhead))
@@ -265,7 +270,7 @@ func run(ctx context.Context, args []string, env map[string]string, stdout, stde
 		HostConnections: o.hostConnections, Insecure: o.insecure, RelayNoRange: o.relayNoRange, Policy: policy, Shared: shared, Memory: cache.Memory, Disk: cache.Disk,
 		MaxStreams: o.maxStreams, Tasks: store, MaxStopped: o.maxStopped, MaxWaiting: o.maxWaiting,
 		RPCSecret: o.rpcSecret, RPCListenAll: o.rpcListenAll, RPCAllowOriginAll: o.rpcOriginAll,
-		Hosts: append(access.MachineNames(), o.allowHosts...), Proxies: o.trustedProxies,
+		Hosts: append(access.MachineNames(), o.allowHosts...), Proxies: access.Proxies{Trusted: o.trustedProxies, Header: o.realIPHeader},
 		Version: versionString(), Logger: log,
 	})
 	if err != nil {

@@ -181,46 +181,79 @@ func DialAddr(address string) (netip.AddrPort, error) {
 }
 
 // Proxies are the reverse proxies whose word mflow takes for who their client is (--trusted-proxy), as
-// nginx's set_real_ip_from: a request from one of them is judged by the client it forwards for. Without
-// any, X-Forwarded-For and Forwarded are ignored: any client could write them.
-type Proxies []netip.Prefix
+// nginx's set_real_ip_from with real_ip_header: a request from one of them is judged by the client named in
+// Header. Without any, no header is read: any client could write them.
+type Proxies struct {
+	// Trusted are the proxies' addresses.
+	Trusted []netip.Prefix
+	// Header is the one header read (--real-ip-header): X-Forwarded-For (the default, "" means it),
+	// X-Real-IP or Forwarded. A proxy passes the other ones on as its client wrote them, so they are
+	// never read.
+	Header string
+}
+
+// RealIPHeaders are the headers --real-ip-header may name.
+var RealIPHeaders = []string{"X-Forwarded-For", "X-Real-IP", "Forwarded"}
+
+// CheckHeader says whether name is one of RealIPHeaders, in any case, and returns it as written there.
+func CheckHeader(name string) (string, error) {
+	for _, h := range RealIPHeaders {
+		if strings.EqualFold(h, name) {
+			return h, nil
+		}
+	}
+	return "", fmt.Errorf("%q is not a header mflow reads the client from: want one of %s", name, strings.Join(RealIPHeaders, ", "))
+}
 
 // trusts reports whether a is one of the proxies.
 func (p Proxies) trusts(a netip.Addr) bool {
-	return slices.ContainsFunc(p, func(pr netip.Prefix) bool { return pr.Contains(a.Unmap()) })
+	return slices.ContainsFunc(p.Trusted, func(pr netip.Prefix) bool { return pr.Contains(a.Unmap()) })
 }
 
+// Any reports whether some proxy is trusted.
+func (p Proxies) Any() bool { return len(p.Trusted) > 0 }
+
 // ClientAddr is the address of the client behind r, as r.RemoteAddr is written: r's own peer, or, when the
-// peer is a trusted proxy, the rightmost address of its Forwarded (else X-Forwarded-For) chain that is not
-// a trusted proxy itself. A chain naming no address that can be read ("unknown", an obfuscated name) gives
-// "unknown", which is judged as a client on the internet.
+// peer is a trusted proxy, the rightmost address of its Header chain that is not a trusted proxy itself;
+// what stands left of it was written by the client and is never read. A chain of trusted proxies only, an
+// empty one, or one whose first untrusted entry cannot be read ("unknown", an obfuscated name) names no
+// client: the request is then the proxy's own, judged as a client on the internet, never as this machine
+// (a proxy on this machine would otherwise lend its address to whoever it forwards).
 func (p Proxies) ClientAddr(r *http.Request) string {
 	peer, err := netip.ParseAddrPort(r.RemoteAddr)
-	if len(p) == 0 || err != nil || !p.trusts(peer.Addr()) {
+	if !p.Any() || err != nil || !p.trusts(peer.Addr()) {
 		return r.RemoteAddr
 	}
-	chain := forwardedFor(r.Header.Values("Forwarded"))
-	if len(chain) == 0 {
+	var chain []string
+	switch p.Header {
+	case "Forwarded":
+		chain = forwardedFor(r.Header.Values("Forwarded"))
+	case "X-Real-IP":
+		if v := strings.TrimSpace(r.Header.Get("X-Real-IP")); v != "" {
+			chain = []string{v}
+		}
+	default:
 		for _, v := range r.Header.Values("X-Forwarded-For") {
 			for hop := range strings.SplitSeq(v, ",") {
 				chain = append(chain, strings.TrimSpace(hop))
 			}
 		}
 	}
-	if len(chain) == 0 {
-		return r.RemoteAddr // the proxy asks for itself
-	}
 	for i := len(chain) - 1; i >= 0; i-- {
 		a, ok := parseHop(chain[i])
 		if !ok {
-			return "unknown"
+			break
 		}
-		if !p.trusts(a.Addr()) || i == 0 {
+		if !p.trusts(a.Addr()) {
 			return a.String()
 		}
 	}
-	return "unknown"
+	return unnamedClient(r.RemoteAddr)
 }
+
+// unnamedClient is how a request from a trusted proxy that names no client is written as its RemoteAddr:
+// not an address, so ClientOf judges it a client on the internet, and the log still shows which proxy.
+func unnamedClient(proxy string) string { return "unnamed client of proxy " + proxy }
 
 // forwardedFor reads the for= of each element of Forwarded headers (RFC 7239), in order.
 func forwardedFor(values []string) []string {

@@ -109,35 +109,57 @@ func TestSameOriginOrExtension(t *testing.T) {
 }
 
 func TestATrustedProxyIsTakenAtItsWord(t *testing.T) {
-	proxies := Proxies(mustPrefixes(t, "127.0.0.1,10.0.0.0/8"))
+	trusted := mustPrefixes(t, "127.0.0.1,10.0.0.0/8")
+	unnamed := unnamedClient("127.0.0.1:1234")
 	for _, c := range []struct {
+		header  string // --real-ip-header; "" is X-Forwarded-For
 		peer    string
 		headers map[string]string
 		want    string
 	}{
-		{"203.0.113.7:1234", map[string]string{"X-Forwarded-For": "127.0.0.1"}, "203.0.113.7:1234"}, // not a proxy: its word counts for nothing
-		{"127.0.0.1:1234", nil, "127.0.0.1:1234"},                                                   // the proxy asking for itself
-		{"127.0.0.1:1234", map[string]string{"X-Forwarded-For": "203.0.113.7"}, "203.0.113.7:0"},
-		{"127.0.0.1:1234", map[string]string{"X-Forwarded-For": "127.0.0.1, 203.0.113.7, 10.1.1.1"}, "203.0.113.7:0"}, // the rightmost not trusted
-		{"127.0.0.1:1234", map[string]string{"X-Forwarded-For": "10.1.1.1, 10.2.2.2"}, "10.1.1.1:0"},                  // all trusted: the first
-		{"127.0.0.1:1234", map[string]string{"X-Forwarded-For": "[2001:db8::1]:4711"}, "[2001:db8::1]:4711"},
-		{"127.0.0.1:1234", map[string]string{"X-Forwarded-For": "bogus"}, "unknown"},
-		{"127.0.0.1:1234", map[string]string{"Forwarded": `for=192.0.2.60;proto=http, for="[2001:db8::1]:4711"`, "X-Forwarded-For": "127.0.0.1"}, "[2001:db8::1]:4711"},
-		{"127.0.0.1:1234", map[string]string{"Forwarded": "for=unknown"}, "unknown"},
+		{"", "203.0.113.7:1234", map[string]string{"X-Forwarded-For": "127.0.0.1"}, "203.0.113.7:1234"}, // not a proxy: its word counts for nothing
+		{"", "127.0.0.1:1234", nil, unnamed},                                                              // the proxy asking for itself is not this machine
+		{"", "127.0.0.1:1234", map[string]string{"X-Forwarded-For": "203.0.113.7"}, "203.0.113.7:0"},
+		{"", "127.0.0.1:1234", map[string]string{"X-Forwarded-For": "127.0.0.1, 203.0.113.7, 10.1.1.1"}, "203.0.113.7:0"}, // the rightmost not trusted
+		{"", "127.0.0.1:1234", map[string]string{"X-Forwarded-For": "10.1.1.1, 10.2.2.2"}, unnamed},                       // all trusted: nobody named
+		{"", "127.0.0.1:1234", map[string]string{"X-Forwarded-For": "127.0.0.1"}, unnamed},                                // a one-element chain of the proxy itself
+		{"", "127.0.0.1:1234", map[string]string{"X-Forwarded-For": "[2001:db8::1]:4711"}, "[2001:db8::1]:4711"},
+		{"", "127.0.0.1:1234", map[string]string{"X-Forwarded-For": "bogus"}, unnamed},
+		{"", "127.0.0.1:1234", map[string]string{"X-Forwarded-For": "127.0.0.1, bogus, 10.1.1.1"}, unnamed}, // nothing left of an unreadable hop is read
+		// A client's own Forwarded and X-Real-IP pass a proxy that appends to X-Forwarded-For untouched.
+		{"", "127.0.0.1:1234", map[string]string{"Forwarded": "for=127.0.0.1", "X-Forwarded-For": "127.0.0.1, 203.0.113.7"}, "203.0.113.7:0"},
+		{"", "127.0.0.1:1234", map[string]string{"Forwarded": "for=127.0.0.1", "X-Real-IP": "127.0.0.1"}, unnamed},
+		// With --real-ip-header, that header alone.
+		{"Forwarded", "127.0.0.1:1234", map[string]string{"Forwarded": `for=192.0.2.60;proto=http, for="[2001:db8::1]:4711"`, "X-Forwarded-For": "127.0.0.1"}, "[2001:db8::1]:4711"},
+		{"Forwarded", "127.0.0.1:1234", map[string]string{"Forwarded": "for=unknown"}, unnamed},
+		{"Forwarded", "127.0.0.1:1234", map[string]string{"X-Forwarded-For": "203.0.113.7"}, unnamed},
+		{"X-Real-IP", "127.0.0.1:1234", map[string]string{"X-Real-IP": "203.0.113.7", "X-Forwarded-For": "198.51.100.1"}, "203.0.113.7:0"},
+		{"X-Real-IP", "127.0.0.1:1234", map[string]string{"X-Real-IP": "127.0.0.1"}, unnamed},
 	} {
 		r := httptest.NewRequest("GET", "/", nil)
 		r.RemoteAddr = c.peer
 		for k, v := range c.headers {
 			r.Header.Set(k, v)
 		}
-		if got := proxies.ClientAddr(r); got != c.want {
-			t.Errorf("from %s with %v: %q, want %q", c.peer, c.headers, got, c.want)
+		if got := (Proxies{Trusted: trusted, Header: c.header}).ClientAddr(r); got != c.want {
+			t.Errorf("--real-ip-header %q, from %s with %v: %q, want %q", c.header, c.peer, c.headers, got, c.want)
+		}
+		if ClientOf(c.want) == Loopback {
+			t.Errorf("%q is judged as this machine", c.want)
 		}
 	}
 	r := httptest.NewRequest("GET", "/", nil)
 	r.RemoteAddr, r.Header["X-Forwarded-For"] = "127.0.0.1:1", []string{"203.0.113.7"}
-	if got := Proxies(nil).ClientAddr(r); got != "127.0.0.1:1" {
+	if got := (Proxies{}).ClientAddr(r); got != "127.0.0.1:1" {
 		t.Errorf("without --trusted-proxy: %q, want the peer itself", got)
+	}
+	for _, h := range []string{"x-real-ip", "FORWARDED", "X-Forwarded-For"} {
+		if _, err := CheckHeader(h); err != nil {
+			t.Errorf("--real-ip-header %s: %v", h, err)
+		}
+	}
+	if _, err := CheckHeader("X-Client-IP"); err == nil {
+		t.Error("--real-ip-header X-Client-IP was taken")
 	}
 }
 

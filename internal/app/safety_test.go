@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -21,6 +22,16 @@ import (
 // ask sends method path (with body) to base, for Host, with headers, and returns the status and body.
 func ask(t *testing.T, base, method, path, host, body string, headers map[string]string) (int, string) {
 	t.Helper()
+	return askFrom(t, http.DefaultClient, base, method, path, host, body, headers)
+}
+
+// elsewhereOnThisMachine is a client on this machine that connects from 127.0.0.2: not the reverse proxy
+// the tests trust at 127.0.0.1.
+var elsewhereOnThisMachine = &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).DialContext}}
+
+// askFrom is ask through client.
+func askFrom(t *testing.T, client *http.Client, base, method, path, host, body string, headers map[string]string) (int, string) {
+	t.Helper()
 	req, err := http.NewRequestWithContext(t.Context(), method, base+path, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
@@ -31,7 +42,7 @@ func ask(t *testing.T, base, method, path, host, body string, headers map[string
 	for k, v := range headers {
 		req.Header.Set(k, v)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +59,7 @@ func rpcCall(method string, params ...any) string {
 // addTask adds uri over the JSON-RPC, as this machine's client with the secret, and returns its GID.
 func addTask(t *testing.T, base, secret, uri string) string {
 	t.Helper()
-	status, body := ask(t, base, "POST", "/jsonrpc", "", rpcCall("aria2.addUri", "token:"+secret, []string{uri},
+	status, body := askFrom(t, elsewhereOnThisMachine, base, "POST", "/jsonrpc", "", rpcCall("aria2.addUri", "token:"+secret, []string{uri},
 		map[string]any{"header": []string{"Cookie: owner=secret"}}), nil)
 	var resp struct{ Result string }
 	if err := json.Unmarshal([]byte(body), &resp); status != 200 || err != nil || len(resp.Result) != 16 {
@@ -117,7 +128,7 @@ func TestAGIDPrefixPlaysOnlyForTheJSONRPCsClients(t *testing.T) {
 	u := upstreamtest.New(file, upstreamtest.Options{})
 	defer u.Close()
 	// Players from elsewhere arrive through a reverse proxy on this machine that names them.
-	srv := serve(t, app.Config{Connections: 4, ChunkSize: 64 << 10, RPCSecret: "s3", Proxies: access.Proxies{netip.MustParsePrefix("127.0.0.1/32")}})
+	srv := serve(t, app.Config{Connections: 4, ChunkSize: 64 << 10, RPCSecret: "s3", Proxies: access.Proxies{Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}}})
 	gid := addTask(t, srv.URL, "s3", u.URL+"/film.mp4")
 	internet := map[string]string{"X-Forwarded-For": "203.0.113.7"}
 	// other is a GID prefix of prefix's length that names no task: the first digit changed.
@@ -143,13 +154,18 @@ func TestAGIDPrefixPlaysOnlyForTheJSONRPCsClients(t *testing.T) {
 	if n := u.Requests() - before; n != 0 {
 		t.Errorf("the drive got %d requests for prefixes asked from the internet", n)
 	}
+	if status, body := askFrom(t, elsewhereOnThisMachine, srv.URL, "GET", "/stream?gid="+gid[:3], "", "", nil); status != 200 || !bytes.Equal([]byte(body), file) {
+		t.Errorf("a player on this machine, a prefix: %d, %d bytes", status, len(body))
+	}
+	if status, _ := ask(t, srv.URL, "GET", "/stream?gid="+gid[:3], "", "", nil); status != http.StatusNotFound {
+		t.Errorf("the trusted proxy naming no client, a prefix: %d, want 404 as for the internet", status)
+	}
 	for what, c := range map[string]struct {
 		path    string
 		headers map[string]string
 	}{
 		"an internet player, the whole GID":  {"/stream?gid=" + gid, internet},
 		"an internet player with the secret": {"/stream?gid=" + gid[:3] + "&token=s3", internet},
-		"a player on this machine, a prefix": {"/stream?gid=" + gid[:3], nil},
 		"an internet player with the bearer": {"/stream?gid=" + gid[:5], map[string]string{"X-Forwarded-For": "203.0.113.7", "Authorization": "Bearer s3"}},
 	} {
 		if status, body := ask(t, srv.URL, "GET", c.path, "", "", c.headers); status != 200 || !bytes.Equal([]byte(body), file) {
@@ -163,7 +179,7 @@ func TestAReverseProxysClientIsJudgedAsItself(t *testing.T) {
 	u := upstreamtest.New(file, upstreamtest.Options{})
 	defer u.Close()
 	loopback := "/stream?url=" + url.QueryEscape(u.URL+"/film.mp4")
-	for _, proxies := range []access.Proxies{nil, {netip.MustParsePrefix("127.0.0.1/32")}} {
+	for _, proxies := range []access.Proxies{{}, {Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}}} {
 		srv := serve(t, app.Config{Connections: 4, ChunkSize: 64 << 10, Policy: &access.Policy{}, Proxies: proxies})
 		gid := addTask(t, srv.URL, "", u.URL+"/film.mp4")
 		for _, r := range []struct{ method, path, body string }{
@@ -174,14 +190,23 @@ func TestAReverseProxysClientIsJudgedAsItself(t *testing.T) {
 			for _, forwarded := range []map[string]string{{"X-Forwarded-For": "203.0.113.7"}, {"Forwarded": `for="203.0.113.7:5000"`}} {
 				status, body := ask(t, srv.URL, r.method, r.path, "", r.body, forwarded)
 				switch {
-				case proxies == nil && status != 200:
+				case !proxies.Any() && status != 200:
 					t.Errorf("without --trusted-proxy, %s %s %v: %d %.80q; the header is anyone's to write", r.method, r.path, forwarded, status, body)
-				case proxies != nil && status != http.StatusForbidden:
+				case proxies.Any() && status != http.StatusForbidden:
 					t.Errorf("behind a trusted proxy, %s %s for an internet client: %d %.80q, want 403", r.method, r.path, status, body)
 				}
 			}
-			if status, _ := ask(t, srv.URL, r.method, r.path, "", r.body, nil); status != 200 {
-				t.Errorf("%s %s from this machine itself: %d", r.method, r.path, status)
+			// Behind a trusted proxy on this machine, a request naming no client is the proxy's own: not
+			// this machine's, which may read every task's cookies.
+			want := 200
+			if proxies.Any() {
+				want = http.StatusForbidden
+			}
+			if status, _ := ask(t, srv.URL, r.method, r.path, "", r.body, nil); status != want {
+				t.Errorf("%s %s from 127.0.0.1 naming no client: %d, want %d", r.method, r.path, status, want)
+			}
+			if status, _ := askFrom(t, elsewhereOnThisMachine, srv.URL, r.method, r.path, "", r.body, nil); status != 200 {
+				t.Errorf("%s %s from this machine, not through the proxy: %d", r.method, r.path, status)
 			}
 		}
 	}

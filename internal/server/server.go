@@ -67,7 +67,7 @@ func (s *Server) Handler() http.Handler {
 // realClient makes a request from a trusted proxy the request of the client it forwards for, for every
 // route and every rule after it: who may use the JSON-RPC, what a player may reach, what the log says.
 func (s *Server) realClient(next http.Handler) http.Handler {
-	if len(s.Proxies) == 0 {
+	if !s.Proxies.Any() {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
