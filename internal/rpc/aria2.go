@@ -91,8 +91,13 @@ func (e *optionError) Error() string {
 	return fmt.Sprintf("We encountered a problem while processing the option '--%s'.", e.name)
 }
 
-// normalize checks options and keeps those mflow knows, as aria2 would report them back.
+// normalize checks a task's options and keeps those mflow knows, as aria2 would report them back.
 func normalize(in map[string]string) (map[string]string, error) {
+	return check(in, func(name string) (optionRule, bool) { rule, ok := options[name]; return rule, ok })
+}
+
+// check checks options within the bounds and keeps those ruleOf knows, as their rule returns them.
+func check(in map[string]string, ruleOf func(name string) (optionRule, bool)) (map[string]string, error) {
 	out := map[string]string{}
 	total := 0
 	for name, v := range in {
@@ -102,7 +107,7 @@ func normalize(in map[string]string) (map[string]string, error) {
 		if name == "header" && strings.Count(v, "\n") >= maxHeaderLines {
 			return nil, &optionError{name}
 		}
-		rule, ok := options[name]
+		rule, ok := ruleOf(name)
 		if !ok {
 			continue
 		}

@@ -252,12 +252,20 @@ func tellList(pick func(active, waiting, stopped []task.View) []task.View) metho
 	}
 }
 
-func (h *Handler) statuses(views []task.View, keys []string) []map[string]any {
-	out := []map[string]any{}
-	for _, v := range views {
-		out = append(out, h.status(v, keys))
-	}
-	return out
+// statuses is the tellStatus answers for views, written into the answer one task at a time.
+func (h *Handler) statuses(views []task.View, keys []string) statusList {
+	return statusList{h: h, views: views, keys: keys}
+}
+
+// statusList is a list of tasks' statuses, made as they are written.
+type statusList struct {
+	h     *Handler
+	views []task.View
+	keys  []string
+}
+
+func (l statusList) writeTo(a *answer) error {
+	return a.list(len(l.views), func(i int) error { return a.value(l.h.status(l.views[i], l.keys)) })
 }
 
 // status is tellStatus's answer for v: every number a decimal string, as every client requires.
@@ -550,8 +558,21 @@ func notHTTP(what string) method {
 	}
 }
 
+// changeGlobalOption keeps, to echo them, the options getGlobalOption reports, checked as a task's; the
+// rest are ignored, as aria2c ignores names it does not know, so calls cannot make mflow hold more.
 func changeGlobalOption(h *Handler, _ call, p params) (any, error) {
 	opts, err := p.options(0)
+	if err != nil {
+		return nil, err
+	}
+	shown := h.globalShown()
+	opts, err = check(opts, func(name string) (optionRule, bool) {
+		if rule, ok := options[name]; ok {
+			return rule, true
+		}
+		_, ok := shown[name]
+		return anyString, ok
+	})
 	if err != nil {
 		return nil, err
 	}

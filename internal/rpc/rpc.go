@@ -4,6 +4,7 @@ package rpc
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
@@ -17,8 +18,10 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -46,6 +49,12 @@ type Handler struct {
 	// BodyTimeout bounds the wait for a request's body, so a client that sends it slowly is not held
 	// forever. Default 10 s.
 	BodyTimeout time.Duration
+	// MaxSockets bounds the WebSockets open at once; one more is answered 503. AriaNg and the extensions
+	// keep one each. Default 64.
+	MaxSockets int
+	// FrameTimeout bounds the time a WebSocket message may take to arrive once it has begun: a client that
+	// sends half a message and waits is cut, not left holding what it sent. Default 10 s.
+	FrameTimeout time.Duration
 	// AuthDelay is how long each wrong token holds up the next: failures wait in one line for all
 	// clients, so guessing is slow however many connections try. Default 1 s.
 	AuthDelay time.Duration
@@ -66,15 +75,15 @@ type Handler struct {
 	sessionID   string              // getSessionInfo's answer, the same for the life of the handler
 	failures    *semaphore.Weighted // the one line wrong tokens wait in
 	failOnce    sync.Once           // makes failures
+	sockets     *semaphore.Weighted // the WebSockets open, at most maxSockets
+	socketsOnce sync.Once           // makes sockets
 }
 
 const (
-	// maxBody is the largest request body accepted, as aria2.
+	// maxBody is the largest request body accepted, as aria2: a WebSocket frame too.
 	maxBody = 2 << 20
 	// maxCalls bounds the calls of one batch or one system.multicall.
 	maxCalls = 256
-	// maxAnswer bounds the answer to one request: a client asking for more must ask for fewer at a time.
-	maxAnswer = 16 << 20
 )
 
 // jsonpCallback is what a JSONP callback name may be made of: a script identifier, dots for a namespace.
@@ -179,6 +188,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.AllowOriginAll {
 		hdr.Set("Access-Control-Allow-Origin", "*")
 	}
+	if r.Method == http.MethodGet && strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		h.serveWebSocket(w, r) // the connection is the socket's from then on: nothing to flush
+		return
+	}
 	c := call{ctx: r.Context(), from: access.ClientOf(r.RemoteAddr), after: new([]func())}
 	defer func() { // once the reply is on its way
 		_ = http.NewResponseController(w).Flush()
@@ -198,10 +211,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		w.WriteHeader(http.StatusOK)
 	case http.MethodGet:
-		if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
-			h.serveWebSocket(w, r)
-			return
-		}
 		body, callback := getRequest(r.URL.RawQuery)
 		if callback != "" && !jsonpCallback.MatchString(callback) {
 			http.Error(w, "mflow: jsoncallback must be a script name: letters, digits, _ . $", http.StatusBadRequest)
@@ -232,18 +241,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (h *Handler) reply(w http.ResponseWriter, out []byte, status int, callback string) {
+func (h *Handler) reply(w http.ResponseWriter, out *answer, status int, callback string) {
 	hdr := w.Header()
 	hdr.Set("Cache-Control", "no-cache")
 	hdr.Set("Expires", time.Now().UTC().Format(http.TimeFormat))
 	if callback != "" {
 		hdr.Set("Content-Type", "text/javascript")
-		out = append(append([]byte(callback+"("), out...), ')')
 	} else {
 		hdr.Set("Content-Type", "application/json-rpc")
 	}
 	w.WriteHeader(status)
-	w.Write(out)
+	if callback != "" {
+		io.WriteString(w, callback+"(")
+		defer io.WriteString(w, ")")
+	}
+	out.WriteTo(w)
 }
 
 // getRequest rebuilds a JSON-RPC request from a GET query: method, id and base64 params, or, with neither
@@ -291,75 +303,74 @@ func getRequest(rawQuery string) (body []byte, callback string) {
 }
 
 // process answers one body: a request, or a batch of them. It returns the reply and its HTTP status.
-func (h *Handler) process(c call, body []byte) ([]byte, int) {
+func (h *Handler) process(c call, body []byte) (*answer, int) {
 	body = bytes.TrimSpace(body)
+	out := &answer{}
 	if len(body) > 0 && body[0] == '[' {
 		var batch []json.RawMessage
 		if err := json.Unmarshal(body, &batch); err != nil {
-			return marshal(response{ID: null, JSONRPC: "2.0", Error: errParse}), http.StatusInternalServerError
+			return errorAnswer(null, errParse, http.StatusInternalServerError)
 		}
 		if len(batch) > maxCalls {
-			return marshal(response{ID: null, JSONRPC: "2.0", Error: &rpcError{1, fmt.Sprintf("Too many calls in one batch: %d, at most %d.", len(batch), maxCalls)}}), http.StatusBadRequest
+			return errorAnswer(null, &rpcError{1, fmt.Sprintf("Too many calls in one batch: %d, at most %d.", len(batch), maxCalls)}, http.StatusBadRequest)
 		}
-		out := []response{}
-		for _, raw := range batch {
-			if t := bytes.TrimSpace(raw); len(t) == 0 || t[0] != '{' {
-				continue // aria2 drops what is not an object
-			}
-			resp, _ := h.one(c, raw)
-			out = append(out, resp)
+		// aria2 drops what is not an object
+		batch = slices.DeleteFunc(batch, func(raw json.RawMessage) bool {
+			t := bytes.TrimSpace(raw)
+			return len(t) == 0 || t[0] != '{'
+		})
+		if err := out.list(len(batch), func(i int) error { _, err := h.one(c, out, batch[i]); return err }); err != nil {
+			return errorAnswer(null, rpcErrorOf(err), errStatus)
 		}
-		return bounded(marshal(out), http.StatusOK)
+		return out, http.StatusOK
 	}
 	if !json.Valid(body) {
-		return marshal(response{ID: null, JSONRPC: "2.0", Error: errParse}), http.StatusInternalServerError
+		return errorAnswer(null, errParse, http.StatusInternalServerError)
 	}
-	resp, status := h.one(c, body)
-	return bounded(marshal(resp), status)
-}
-
-func marshal(v any) []byte {
-	b, err := json.Marshal(v)
+	status, err := h.one(c, out, body)
 	if err != nil {
-		return []byte(`{"id":null,"jsonrpc":"2.0","error":{"code":1,"message":"internal error"}}`)
+		return errorAnswer(null, rpcErrorOf(err), errStatus)
 	}
-	return b
+	return out, status
 }
 
-// bounded replaces an answer over maxAnswer by an error that says how to ask.
-func bounded(out []byte, status int) ([]byte, int) {
-	if len(out) <= maxAnswer {
-		return out, status
+// rpcErrorOf is err as a JSON-RPC error object.
+func rpcErrorOf(err error) *rpcError {
+	if e, ok := err.(*rpcError); ok {
+		return e
 	}
-	return marshal(response{ID: null, JSONRPC: "2.0", Error: &rpcError{1, fmt.Sprintf("The answer would be over %d MiB; ask for fewer tasks or keys at a time.", maxAnswer>>20)}}), http.StatusBadRequest
+	return &rpcError{1, err.Error()}
 }
 
-// one answers a single request object.
-func (h *Handler) one(c call, raw json.RawMessage) (response, int) {
+func (e *rpcError) Error() string { return e.Message }
+
+// one answers a single request object into out, and returns the HTTP status a lone request of it is
+// answered with. An error means out cannot be finished (too large): the whole answer must be replaced.
+func (h *Handler) one(c call, out *answer, raw json.RawMessage) (int, error) {
 	var req map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &req); err != nil {
-		return response{ID: null, JSONRPC: "2.0", Error: errInvalidRequest}, http.StatusBadRequest
+		return http.StatusBadRequest, out.response(null, nil, errInvalidRequest)
 	}
 	id, hasID := req["id"]
 	if !hasID {
-		return response{ID: null, JSONRPC: "2.0", Error: errInvalidRequest}, http.StatusBadRequest
+		return http.StatusBadRequest, out.response(null, nil, errInvalidRequest)
 	}
 	var method string
 	if err := json.Unmarshal(req["method"], &method); err != nil {
-		return response{ID: id, JSONRPC: "2.0", Error: errInvalidRequest}, http.StatusBadRequest
+		return http.StatusBadRequest, out.response(id, nil, errInvalidRequest)
 	}
 	var params []json.RawMessage
 	if p, ok := req["params"]; ok && string(p) != "null" {
 		if err := json.Unmarshal(p, &params); err != nil {
-			return response{ID: id, JSONRPC: "2.0", Error: errInvalidParams}, http.StatusInternalServerError
+			return http.StatusInternalServerError, out.response(id, nil, errInvalidParams)
 		}
 	}
 	result, err := h.call(c, method, params)
 	h.logger().Debug("rpc", "method", method, "err", err)
 	if err != nil {
-		return response{ID: id, JSONRPC: "2.0", Error: &rpcError{1, ariaMessage(err)}}, http.StatusBadRequest
+		return http.StatusBadRequest, out.response(id, nil, &rpcError{1, ariaMessage(err)})
 	}
-	return response{ID: id, JSONRPC: "2.0", Result: result}, http.StatusOK
+	return http.StatusOK, out.response(id, result, nil)
 }
 
 // call runs a method after checking the token, which is taken off the params whether a secret is set or not.
@@ -378,9 +389,14 @@ func (h *Handler) call(c call, method string, params []json.RawMessage) (any, er
 			token, params = strings.TrimPrefix(s, "token:"), params[1:]
 		}
 	}
-	if h.Secret != "" && subtle.ConstantTimeCompare([]byte(token), []byte(h.Secret)) != 1 {
-		h.slowDown(c.ctx)
-		return nil, wireError("Unauthorized")
+	if h.Secret != "" {
+		if subtle.ConstantTimeCompare([]byte(token), []byte(h.Secret)) != 1 {
+			h.slowDown(c.ctx)
+			return nil, wireError("Unauthorized")
+		}
+		if c.authorized != nil {
+			c.authorized.Store(true)
+		}
 	}
 	if err := h.Tasks.Ready(); err != nil {
 		return nil, err
@@ -413,6 +429,8 @@ type call struct {
 	from access.Client   // the class of the client calling: a task's background probe may reach what its adder could reach, no more
 	// after holds what must wait until the reply is written (a shutdown answers "OK" first).
 	after *[]func()
+	// authorized, for a WebSocket, is set once a call of it brought the secret: its notifications start then.
+	authorized *atomic.Bool
 }
 
 // later runs f once the reply to this call is written.
@@ -460,22 +478,34 @@ func (h *Handler) session() string {
 	return h.sessionID
 }
 
-// serveWebSocket answers calls arriving as text frames, one reply frame each, and sends every task event
-// to the socket as an aria2 notification.
+// serveWebSocket answers calls arriving as text messages, one reply message each, and sends task events to
+// the socket as aria2 notifications: when mflow has a secret, only once a call of this socket has brought
+// it (a GID plays its task, so the events must not reach a socket that merely connected).
 func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	if r.Header.Get("Sec-WebSocket-Version") != "13" {
 		w.Header().Set("Sec-WebSocket-Version", "13")
 		w.WriteHeader(http.StatusUpgradeRequired)
 		return
 	}
+	maxSockets := cmp.Or(h.MaxSockets, 64)
+	h.socketsOnce.Do(func() { h.sockets = semaphore.NewWeighted(int64(maxSockets)) })
+	if !h.sockets.TryAcquire(1) {
+		w.Header().Set("Retry-After", "5")
+		http.Error(w, fmt.Sprintf("mflow: %d WebSockets are open, the most mflow keeps; close one", maxSockets), http.StatusServiceUnavailable)
+		return
+	}
+	defer h.sockets.Release(1)
 	// Allows already applied the origin rule to the upgrade.
 	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
 	if err != nil {
 		return
 	}
+	defer conn.CloseNow()
 	conn.SetReadLimit(maxBody)
 	ctx, cancel := context.WithCancel(r.Context())
-	c := call{ctx: ctx, from: access.ClientOf(r.RemoteAddr), after: new([]func())}
+	authorized := new(atomic.Bool)
+	authorized.Store(h.Secret == "")
+	c := call{ctx: ctx, from: access.ClientOf(r.RemoteAddr), after: new([]func()), authorized: authorized}
 	events, unsubscribe := h.Tasks.Subscribe()
 	defer unsubscribe()
 	done := make(chan struct{})
@@ -486,6 +516,9 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 			case <-ctx.Done():
 				return
 			case ev := <-events:
+				if !authorized.Load() {
+					continue
+				}
 				note := fmt.Sprintf(`{"jsonrpc":"2.0","method":%q,"params":[{"gid":%q}]}`, eventNames[ev.Kind], ev.GID)
 				if conn.Write(ctx, websocket.MessageText, []byte(note)) != nil {
 					cancel()
@@ -499,16 +532,39 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		<-done
 	}()
 	for {
-		_, msg, err := conn.Read(ctx)
+		msg, err := readMessage(ctx, conn, cmp.Or(h.FrameTimeout, 10*time.Second))
 		if err != nil {
-			conn.CloseNow()
 			return
 		}
 		out, _ := h.process(c, msg)
-		if conn.Write(ctx, websocket.MessageText, out) != nil {
-			conn.CloseNow()
+		if writeMessage(ctx, conn, out) != nil {
 			return
 		}
 		c.runAfter()
 	}
+}
+
+// readMessage reads the next message, waiting as long as the client likes for it to start but at most
+// frameTimeout for the rest once it has.
+func readMessage(ctx context.Context, conn *websocket.Conn, frameTimeout time.Duration) ([]byte, error) {
+	_, rd, err := conn.Reader(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cutSlow := time.AfterFunc(frameTimeout, func() { conn.CloseNow() })
+	defer cutSlow.Stop()
+	return io.ReadAll(rd)
+}
+
+// writeMessage sends out as one text message, part by part.
+func writeMessage(ctx context.Context, conn *websocket.Conn, out *answer) error {
+	wr, err := conn.Writer(ctx, websocket.MessageText)
+	if err != nil {
+		return err
+	}
+	if _, err := out.WriteTo(wr); err != nil {
+		wr.Close()
+		return err
+	}
+	return wr.Close()
 }

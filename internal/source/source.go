@@ -91,11 +91,23 @@ func FileKey(identity string, v Version) string {
 // FileName is the last segment of rawURL's path, unescaped ("my%20film.mkv" is "my film.mkv"); "" when the
 // path has none.
 func FileName(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil {
+	// Only the path's last segment is read: parsing a whole signed link (kilobytes) for it would cost every
+	// listing of the tasks far more than the name.
+	rest, _, _ := strings.Cut(rawURL, "#")
+	rest, _, _ = strings.Cut(rest, "?")
+	if _, afterScheme, ok := strings.Cut(rest, "://"); ok {
+		i := strings.IndexByte(afterScheme, '/')
+		if i < 0 {
+			return ""
+		}
+		rest = afterScheme[i:]
+	}
+	rest = strings.TrimRight(rest, "/")
+	name, err := url.PathUnescape(rest[strings.LastIndexByte(rest, '/')+1:])
+	if err != nil || name == "" {
 		return ""
 	}
-	name := path.Base(u.Path) // u.Path is already unescaped
+	name = path.Base(name) // an escaped slash in the segment
 	if name == "/" || name == "." {
 		return ""
 	}
