@@ -118,7 +118,7 @@ func TestATrustedProxyIsTakenAtItsWord(t *testing.T) {
 		want    string
 	}{
 		{"", "203.0.113.7:1234", map[string]string{"X-Forwarded-For": "127.0.0.1"}, "203.0.113.7:1234"}, // not a proxy: its word counts for nothing
-		{"", "127.0.0.1:1234", nil, unnamed},                                                              // the proxy asking for itself is not this machine
+		{"", "127.0.0.1:1234", nil, unnamed}, // the proxy asking for itself is not this machine
 		{"", "127.0.0.1:1234", map[string]string{"X-Forwarded-For": "203.0.113.7"}, "203.0.113.7:0"},
 		{"", "127.0.0.1:1234", map[string]string{"X-Forwarded-For": "127.0.0.1, 203.0.113.7, 10.1.1.1"}, "203.0.113.7:0"}, // the rightmost not trusted
 		{"", "127.0.0.1:1234", map[string]string{"X-Forwarded-For": "10.1.1.1, 10.2.2.2"}, unnamed},                       // all trusted: nobody named

@@ -256,4 +256,3 @@ func TestWebSocketsAreBounded(t *testing.T) {
 		t.Errorf("a 2 MiB message: %v, want closed as too big", err)
 	}
 }
-
