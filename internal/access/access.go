@@ -4,6 +4,7 @@
 package access
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -78,12 +79,40 @@ type Policy struct {
 
 // RefusedError is a target the policy refuses, before any connection is tried.
 type RefusedError struct {
-	Addr   netip.AddrPort // the resolved address
+	Addr   netip.AddrPort // the resolved address; zero for a name refused unresolved
+	Name   string         // the name, when Addr is zero
 	Reason string         // why, in a few words
 }
 
 func (e *RefusedError) Error() string {
-	return fmt.Sprintf("target refused by policy: %s is %s", e.Addr, e.Reason)
+	target := e.Name
+	if e.Addr.IsValid() {
+		target = e.Addr.String()
+	}
+	return fmt.Sprintf("target refused by policy: %s is %s", target, e.Reason)
+}
+
+// CheckName decides whether a player of class client may make mflow ask a proxy for host:port, which the
+// proxy will resolve and connect to itself: every address the name resolves to here must pass Check, and
+// a name that does not resolve here is refused for a player that may not reach this machine's or the
+// LAN's addresses (the proxy may resolve it to exactly those: 2130706433 is 127.0.0.1 to many resolvers).
+func (p *Policy) CheckName(ctx context.Context, client Client, host string, port uint16) error {
+	if a, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		return p.Check(client, netip.AddrPortFrom(a, port))
+	}
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil || len(addrs) == 0 {
+		if client == Loopback {
+			return nil // a player on this machine may ask the proxy itself
+		}
+		return &RefusedError{Name: host, Reason: "a name that does not resolve here, asked through a proxy that may resolve it to this machine or the LAN"}
+	}
+	for _, a := range addrs {
+		if err := p.Check(client, netip.AddrPortFrom(a, port)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Check decides whether a player of class client may make mflow connect to addr. Loopback targets are for

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -267,6 +268,9 @@ func (c *Client) HostConnections() int { return c.cfg.HostConnections }
 // following no redirect, after waiting for a free slot of its host. The slot is held until the answer's
 // body is closed.
 func (c *Client) Do(req *http.Request, at source.Location) (*http.Response, error) {
+	if err := c.checkProxied(req, at); err != nil {
+		return nil, err
+	}
 	set, leaveProxy, err := c.transportsFor(at.Proxy)
 	if err != nil {
 		return nil, err
@@ -304,6 +308,31 @@ func (c *Client) Do(req *http.Request, at source.Location) (*http.Response, erro
 	}
 	resp.Body = &releasingBody{ReadCloser: resp.Body, release: release, grace: cutGrace(time.Since(sent))}
 	return resp, nil
+}
+
+// checkProxied applies the target policy to a request a proxy (the task's, or the environment's
+// HTTP_PROXY) will connect for: the dialer sees only the proxy's address, so the target is checked here,
+// by the addresses its name has on this machine. A proxy is trusted only with what the player could fetch
+// directly.
+func (c *Client) checkProxied(req *http.Request, at source.Location) error {
+	policy := c.cfg.Policy
+	if policy == nil || c.cfg.Dial != nil {
+		return nil
+	}
+	if at.Proxy == nil {
+		if envProxy, err := http.ProxyFromEnvironment(req); err != nil || envProxy == nil {
+			return err
+		}
+	}
+	port := req.URL.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[req.URL.Scheme]
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return fmt.Errorf("port %q of %s: %w", port, Redact(req.URL.String()), err)
+	}
+	return policy.CheckName(req.Context(), at.From, req.URL.Hostname(), uint16(n))
 }
 
 // take returns a free slot number; the semaphore guarantees there is one.

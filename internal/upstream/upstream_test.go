@@ -4,10 +4,12 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/netip"
 	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -307,4 +309,56 @@ func TestConnectionsOpenedAheadServeTheRequestsThatFollow(t *testing.T) {
 	if n := u.Conns(); n != 3 {
 		t.Errorf("%d connections for three requests after three were opened ahead, want 3", n)
 	}
+}
+
+func TestAProxyIsTrustedOnlyWithWhatThePlayerMayFetch(t *testing.T) {
+	var asked atomic.Int64
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked.Add(1)
+		io.WriteString(w, "proxied")
+	}))
+	defer proxy.Close()
+	proxyURL, _ := url.Parse(proxy.URL)
+	// The proxy on 127.0.0.1 is allowed for every player: only the targets asked through it are judged.
+	c := NewClient(Config{Policy: &access.Policy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}}})
+	defer c.CloseIdleConnections()
+	for _, tc := range []struct {
+		from    access.Client
+		target  string
+		refused bool
+	}{
+		{access.Internet, "http://2130706433:81/f", true}, // 127.0.0.1 to many resolvers, the proxy's among them
+		{access.Private, "http://2130706433:81/f", true},
+		{access.Internet, "http://no-such-name.invalid/f", true},
+		{access.Internet, "http://127.0.0.2:81/f", true},
+		{access.Internet, "http://[::ffff:127.0.0.2]:81/f", true},
+		{access.Internet, "http://192.168.1.1/f", true},
+		{access.Internet, "http://169.254.169.254/latest/meta-data", true},
+		{access.Private, "http://192.168.1.1/f", false},
+		{access.Internet, "http://203.0.113.5/f", false},
+		{access.Loopback, "http://2130706433:81/f", false}, // a player on this machine may ask the proxy itself
+		{access.Loopback, "http://169.254.169.254/f", true},
+	} {
+		before := asked.Load()
+		resp, err := c.Do(mustRequest(t, tc.target), source.Location{URL: tc.target, Proxy: proxyURL, From: tc.from})
+		if resp != nil {
+			resp.Body.Close()
+		}
+		var refused *access.RefusedError
+		switch {
+		case tc.refused && (!errors.As(err, &refused) || asked.Load() != before):
+			t.Errorf("a player of class %d, %s through a proxy: %v, the proxy asked %d times; want refused before the proxy is asked", tc.from, tc.target, err, asked.Load()-before)
+		case !tc.refused && (err != nil || asked.Load() != before+1):
+			t.Errorf("a player of class %d, %s through a proxy: %v, want it proxied", tc.from, tc.target, err)
+		}
+	}
+}
+
+func mustRequest(t *testing.T, u string) *http.Request {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req
 }
