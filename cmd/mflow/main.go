@@ -73,6 +73,7 @@ type options struct {
 	trustedProxies  []netip.Prefix
 	realIPHeader    string
 	maxStreams      int
+	playerTimeout   time.Duration
 	maxStopped      int
 	maxWaiting      int
 	stateDir        string
@@ -118,6 +119,7 @@ func parseFlags(args []string, env map[string]string) (options, string, error) {
 	fs.Var(prefixFlag{&o.trustedProxies}, "trusted-proxy", "reverse proxies whose X-Forwarded-For names the client, as comma-separated CIDRs (127.0.0.1 for nginx on this machine)")
 	fs.StringVar(&o.realIPHeader, "real-ip-header", "X-Forwarded-For", "the one header a --trusted-proxy names its client in: X-Forwarded-For, X-Real-IP or Forwarded (nginx's real_ip_header)")
 	fs.Var(newIntFlag(&o.maxStreams, 64, 1, 100000), "max-streams", "streams played at once; more are answered 503")
+	fs.DurationVar(&o.playerTimeout, "player-timeout", time.Minute, "cut a player that takes no byte for this long, freeing its stream (a paused player asks again when it resumes; 0 = never)")
 	fs.Var(newIntFlag(&o.maxStopped, 1000, 0, 1000000), "max-download-result", "stopped tasks kept, the oldest forgotten first (aria2's flag)")
 	fs.Var(newIntFlag(&o.maxWaiting, 1000, 1, 1000000), "max-waiting", "waiting and paused tasks kept; more adds are refused")
 	fs.StringVar(&o.stateDir, "state-dir", "", "where tasks are kept across restarts (default: the user's state folder, ~/.local/state/mflow on Linux)")
@@ -268,7 +270,7 @@ func run(ctx context.Context, args []string, env map[string]string, stdout, stde
 		Shutdown: func(force bool) { forced.Store(force); requestStop() }, Dir: dir, Port: o.port, ConfPath: o.confRead,
 		Connections: o.connections, ChunkSize: o.chunkSize, ReadAhead: o.readAhead, Retry: o.retry, MinSpeed: o.minSpeed, MaxRedirects: o.maxRedirects,
 		HostConnections: o.hostConnections, Insecure: o.insecure, RelayNoRange: o.relayNoRange, Policy: policy, Shared: shared, Memory: cache.Memory, Disk: cache.Disk,
-		MaxStreams: o.maxStreams, Tasks: store, MaxStopped: o.maxStopped, MaxWaiting: o.maxWaiting,
+		MaxStreams: o.maxStreams, PlayerTimeout: o.playerTimeout, Tasks: store, MaxStopped: o.maxStopped, MaxWaiting: o.maxWaiting,
 		RPCSecret: o.rpcSecret, RPCListenAll: o.rpcListenAll, RPCAllowOriginAll: o.rpcOriginAll,
 		Hosts: append(access.MachineNames(), o.allowHosts...), Proxies: access.Proxies{Trusted: o.trustedProxies, Header: o.realIPHeader},
 		Version: versionString(), Logger: log,

@@ -44,6 +44,8 @@ type Config struct {
 	Memory     *chunkcache.Memory // the memory chunk cache; nil for none
 	Disk       *chunkcache.Disk   // the disk chunk cache; nil for none
 	MaxStreams int                // streams played at once, 0 = no bound
+	// PlayerTimeout cuts a player that takes no byte for that long (--player-timeout); 0 never does.
+	PlayerTimeout time.Duration
 
 	// Tasks keeps the aria2 tasks; nil turns the JSON-RPC and /stream?gid= off.
 	Tasks      task.Persister
@@ -101,12 +103,13 @@ func New(cfg Config) (*App, error) {
 	playback := &play.Service{Resolver: resolver, Engine: a.Engine, RelayNoRange: cfg.RelayNoRange, Logger: log}
 	a.Play = playback
 	srv := &server.Server{
-		Play:       playback,
-		MaxStreams: cfg.MaxStreams,
-		Hosts:      cfg.Hosts,
-		Proxies:    cfg.Proxies,
-		Version:    cfg.Version,
-		Logger:     log,
+		Play:          playback,
+		MaxStreams:    cfg.MaxStreams,
+		PlayerTimeout: cfg.PlayerTimeout,
+		Hosts:         cfg.Hosts,
+		Proxies:       cfg.Proxies,
+		Version:       cfg.Version,
+		Logger:        log,
 	}
 	if cfg.Tasks != nil {
 		defaults := rpc.Defaults{Connections: cfg.Connections, MinSpeed: cfg.MinSpeed, UserAgent: userAgent, PieceLength: cfg.ChunkSize, Dir: cfg.Dir,

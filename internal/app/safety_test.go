@@ -2,19 +2,26 @@ package app_test
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"encoding/json"
+	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/coder/websocket"
 
 	"mflow/internal/access"
 	"mflow/internal/app"
+	"mflow/internal/task"
 	"mflow/internal/testsync"
 	"mflow/internal/upstreamtest"
 )
@@ -209,5 +216,88 @@ func TestAReverseProxysClientIsJudgedAsItself(t *testing.T) {
 				t.Errorf("%s %s from this machine, not through the proxy: %d", r.method, r.path, status)
 			}
 		}
+	}
+}
+
+func TestAPlayerThatTakesNothingIsCutAndResumesWithARange(t *testing.T) {
+	file := upstreamtest.RandomFile(32 << 20)
+	u := upstreamtest.New(file, upstreamtest.Options{})
+	defer u.Close()
+	srv := serve(t, app.Config{Connections: 4, ChunkSize: 256 << 10, ReadAhead: 4 << 20, MaxStreams: 1, PlayerTimeout: 300 * time.Millisecond})
+	film := srv.URL + "/stream?url=" + url.QueryEscape(u.URL+"/film.mkv")
+	paused := &http.Client{Transport: &http.Transport{}}
+	defer paused.CloseIdleConnections()
+	resp, err := paused.Get(film)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	got := make([]byte, 1<<20)
+	if _, err := io.ReadFull(resp.Body, got); err != nil {
+		t.Fatal(err)
+	}
+	// The player pauses: it reads nothing more. Its stream is the one --max-streams allows, until it is cut.
+	testsync.WaitFor(t, "the paused player's stream to be cut and its slot freed", func() bool {
+		status, _ := ask(t, srv.URL, "HEAD", "/stream?url="+url.QueryEscape(u.URL+"/film.mkv"), "", "", nil)
+		return status == http.StatusOK
+	})
+	// It resumes: what its connection still held arrives, then the cut; nothing past it is a wrong byte.
+	rest, err := io.ReadAll(resp.Body)
+	got = append(got, rest...)
+	if err == nil || len(got) >= len(file) {
+		t.Fatalf("the paused player read %d bytes and %v after the cut; want a broken answer", len(got), err)
+	}
+	if !bytes.Equal(got, file[:len(got)]) {
+		t.Fatal("the bytes before the cut are not the file's")
+	}
+	// As mpv does, it asks again from where it stopped, and plays on.
+	status, body := ask(t, srv.URL, "GET", "/stream?url="+url.QueryEscape(u.URL+"/film.mkv"), "", "", map[string]string{"Range": fmt.Sprintf("bytes=%d-", len(got))})
+	if status != http.StatusPartialContent || !bytes.Equal([]byte(body), file[len(got):]) {
+		t.Errorf("the resumed player's Range from %d: %d, %d bytes", len(got), status, len(body))
+	}
+}
+
+func TestClosingAWebSocketEitherWayLogsNoError(t *testing.T) {
+	var logs testsync.SyncBuffer
+	mflow, err := app.New(app.Config{Connections: 4, ChunkSize: 64 << 10, RPCSecret: "s3", Tasks: task.NewMemory(), Version: "test",
+		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, stop := context.WithCancel(context.Background())
+	defer stop()
+	srv := httptest.NewUnstartedServer(mflow.Handler)
+	srv.Config.BaseContext = func(net.Listener) context.Context { return base }
+	srv.Start()
+	defer mflow.Close()
+	defer srv.Close()
+	dial := func() *websocket.Conn {
+		conn, _, err := websocket.Dial(t.Context(), "ws"+strings.TrimPrefix(srv.URL, "http")+"/jsonrpc", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return conn
+	}
+	for i := range 10 {
+		conn := dial()
+		conn.Write(t.Context(), websocket.MessageText, []byte(rpcCall("aria2.getVersion", "token:s3")))
+		conn.Read(t.Context())
+		if i%2 == 0 {
+			conn.Close(websocket.StatusNormalClosure, "bye") // the client first, politely
+		} else {
+			conn.CloseNow() // the client first, abruptly
+		}
+	}
+	conn := dial()
+	stop() // the server's side first, as when mflow stops
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if _, _, err := conn.Read(ctx); err == nil || errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("the server ending the socket: %v", err)
+	}
+	conn.CloseNow()
+	srv.Close() // waits for every handler to return
+	if strings.Contains(logs.String(), "level=ERROR") {
+		t.Errorf("closing WebSockets logged an ERROR:\n%s", logs.String())
 	}
 }

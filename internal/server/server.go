@@ -11,9 +11,11 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -53,6 +55,9 @@ type Server struct {
 	// Prefixes, when set, reports whether a request's client may name a task by a prefix of its GID (the
 	// clients the JSON-RPC answers); for any other, a prefix is answered as an unknown GID. Nil: none may.
 	Prefixes func(*http.Request) bool
+	// PlayerTimeout, when set, cuts a player that takes no byte of its answer for that long, freeing its
+	// stream (--player-timeout). A paused player that resumes later asks again with a Range.
+	PlayerTimeout time.Duration
 	// Logger receives the WARN line of every play that fails. Default slog.Default().
 	Logger *slog.Logger
 
@@ -354,7 +359,7 @@ func (s *Server) firstRequest(r *http.Request) httprange.Span {
 // gets an error status; parts, when set, makes them the parts of a multipart answer. A stream that ends
 // early after its first byte is cut, so the player cannot take part for whole.
 func (s *Server) play(w http.ResponseWriter, r *http.Request, req request, pb *play.Playback, status int, parts *multipartBody, spans ...httprange.Span) {
-	out := &lazyHeader{w: w, r: r, status: status}
+	out := &lazyHeader{w: w, r: r, status: status, idle: s.PlayerTimeout}
 	var body io.Writer = out
 	if parts != nil {
 		parts.w = out
@@ -461,20 +466,52 @@ func (s *Server) failPlay(w http.ResponseWriter, r *http.Request, req play.Reque
 // entityHeaders describe a stream's body; an error answered instead of it must not carry them.
 var entityHeaders = []string{"Content-Range", "Content-Length", "Content-Disposition", "Content-Type", "ETag", "Last-Modified", "Accept-Ranges"}
 
-// lazyHeader sends the status line with the first byte of the body.
+// lazyHeader sends the status line with the first byte of the body, and cuts a player that takes nothing
+// for its idle time.
 type lazyHeader struct {
 	w      http.ResponseWriter
 	r      *http.Request
 	status int
 	sent   bool
+	// idle, when set, is how long a player may take no byte before it is cut (--player-timeout): a player
+	// paused for long, or one that never reads, would otherwise hold its stream and its slot.
+	idle time.Duration
+
+	mu  sync.Mutex // protects cut, and the write deadline's setting
+	cut bool       // the engine set a deadline to end the stream: no idle deadline replaces it
 }
+
+// idleStep is the most written under one idle deadline: a player reading slowly but steadily makes
+// progress within each step and is never cut.
+const idleStep = 64 << 10
 
 func (l *lazyHeader) Write(b []byte) (int, error) {
 	if !l.sent {
 		l.sent = true
 		l.w.WriteHeader(l.status)
 	}
-	return l.w.Write(b)
+	if l.idle <= 0 {
+		return l.w.Write(b)
+	}
+	written := 0
+	for len(b) > 0 {
+		step := b[:min(len(b), idleStep)]
+		l.mu.Lock()
+		if !l.cut {
+			_ = http.NewResponseController(l.w).SetWriteDeadline(time.Now().Add(l.idle))
+		}
+		l.mu.Unlock()
+		n, err := l.w.Write(step)
+		written += n
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				resetOnClose(l.r) // drop what the kernel still holds for a player that took nothing
+			}
+			return written, err
+		}
+		b = b[n:]
+	}
+	return written, nil
 }
 
 // Flush sends what is buffered; a broken connection shows at the next Write.
@@ -483,7 +520,10 @@ func (l *lazyHeader) Flush() { _ = http.NewResponseController(l.w).Flush() }
 // SetWriteDeadline lets the engine cut a write the player is slow to take when the stream must end. The
 // connection is then reset, not closed: net/http closes it at once when the write fails.
 func (l *lazyHeader) SetWriteDeadline(t time.Time) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	if !t.IsZero() {
+		l.cut = true
 		resetOnClose(l.r)
 	}
 	return http.NewResponseController(l.w).SetWriteDeadline(t)
