@@ -129,7 +129,7 @@ return 1
 func (s *Tasks) Save(rec task.Record) error {
 	delivered := rec.Delivered
 	rec.Delivered = 0
-	b, err := json.Marshal(rec)
+	b, err := task.Encode(rec)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package task
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -52,7 +53,7 @@ func (m *Memory) Load() ([]Record, error) {
 }
 
 func (m *Memory) Save(rec Record) error {
-	b, err := json.Marshal(rec)
+	b, err := Encode(rec)
 	if err != nil {
 		return err
 	}
@@ -70,6 +71,27 @@ func (m *Memory) Delete(gid string) error {
 }
 
 func (m *Memory) Close() error { return nil }
+
+// Encode is rec as a store keeps it: JSON, without the HTML escaping that would make a link full of '<'
+// six times its size.
+func Encode(rec Record) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(rec); err != nil {
+		return nil, fmt.Errorf("encoding task %s: %w", rec.GID, err)
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
+}
+
+// storedLen is how many bytes s takes in a record as Encode writes it, its quotes left out.
+func storedLen(s string) int {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(s) // a string always encodes
+	return b.Len() - len(`""`+"\n")
+}
 
 // Decode reads the record a store kept as gid, as JSON.
 func Decode(gid string, b []byte) (Record, error) {
@@ -132,7 +154,7 @@ func (b *Bolt) Load() ([]Record, error) {
 }
 
 func (b *Bolt) Save(rec Record) error {
-	v, err := json.Marshal(rec)
+	v, err := Encode(rec)
 	if err != nil {
 		return err
 	}

@@ -344,17 +344,19 @@ func (r *Registry) Add(a Addition) (string, error) {
 	return gid, nil
 }
 
-// checkSize refuses a task larger than the bounds.
+// checkSize refuses a task larger than the bounds, counting each string as the store keeps it: a URI of
+// control characters or invalid UTF-8 takes up to six bytes a byte there.
 func checkSize(uris []string, options map[string]string) error {
 	total := 0
 	for _, u := range uris {
-		if len(u) > MaxURIBytes {
+		n := storedLen(u)
+		if n > MaxURIBytes {
 			return ErrTooLarge
 		}
-		total += len(u)
+		total += n
 	}
 	for k, v := range options {
-		total += len(k) + len(v)
+		total += storedLen(k) + storedLen(v)
 	}
 	if len(uris) > MaxURIs || total > MaxTaskBytes {
 		return ErrTooLarge

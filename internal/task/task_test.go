@@ -274,10 +274,20 @@ func TestATasksURIsAreBounded(t *testing.T) {
 		"17 URIs":                  {URIs: many},
 		"URIs over 64 KiB in all":  {URIs: mirrors},
 		"options and URIs over it": {URIs: mirrors[:4], Options: map[string]string{"header": strings.Repeat("c", 40<<10)}},
+		// Counted as stored: an invalid byte takes three there (U+FFFD).
+		"6 KiB of invalid UTF-8": {URIs: []string{"http://h/" + strings.Repeat("\xff", 6<<10)}},
 	} {
 		if _, err := r.Add(a); !errors.Is(err, ErrTooLarge) {
 			t.Errorf("%s: %v, want ErrTooLarge", what, err)
 		}
+	}
+	// '<' is stored as itself: a link full of them is kept at its size.
+	store := NewMemory()
+	r2 := newRegistry(t, Config{}, store)
+	defer r2.Close()
+	angles := add(t, r2, Addition{URIs: []string{"http://h/" + strings.Repeat("<", MaxURIBytes-20)}})
+	if n := len(store.records[angles]); n > MaxURIBytes+1024 {
+		t.Errorf("a task with a %d-byte URI of '<' takes %d bytes in the store", MaxURIBytes-11, n)
 	}
 	gid := add(t, r, Addition{URIs: mirrors[:4]})
 	err := r.ChangeOptions(gid, func(map[string]string) (map[string]string, error) {
