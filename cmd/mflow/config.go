@@ -225,3 +225,25 @@ func environ(pairs []string) map[string]string {
 	}
 	return env
 }
+
+// secretExposed says why the configuration file read exposes the RPC secret to other users of this
+// machine, or "" when it does not: it sets rpc-secret and others may read it. Windows has no such bits.
+func secretExposed(confPath string) string {
+	if confPath == "" || runtime.GOOS == "windows" {
+		return ""
+	}
+	info, err := os.Stat(confPath)
+	if err != nil || info.Mode().Perm()&0o004 == 0 {
+		return ""
+	}
+	b, err := os.ReadFile(confPath)
+	if err != nil {
+		return ""
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if name, _, ok := strings.Cut(strings.TrimSpace(line), "="); ok && strings.TrimSpace(name) == "rpc-secret" {
+			return fmt.Sprintf("%s holds the RPC secret and every user of this machine may read it (mode %04o): chmod 600 %s, or give the secret as MFLOW_RPC_SECRET", confPath, info.Mode().Perm(), confPath)
+		}
+	}
+	return ""
+}

@@ -298,6 +298,9 @@ func run(ctx context.Context, args []string, env map[string]string, stdout, stde
 	}
 	log.Info("mflow listening", listening...)
 	log.Info(reach(o, ln.Addr()))
+	if why := secretExposed(o.confRead); why != "" {
+		log.Warn(why)
+	}
 	for _, name := range o.unknownEnv {
 		log.Warn(name + " is set but is not a setting of mflow: it changes nothing")
 	}

@@ -398,3 +398,35 @@ func TestTheStartLineSaysWhoCanReachMflow(t *testing.T) {
 		}
 	}
 }
+
+func TestASecretOthersMayReadIsWarnedOf(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "mflow.conf")
+	for _, c := range []struct {
+		mode    os.FileMode
+		content string
+		warned  bool
+	}{
+		{0o644, "port=6800\nrpc-secret=s3\n", true},
+		{0o600, "port=6800\nrpc-secret=s3\n", false},
+		{0o640, "rpc-secret = s3\n", false},
+		{0o644, "port=6800\n", false},
+	} {
+		if err := os.WriteFile(conf, []byte(c.content), c.mode); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(conf, c.mode) // past the umask
+		why := secretExposed(conf)
+		if warned := why != ""; warned != c.warned || (warned && !strings.Contains(why, "chmod 600")) {
+			t.Errorf("mode %04o, %q: %q", c.mode, c.content, why)
+		}
+	}
+	var logs testsync.SyncBuffer
+	os.WriteFile(conf, []byte("rpc-secret=s3\n"), 0o644)
+	os.Chmod(conf, 0o644)
+	_, stop := startMflow(t, []string{"--in-memory", "--conf-path", conf}, &logs)
+	stop()
+	if !strings.Contains(logs.String(), "every user of this machine may read it") {
+		t.Errorf("no warning at start:\n%s", logs.String())
+	}
+}

@@ -102,6 +102,14 @@ func Decode(gid string, b []byte) (Record, error) {
 	return rec, nil
 }
 
+// damaged turns bbolt's panic on a damaged page of file into one line saying what to do. The file is left
+// open: mflow stops at once with that line.
+func damaged(file string, err *error) {
+	if v := recover(); v != nil {
+		*err = fmt.Errorf("task store %s is damaged (%v): move it away (mv %s %s.damaged) to start afresh, or start with --in-memory", file, v, file, file)
+	}
+}
+
 // bucket holds the tasks in the bbolt file, by GID, as JSON.
 var bucket = []byte("tasks")
 
@@ -113,11 +121,12 @@ type Bolt struct {
 
 // OpenBolt opens dir/tasks.db, making it when missing. A file another mflow holds, or one that is not a
 // task store, is an error, never a wait.
-func OpenBolt(dir string) (*Bolt, error) {
+func OpenBolt(dir string) (b *Bolt, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("task store: %w", err)
 	}
 	file := filepath.Join(dir, "tasks.db")
+	defer damaged(file, &err)
 	db, err := bolt.Open(file, 0o600, &bolt.Options{Timeout: time.Second})
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("task store %s is in use by another mflow; stop it, or give this one another --state-dir", file)
@@ -135,9 +144,9 @@ func OpenBolt(dir string) (*Bolt, error) {
 	return &Bolt{db: db, file: file}, nil
 }
 
-func (b *Bolt) Load() ([]Record, error) {
-	var out []Record
-	err := b.db.View(func(tx *bolt.Tx) error {
+func (b *Bolt) Load() (out []Record, err error) {
+	defer damaged(b.file, &err)
+	err = b.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucket).ForEach(func(k, v []byte) error {
 			rec, err := Decode(string(k), v)
 			if err != nil {

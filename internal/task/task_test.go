@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -397,5 +398,49 @@ func TestAChangeAnotherInstanceBeatIsMadeAgain(t *testing.T) {
 	store.conflicts.Store(retries + 1) // beaten every time: the client hears why
 	if _, err := r.Unpause(gid); !errors.Is(err, ErrConflict) {
 		t.Errorf("an unpause beaten %d times: %v, want ErrConflict", retries+1, err)
+	}
+}
+
+func TestADamagedPageIsOneLineNotAPanic(t *testing.T) {
+	dir := t.TempDir()
+	b, err := OpenBolt(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 200 {
+		if err := b.Save(Record{GID: fmt.Sprintf("%016x", i+1), URIs: []string{"http://h/" + strings.Repeat("a", 500)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.Close()
+	file := filepath.Join(dir, "tasks.db")
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The two meta pages stay good; every page after them is garbage that looks like pages.
+	page := os.Getpagesize()
+	for i := 2 * page; i < len(data); i++ {
+		data[i] = byte(i*7 + 3)
+	}
+	if err := os.WriteFile(file, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var loadErr error
+	func() {
+		defer func() {
+			if v := recover(); v != nil {
+				t.Fatalf("a damaged store panicked: %v", v)
+			}
+		}()
+		b, err := OpenBolt(dir)
+		if err != nil {
+			loadErr = err
+			return
+		}
+		_, loadErr = b.Load()
+	}()
+	if loadErr == nil || !strings.Contains(loadErr.Error(), file) || !strings.Contains(loadErr.Error(), "move it away") || strings.Contains(loadErr.Error(), "\n") {
+		t.Errorf("a damaged store: %v; want one line naming the file and what to do", loadErr)
 	}
 }
