@@ -112,3 +112,41 @@ func TestDiskEvictsTheLeastRecentlyUsed(t *testing.T) {
 		t.Errorf("%d bytes on disk, over the bound", d.Bytes())
 	}
 }
+
+func TestTheDiskCacheLeavesTheFilesystemItsReserve(t *testing.T) {
+	// A 100 GiB disk with 1 GiB and 8 MiB free before the cache writes anything: its reserve is 5 GiB, the
+	// larger of 5 % and 1 GiB, so nothing may be kept; with 5 GiB and 8 MiB free, 8 MiB may.
+	for _, c := range []struct {
+		free int64
+		kept int
+	}{{1<<30 + 8<<20, 0}, {5<<30 + 8<<20, 7}} {
+		d, err := OpenDisk(t.TempDir(), 10<<30, quiet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.space = func(string) (int64, int64, bool) { return c.free - d.Bytes(), 100 << 30, true }
+		for i := range 20 {
+			d.Put(fmt.Sprint(i), chunkOf(i))
+			if free, total, _ := d.space(""); free < reserve(total) && d.Bytes() > 0 {
+				t.Fatalf("after %d puts %d bytes are free, within the %d-byte reserve", i+1, free, reserve(total))
+			}
+		}
+		kept := 0
+		for i := range 20 {
+			if _, ok := d.Get(fmt.Sprint(i)); ok {
+				kept++
+			}
+		}
+		if kept != c.kept {
+			t.Errorf("%d bytes free: %d chunks kept, want %d", c.free, kept, c.kept)
+		}
+		if c.kept > 0 {
+			if _, ok := d.Get("19"); !ok {
+				t.Error("the newest chunk was not kept: the oldest must go first")
+			}
+		}
+	}
+	if got := reserve(10 << 30); got != 1<<30 {
+		t.Errorf("the reserve of a 10 GiB disk: %d, want 1 GiB", got)
+	}
+}

@@ -26,6 +26,8 @@ type Disk struct {
 	dir      string
 	maxBytes int64
 	log      *slog.Logger
+	// space reports the space left on the cache's filesystem and its size (diskSpace; tests fake it).
+	space func(dir string) (free, total int64, ok bool)
 
 	mu    sync.Mutex        // protects the following fields; no file is touched while it is held
 	files map[string]*entry // by file name
@@ -52,7 +54,7 @@ func OpenDisk(dir string, maxBytes int64, log *slog.Logger) (*Disk, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("chunk cache: %w", err)
 	}
-	d := &Disk{dir: dir, maxBytes: maxBytes, log: log, files: map[string]*entry{}}
+	d := &Disk{dir: dir, maxBytes: maxBytes, log: log, files: map[string]*entry{}, space: diskSpace}
 	err := filepath.WalkDir(dir, func(path string, de fs.DirEntry, err error) error {
 		if err != nil || de.IsDir() {
 			return err
@@ -142,11 +144,48 @@ func unpack(raw []byte, err error) ([]byte, error) {
 func (d *Disk) Put(key string, data []byte) {
 	n := filename(key)
 	path := d.path(n)
+	size := int64(headerSize + len(data))
+	if !d.roomFor(size) {
+		return
+	}
 	if err := d.write(path, data); err != nil {
 		d.log.Warn("chunk cache: cannot write a chunk", "file", path, "err", err)
 		return
 	}
-	d.removeFiles(d.record(n, int64(headerSize+len(data))))
+	d.removeFiles(d.record(n, size))
+}
+
+// reserve is what the cache leaves free on its filesystem of total bytes, whatever --cache-dir-size
+// says: the larger of 5 % and 1 GiB, so a cache larger than the disk never fills it for the system, the
+// task store and the logs.
+func reserve(total int64) int64 { return max(total/20, 1<<30) }
+
+// roomFor makes room for a file of size within the filesystem's reserve, evicting the cache's own least
+// recently used files as far as needed, and reports whether there is room.
+func (d *Disk) roomFor(size int64) bool {
+	free, total, ok := d.space(d.dir)
+	if !ok {
+		return true
+	}
+	short := reserve(total) - (free - size)
+	if short <= 0 {
+		return true
+	}
+	gone, freed := d.shrink(short)
+	d.removeFiles(gone)
+	if freed < short {
+		d.log.Debug("chunk cache: not kept, the disk is nearly full", "dir", d.dir, "free", free, "reserve", reserve(total))
+		return false
+	}
+	return true
+}
+
+// shrink forgets the least recently used files until they add up to want bytes or none is left, and
+// returns them, to be removed, and their size.
+func (d *Disk) shrink(want int64) (gone []string, freed int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d._evictTo(max(d.bytes-want, 0))
 }
 
 // record counts a file just written, and returns the files eviction chose, to be removed.
@@ -216,23 +255,30 @@ func (d *Disk) evict() []string {
 }
 
 func (d *Disk) _evict() []string {
-	if d.bytes <= d.maxBytes {
-		return nil
+	gone, _ := d._evictTo(d.maxBytes)
+	return gone
+}
+
+// _evictTo forgets the least recently used files until the cache holds at most limit bytes, and returns
+// them and their size.
+func (d *Disk) _evictTo(limit int64) (gone []string, freed int64) {
+	if d.bytes <= limit {
+		return nil, 0
 	}
 	names := make([]string, 0, len(d.files))
 	for n := range d.files {
 		names = append(names, n)
 	}
 	slices.SortFunc(names, func(a, b string) int { return d.files[a].used.Compare(d.files[b].used) })
-	var gone []string
 	for _, n := range names {
-		if d.bytes <= d.maxBytes {
+		if d.bytes <= limit {
 			break
 		}
+		freed += d.files[n].size
 		d._forget(n)
 		gone = append(gone, n)
 	}
-	return gone
+	return gone, freed
 }
 
 // removeFiles removes files the cache no longer counts. A Put of the same chunk in between may lose its
