@@ -123,7 +123,7 @@ func New(cfg Config) (*App, error) {
 		srv.Tasks = tasks
 		rpcHandler := &rpc.Handler{Tasks: tasks, Defaults: defaults, Secret: cfg.RPCSecret, ListenAll: cfg.RPCListenAll, AllowOriginAll: cfg.RPCAllowOriginAll,
 			Version: cfg.Version, Logger: log, Shutdown: cfg.Shutdown, Connections: connectionsOf(playback)}
-		srv.RPC, srv.Guard, srv.Prefixes = rpcHandler, rpcHandler.Guard, rpcHandler.Trusts
+		srv.RPC, srv.Guard, srv.Prefixes, srv.Login = rpcHandler, rpcHandler.Guard, rpcHandler.Trusts, rpcHandler.Login
 	}
 	m := metrics.New(metrics.Sources{Play: playback, Engine: a.Engine, Client: client, Tasks: a.tasks, Memory: cfg.Memory, Disk: cfg.Disk})
 	a.Engine.Observe = m.Observe

@@ -301,3 +301,50 @@ func TestClosingAWebSocketEitherWayLogsNoError(t *testing.T) {
 		t.Errorf("closing WebSockets logged an ERROR:\n%s", logs.String())
 	}
 }
+
+func TestTheStatusPageAndPlayLinksNeedNoSecretInTheURL(t *testing.T) {
+	file := upstreamtest.RandomFile(10_000)
+	u := upstreamtest.New(file, upstreamtest.Options{})
+	defer u.Close()
+	srv := serve(t, app.Config{Connections: 4, ChunkSize: 64 << 10, RPCSecret: "s3", Proxies: access.Proxies{Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}}})
+	gid := addTask(t, srv.URL, "s3", u.URL+"/film.mp4")
+	internet := map[string]string{"X-Forwarded-For": "203.0.113.7"}
+	if status, body := ask(t, srv.URL, "GET", "/status", "", "", map[string]string{"Accept": "text/html", "X-Forwarded-For": "203.0.113.7"}); status != http.StatusUnauthorized || !strings.Contains(body, `<form method="post" action="/login">`) {
+		t.Fatalf("a browser without the secret: %d %.200q, want the login form", status, body)
+	}
+	login := func(secret string, headers map[string]string) *http.Response {
+		req, _ := http.NewRequestWithContext(t.Context(), "POST", srv.URL+"/login", strings.NewReader(url.Values{"secret": {secret}, "next": {"/status"}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		for k, v := range headers {
+			req.Header.Set(k, v)
+		}
+		resp, err := (&http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	if resp := login("guess", internet); resp.StatusCode != http.StatusForbidden || len(resp.Cookies()) != 0 {
+		t.Errorf("a wrong secret: %d, cookies %v", resp.StatusCode, resp.Cookies())
+	}
+	if resp := login("s3", map[string]string{"X-Forwarded-For": "203.0.113.7", "Origin": "https://evil.example"}); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("a login posted by a page of another site: %d", resp.StatusCode)
+	}
+	resp := login("s3", internet)
+	cookies := resp.Cookies()
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/status" || len(cookies) != 1 || strings.Contains(cookies[0].Value, "s3") || !cookies[0].HttpOnly || cookies[0].SameSite != http.SameSiteStrictMode {
+		t.Fatalf("the right secret: %d %q %v", resp.StatusCode, resp.Header.Get("Location"), cookies)
+	}
+	withCookie := map[string]string{"X-Forwarded-For": "203.0.113.7", "Cookie": cookies[0].Name + "=" + cookies[0].Value}
+	if status, body := ask(t, srv.URL, "GET", "/status.json", "", "", withCookie); status != 200 || !strings.Contains(body, gid) {
+		t.Errorf("the status JSON with the login cookie: %d %.100q", status, body)
+	}
+	if status, body := ask(t, srv.URL, "GET", "/stream?gid="+gid[:4], "", "", withCookie); status != 200 || body != string(file) {
+		t.Errorf("a play link by a GID prefix with the login cookie: %d, %d bytes", status, len(body))
+	}
+	forged := map[string]string{"X-Forwarded-For": "203.0.113.7", "Cookie": cookies[0].Name + "=s3"}
+	if status, _ := ask(t, srv.URL, "GET", "/status.json", "", "", forged); status != http.StatusUnauthorized {
+		t.Errorf("the secret itself as the cookie: %d, want 401", status)
+	}
+}

@@ -40,6 +40,8 @@ type Server struct {
 	Metrics http.Handler
 	Status  http.Handler
 	Guard   func(http.Handler) http.Handler
+	// Login, when set, answers POST /login: the status page's form for the RPC secret.
+	Login http.HandlerFunc
 	// Version is shown on the index page.
 	Version string
 	// MaxStreams bounds the streams playing at once; one more is answered 503 with Retry-After. 0 is no
@@ -121,6 +123,9 @@ func (s *Server) routes() http.Handler {
 	}
 	if s.Metrics != nil {
 		mux.Handle("GET /metrics", s.guard(s.Metrics))
+	}
+	if s.Login != nil {
+		mux.Handle("POST /login", s.Login)
 	}
 	if s.Status != nil {
 		mux.Handle("GET /status", s.guard(s.Status))
