@@ -20,14 +20,28 @@ import (
 	"mflow/internal/testsync"
 )
 
-// balancerConf is the nginx configuration the README gives for several mflow instances, with the
-// instances' addresses and nginx's port filled in. Players of one film (one gid, one url) reach one
-// instance, so they share its downloads and its cache.
-const balancerConf = `map $http_upgrade $connection_upgrade {
+// upgradeMap and proxyLines are what the README's nginx configurations share: the WebSocket's upgrade,
+// and how a request is passed to mflow.
+const (
+	upgradeMap = `map $http_upgrade $connection_upgrade {
     default upgrade;
     ''      close;
 }
-upstream mflow {
+`
+	proxyLines = `        proxy_http_version 1.1;
+        proxy_set_header Upgrade $http_upgrade;         # the JSON-RPC's WebSocket
+        proxy_set_header Connection $connection_upgrade;
+        proxy_set_header Host $host;                    # the name the client asked for (mflow checks it)
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;   # who the client is
+        proxy_buffering off;                            # bytes go to the player as mflow sends them
+        proxy_read_timeout 1h;                          # mflow, not nginx, cuts a silent player (--player-timeout)
+`
+)
+
+// balancerConf is the nginx configuration the README gives for several mflow instances, with the
+// instances' addresses and nginx's port filled in. Players of one film (one gid, one url) reach one
+// instance, so they share its downloads and its cache.
+const balancerConf = upgradeMap + `upstream mflow {
     hash $arg_gid$arg_url consistent;
     server %s;
     server %s;
@@ -36,14 +50,17 @@ server {
     listen %d;
     location / {
         proxy_pass http://mflow;
-        proxy_http_version 1.1;
-        proxy_set_header Upgrade $http_upgrade;         # the JSON-RPC's WebSocket
-        proxy_set_header Connection $connection_upgrade;
-        proxy_set_header Host $host;                    # the name the client asked for (mflow checks it)
-        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;   # who the client is
-        proxy_buffering off;                            # bytes go to the player as mflow sends them
-        proxy_read_timeout 1h;                          # a paused player keeps its stream
-    }
+` + proxyLines + `    }
+}`
+
+// vpsConf is the nginx configuration the README gives for one mflow on a VPS, with nginx's address and
+// mflow's port filled in.
+const vpsConf = upgradeMap + `server {
+    listen %s;
+    server_name media.example.com;
+    location / {
+        proxy_pass http://127.0.0.1:%d;
+` + proxyLines + `    }
 }`
 
 // start runs a program for the test, its output in a log file in the test's folder, and stops it with
@@ -234,8 +251,12 @@ func TestTheREADMEGivesTheTestedBalancer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := fmt.Sprintf(balancerConf, "192.168.1.11:6800", "192.168.1.12:6800", 80)
-	if !strings.Contains(string(readme), want) {
-		t.Errorf("the README's nginx configuration for several instances is not the one tested here:\n%s", want)
+	for what, want := range map[string]string{
+		"several instances": fmt.Sprintf(balancerConf, "192.168.1.11:6800", "192.168.1.12:6800", 80),
+		"a VPS":             fmt.Sprintf(vpsConf, "80", 6800),
+	} {
+		if !strings.Contains(string(readme), want) {
+			t.Errorf("the README's nginx configuration for %s is not the one tested here:\n%s", what, want)
+		}
 	}
 }
