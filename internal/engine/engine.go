@@ -78,6 +78,9 @@ type Engine struct {
 	// Observe, when set, hears of every upstream request of every stream as it ends, for metrics. It runs
 	// on the stream's own goroutines and must not block.
 	Observe func(RequestDone)
+	// Drives, when set, keeps streams within what each drive allows a file (NewDrives): it learns a
+	// drive's limit from its refusals and starts later streams within it. Nil leaves -c the only bound.
+	Drives *Drives
 
 	buffers sync.Pool    // *[]byte of ChunkSize capacity, reused across chunks and streams
 	held    atomic.Int64 // bytes of chunk buffers held by streams now

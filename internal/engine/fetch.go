@@ -9,6 +9,7 @@ import (
 	"net/http/httptrace"
 	"time"
 
+	"mflow/internal/engine/limit"
 	"mflow/internal/engine/pace"
 	"mflow/internal/httprange"
 	"mflow/internal/source"
@@ -54,6 +55,9 @@ type try struct {
 func (s *stream) run(f *fetch) {
 	defer s.leave(f)
 	for {
+		if !s.waitForDrive() {
+			return
+		}
 		// A request cut short holds its lane a moment longer, while the server learns of it (the upstream
 		// client's Close waits): the upstream never sees more than -c requests of a stream.
 		err := s.attempt(f)
@@ -64,6 +68,9 @@ func (s *stream) run(f *fetch) {
 			return // another request brings its bytes, or nobody needs them any more
 		}
 		wait, fatal := s.retryPlan(f, err)
+		if errors.Is(fatal, errLimited) {
+			return // the stream's other requests take its bytes over
+		}
 		if fatal != nil {
 			if s.covered(f) {
 				return // another request on its bytes may still bring them
@@ -80,6 +87,16 @@ func (s *stream) run(f *fetch) {
 			}
 		}
 	}
+}
+
+// waitForDrive waits out the Retry-After the stream's drive last sent: nothing goes to it before. false
+// when the stream ended meanwhile.
+func (s *stream) waitForDrive() bool {
+	target, _ := s.currentTarget()
+	if wait := time.Until(s.e.Drives.quietUntil(hostOf(target.URL))); wait > 0 {
+		return s.pause(wait)
+	}
+	return true
 }
 
 // pause waits d unless the stream ends first; false when it did.
@@ -299,6 +316,7 @@ func (s *stream) closeAttempt(f *fetch, span httprange.Span, err error) RequestD
 	f.cancel(nil)
 	m := f.meter
 	f.cancel, f.meter = nil, nil
+	s.f._broadcast() // a refusal waiting to know whether the drive serves this one reads on
 	s.pace.Done(m, now)
 	done := RequestDone{Bytes: m.Bytes(), Took: now.Sub(m.Sent()), Outcome: outcomeOf(err)}
 	attrs := []any{"range", span.Header(), "bytes", m.Bytes()}
@@ -359,8 +377,77 @@ func outcomeOf(err error) Outcome {
 // answered records that f's answer arrived, and how.
 func (s *stream) answered(f *fetch, via pace.Via) {
 	s.f.mu.Lock()
-	defer s.f.mu.Unlock()
 	s.pace.Answered(f.meter, time.Now(), via)
+	host := hostOf(s._targetOf(f).URL)
+	served, _ := s._served(nil)
+	raised := s.e.Drives.served(host, s.limitKey, served)
+	s.f._broadcast() // a refusal waiting to know whether the drive serves its others reads on
+	s.f.mu.Unlock()
+	if raised {
+		s.log.Info("the drive served one connection more than its limit: the limit is raised", "drive", limit.Drive(host))
+		s.e.Drives.share(host)
+	}
+}
+
+// _served is how many of the stream's requests, besides except, have their answer and are being served,
+// and how many are still waiting for theirs.
+func (s *stream) _served(except *fetch) (served, waiting int) {
+	for _, g := range s.fetches {
+		switch {
+		case g == except || g.meter == nil:
+		case g.meter.Answered():
+			served++
+		default:
+			waiting++
+		}
+	}
+	return served, waiting
+}
+
+// servedBesides is how many of the stream's requests besides f the drive serves, once that is known: one
+// still waiting for its answer may be served, or refused as f was (a link that expired), so the count
+// waits for their answers (a round trip at most).
+func (s *stream) servedBesides(f *fetch) int {
+	for {
+		s.f.mu.Lock()
+		served, waiting := s._served(f)
+		changed := s.f.changed
+		s.f.mu.Unlock()
+		if waiting == 0 {
+			return served
+		}
+		select {
+		case <-changed:
+		case <-s.ctx.Done():
+			return 0
+		}
+	}
+}
+
+// limitedBy reads a refusal of f's request: when the drive serves the stream's other requests to the file,
+// it told its limit, and the stream keeps that many lanes (its file too). It reports whether it did.
+func (s *stream) limitedBy(f *fetch, r limit.Refusal) bool {
+	r.Served = s.servedBesides(f)
+	s.f.mu.Lock()
+	host := hostOf(s._targetOf(f).URL)
+	verdict, n, learned := s.e.Drives.refused(host, s.limitKey, r)
+	if verdict == limit.Limited {
+		if s.limited == nil || s.limited.gen != s.targetGen {
+			s.limited = &lowered{gen: s.targetGen, lanes: s.lanes, fileLimit: s.f.limit}
+		}
+		s.lanes = min(s.lanes, n)
+		s.pace.SetLanes(s.lanes)
+		if s.f.limit == 0 || n < s.f.limit {
+			s.f.limit = n
+		}
+		s.f._broadcast()
+	}
+	s.f.mu.Unlock()
+	if learned {
+		s.log.Info("drive limit learned", "drive", limit.Drive(host), "connections", n, "why", fmt.Sprintf("a request was refused (%s) while %d were served", limit.StatusText(r.Status), r.Served))
+		s.e.Drives.share(host)
+	}
+	return verdict == limit.Limited
 }
 
 func (s *stream) position(f *fetch) int64 {
@@ -476,6 +563,9 @@ func (s *stream) retryPlan(f *fetch, err error) (time.Duration, error) {
 		s.countReplaced(f)
 		return 0, nil
 	}
+	if r, ok := refusalOf(err); ok && f.mirror == 0 && s.limitedBy(f, r) {
+		return 0, errLimited
+	}
 	retries := s.countRetry(f)
 	where := s.rest(f)
 	policy := upstream.Retry{Max: s.e.Retries, Base: s.e.RetryBase}
@@ -553,8 +643,19 @@ func (s *stream) refreshTarget(gen int, cause error) error {
 		return err
 	}
 	s.log.Info("signed link expired; resolved it again", "url", upstream.Redact(t.URL))
-	s.setTarget(t)
+	if s.setTarget(t, gen) {
+		// The refusals before it were the link expiring, one request after another, not the drive's limit.
+		s.e.Drives.withdraw(hostOf(old.URL), s.limitKey)
+		s.log.Info("the refusals were the link expiring, not the drive's limit: the stream's connections are back", "drive", limit.Drive(hostOf(old.URL)))
+	}
 	return nil
+}
+
+// lowered is what a drive's refusals changed in a stream, to be undone if they were a link expiring.
+type lowered struct {
+	gen       int // the target generation they were refused on
+	lanes     int // the stream's lanes before
+	fileLimit int // its file's limit before
 }
 
 func (s *stream) currentTarget() (source.Target, int) {
@@ -563,9 +664,18 @@ func (s *stream) currentTarget() (source.Target, int) {
 	return s.target, s.targetGen
 }
 
-func (s *stream) setTarget(t source.Target) {
+// setTarget makes t the stream's target, replacing generation gen, and reports whether that undid lanes
+// that refusals of gen's requests had lowered.
+func (s *stream) setTarget(t source.Target, gen int) (restored bool) {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
 	s.target = t
 	s.targetGen++
+	if l := s.limited; l != nil && l.gen == gen {
+		s.lanes, s.f.limit, s.limited = l.lanes, l.fileLimit, nil
+		s.pace.SetLanes(s.lanes)
+		s.f._broadcast()
+		return true
+	}
+	return false
 }

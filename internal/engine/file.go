@@ -20,6 +20,7 @@ type file struct {
 	streams  int                // streams using this file
 	chunks   map[int64]*chunk   // chunks held by at least one stream, by index
 	fetches  map[*fetch]*stream // every stream's requests (and their claims on bytes), with the stream
+	limit    int                // the most requests the drive allows the file, all its streams together; 0 none known
 	progress chan struct{}      // closed (and replaced) when a piece gets bytes or a stream fails: wakes writers
 	changed  chan struct{}      // closed (and replaced) when idle workers should look for work again
 }
@@ -144,6 +145,7 @@ func (e *Engine) closeFile(f *file) {
 	defer e.filesMu.Unlock()
 	if f.addStream(-1) == 0 && f.key != "" && e.files[f.key] == f {
 		delete(e.files, f.key)
+		e.Drives.forget(f.key)
 	}
 }
 

@@ -59,7 +59,9 @@ func (s *stream) claimJob() (f *fetch, wait <-chan struct{}, hold bool) {
 	if s.ctx.Err() != nil {
 		return nil, nil, false
 	}
-	if len(s.fetches) >= s.lanes {
+	if len(s.fetches) >= s.lanes || (s.f.limit > 0 && len(s.f.fetches) >= s.f.limit) {
+		// The stream's lanes are taken, or the drive's limit for the file by all its streams together
+		// (a seek's new stream waits until the old one's requests are gone).
 		return nil, s.f.changed, false
 	}
 	if s._seekIndex() {

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"mflow/internal/engine/limit"
 	"mflow/internal/engine/pace"
 	"mflow/internal/httprange"
 	"mflow/internal/mediaindex"
@@ -27,7 +29,8 @@ type stream struct {
 	log       *slog.Logger            // this stream's logger
 	span      httprange.Span          // the bytes asked for
 	refresh   func(context.Context) (source.Target, error)
-	lanes     int            // requests the stream may have open at once: -c, never more
+	lanes     int            // requests the stream may have open at once: -c or the drive's limit, never more
+	limitKey  string         // the file, as the drive-limit policy knows it
 	lastChunk int64          // index of the chunk holding span.End
 	wg        sync.WaitGroup // the workers and the watcher
 
@@ -55,6 +58,7 @@ type stream struct {
 	writerWaiting bool             // the writer is waiting on the head
 	fetches       []*fetch         // this stream's requests, each in a lane of its own: never more than lanes
 	lingering     bool             // the player has its bytes or left: only the chunks finishing are fetched on
+	limited       *lowered         // the lanes a drive's refusals lowered, with the target they were refused on
 	retries       int              // retries of all requests
 	replaced      int              // requests replaced for being slow
 	received      int64            // bytes new to the file's pieces that this stream's requests brought
@@ -88,6 +92,11 @@ func (e *Engine) newStream(ctx context.Context, f *file, req Request) *stream {
 	if s.lanes == 0 {
 		s.lanes = max(e.Connections, 1)
 	}
+	if s.log == nil {
+		s.log = e.logger()
+	}
+	s.limitKey = cmp.Or(req.FileKey, req.Target.URL)
+	s.startWithinLimit(hostOf(req.Target.URL))
 	minSpeed := req.MinSpeed
 	switch {
 	case minSpeed == 0:
@@ -96,10 +105,22 @@ func (e *Engine) newStream(ctx context.Context, f *file, req Request) *stream {
 		minSpeed = 0
 	}
 	s.pace = pace.New(pace.Config{Lanes: s.lanes, Chunk: e.ChunkSize, MaxAhead: e.maxAhead(s.lanes), MinSpeed: float64(minSpeed), StallAfter: e.StallTimeout})
-	if s.log == nil {
-		s.log = e.logger()
-	}
 	return s
+}
+
+// startWithinLimit lowers the stream's lanes, and its file's, to what the drive is known to allow (or tries
+// one more, once an hour).
+func (s *stream) startWithinLimit(host string) {
+	n, fileLimit, probing := s.e.Drives.start(host, s.limitKey, s.lanes)
+	s.lanes = n
+	s.f.mu.Lock()
+	if fileLimit > 0 && (s.f.limit == 0 || fileLimit < s.f.limit || probing) {
+		s.f.limit = fileLimit
+	}
+	s.f.mu.Unlock()
+	if probing {
+		s.log.Info("trying one connection more than the drive allowed an hour ago", "drive", limit.Drive(host), "connections", n)
+	}
 }
 
 // plan holds more chunks while the read-ahead the policy allows lasts. A chunk no stream holds is looked

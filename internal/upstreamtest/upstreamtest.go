@@ -64,11 +64,78 @@ type Options struct {
 	SlowRate   float64
 	// Seed makes the slow routes' draws repeatable.
 	Seed uint64
+	// Limit, when set, makes the upstream a drive that allows the file only so many requests at once.
+	Limit *DriveLimit
 	// Bursts, when positive, paces PerConn as nginx's limit_rate does, per request: a period's allowance at
 	// once when the request starts, then another at each tick of a clock of that period shared by all
 	// requests, and nothing in between. Over a period the speed is PerConn; over a shorter window it is a
 	// burst or nothing, and a request that just started bursts while the others are silent.
 	Bursts time.Duration
+}
+
+// DriveLimit is a drive's limit on one file, as 115 and PikPak keep it: at most PerFile requests served at
+// once, one more refused at once (with Refuse, or a reset), and after BanAfter refusals every request
+// refused for BanFor (risk control).
+type DriveLimit struct {
+	PerFile    int
+	Refuse     int           // the status one more gets: 403, 429, 503; 0 resets its connection
+	RetryAfter string        // sent with a 429 or 503
+	BanAfter   int           // refusals before risk control refuses everything; 0 never
+	BanFor     time.Duration // how long risk control lasts
+
+	mu          sync.Mutex // protects the following fields
+	serving     int        // requests admitted and not yet answered in full
+	refused     int        // requests refused
+	maxServing  int        // most requests served at once
+	bannedUntil time.Time  // risk control refuses every request until then
+}
+
+// Refused is how many requests the drive refused.
+func (d *DriveLimit) Refused() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.refused
+}
+
+// MaxServing is the most requests it served at once.
+func (d *DriveLimit) MaxServing() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.maxServing
+}
+
+// admit counts a request in, or says it is refused.
+func (d *DriveLimit) admit() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := time.Now()
+	if now.Before(d.bannedUntil) || d.serving >= d.PerFile {
+		d.refused++
+		if d.BanAfter > 0 && d.refused >= d.BanAfter && !now.Before(d.bannedUntil) {
+			d.bannedUntil = now.Add(d.BanFor)
+		}
+		return false
+	}
+	d.serving++
+	d.maxServing = max(d.maxServing, d.serving)
+	return true
+}
+
+func (d *DriveLimit) leave() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.serving--
+}
+
+// refuse answers a request the drive refuses.
+func (d *DriveLimit) refuse(w http.ResponseWriter) {
+	if d.Refuse == 0 {
+		panic(http.ErrAbortHandler) // the connection reset, no answer
+	}
+	if d.RetryAfter != "" {
+		w.Header().Set("Retry-After", d.RetryAfter)
+	}
+	w.WriteHeader(d.Refuse)
 }
 
 // DriveModels are the upstreams the benchmark measures on, and what tests of speed use: an ideal one, a
@@ -302,6 +369,13 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	answered := sync.OnceFunc(func() { u.open.Add(-1) })
 	defer answered()
 	for old := u.maxOpen.Load(); open > old && !u.maxOpen.CompareAndSwap(old, open); old = u.maxOpen.Load() {
+	}
+	if d := u.opts.Limit; d != nil {
+		if !d.admit() {
+			d.refuse(w)
+			return
+		}
+		defer d.leave()
 	}
 	var f Fault
 	if u.opts.Fault != nil {

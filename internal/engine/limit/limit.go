@@ -74,6 +74,7 @@ type Limits struct {
 // known is what was learned of one drive or one file.
 type known struct {
 	limit      int       // connections per file; 0 while none was learned
+	before     int       // the limit before the last refusal lowered it, for Withdraw
 	why        string    // how it was learned, in a few words
 	tried      time.Time // when it was last tried one higher, or learned
 	refusals   int       // refused requests counted
@@ -144,6 +145,21 @@ func (l *Limits) Start(host, file string, want int, now time.Time) (n int, probi
 	return max(n, 1), false
 }
 
+// Cap is the most connections file on host is known to allow: learned, else a rule's; 0 when nothing is
+// known.
+func (l *Limits) Cap(host, file string) int {
+	if f := l.files[file]; f != nil && f.limit > 0 {
+		return f.limit
+	}
+	if d := l.drives[Drive(host)]; d != nil && d.limit > 0 {
+		return d.limit
+	}
+	if r, ok := l.rule(host); ok {
+		return r.PerFile
+	}
+	return 0
+}
+
 // QuietUntil is when requests may go to host's drive again: the end of the Retry-After it last sent.
 func (l *Limits) QuietUntil(host string) time.Time {
 	if d := l.drives[Drive(host)]; d != nil {
@@ -192,9 +208,10 @@ func (l *Limits) Refused(host, file string, r Refusal, now time.Time) (v Verdict
 		return NotALimit, 0, false
 	}
 	f := l.file(file)
-	why := fmt.Sprintf("refused a connection beyond %d (%s)", r.Served, statusWord(r.Status))
+	why := fmt.Sprintf("refused a connection beyond %d (%s)", r.Served, StatusText(r.Status))
 	for _, k := range []*known{f, d} {
 		if k.limit == 0 || r.Served < k.limit {
+			k.before = k.limit
 			k.limit, k.why, learned = r.Served, why, true
 		}
 		k.tried = now // tried one higher just now, or learned: the hour starts
@@ -212,6 +229,16 @@ func (l *Limits) Served(host, file string, n int, now time.Time) (raised bool) {
 		}
 	}
 	return raised
+}
+
+// Withdraw takes back the limits the last refusals of file on host set: they turned out to be a link
+// that expired (every request refused next, and resolving it again worked), not the drive's limit.
+func (l *Limits) Withdraw(host, file string) {
+	for _, k := range []*known{l.files[file], l.drives[Drive(host)]} {
+		if k != nil && k.limit > 0 {
+			k.limit, k.before, k.why = k.before, 0, ""
+		}
+	}
 }
 
 // Forget drops what was learned of file, when no stream plays it any more and it was learned long ago;
@@ -282,7 +309,8 @@ func (l *Limits) FactOf(host string) (Fact, bool) {
 	return Fact{Drive: name, Limit: k.limit, Why: k.why, At: k.tried}, true
 }
 
-func statusWord(status int) string {
+// StatusText names a refusal's status, 0 being a connection reset.
+func StatusText(status int) string {
 	if status == 0 {
 		return "connection reset"
 	}

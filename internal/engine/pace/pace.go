@@ -75,6 +75,10 @@ type Stream struct {
 	extent       int64 // how many bytes a new request asks for now, at most
 }
 
+// SetLanes tells the policy the stream has n lanes from now on: a drive's limit lowered them, so each
+// request's share of what is left grows.
+func (s *Stream) SetLanes(n int) { s.cfg.Lanes = max(n, 1) }
+
 // New is a stream's policy at its start: requests of one chunk, its first window ahead.
 func New(cfg Config) *Stream {
 	cfg.Lanes = max(cfg.Lanes, 1)
