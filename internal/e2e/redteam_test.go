@@ -429,11 +429,15 @@ func TestRedTeamPlayersAndSocketsThatHoldOnAreCut(t *testing.T) {
 		}
 		defer conn.Close()
 		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", strings.TrimPrefix(film, mflow.base), u.Host)
+		// Its status line, a few bytes: its stream plays, then it reads nothing more.
+		status := make([]byte, len("HTTP/1.1 200"))
+		if _, err := io.ReadFull(conn, status); err != nil || string(status) != "HTTP/1.1 200" {
+			t.Fatalf("a silent player's answer: %q %v", status, err)
+		}
 	}
-	testsync.WaitFor(t, "the four silent players to hold every stream", func() bool {
-		status, _ := askAs(t, http.DefaultClient, "HEAD", film, "", nil)
-		return status == http.StatusServiceUnavailable
-	})
+	if status, _ := askAs(t, http.DefaultClient, "HEAD", film, "", nil); status != http.StatusServiceUnavailable {
+		t.Fatalf("a fifth player while four silent ones play: %d, want 503 (--max-streams 4)", status)
+	}
 	testsync.WaitFor(t, "the silent players to be cut and a fifth to play", func() bool {
 		status, _ := askAs(t, http.DefaultClient, "HEAD", film, "", nil)
 		return status == http.StatusOK

@@ -9,11 +9,12 @@ import (
 	"time"
 )
 
-// WaitFor polls cond until it holds, failing the test after five seconds. It is for conditions of
-// another process or server, which no channel reports.
+// WaitFor polls cond until it holds, failing the test after 30 seconds. It is for conditions of another
+// process or server, which no channel reports. The deadline is for a saturated machine (CI's, a user's
+// with a film playing): a condition that holds returns at once, so only a failure waits that long.
 func WaitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for: %s", what)
 		}
