@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"mflow/internal/access"
+	"mflow/internal/engine/limit"
 	"mflow/internal/logging"
 )
 
@@ -66,5 +67,32 @@ func (f levelFlag) Set(s string) error {
 		return fmt.Errorf("want DEBUG, INFO, WARNING, ERROR or CRITICAL")
 	}
 	*f.p = strings.ToUpper(strings.TrimSpace(s))
+	return nil
+}
+
+// driveFlag reads --drive: DOMAIN=N rules, comma-separated or repeated.
+type driveFlag struct{ rules *[]limit.Rule }
+
+func (f driveFlag) String() string {
+	var parts []string
+	for _, r := range *f.rules {
+		parts = append(parts, fmt.Sprintf("%s=%d", r.Suffix, r.PerFile))
+	}
+	return strings.Join(parts, ",")
+}
+
+func (f driveFlag) Type() string { return "DOMAIN=N" }
+
+func (f driveFlag) Set(s string) error {
+	for part := range strings.SplitSeq(s, ",") {
+		if strings.TrimSpace(part) == "" {
+			continue
+		}
+		r, err := limit.ParseRule(part)
+		if err != nil {
+			return err
+		}
+		*f.rules = append(*f.rules, r)
+	}
 	return nil
 }

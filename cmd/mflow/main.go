@@ -28,6 +28,7 @@ import (
 	"mflow/internal/chunkcache"
 	"mflow/internal/cluster"
 	"mflow/internal/engine"
+	"mflow/internal/engine/limit"
 	"mflow/internal/logging"
 	"mflow/internal/server"
 	"mflow/internal/task"
@@ -62,6 +63,7 @@ type options struct {
 	minSpeed        int64
 	maxRedirects    int
 	hostConnections int
+	drives          []limit.Rule
 	insecure        bool
 	relayNoRange    bool
 	rpcSecret       string
@@ -108,6 +110,7 @@ func parseFlags(args []string, env map[string]string) (options, string, error) {
 	fs.Var(bytesize.NewValue(&o.minSpeed, 0), "min-speed", "replace a connection slower than this per second for 3 s (100K, 0.5M; 0 = off)")
 	fs.Var(newIntFlag(&o.maxRedirects, 3, 0, 30), "max-redirects", "redirects followed per request")
 	fs.Var(newIntFlag(&o.hostConnections, 16, 1, 256), "host-connections", "connections to one upstream host across all streams")
+	fs.Var(driveFlag{&o.drives}, "drive", "connections a drive allows one file, as DOMAIN=N, comma-separated or repeated (115cdn.net=2); mflow knows 115, PikPak, Baidu, Quark, Aliyun and Thunder, and learns the rest from their refusals")
 	fs.BoolVar(&o.insecure, "insecure", false, "skip TLS certificate verification upstream")
 	fs.BoolVar(&o.relayNoRange, "relay-no-range", false, "relay upstreams without Range support over one connection instead of answering 403")
 	fs.StringVar(&o.rpcSecret, "rpc-secret", "", "aria2 JSON-RPC secret: calls must send token:SECRET; without one, only this machine is answered")
@@ -256,10 +259,14 @@ func run(ctx context.Context, args []string, env map[string]string, stdout, stde
 		return 1
 	}
 	var shared upstream.SharedBudget
+	drives := engine.NewDrives(o.drives)
 	if rdb != nil {
 		budget := cluster.NewBudget(rdb, o.hostConnections, 0, log)
 		defer budget.Close()
 		shared = budget
+		limits := cluster.NewLimits(rdb, drives.Learn, log)
+		defer limits.Close()
+		drives.Share = limits
 	}
 	// aria2.shutdown stops mflow as a signal does; aria2.forceShutdown without the grace for the streams.
 	ctx, requestStop := context.WithCancel(ctx)
@@ -269,7 +276,7 @@ func run(ctx context.Context, args []string, env map[string]string, stdout, stde
 	mflow, err := app.New(app.Config{
 		Shutdown: func(force bool) { forced.Store(force); requestStop() }, Dir: dir, Port: o.port, ConfPath: o.confRead,
 		Connections: o.connections, ChunkSize: o.chunkSize, ReadAhead: o.readAhead, Retry: o.retry, MinSpeed: o.minSpeed, MaxRedirects: o.maxRedirects,
-		HostConnections: o.hostConnections, Insecure: o.insecure, RelayNoRange: o.relayNoRange, Policy: policy, Shared: shared, Memory: cache.Memory, Disk: cache.Disk,
+		HostConnections: o.hostConnections, Drives: drives, Insecure: o.insecure, RelayNoRange: o.relayNoRange, Policy: policy, Shared: shared, Memory: cache.Memory, Disk: cache.Disk,
 		MaxStreams: o.maxStreams, PlayerTimeout: o.playerTimeout, Tasks: store, MaxStopped: o.maxStopped, MaxWaiting: o.maxWaiting,
 		RPCSecret: o.rpcSecret, RPCListenAll: o.rpcListenAll, RPCAllowOriginAll: o.rpcOriginAll,
 		Hosts: append(access.MachineNames(), o.allowHosts...), Proxies: access.Proxies{Trusted: o.trustedProxies, Header: o.realIPHeader},

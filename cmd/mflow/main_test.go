@@ -53,6 +53,8 @@ func TestBadFlagValuesExitTwoWithOneLine(t *testing.T) {
 	for args, flag := range map[string]string{
 		"-c 0":                               "--connections",
 		"--real-ip-header X-Client-IP":       "--real-ip-header",
+		"--drive 115cdn.net":                 "--drive",
+		"--drive 115cdn.net=0":               "--drive",
 		"--connections=x":                    "--connections",
 		"-p 70000":                           "--port",
 		"-s 1Q":                              "--chunk-size",

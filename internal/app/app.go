@@ -4,6 +4,7 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"net"
@@ -40,7 +41,10 @@ type Config struct {
 	RelayNoRange bool           // relay upstreams without Range over one connection
 	Policy       *access.Policy // where requests may connect; nil allows all
 	// Shared, when set, is the per-host connection budget shared with other instances (--redis).
-	Shared     upstream.SharedBudget
+	Shared upstream.SharedBudget
+	// Drives keeps streams within each drive's limit (--drive, and what the drives teach); nil knows only
+	// the drives mflow knows.
+	Drives     *engine.Drives
 	Memory     *chunkcache.Memory // the memory chunk cache; nil for none
 	Disk       *chunkcache.Disk   // the disk chunk cache; nil for none
 	MaxStreams int                // streams played at once, 0 = no bound
@@ -94,7 +98,7 @@ func New(cfg Config) (*App, error) {
 	client := upstream.NewClient(upstream.Config{HostConnections: cfg.HostConnections, Insecure: cfg.Insecure, Policy: cfg.Policy, Shared: cfg.Shared, MaxRedirects: cfg.MaxRedirects, UserAgent: userAgent, Dial: cfg.Dial})
 	resolver := &link.Resolver{Client: client, Retry: upstream.Retry{Max: cfg.Retry}, Hedge: cfg.Connections, Warm: cfg.Connections - 1, Logger: log}
 	a := &App{
-		Engine: &engine.Engine{Client: client, IndexOf: mediaindex.Locate, ChunkSize: cfg.ChunkSize, ReadAhead: cfg.ReadAhead, Connections: cfg.Connections, Retries: cfg.Retry, MinSpeed: cfg.MinSpeed, Logger: log},
+		Engine: &engine.Engine{Client: client, IndexOf: mediaindex.Locate, ChunkSize: cfg.ChunkSize, ReadAhead: cfg.ReadAhead, Connections: cfg.Connections, Retries: cfg.Retry, MinSpeed: cfg.MinSpeed, Logger: log, Drives: cmp.Or(cfg.Drives, engine.NewDrives(nil))},
 		client: client,
 	}
 	if cfg.Memory != nil || cfg.Disk != nil {
@@ -132,7 +136,7 @@ func New(cfg Config) (*App, error) {
 		started = time.Now()
 	}
 	srv.Metrics = m
-	srv.Status = status.New(status.Sources{Play: playback, Tasks: a.tasks, Client: client, Memory: cfg.Memory, Disk: cfg.Disk, Version: cfg.Version, Started: started})
+	srv.Status = status.New(status.Sources{Play: playback, Tasks: a.tasks, Client: client, Memory: cfg.Memory, Disk: cfg.Disk, Version: cfg.Version, Started: started, Drives: a.Engine.Drives.States})
 	a.Handler = srv.Handler()
 	return a, nil
 }

@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -241,5 +242,45 @@ func TestATaskPlayedTwiceShowsNoMoreThanItsSize(t *testing.T) {
 	}
 	if tk := st.Tasks[0]; tk.Size != int64(len(file)) || tk.Played != tk.Size {
 		t.Errorf("a task of %d bytes played twice shows %d played, want its size", tk.Size, tk.Played)
+	}
+}
+
+func TestADrivesLimitIsShownWhereUsersLook(t *testing.T) {
+	file := upstreamtest.RandomFile(4 << 20)
+	lim := &upstreamtest.DriveLimit{PerFile: 2, Refuse: http.StatusForbidden}
+	u := upstreamtest.New(file, upstreamtest.Options{PerConn: 8 << 20, Limit: lim})
+	defer u.Close()
+	srv := serve(t, app.Config{Connections: 4, ChunkSize: 256 << 10})
+	resp, err := http.Get(srv.URL + "/stream?url=" + url.QueryEscape(u.URL+"/film.mp4"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !bytes.Equal(got, file) {
+		t.Fatalf("played %d bytes of a drive that allows 2 connections, not the file", len(got))
+	}
+	if lim.Refused() > 2 || lim.MaxServing() > 2 {
+		t.Errorf("%d refusals, %d served at once", lim.Refused(), lim.MaxServing())
+	}
+	var st struct {
+		Drives []struct {
+			Drive      string
+			Limit      int
+			Learned    bool
+			Refusals   int
+			LastStatus int `json:"last_status"`
+		}
+	}
+	status, body := ask(t, srv.URL, "GET", "/status.json", "", "", nil)
+	if err := json.Unmarshal([]byte(body), &st); status != 200 || err != nil || len(st.Drives) != 1 {
+		t.Fatalf("/status.json: %d %v %.300s", status, err, body)
+	}
+	if d := st.Drives[0]; d.Drive != "127.0.0.1" || d.Limit != 2 || !d.Learned || d.Refusals != lim.Refused() || (d.Refusals > 0 && d.LastStatus != 403) {
+		t.Errorf("the status page's drive: %+v; the drive refused %d", d, lim.Refused())
+	}
+	m := scrape(t, srv.URL)
+	if m[`mflow_drive_refusals_total{drive="127.0.0.1"}`] != float64(lim.Refused()) || m[`mflow_drive_connections_limit{drive="127.0.0.1"}`] != 2 {
+		t.Errorf("metrics: refusals %v, limit %v", m[`mflow_drive_refusals_total{drive="127.0.0.1"}`], m[`mflow_drive_connections_limit{drive="127.0.0.1"}`])
 	}
 }

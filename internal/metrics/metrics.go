@@ -1,6 +1,8 @@
 // Package metrics shows what mflow does in Prometheus' text format, for /metrics: bytes to players and from
 // upstreams, streams, upstream requests by outcome and status, first-byte and request times, the caches,
-// the tasks and the connection budget. Labels are few and fixed: never a URL, a host or a GID.
+// the tasks and the connection budget, and each drive's refusals and limit. Labels are few and fixed:
+// never a URL, a host or a GID; a drive is its registrable domain (115cdn.net), of the drives that refused
+// something or taught a limit.
 package metrics
 
 import (
@@ -79,6 +81,8 @@ var help = map[string]string{
 	"mflow_cache_bytes":                       "Bytes the chunk cache holds, by tier.",
 	"mflow_tasks":                             "Tasks by status.",
 	"mflow_tasks_available":                   "1 while tasks can be asked for and changed; 0 while their shared store (Redis) does not answer.",
+	"mflow_drive_refusals_total":              "Upstream requests a drive refused (403, 429, 503 or a reset), by drive.",
+	"mflow_drive_connections_limit":           "Connections a drive allows one file, learned from its refusals or known, by drive.",
 }
 
 // New returns the metrics of src.
@@ -133,6 +137,18 @@ func (m *Metrics) writeSources(w io.Writer) {
 		vm.WriteCounterUint64(w, "mflow_upstream_retries_total", uint64(e.Counters.Retries.Load()))
 		vm.WriteCounterUint64(w, "mflow_upstream_races_total", uint64(e.Counters.Raced.Load()))
 		vm.WriteCounterUint64(w, "mflow_upstream_splits_total", uint64(e.Counters.Splits.Load()))
+		if drives := e.Drives.States(); len(drives) > 0 {
+			family(w, "mflow_drive_refusals_total", "counter", func(line func(labels string, v int64)) {
+				for _, d := range drives {
+					line(fmt.Sprintf(`drive=%q`, d.Drive), int64(d.Refusals))
+				}
+			})
+			family(w, "mflow_drive_connections_limit", "gauge", func(line func(labels string, v int64)) {
+				for _, d := range drives {
+					line(fmt.Sprintf(`drive=%q`, d.Drive), int64(d.Limit))
+				}
+			})
+		}
 	}
 	if c := src.Client; c != nil {
 		total, busiest := c.InUse()

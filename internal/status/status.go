@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"mflow/internal/chunkcache"
+	"mflow/internal/engine/limit"
 	"mflow/internal/play"
 	"mflow/internal/task"
 	"mflow/internal/upstream"
@@ -25,6 +26,8 @@ type Sources struct {
 	Disk    *chunkcache.Disk
 	Version string
 	Started time.Time // when mflow started
+	// Drives, when set, is what is known of each drive's limit (engine.Drives.States).
+	Drives func() []limit.DriveState
 }
 
 // Handler serves /status and /status.json.
@@ -44,6 +47,20 @@ type Status struct {
 	Connections Connections `json:"connections"`
 	// FailedPlays are the last plays that failed, newest first: what a player was told, and why.
 	FailedPlays []play.FailedPlay `json:"failed_plays"`
+	// Drives are the drives that refused a request or taught a limit.
+	Drives []Drive `json:"drives"`
+}
+
+// Drive is what is known of one drive's limit.
+type Drive struct {
+	Drive      string    `json:"drive"`            // its registrable domain
+	Name       string    `json:"name,omitempty"`   // the drive's name, for those mflow knows
+	Limit      int       `json:"limit"`            // connections per file; 0 unknown
+	Learned    bool      `json:"learned"`          // from its refusals, not a rule
+	Why        string    `json:"why,omitempty"`    // how it was learned
+	Refusals   int       `json:"refusals"`         // requests it refused
+	LastStatus int       `json:"last_status"`      // the last refusal's status; 0 a reset
+	LastAt     time.Time `json:"last_at,omitzero"` // when
 }
 
 // Stream is one stream playing now.
@@ -115,7 +132,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) Status() Status {
 	src := h.src
 	st := Status{Version: src.Version, Uptime: time.Since(src.Started).Seconds(), Streams: []Stream{}, Tasks: []Task{}, Cache: []CacheTier{},
-		FailedPlays: src.Play.FailedPlays()}
+		FailedPlays: src.Play.FailedPlays(), Drives: []Drive{}}
+	if src.Drives != nil {
+		for _, d := range src.Drives() {
+			st.Drives = append(st.Drives, Drive(d))
+		}
+	}
 	now := time.Now()
 	for _, p := range src.Play.Playing() {
 		s := Stream{ID: p.ID, Name: p.Name, URL: p.URL, GID: p.Task, Player: p.Player, Sent: p.Sent, Seconds: now.Sub(p.Started).Seconds(),

@@ -8,6 +8,7 @@ package limit
 
 import (
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -99,10 +100,17 @@ func (l *Limits) rule(host string) (Rule, bool) {
 	return Rule{}, false
 }
 
+// maxDrives bounds the drives kept: players name the links, so their hosts are theirs to choose. Past it,
+// drives that taught no limit are forgotten.
+const maxDrives = 1024
+
 func (l *Limits) drive(host string) *known {
 	d := Drive(host)
 	k := l.drives[d]
 	if k == nil {
+		if len(l.drives) >= maxDrives {
+			maps.DeleteFunc(l.drives, func(_ string, k *known) bool { return k.limit == 0 })
+		}
 		k = &known{}
 		l.drives[d] = k
 	}
@@ -112,6 +120,9 @@ func (l *Limits) drive(host string) *known {
 func (l *Limits) file(key string) *known {
 	k := l.files[key]
 	if k == nil {
+		if len(l.files) >= 4*maxDrives {
+			clear(l.files) // the drives' limits stand for their files
+		}
 		k = &known{}
 		l.files[key] = k
 	}
