@@ -96,9 +96,10 @@ func New(cfg Config) (*App, error) {
 	}
 	userAgent := "mflow/" + cfg.Version
 	client := upstream.NewClient(upstream.Config{HostConnections: cfg.HostConnections, Insecure: cfg.Insecure, Policy: cfg.Policy, Shared: cfg.Shared, MaxRedirects: cfg.MaxRedirects, UserAgent: userAgent, Dial: cfg.Dial})
-	resolver := &link.Resolver{Client: client, Retry: upstream.Retry{Max: cfg.Retry}, Hedge: cfg.Connections, Warm: cfg.Connections - 1, Logger: log}
+	drives := cmp.Or(cfg.Drives, engine.NewDrives(nil))
+	resolver := &link.Resolver{Client: client, Retry: upstream.Retry{Max: cfg.Retry}, Hedge: cfg.Connections, DriveLimit: drives.Limit, Warm: cfg.Connections - 1, Logger: log}
 	a := &App{
-		Engine: &engine.Engine{Client: client, IndexOf: mediaindex.Locate, ChunkSize: cfg.ChunkSize, ReadAhead: cfg.ReadAhead, Connections: cfg.Connections, Retries: cfg.Retry, MinSpeed: cfg.MinSpeed, Logger: log, Drives: cmp.Or(cfg.Drives, engine.NewDrives(nil))},
+		Engine: &engine.Engine{Client: client, IndexOf: mediaindex.Locate, ChunkSize: cfg.ChunkSize, ReadAhead: cfg.ReadAhead, Connections: cfg.Connections, Retries: cfg.Retry, MinSpeed: cfg.MinSpeed, Logger: log, Drives: drives},
 		client: client,
 	}
 	if cfg.Memory != nil || cfg.Disk != nil {

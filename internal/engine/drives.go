@@ -3,7 +3,6 @@ package engine
 import (
 	"errors"
 	"io"
-	"net/url"
 	"sync"
 	"syscall"
 	"time"
@@ -54,6 +53,17 @@ func (d *Drives) States() []limit.DriveState {
 
 // start is how many lanes a stream of file on host gets when it wants want, and the most requests the
 // drive is known to allow the file, all streams together (0: nothing known; the lanes when probing).
+// Limit is the most connections host's drive is known to allow one file (learned or a rule's); 0 when
+// nothing is known.
+func (d *Drives) Limit(host string) int {
+	if d == nil {
+		return 0
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.limits.Cap(host, "")
+}
+
 func (d *Drives) start(host, file string, want int) (lanes, fileLimit int, probing bool) {
 	if d == nil {
 		return want, 0, false
@@ -123,15 +133,6 @@ func (d *Drives) share(host string) {
 	if ok {
 		d.Share.Publish(fact)
 	}
-}
-
-// hostOf is the host a URL's requests go to.
-func hostOf(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return ""
-	}
-	return u.Hostname()
 }
 
 // errLimited ends a request the drive refused as one connection too many: the stream carries on over the

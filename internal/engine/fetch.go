@@ -93,7 +93,7 @@ func (s *stream) run(f *fetch) {
 // when the stream ended meanwhile.
 func (s *stream) waitForDrive() bool {
 	target, _ := s.currentTarget()
-	if wait := time.Until(s.e.Drives.quietUntil(hostOf(target.URL))); wait > 0 {
+	if wait := time.Until(s.e.Drives.quietUntil(source.HostOf(target.URL))); wait > 0 {
 		return s.pause(wait)
 	}
 	return true
@@ -378,7 +378,7 @@ func outcomeOf(err error) Outcome {
 func (s *stream) answered(f *fetch, via pace.Via) {
 	s.f.mu.Lock()
 	s.pace.Answered(f.meter, time.Now(), via)
-	host := hostOf(s._targetOf(f).URL)
+	host := source.HostOf(s._targetOf(f).URL)
 	served, _ := s._served(nil)
 	raised := s.e.Drives.served(host, s.limitKey, served)
 	s.f._broadcast() // a refusal waiting to know whether the drive serves its others reads on
@@ -429,7 +429,7 @@ func (s *stream) servedBesides(f *fetch) int {
 func (s *stream) limitedBy(f *fetch, r limit.Refusal) bool {
 	r.Served = s.servedBesides(f)
 	s.f.mu.Lock()
-	host := hostOf(s._targetOf(f).URL)
+	host := source.HostOf(s._targetOf(f).URL)
 	verdict, n, learned := s.e.Drives.refused(host, s.limitKey, r)
 	if verdict == limit.Limited {
 		if s.limited == nil || s.limited.gen != s.targetGen {
@@ -645,8 +645,8 @@ func (s *stream) refreshTarget(gen int, cause error) error {
 	s.log.Info("signed link expired; resolved it again", "url", upstream.Redact(t.URL))
 	if s.setTarget(t, gen) {
 		// The refusals before it were the link expiring, one request after another, not the drive's limit.
-		s.e.Drives.withdraw(hostOf(old.URL), s.limitKey)
-		s.log.Info("the refusals were the link expiring, not the drive's limit: the stream's connections are back", "drive", limit.Drive(hostOf(old.URL)))
+		s.e.Drives.withdraw(source.HostOf(old.URL), s.limitKey)
+		s.log.Info("the refusals were the link expiring, not the drive's limit: the stream's connections are back", "drive", limit.Drive(source.HostOf(old.URL)))
 	}
 	return nil
 }

@@ -96,7 +96,7 @@ func (e *Engine) newStream(ctx context.Context, f *file, req Request) *stream {
 		s.log = e.logger()
 	}
 	s.limitKey = cmp.Or(req.FileKey, req.Target.URL)
-	s.startWithinLimit(hostOf(req.Target.URL))
+	s.startWithinLimit(source.HostOf(req.Target.URL))
 	minSpeed := req.MinSpeed
 	switch {
 	case minSpeed == 0:

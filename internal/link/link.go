@@ -45,6 +45,9 @@ type Resolver struct {
 	Retry upstream.Retry
 	// Hedge is how many tries at once follow a failed one (a stream's connections); 0 or 1 tries once.
 	Hedge int
+	// DriveLimit, when set, is the most connections the drive of a host is known to allow a file (0:
+	// nothing known); hedged tries never pass it.
+	DriveLimit func(host string) int
 	// Warm is how many connections to the link's host a play's probe opens ahead alongside its own, for
 	// the stream's requests that follow it (see upstream.Client.Warm); 0 opens none.
 	Warm int
@@ -279,6 +282,11 @@ func (r *Resolver) probeWithRetries(ctx context.Context, l source.Link, first ht
 			return nil, nil, err
 		}
 		tries = max(r.Hedge, 1)
+		if r.DriveLimit != nil {
+			if n := r.DriveLimit(source.HostOf(l.URL)); n > 0 {
+				tries = min(tries, n)
+			}
+		}
 		var status *upstream.StatusError
 		if errors.As(err, &status) && (status.Code == http.StatusTooManyRequests || status.Code == http.StatusServiceUnavailable) {
 			tries = 1

@@ -88,6 +88,15 @@ func FileKey(identity string, v Version) string {
 	return fmt.Sprintf("%s\x00%d\x00%s\x00%s", identity, v.Size, v.ETag, v.LastModified)
 }
 
+// HostOf is the host rawURL's requests go to, without its port; "" for a URL that does not parse.
+func HostOf(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return ""
+	}
+	return u.Hostname()
+}
+
 // FileName is the last segment of rawURL's path, unescaped ("my%20film.mkv" is "my film.mkv"); "" when the
 // path has none.
 func FileName(rawURL string) string {
