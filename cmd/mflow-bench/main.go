@@ -140,7 +140,19 @@ func (b *bench) run(only, plotTo string) error {
 		}
 		results = append(results, r)
 	}
+	var limited []limitedResult
+	for _, m := range limitedModels {
+		if !match.MatchString(m.name) {
+			continue
+		}
+		r, err := b.measureLimited(m)
+		if err != nil {
+			return fmt.Errorf("%s: %w", m.name, err)
+		}
+		limited = append(limited, r)
+	}
 	b.print(results)
+	b.printLimited(limited)
 	if skipped != "" {
 		fmt.Println("\n" + skipped)
 	}
