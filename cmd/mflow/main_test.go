@@ -432,3 +432,20 @@ func TestASecretOthersMayReadIsWarnedOf(t *testing.T) {
 		t.Errorf("no warning at start:\n%s", logs.String())
 	}
 }
+
+func TestADrivesLimitComesFromTheFileTheEnvironmentAndTheFlag(t *testing.T) {
+	conf := filepath.Join(t.TempDir(), "mflow.conf")
+	os.WriteFile(conf, []byte("drive=quark.cn=5,files.example.org=1\n"), 0o600)
+	o, _, err := parseFlags([]string{"--conf-path", conf}, nil)
+	if err != nil || len(o.drives) != 2 || o.drives[0].Suffix != "quark.cn" || o.drives[0].PerFile != 5 || o.drives[1].PerFile != 1 {
+		t.Errorf("from the file: %+v %v", o.drives, err)
+	}
+	o, _, err = parseFlags(nil, map[string]string{"MFLOW_DRIVE": "115cdn.net=1"})
+	if err != nil || len(o.drives) != 1 || o.drives[0].Suffix != "115cdn.net" {
+		t.Errorf("from the environment: %+v %v", o.drives, err)
+	}
+	o, _, err = parseFlags([]string{"--drive", "a.example=3", "--drive", "b.example=4"}, nil)
+	if err != nil || len(o.drives) != 2 || o.drives[1].PerFile != 4 {
+		t.Errorf("repeated flags: %+v %v", o.drives, err)
+	}
+}
