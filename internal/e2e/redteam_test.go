@@ -54,6 +54,23 @@ func namespace(t *testing.T, addrs ...string) *netns.Namespace {
 	return ns
 }
 
+// countingServer serves body on addr in ns until the test ends, and counts the requests it gets.
+func countingServer(t *testing.T, ns *netns.Namespace, addr, body string) (string, *atomic.Int64) {
+	t.Helper()
+	ln, err := ns.Listen("tcp", addr+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hits := new(atomic.Int64)
+	srv := &httptest.Server{Listener: ln, Config: &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		io.WriteString(w, body)
+	})}}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv.URL, hits
+}
+
 // mflowRun is an mflow the test started.
 type mflowRun struct {
 	base string // http://127.0.0.1:PORT
@@ -143,17 +160,7 @@ func call(method string, params ...any) string {
 // nginx, must not make it "this machine".
 func TestRedTeamSpoofedClientHeadersBehindTheREADMEsNginx(t *testing.T) {
 	ns := namespace(t, "203.0.113.10", "203.0.113.77")
-	var adminHits atomic.Int64
-	adminLn, err := ns.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	admin := &httptest.Server{Listener: adminLn, Config: &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		adminHits.Add(1)
-		io.WriteString(w, "the admin page of a service on this machine")
-	})}}
-	admin.Start()
-	defer admin.Close()
+	adminURL, adminHits := countingServer(t, ns, "127.0.0.1", "the admin page of a service on this machine")
 	// As the README's VPS setup, without the secret: the worst case.
 	mflow := startMflow(t, ns, nil, "--in-memory", "--trusted-proxy", "127.0.0.1", "--allow-host", "media.example.com", "-s", "256K")
 
@@ -196,7 +203,7 @@ func TestRedTeamSpoofedClientHeadersBehindTheREADMEsNginx(t *testing.T) {
 	if gid[0] == '0' {
 		unknown = "1" + gid[1:3]
 	}
-	loopbackPage := "/stream?url=" + url.QueryEscape(admin.URL+"/")
+	loopbackPage := "/stream?url=" + url.QueryEscape(adminURL+"/")
 	for _, spoof := range []map[string]string{
 		{"Forwarded": "for=127.0.0.1"},
 		{"Forwarded": `for="[::1]"`},
@@ -374,21 +381,12 @@ func TestRedTeamABatchOfListCallsStaysWithinItsBound(t *testing.T) {
 // Attack 4: an HTTP proxy in mflow's environment must not carry a player to what it may not reach.
 func TestRedTeamAnEnvironmentProxyReachesNoMoreThanThePlayer(t *testing.T) {
 	ns := namespace(t, "203.0.113.30", "203.0.113.77")
-	var proxied atomic.Int64
-	proxyLn, err := ns.Listen("tcp", "203.0.113.30:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := &httptest.Server{Listener: proxyLn, Config: &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		proxied.Add(1) // a forward proxy would now fetch r.URL from its own network
-		io.WriteString(w, "what the proxy's machine serves on its loopback")
-	})}}
-	proxy.Start()
-	defer proxy.Close()
+	// A forward proxy would fetch what it is asked from its own network: each request is an attack that got through.
+	proxyURL, proxied := countingServer(t, ns, "203.0.113.30", "what the proxy's machine serves on its loopback")
 	// Players from the internet reach mflow directly: it listens on the namespace's public address too.
 	port := freePort()
 	cmd := ns.Command(context.Background(), env.bin, "--listen", "0.0.0.0", "--port", strconv.Itoa(port), "--in-memory")
-	cmd.Env = append(os.Environ(), "HTTP_PROXY="+proxy.URL, "http_proxy="+proxy.URL)
+	cmd.Env = append(os.Environ(), "HTTP_PROXY="+proxyURL, "http_proxy="+proxyURL)
 	var logs testsync.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {

@@ -179,20 +179,26 @@ func TestStreamResolvesAnExpiredLinkAgain(t *testing.T) {
 	}})
 	defer u.Close()
 	e := newEngine(t, u, 32<<10, 3)
-	tgt := target(u)
-	tgt.URL += "?sig=1"
-	var refreshes atomic.Int64
-	refresh := func(context.Context) (source.Target, error) {
-		refreshes.Add(1)
-		t := target(u)
-		t.URL += "?sig=" + fmt.Sprint(current.Load())
-		return t, nil
-	}
+	tgt, refresh, refreshes := signedLink(u, &current)
 	span := httprange.Span{Start: 0, End: int64(len(file)) - 1}
 	streamOK(t, e, engine.Request{Target: tgt, Span: span, Refresh: refresh}, file)
 	if n := refreshes.Load(); n != 1 {
 		t.Errorf("resolved the link %d times, want once for all connections", n)
 	}
+}
+
+// signedLink is u's file behind a signature, sig=1, and the Refresh that resolves it again with the
+// signature current holds then, counting how often it is called.
+func signedLink(u *upstreamtest.Upstream, current *atomic.Int64) (source.Target, func(context.Context) (source.Target, error), *atomic.Int64) {
+	tgt := target(u)
+	tgt.URL += "?sig=1"
+	refreshes := new(atomic.Int64)
+	return tgt, func(context.Context) (source.Target, error) {
+		refreshes.Add(1)
+		t := target(u)
+		t.URL += "?sig=" + fmt.Sprint(current.Load())
+		return t, nil
+	}, refreshes
 }
 
 func TestStreamExpiredLinkWithoutRefreshFails(t *testing.T) {

@@ -12,7 +12,6 @@ import (
 	"mflow/internal/engine"
 	"mflow/internal/engine/limit"
 	"mflow/internal/httprange"
-	"mflow/internal/source"
 	"mflow/internal/upstreamtest"
 )
 
@@ -123,15 +122,7 @@ func TestAnExpiredLinkIsResolvedAgainNotTakenForALimit(t *testing.T) {
 		defer u.Close()
 		e := newEngine(t, u, 128<<10, 4)
 		e.Drives = engine.NewDrives(nil)
-		tgt := target(u)
-		tgt.URL += "?sig=1"
-		var refreshes atomic.Int64
-		refresh := func(context.Context) (source.Target, error) {
-			refreshes.Add(1)
-			t := target(u)
-			t.URL += "?sig=" + fmt.Sprint(current.Load())
-			return t, nil
-		}
+		tgt, refresh, refreshes := signedLink(u, &current)
 		span := httprange.Span{Start: 0, End: int64(len(file)) - 1}
 		streamOK(t, e, engine.Request{Target: tgt, Span: span, Refresh: refresh}, file)
 		if refreshes.Load() == 0 {
