@@ -59,6 +59,9 @@ type state struct {
 func (d *Downloader) Get(ctx context.Context, l source.Link, output string, progress Progress) (string, error) {
 	pb, err := d.Play.Open(ctx, play.Request{Link: l, First: httprange.Span{Start: -1, End: -1}})
 	if err != nil {
+		if ctx.Err() != nil {
+			return "", errors.New("interrupted before the first byte; run the same command again to start")
+		}
 		return "", err
 	}
 	defer pb.Close()
