@@ -104,15 +104,6 @@ func (a *answer) WriteTo(w io.Writer) (int64, error) {
 	return n, nil
 }
 
-// bytes is the answer in one slice, for tests and short answers.
-func (a *answer) bytes() []byte {
-	out := make([]byte, 0, a.size)
-	for _, p := range a.parts {
-		out = append(out, p...)
-	}
-	return out
-}
-
 // errorAnswer is an answer of one error response, with its HTTP status.
 func errorAnswer(id json.RawMessage, e *rpcError, status int) (*answer, int) {
 	a := &answer{}

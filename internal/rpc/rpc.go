@@ -104,14 +104,6 @@ var (
 	errInvalidParams  = &rpcError{-32602, "Invalid params."}
 )
 
-// response is a JSON-RPC response; its fields marshal in aria2's order.
-type response struct {
-	ID      json.RawMessage `json:"id"`
-	JSONRPC string          `json:"jsonrpc"`
-	Result  any             `json:"result,omitempty"`
-	Error   *rpcError       `json:"error,omitempty"`
-}
-
 var null = json.RawMessage("null")
 
 func (h *Handler) logger() *slog.Logger {
