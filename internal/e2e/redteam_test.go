@@ -517,9 +517,10 @@ func TestRedTeamTheSmallerHoles(t *testing.T) {
 	os.WriteFile(conf, []byte("rpc-secret=s3\n"), 0o644)
 	os.Chmod(conf, 0o644)
 	mflow := startMflow(t, nil, nil, "--in-memory", "--conf-path", conf)
-	if !strings.Contains(mflow.logs.String(), "every user of this machine may read it") {
-		t.Error("a world-readable file holding the secret was not warned of")
-	}
+	// The warning follows the start-up lines.
+	testsync.WaitFor(t, "a warning that others may read the file holding the secret", func() bool {
+		return strings.Contains(mflow.logs.String(), "every user of this machine may read it")
+	})
 	// The status page opens in a browser without the secret in its URL: a login form, then a cookie.
 	status, body := askAs(t, http.DefaultClient, "GET", mflow.base+"/status", "", map[string]string{"Accept": "text/html"})
 	if status != http.StatusUnauthorized || !strings.Contains(body, `action="/login"`) {
