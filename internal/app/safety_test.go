@@ -223,7 +223,7 @@ func TestAPlayerThatTakesNothingIsCutAndResumesWithARange(t *testing.T) {
 	file := upstreamtest.RandomFile(32 << 20)
 	u := upstreamtest.New(file, upstreamtest.Options{})
 	defer u.Close()
-	srv := serve(t, app.Config{Connections: 4, ChunkSize: 256 << 10, ReadAhead: 4 << 20, MaxStreams: 1, PlayerTimeout: 300 * time.Millisecond})
+	srv := serve(t, app.Config{Connections: 4, ChunkSize: 256 << 10, ReadAhead: 4 << 20, MaxStreams: 1, PlayerTimeout: 2 * time.Second}) // 2 s: a busy machine's reader may pause a moment
 	film := srv.URL + "/stream?url=" + url.QueryEscape(u.URL+"/film.mkv")
 	paused := &http.Client{Transport: &http.Transport{}}
 	defer paused.CloseIdleConnections()
