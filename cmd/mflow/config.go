@@ -226,8 +226,9 @@ func environ(pairs []string) map[string]string {
 	return env
 }
 
-// secretExposed says why the configuration file read exposes the RPC secret to other users of this
-// machine, or "" when it does not: it sets rpc-secret and others may read it. Windows has no such bits.
+// secretExposed says why the configuration file read exposes a secret (the RPC's, OpenList's token) to
+// other users of this machine, or "" when it does not: it sets one and others may read it. Windows has no
+// such bits.
 func secretExposed(confPath string) string {
 	if confPath == "" || runtime.GOOS == "windows" {
 		return ""
@@ -241,8 +242,9 @@ func secretExposed(confPath string) string {
 		return ""
 	}
 	for line := range strings.SplitSeq(string(b), "\n") {
-		if name, _, ok := strings.Cut(strings.TrimSpace(line), "="); ok && strings.TrimSpace(name) == "rpc-secret" {
-			return fmt.Sprintf("%s holds the RPC secret and every user of this machine may read it (mode %04o): chmod 600 %s, or give the secret as MFLOW_RPC_SECRET", confPath, info.Mode().Perm(), confPath)
+		name, _, ok := strings.Cut(strings.TrimSpace(line), "=")
+		if name = strings.TrimSpace(name); ok && (name == "rpc-secret" || name == "openlist-token") {
+			return fmt.Sprintf("%s holds the %s and every user of this machine may read it (mode %04o): chmod 600 %s, or give it as %s", confPath, name, info.Mode().Perm(), confPath, envName(name))
 		}
 	}
 	return ""

@@ -30,6 +30,7 @@ import (
 	"mflow/internal/engine"
 	"mflow/internal/engine/limit"
 	"mflow/internal/logging"
+	"mflow/internal/openlist"
 	"mflow/internal/server"
 	"mflow/internal/task"
 	"mflow/internal/upstream"
@@ -81,6 +82,8 @@ type options struct {
 	stateDir        string
 	inMemory        bool
 	redis           string
+	openList        string
+	openListToken   string
 
 	confPath   string   // --conf-path
 	confRead   string   // the configuration file read; "" when none
@@ -128,6 +131,8 @@ func parseFlags(args []string, env map[string]string) (options, string, error) {
 	fs.StringVar(&o.stateDir, "state-dir", "", "where tasks are kept across restarts (default: the user's state folder, ~/.local/state/mflow on Linux)")
 	fs.BoolVar(&o.inMemory, "in-memory", false, "keep tasks in memory only: they are gone when mflow stops")
 	fs.StringVar(&o.redis, "redis", "", "share tasks and --host-connections with the other mflow instances on this Redis (instead of --state-dir): redis://[user:pass@]host:port/db, rediss:// for TLS")
+	fs.StringVar(&o.openList, "openlist", "", "be the download proxy of the OpenList (or AList) at this address (http://127.0.0.1:5244): its storages' Download proxy URL is then http://HOST:PORT/openlist")
+	fs.StringVar(&o.openListToken, "openlist-token", "", "OpenList's token (Settings → Other), which signs its links and lets mflow ask it where files are; better given as MFLOW_OPENLIST_TOKEN")
 	fs.StringVar(&o.confPath, "conf-path", "", "the configuration file: name=value lines named after these flags (default: mflow.conf in $XDG_CONFIG_HOME/mflow or the user's configuration folder, if there)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	help := fs.BoolP("help", "h", false, "print this help and exit")
@@ -159,6 +164,9 @@ func parseFlags(args []string, env map[string]string) (options, string, error) {
 		if fs.Changed("state-dir") || o.inMemory {
 			return o, "", fmt.Errorf("--redis keeps the tasks in Redis: leave out --state-dir and --in-memory")
 		}
+	}
+	if o.openList != "" && o.openListToken == "" {
+		return o, "", fmt.Errorf("--openlist needs --openlist-token (or MFLOW_OPENLIST_TOKEN): OpenList's token, from its Settings → Other")
 	}
 	if o.realIPHeader, err = access.CheckHeader(o.realIPHeader); err != nil {
 		return o, "", fmt.Errorf("invalid argument for \"--real-ip-header\" flag: %v", err)
@@ -278,7 +286,7 @@ func run(ctx context.Context, args []string, env map[string]string, stdout, stde
 		Connections: o.connections, ChunkSize: o.chunkSize, ReadAhead: o.readAhead, Retry: o.retry, MinSpeed: o.minSpeed, MaxRedirects: o.maxRedirects,
 		HostConnections: o.hostConnections, Drives: drives, Insecure: o.insecure, RelayNoRange: o.relayNoRange, Policy: policy, Shared: shared, Memory: cache.Memory, Disk: cache.Disk,
 		MaxStreams: o.maxStreams, PlayerTimeout: o.playerTimeout, Tasks: store, MaxStopped: o.maxStopped, MaxWaiting: o.maxWaiting,
-		RPCSecret: o.rpcSecret, RPCListenAll: o.rpcListenAll, RPCAllowOriginAll: o.rpcOriginAll,
+		RPCSecret: o.rpcSecret, RPCListenAll: o.rpcListenAll, RPCAllowOriginAll: o.rpcOriginAll, OpenList: openlist.Config{URL: o.openList, Token: o.openListToken},
 		Hosts: append(access.MachineNames(), o.allowHosts...), Proxies: access.Proxies{Trusted: o.trustedProxies, Header: o.realIPHeader},
 		Version: versionString(), Logger: log,
 	})
@@ -310,6 +318,9 @@ func run(ctx context.Context, args []string, env map[string]string, stdout, stde
 	}
 	for _, name := range o.unknownEnv {
 		log.Warn(name + " is set but is not a setting of mflow: it changes nothing")
+	}
+	if o.openList != "" {
+		log.Info("OpenList's download proxy: set its storages' Download proxy URL to http://HOST:"+strconv.Itoa(o.port)+"/openlist", "openlist", o.openList)
 	}
 	if rdb != nil {
 		log.Info("tasks, their events and the connection budget are shared with the instances on this Redis", "redis", rdb.Options().Addr, "db", rdb.Options().DB)

@@ -413,6 +413,8 @@ func TestASecretOthersMayReadIsWarnedOf(t *testing.T) {
 		{0o600, "port=6800\nrpc-secret=s3\n", false},
 		{0o640, "rpc-secret = s3\n", false},
 		{0o644, "port=6800\n", false},
+		{0o644, "openlist=http://127.0.0.1:5244\nopenlist-token = t0k\n", true},
+		{0o600, "openlist-token=t0k\n", false},
 	} {
 		if err := os.WriteFile(conf, []byte(c.content), c.mode); err != nil {
 			t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 	"mflow/internal/link"
 	"mflow/internal/mediaindex"
 	"mflow/internal/metrics"
+	"mflow/internal/openlist"
 	"mflow/internal/play"
 	"mflow/internal/rpc"
 	"mflow/internal/server"
@@ -51,6 +52,9 @@ type Config struct {
 	// PlayerTimeout cuts a player that takes no byte for that long (--player-timeout); 0 never does.
 	PlayerTimeout time.Duration
 
+	// OpenList, when its URL is set, makes mflow OpenList's download proxy at /openlist/ (--openlist).
+	OpenList openlist.Config
+
 	// Tasks keeps the aria2 tasks; nil turns the JSON-RPC and /stream?gid= off.
 	Tasks      task.Persister
 	MaxStopped int // stopped tasks kept
@@ -84,8 +88,9 @@ type App struct {
 	Engine  *engine.Engine // for the benchmark's memory watch
 	Play    *play.Service  // plays links: for mflow get
 
-	client *upstream.Client
-	tasks  *task.Registry // nil without Config.Tasks
+	client   *upstream.Client
+	tasks    *task.Registry   // nil without Config.Tasks
+	openList *openlist.Client // nil without Config.OpenList
 }
 
 // New puts mflow together. It owns cfg.Tasks from then on, even when it fails.
@@ -116,12 +121,25 @@ func New(cfg Config) (*App, error) {
 		Version:       cfg.Version,
 		Logger:        log,
 	}
+	if cfg.OpenList.URL != "" {
+		ol, err := openlist.New(cfg.OpenList)
+		if err != nil {
+			if cfg.Tasks != nil {
+				cfg.Tasks.Close()
+			}
+			return nil, err
+		}
+		a.openList, srv.OpenList = ol, ol
+	}
 	if cfg.Tasks != nil {
 		defaults := rpc.Defaults{Connections: cfg.Connections, MinSpeed: cfg.MinSpeed, UserAgent: userAgent, PieceLength: cfg.ChunkSize, Dir: cfg.Dir,
 			Retries: cfg.Retry, MaxStreams: cfg.MaxStreams, MaxStopped: cfg.MaxStopped, Port: cfg.Port, Insecure: cfg.Insecure, ConfPath: cfg.ConfPath}
 		tasks, err := task.New(task.Config{Interpret: defaults.Interpret, Probe: resolver.Size, MaxStopped: max(cfg.MaxStopped, 1), MaxWaiting: cfg.MaxWaiting, Logger: log}, cfg.Tasks)
 		if err != nil {
 			cfg.Tasks.Close()
+			if a.openList != nil {
+				a.openList.Close()
+			}
 			return nil, err
 		}
 		a.tasks = tasks
@@ -163,6 +181,9 @@ func connectionsOf(playback *play.Service) func(gid string) []rpc.Connection {
 func (a *App) Close() error {
 	defer a.client.CloseIdleConnections()
 	a.Engine.Close()
+	if a.openList != nil {
+		a.openList.Close()
+	}
 	if a.tasks != nil {
 		return a.tasks.Close()
 	}

@@ -236,17 +236,6 @@ func (r *Resolver) Mirrors(ctx context.Context, l source.Link) func(primary *Met
 	}
 }
 
-// Refresher is the engine's hook to resolve l again when its signed URL expires mid-stream.
-func (r *Resolver) Refresher(l source.Link) func(context.Context) (source.Target, error) {
-	return func(ctx context.Context) (source.Target, error) {
-		m, err := r.Refresh(ctx, l)
-		if err != nil {
-			return source.Target{}, err
-		}
-		return m.Target(l), nil
-	}
-}
-
 func (r *Resolver) ttl() time.Duration {
 	if r.TTL == 0 {
 		return 30 * time.Second

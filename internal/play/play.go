@@ -144,6 +144,9 @@ type Request struct {
 	// Connections and MinSpeed replace the engine's when not zero (MinSpeed negative turns it off).
 	Connections int
 	MinSpeed    int64
+	// Relink, when set, asks where the file is now, when its link stale has expired: an OpenList path's
+	// link is asked of OpenList again, not probed again at the dead drive URL. Nil probes the link again.
+	Relink func(ctx context.Context, stale source.Link) (source.Link, error)
 	// Tally, when set, is told of the playback.
 	Tally Tally
 	// Task is the GID of the task played, "" for a link, for the status page.
@@ -168,10 +171,14 @@ type File struct {
 type Playback struct {
 	File File
 
-	svc     *Service
-	req     Request
-	log     *slog.Logger
-	meta    *link.Meta
+	svc *Service
+	req Request
+	log *slog.Logger
+
+	mu   sync.Mutex // protects the following fields, which an expired link's refresh replaces mid-stream
+	link source.Link
+	meta *link.Meta
+
 	head    *http.Response                   // the probe's open answer for the first bytes, until taken
 	mirrors func(*link.Meta) []source.Target // waits briefly for the mirrors' probes
 }
@@ -185,6 +192,14 @@ func (s *Service) Open(ctx context.Context, req Request) (*Playback, error) {
 	}
 	mirrors := s.Resolver.Mirrors(ctx, req.Link) // probed alongside the link's own probe
 	meta, head, err := s.Resolver.Open(ctx, req.Link, req.First)
+	if expired(err) && req.Relink != nil {
+		// A link reused from an earlier request died since: ask where the file is now, once.
+		var fresh source.Link
+		if fresh, err = req.Relink(ctx, req.Link); err == nil {
+			req.Link = fresh
+			meta, head, err = s.Resolver.Open(ctx, req.Link, req.First)
+		}
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			tellFailure(req.Tally, err)
@@ -194,7 +209,7 @@ func (s *Service) Open(ctx context.Context, req Request) (*Playback, error) {
 	if req.Tally != nil {
 		req.Tally.Sized(meta.Version.Size)
 	}
-	p := &Playback{svc: s, req: req, log: log, meta: meta, head: head, mirrors: mirrors}
+	p := &Playback{svc: s, req: req, log: log, link: req.Link, meta: meta, head: head, mirrors: mirrors}
 	if meta.Version.Size != 0 && !meta.Ranges && !s.RelayNoRange {
 		p.Close()
 		return nil, ErrNoRanges
@@ -284,19 +299,52 @@ func (p *Playback) Play(ctx context.Context, w io.Writer, player string, spans .
 // stream plays one span: over several connections, or relayed over one when the upstream ignores Range.
 func (p *Playback) stream(ctx context.Context, w io.Writer, span httprange.Span, live *engine.Live, log *slog.Logger) (engine.Stats, error) {
 	s := p.svc
-	target := p.meta.Target(p.req.Link)
-	if !p.meta.Ranges {
+	p.mu.Lock()
+	meta, l := p.meta, p.link
+	p.mu.Unlock()
+	target := meta.Target(l)
+	if !meta.Ranges {
 		return s.Engine.Relay(ctx, w, target, span)
 	}
 	identity := p.req.Identity
 	if identity == "" {
-		identity = p.req.Link.Identity()
+		identity = l.Identity()
 	}
 	head := p.head
 	p.head = nil // the engine closes it
-	return s.Engine.Stream(ctx, w, engine.Request{Target: target, Head: head, FileKey: source.FileKey(identity, p.meta.Version),
-		Mirrors: p.mirrors(p.meta), Span: span, Refresh: s.Resolver.Refresher(p.req.Link),
+	return s.Engine.Stream(ctx, w, engine.Request{Target: target, Head: head, FileKey: source.FileKey(identity, meta.Version),
+		Mirrors: p.mirrors(meta), Span: span, Refresh: p.refresh,
 		Connections: p.req.Connections, MinSpeed: p.req.MinSpeed, Logger: log, Live: live})
+}
+
+// refresh is the engine's hook for a link that expired mid-stream: the link is asked for again (Relink)
+// or probed again, and what it leads to now replaces it for the spans that follow.
+func (p *Playback) refresh(ctx context.Context) (source.Target, error) {
+	p.mu.Lock()
+	l := p.link
+	p.mu.Unlock()
+	if p.req.Relink != nil {
+		fresh, err := p.req.Relink(ctx, l)
+		if err != nil {
+			return source.Target{}, err
+		}
+		l = fresh
+	}
+	m, err := p.svc.Resolver.Refresh(ctx, l)
+	if err != nil {
+		return source.Target{}, err
+	}
+	p.mu.Lock()
+	p.link, p.meta = l, m
+	p.mu.Unlock()
+	return m.Target(l), nil
+}
+
+// expired reports whether err is an upstream's answer that the link has expired (see
+// upstream.StatusError.Expired).
+func expired(err error) bool {
+	var status *upstream.StatusError
+	return errors.As(err, &status) && status.Expired()
 }
 
 // tellFailure tells a task's Tally (nil for a link) that the upstream failed the file, unless the failure

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -21,6 +22,7 @@ import (
 
 	"mflow/internal/access"
 	"mflow/internal/httprange"
+	"mflow/internal/openlist"
 	"mflow/internal/play"
 	"mflow/internal/source"
 	"mflow/internal/task"
@@ -33,6 +35,9 @@ type Server struct {
 	Play *play.Service
 	// Tasks holds the tasks /stream?gid= plays; nil knows no gid.
 	Tasks *task.Registry
+	// OpenList, when set, makes /openlist/PATH?sign= OpenList's download proxy (--openlist): the sign
+	// is checked, and the file played where OpenList says it is.
+	OpenList *openlist.Client
 	// RPC, when set, answers /jsonrpc.
 	RPC http.Handler
 	// Metrics, when set, answers /metrics; Status, when set, /status and /status.json. Both go through
@@ -131,12 +136,31 @@ func (s *Server) routes() http.Handler {
 		mux.Handle("GET /status", s.guard(s.Status))
 		mux.Handle("GET /status.json", s.guard(s.Status))
 	}
-	mux.HandleFunc("GET /stream", s.serveStream)
-	mux.HandleFunc("/stream", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Allow", "GET, HEAD")
-		fail(w, http.StatusMethodNotAllowed, r.Method+" is not allowed on /stream; use GET or HEAD")
+	// /stream/NAME.EXT is /stream under a name of the holder's choosing: Kodi, Infuse and strm files pick
+	// the player by the extension in the path.
+	for _, route := range []string{"/stream", "/stream/{name...}"} {
+		mux.HandleFunc("GET "+route, s.serveStream(s.streamRequest))
+		mux.HandleFunc(route, getOrHead)
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// An OpenList setting that ends in / doubles the path's slash; the mux would redirect such a path
+		// to its clean form, one more round trip for each of a player's many requests.
+		if strings.HasPrefix(r.URL.Path, "/openlist/") {
+			if r.Method != http.MethodGet && r.Method != http.MethodHead {
+				getOrHead(w, r)
+				return
+			}
+			s.serveStream(s.openListRequest)(w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
 	})
-	return mux
+}
+
+// getOrHead refuses a request of another method on a path that plays.
+func getOrHead(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Allow", "GET, HEAD")
+	fail(w, http.StatusMethodNotAllowed, fmt.Sprintf("%s is not allowed on %s; use GET or HEAD", r.Method, r.URL.Path))
 }
 
 // guard applies Guard, or answers this machine only.
@@ -169,6 +193,8 @@ Play a link through %d connections:
 
 GET|HEAD /stream?url=URL   stream URL (percent-encoded, or as is when it is the only parameter)
 GET|HEAD /stream?gid=GID   stream a task added over the aria2 JSON-RPC
+GET|HEAD /stream/NAME.EXT?url=URL (or ?gid=GID)   the same, named for players that go by the extension
+GET|HEAD /openlist/PATH?sign=SIGN   OpenList's download proxy (--openlist)
 GET /status                what plays now, the tasks, the cache (/status.json for programs)
 GET /metrics               Prometheus metrics
 `, s.Version, s.Play.Engine.Connections, r.Host)
@@ -187,8 +213,8 @@ type request struct {
 	task *task.Stream
 }
 
-// requestOf reads what a /stream request names, or answers why it cannot be played.
-func (s *Server) requestOf(w http.ResponseWriter, r *http.Request) (request, bool) {
+// streamRequest reads what a /stream request names, or answers why it cannot be played.
+func (s *Server) streamRequest(w http.ResponseWriter, r *http.Request) (request, bool) {
 	from := access.ClientOf(r.RemoteAddr) // the player's reach, not a task adder's
 	q := r.URL.Query()
 	if gid := q.Get("gid"); gid != "" {
@@ -242,11 +268,111 @@ func (s *Server) requestOf(w http.ResponseWriter, r *http.Request) (request, boo
 		fail(w, http.StatusBadRequest, fmt.Sprintf("url must be an absolute http or https URL, not %q", raw))
 		return request{}, false
 	}
-	l := source.Link{Location: source.Location{URL: u.String(), From: from}}
+	header, err := headerParams(q["header"])
+	if err != nil {
+		fail(w, http.StatusBadRequest, err.Error())
+		return request{}, false
+	}
+	l := source.Link{Location: source.Location{URL: u.String(), Header: header, From: from}, Name: nameParam(r)}
 	return request{Request: play.Request{Link: l, Logger: s.logger()}, ctx: r.Context()}, true
 }
 
-func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
+// nameParam is the file name a /stream/NAME request names, "" for /stream.
+func nameParam(r *http.Request) string {
+	name := path.Base(r.PathValue("name"))
+	if name == "." || name == "/" {
+		return ""
+	}
+	return name
+}
+
+// maxHeaderParams bounds the header= parameters of one link.
+const maxHeaderParams = 32
+
+// headerParams reads a link's own upstream headers, header=Name:%20value parameters: what a strm file
+// that no RPC call prepared carries (a drive's Cookie, Referer, User-Agent).
+func headerParams(lines []string) (http.Header, error) {
+	if len(lines) == 0 {
+		return nil, nil
+	}
+	if len(lines) > maxHeaderParams {
+		return nil, fmt.Errorf("%d header parameters; a link may carry at most %d", len(lines), maxHeaderParams)
+	}
+	h := http.Header{}
+	for _, line := range lines {
+		name, value, ok := strings.Cut(line, ":")
+		name, value = strings.TrimSpace(name), strings.TrimSpace(value)
+		if !ok || !validHeader(name, value) {
+			return nil, fmt.Errorf("header parameter %q is not a header: want header=Name:%%20value", line)
+		}
+		h.Add(name, value)
+	}
+	return upstream.CleanHeader(h), nil
+}
+
+// validHeader reports whether name is an HTTP token and value holds no control character: a header that
+// can go upstream as written.
+func validHeader(name, value string) bool {
+	if name == "" {
+		return false
+	}
+	for _, c := range []byte(name) {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return !strings.ContainsFunc(value, func(c rune) bool { return c < ' ' && c != '\t' || c == 0x7f })
+}
+
+// openListRequest reads what an OpenList download proxy request names: /openlist/PATH?sign=SIGN, where
+// PATH is OpenList's path of the file, signed with the token mflow shares with OpenList.
+func (s *Server) openListRequest(w http.ResponseWriter, r *http.Request) (request, bool) {
+	if s.OpenList == nil {
+		fail(w, http.StatusNotFound, "this mflow is not an OpenList download proxy: start it with --openlist URL --openlist-token TOKEN")
+		return request{}, false
+	}
+	file := "/" + strings.TrimLeft(strings.TrimPrefix(r.URL.Path, "/openlist"), "/")
+	log := s.logger().With("openlist", file)
+	req := play.Request{Logger: log}
+	if err := s.OpenList.Check(file, r.URL.Query().Get("sign")); err != nil {
+		status := http.StatusForbidden
+		if se := (*openlist.SignError)(nil); errors.As(err, &se) && se.Garbled {
+			status = http.StatusBadRequest
+		}
+		s.playFailed(r, req, status, err.Error())
+		fail(w, status, err.Error())
+		return request{}, false
+	}
+	from := access.ClientOf(r.RemoteAddr)
+	linkOf := func(d openlist.DriveLink) source.Link {
+		// OpenList chose the link, not the player: it may lead where OpenList stands.
+		return source.Link{Location: source.Location{URL: d.URL, Header: upstream.CleanHeader(d.Header), From: max(from, d.Reach)}, Name: path.Base(file)}
+	}
+	d, err := s.OpenList.Link(r.Context(), file)
+	if err != nil {
+		if r.Context().Err() == nil {
+			s.failPlay(w, r, req, err)
+		}
+		return request{}, false
+	}
+	req.Link = linkOf(d)
+	req.Identity = source.OpenListIdentity(file, from)
+	req.Relink = func(ctx context.Context, stale source.Link) (source.Link, error) {
+		d, err := s.OpenList.Renew(ctx, file, stale.URL)
+		if err != nil {
+			return source.Link{}, err
+		}
+		return linkOf(d), nil
+	}
+	return request{Request: req, ctx: r.Context()}, true
+}
+
+// serveStream answers a request that plays, what named tells it names.
+func (s *Server) serveStream(named func(http.ResponseWriter, *http.Request) (request, bool)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) { s.stream(w, r, named) }
+}
+
+func (s *Server) stream(w http.ResponseWriter, r *http.Request, named func(http.ResponseWriter, *http.Request) (request, bool)) {
 	if n := s.playing.Add(1); s.MaxStreams > 0 && n > int64(s.MaxStreams) {
 		s.playing.Add(-1)
 		w.Header().Set("Retry-After", "5")
@@ -258,7 +384,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusLoopDetected, "the request came through mflow already: a chain of mflows would multiply every request to the drive")
 		return
 	}
-	req, ok := s.requestOf(w, r)
+	req, ok := named(w, r)
 	if !ok {
 		return
 	}
@@ -541,7 +667,15 @@ var ErrShuttingDown = errors.New("mflow is shutting down")
 // 403 for a refused target or an upstream without Range, 503 for a task paused or removed meanwhile or
 // mflow stopping, 504 for a timeout, 502 for the rest.
 func failure(err error) (int, string) {
+	var api *openlist.APIError
+	var unreachable *openlist.Unreachable
 	switch {
+	case errors.As(err, &api) && api.NotFound():
+		return http.StatusNotFound, err.Error()
+	case errors.As(err, &api) && api.Unauthorized():
+		return http.StatusBadGateway, err.Error() + ": OpenList refused mflow's --openlist-token"
+	case errors.As(err, &api), errors.As(err, &unreachable):
+		return http.StatusBadGateway, err.Error()
 	case errors.Is(err, play.ErrNoRanges):
 		return http.StatusForbidden, err.Error()
 	case errors.Is(err, task.ErrStopped), errors.Is(err, ErrShuttingDown):

@@ -67,6 +67,12 @@ func TaskIdentity(gid string, from access.Client) string {
 	return fmt.Sprintf("task %s %d", gid, from)
 }
 
+// OpenListIdentity names the file at OpenList path p for a player of class from: its players share
+// downloads and the cache whatever drive link OpenList gives for it now.
+func OpenListIdentity(p string, from access.Client) string {
+	return fmt.Sprintf("openlist %s %d", p, from)
+}
+
 // Version identifies one version of a file. Bytes of two versions must never be spliced into one answer.
 type Version struct {
 	Size         int64  // bytes in the file, -1 when unknown
