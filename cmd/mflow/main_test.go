@@ -451,3 +451,27 @@ func TestADrivesLimitComesFromTheFileTheEnvironmentAndTheFlag(t *testing.T) {
 		t.Errorf("repeated flags: %+v %v", o.drives, err)
 	}
 }
+
+func TestOpenListsTokenComesFromTheEnvironmentAndIsNeverLogged(t *testing.T) {
+	var stderr bytes.Buffer
+	if code := run(t.Context(), []string{"--openlist", "http://127.0.0.1:5244"}, nil, io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), "--openlist-token") {
+		t.Errorf("--openlist without a token: exit %d, %q", code, stderr.String())
+	}
+	conf := filepath.Join(t.TempDir(), "mflow.conf")
+	os.WriteFile(conf, []byte("openlist = http://127.0.0.1:5244\nopenlist-token = fromfile\n"), 0o600)
+	o, _, err := parseFlags([]string{"--conf-path", conf}, map[string]string{"MFLOW_OPENLIST_TOKEN": "fromenv"})
+	if err != nil || o.openList != "http://127.0.0.1:5244" || o.openListToken != "fromenv" {
+		t.Errorf("openlist %q, token %q (the environment over the file), %v", o.openList, o.openListToken, err)
+	}
+	var logs testsync.SyncBuffer
+	base, stop := startMflowWith(t, []string{"--in-memory", "--log-level", "debug", "--openlist", "http://127.0.0.1:5244"}, map[string]string{"MFLOW_OPENLIST_TOKEN": "s3cr3t-token"}, &logs)
+	resp, err := http.Get(base + "/openlist/f.mkv?sign=forged:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	stop()
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(logs.String(), "Download proxy URL") || strings.Contains(logs.String(), "s3cr3t-token") {
+		t.Errorf("a forged sign: %d; the log:\n%s", resp.StatusCode, logs.String())
+	}
+}

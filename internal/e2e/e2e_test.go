@@ -1,6 +1,7 @@
 // Package e2e runs the mflow binary between real programs: nginx as the upstream, and ffprobe, ffmpeg,
-// aria2c and an HTTP client as players. It needs nginx, ffmpeg and aria2c (Debian: nginx-light ffmpeg
-// aria2; `bash .ci/e2e-deps` installs them). Without them it is skipped, except under CI, where it fails.
+// aria2c, mpv, curl, rclone and an HTTP client as players, some through a stand-in OpenList. It needs
+// nginx, ffmpeg and aria2c (Debian: nginx-light ffmpeg aria2; `bash .ci/e2e-deps` installs them and the
+// rest). Without them it is skipped, except under CI, where it fails.
 package e2e
 
 import (
@@ -68,8 +69,10 @@ func run(m *testing.M) int {
 		}
 		tools[name] = path
 	}
-	if path, err := exec.LookPath("chromium"); err == nil { // for the browser's rules; its test says when missing
-		tools["chromium"] = path
+	for _, name := range []string{"chromium", "mpv", "rclone"} { // their tests say when they are missing
+		if path, err := exec.LookPath(name); err == nil {
+			tools[name] = path
+		}
 	}
 	if len(missing) > 0 {
 		if os.Getenv("CI") != "" {
