@@ -151,8 +151,17 @@ func (b *bench) run(only, plotTo string) error {
 		}
 		limited = append(limited, r)
 	}
+	var chain *openListResult
+	if match.MatchString(openListModel) {
+		r, err := b.measureOpenList()
+		if err != nil {
+			return fmt.Errorf("%s: %w", openListModel, err)
+		}
+		chain = &r
+	}
 	b.print(results)
 	b.printLimited(limited)
+	b.printOpenList(chain)
 	if skipped != "" {
 		fmt.Println("\n" + skipped)
 	}
