@@ -33,10 +33,11 @@ import (
 	"mflow/internal/upstreamtest"
 )
 
-// The seed's defaults, which the targets are stated at.
+// The seed's defaults, which the targets are stated at, and mflow's memory budget (--max-memory).
 const (
 	connections = 4
 	chunkSize   = 1 << 20
+	maxMemory   = 256 << 20
 )
 
 func main() {

@@ -46,7 +46,7 @@ func (b *bench) measureOpenList() (openListResult, error) {
 		return drive.URL + "/cdn/film.mp4?path=" + url.QueryEscape(p), http.Header{"User-Agent": {"pan.example/1.0"}}
 	}})
 	defer ol.Close()
-	mflow, err := app.New(app.Config{Connections: connections, ChunkSize: chunkSize, Retry: 5, MaxRedirects: 3, HostConnections: 16,
+	mflow, err := app.New(app.Config{Connections: connections, ChunkSize: chunkSize, MaxMemory: maxMemory, Retry: 5, MaxRedirects: 3, HostConnections: 16,
 		OpenList: openlist.Config{URL: ol.URL, Token: "bench"}, Version: "bench", Logger: mflowLog})
 	if err != nil {
 		return r, err

@@ -97,7 +97,7 @@ type proxy struct {
 }
 
 func (p *place) proxy(cache *chunkcache.Memory) (*proxy, error) {
-	mflow, err := app.New(app.Config{Connections: connections, ChunkSize: chunkSize, Retry: 5, MaxRedirects: 3, HostConnections: 16, Memory: cache,
+	mflow, err := app.New(app.Config{Connections: connections, ChunkSize: chunkSize, MaxMemory: maxMemory, Retry: 5, MaxRedirects: 3, HostConnections: 16, Memory: cache,
 		Dial: p.dial, Version: "bench", Logger: mflowLog})
 	if err != nil {
 		return nil, err // New fails only on a task store, and the benchmark has none

@@ -55,6 +55,7 @@ type options struct {
 	connections     int
 	chunkSize       int64
 	readAhead       int64
+	maxMemory       int64
 	retry           int
 	logLevel        string
 	cache           bool
@@ -103,6 +104,7 @@ func parseFlags(args []string, env map[string]string) (options, string, error) {
 	fs.VarP(newIntFlag(&o.connections, 4, 1, 64), "connections", "c", "upstream connections per stream (and chunks read ahead)")
 	fs.VarP(bytesize.NewValue(&o.chunkSize, 1<<20), "chunk-size", "s", "chunk size: 512K, 1M, 0.5M, 2M…")
 	fs.Var(bytesize.NewValue(&o.readAhead, engine.DefaultReadAhead), "read-ahead", "the most one stream reads ahead of its player, and holds in memory (K, M, G)")
+	fs.Var(bytesize.NewValue(&o.maxMemory, defaultMaxMemory), "max-memory", "what every stream's read-ahead and the memory cache hold together (K, M, G; 0 = no bound): streams share it, the cache yields to them")
 	fs.VarP(newIntFlag(&o.retry, 5, 0, 100), "retry", "r", "retries of one chunk before the stream fails")
 	o.logLevel = "INFO"
 	fs.Var(levelFlag{&o.logLevel}, "log-level", "DEBUG, INFO, WARNING, ERROR or CRITICAL")
@@ -259,6 +261,7 @@ func run(ctx context.Context, args []string, env map[string]string, stdout, stde
 		fmt.Fprintf(stderr, "mflow: %v\n", err)
 		return 1
 	}
+	setMemoryLimit(o, log)
 	cache, err := openCache(o, log)
 	if err != nil {
 		store.Close()
@@ -283,7 +286,7 @@ func run(ctx context.Context, args []string, env map[string]string, stdout, stde
 	dir, _ := os.Getwd()
 	mflow, err := app.New(app.Config{
 		Shutdown: func(force bool) { forced.Store(force); requestStop() }, Dir: dir, Port: o.port, ConfPath: o.confRead,
-		Connections: o.connections, ChunkSize: o.chunkSize, ReadAhead: o.readAhead, Retry: o.retry, MinSpeed: o.minSpeed, MaxRedirects: o.maxRedirects,
+		Connections: o.connections, ChunkSize: o.chunkSize, ReadAhead: o.readAhead, MaxMemory: o.maxMemory, Retry: o.retry, MinSpeed: o.minSpeed, MaxRedirects: o.maxRedirects,
 		HostConnections: o.hostConnections, Drives: drives, Insecure: o.insecure, RelayNoRange: o.relayNoRange, Policy: policy, Shared: shared, Memory: cache.Memory, Disk: cache.Disk,
 		MaxStreams: o.maxStreams, PlayerTimeout: o.playerTimeout, Tasks: store, MaxStopped: o.maxStopped, MaxWaiting: o.maxWaiting,
 		RPCSecret: o.rpcSecret, RPCListenAll: o.rpcListenAll, RPCAllowOriginAll: o.rpcOriginAll, OpenList: openlist.Config{URL: o.openList, Token: o.openListToken},
@@ -307,7 +310,7 @@ func run(ctx context.Context, args []string, env map[string]string, stdout, stde
 		ConnContext:       server.ConnContext, // a stream cut short resets its player's connection
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	listening := []any{"address", ln.Addr().String(), "version", versionString(), "connections", o.connections, "chunk", bytesize.Format(o.chunkSize)}
+	listening := []any{"address", ln.Addr().String(), "version", versionString(), "connections", o.connections, "chunk", bytesize.Format(o.chunkSize), "memory", memoryText(o)}
 	if o.confRead != "" {
 		listening = append(listening, "settings", o.confRead)
 	}
@@ -395,19 +398,38 @@ func ownAddresses(addr net.Addr) []netip.AddrPort {
 	return own
 }
 
+// defaultMaxMemory is --max-memory's default: a quarter of a 1 GB box, beside a media server. It holds 4
+// streams at the default read-ahead, and 64 streams at a chunk per connection each.
+const defaultMaxMemory = 256 << 20
+
+// runtimeRoom is what mflow holds besides its buffers: the Go runtime, goroutines, connections' buffers.
+const runtimeRoom = 16 << 20
+
+// memoryText is the start-up line's word on memory.
+func memoryText(o options) string {
+	if o.maxMemory <= 0 {
+		return "no bound (--max-memory 0)"
+	}
+	return bytesize.Format(o.maxMemory) + " for buffers (--max-memory)"
+}
+
+// setMemoryLimit sets the Go runtime's soft memory limit from the budget, so the GC works harder rather
+// than the process grows past it: freed chunk buffers would otherwise wait for a heap twice as large.
+// GOMEMLIMIT, when set, wins.
+func setMemoryLimit(o options, log *slog.Logger) {
+	if os.Getenv("GOMEMLIMIT") != "" || o.maxMemory <= 0 {
+		return
+	}
+	limit := o.maxMemory + runtimeRoom
+	debug.SetMemoryLimit(limit)
+	log.Debug("soft memory limit", "bytes", bytesize.Human(float64(limit)))
+}
+
 // openCache opens the chunk caches the flags ask for; either tier may be nil.
 func openCache(o options, log *slog.Logger) (chunkcache.Tiered, error) {
 	var tiers chunkcache.Tiered
 	if o.cache {
 		tiers.Memory = chunkcache.NewMemory(o.cacheSize)
-		// A large, long-lived cache would let the GC grow the heap to twice its size. A soft limit of the
-		// cache, two streams' read-ahead and some room keeps resident memory near that; more streams make
-		// the GC work harder instead of the process grow. GOMEMLIMIT, when set, wins.
-		if os.Getenv("GOMEMLIMIT") == "" {
-			limit := o.cacheSize + 2*o.readAhead + 64<<20
-			debug.SetMemoryLimit(limit)
-			log.Debug("soft memory limit", "bytes", bytesize.Human(float64(limit)))
-		}
 	}
 	if o.cacheDir != "" {
 		d, err := chunkcache.OpenDisk(o.cacheDir, o.cacheDirSize, log)

@@ -33,14 +33,14 @@ func TestDefaultsAreTheSeeds(t *testing.T) {
 	if err != nil || text != "" {
 		t.Fatal(text, err)
 	}
-	want := options{listen: "0.0.0.0", port: 80, connections: 4, chunkSize: 1 << 20, readAhead: 64 << 20, retry: 5, logLevel: "INFO", maxRedirects: 3, hostConnections: 16, cacheSize: 256 << 20, cacheDirSize: 10 << 30,
+	want := options{listen: "0.0.0.0", port: 80, connections: 4, chunkSize: 1 << 20, readAhead: 64 << 20, maxMemory: 256 << 20, retry: 5, logLevel: "INFO", maxRedirects: 3, hostConnections: 16, cacheSize: 256 << 20, cacheDirSize: 10 << 30,
 		maxStreams: 64, maxStopped: 1000, maxWaiting: 1000, realIPHeader: "X-Forwarded-For", playerTimeout: time.Minute}
 	if !reflect.DeepEqual(o, want) {
 		t.Errorf("defaults %+v, want %+v", o, want)
 	}
-	o, _, err = parseFlags(strings.Fields("-p 9000 -c 16 -s 0.5M -r 2 --log-level debug --cache --cache-size 64M --cache-dir /c --cache-dir-size 1G --min-speed 100K --listen 127.0.0.1 --max-redirects 5 --host-connections 2 --insecure --relay-no-range --rpc-secret s --state-dir /s --in-memory --read-ahead 16M"+
+	o, _, err = parseFlags(strings.Fields("-p 9000 -c 16 -s 0.5M -r 2 --log-level debug --cache --cache-size 64M --cache-dir /c --cache-dir-size 1G --min-speed 100K --listen 127.0.0.1 --max-redirects 5 --host-connections 2 --insecure --relay-no-range --rpc-secret s --state-dir /s --in-memory --read-ahead 16M --max-memory 128M"+
 		" --rpc-listen-all --rpc-allow-origin-all --allow-target 192.168.1.0/24,10.0.0.7 --deny-target fd00::/8 --max-streams 8 --max-download-result 10 --max-waiting 20 --real-ip-header x-real-ip --player-timeout 2m"), nil)
-	want = options{listen: "127.0.0.1", port: 9000, connections: 16, chunkSize: 512 << 10, readAhead: 16 << 20, retry: 2, logLevel: "DEBUG", cache: true, cacheSize: 64 << 20, cacheDir: "/c", cacheDirSize: 1 << 30,
+	want = options{listen: "127.0.0.1", port: 9000, connections: 16, chunkSize: 512 << 10, readAhead: 16 << 20, maxMemory: 128 << 20, retry: 2, logLevel: "DEBUG", cache: true, cacheSize: 64 << 20, cacheDir: "/c", cacheDirSize: 1 << 30,
 		minSpeed: 100 << 10, maxRedirects: 5, hostConnections: 2, insecure: true, relayNoRange: true, rpcSecret: "s", stateDir: "/s", inMemory: true,
 		rpcListenAll: true, rpcOriginAll: true, allowTarget: []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24"), netip.MustParsePrefix("10.0.0.7/32")},
 		denyTarget: []netip.Prefix{netip.MustParsePrefix("fd00::/8")}, maxStreams: 8, maxStopped: 10, maxWaiting: 20, realIPHeader: "X-Real-IP", playerTimeout: 2 * time.Minute}
@@ -473,5 +473,14 @@ func TestOpenListsTokenComesFromTheEnvironmentAndIsNeverLogged(t *testing.T) {
 	stop()
 	if resp.StatusCode != http.StatusForbidden || !strings.Contains(logs.String(), "Download proxy URL") || strings.Contains(logs.String(), "s3cr3t-token") {
 		t.Errorf("a forged sign: %d; the log:\n%s", resp.StatusCode, logs.String())
+	}
+}
+
+func TestTheStartLineStatesTheMemoryBudget(t *testing.T) {
+	var logs testsync.SyncBuffer
+	_, stop := startMflow(t, []string{"--in-memory", "--max-memory", "96M"}, &logs)
+	stop()
+	if !strings.Contains(logs.String(), `memory="96M for buffers (--max-memory)"`) {
+		t.Errorf("the start-up lines do not state the budget:\n%s", logs.String())
 	}
 }

@@ -28,9 +28,12 @@ import (
 
 // Config is what mflow's flags set.
 type Config struct {
-	Connections     int   // per stream (-c)
-	ChunkSize       int64 // -s
-	ReadAhead       int64 // --read-ahead; 0 is the engine's default
+	Connections int   // per stream (-c)
+	ChunkSize   int64 // -s
+	ReadAhead   int64 // --read-ahead; 0 is the engine's default
+	// MaxMemory bounds what the streams' read-ahead and the memory cache hold together (--max-memory); 0 is
+	// no bound.
+	MaxMemory       int64
 	Retry           int   // retries of a chunk or a probe (-r)
 	MinSpeed        int64 // bytes/s, 0 = off
 	MaxRedirects    int   // per request
@@ -104,11 +107,15 @@ func New(cfg Config) (*App, error) {
 	drives := cmp.Or(cfg.Drives, engine.NewDrives(nil))
 	resolver := &link.Resolver{Client: client, Retry: upstream.Retry{Max: cfg.Retry}, Hedge: cfg.Connections, DriveLimit: drives.Limit, Warm: cfg.Connections - 1, Logger: log}
 	a := &App{
-		Engine: &engine.Engine{Client: client, IndexOf: mediaindex.Locate, ChunkSize: cfg.ChunkSize, ReadAhead: cfg.ReadAhead, Connections: cfg.Connections, Retries: cfg.Retry, MinSpeed: cfg.MinSpeed, Logger: log, Drives: drives},
+		Engine: &engine.Engine{Client: client, IndexOf: mediaindex.Locate, ChunkSize: cfg.ChunkSize, ReadAhead: cfg.ReadAhead, MaxMemory: cfg.MaxMemory,
+			Connections: cfg.Connections, Retries: cfg.Retry, MinSpeed: cfg.MinSpeed, Logger: log, Drives: drives},
 		client: client,
 	}
 	if cfg.Memory != nil || cfg.Disk != nil {
 		a.Engine.Cache = chunkcache.Tiered{Memory: cfg.Memory, Disk: cfg.Disk}
+	}
+	if cfg.Memory != nil {
+		a.Engine.CacheRoom = cfg.Memory.Yield
 	}
 	playback := &play.Service{Resolver: resolver, Engine: a.Engine, RelayNoRange: cfg.RelayNoRange, Logger: log}
 	a.Play = playback
@@ -145,7 +152,7 @@ func New(cfg Config) (*App, error) {
 		a.tasks = tasks
 		srv.Tasks = tasks
 		rpcHandler := &rpc.Handler{Tasks: tasks, Defaults: defaults, Secret: cfg.RPCSecret, ListenAll: cfg.RPCListenAll, AllowOriginAll: cfg.RPCAllowOriginAll,
-			Version: cfg.Version, Logger: log, Shutdown: cfg.Shutdown, Connections: connectionsOf(playback)}
+			Version: cfg.Version, Logger: log, Shutdown: cfg.Shutdown, Connections: connectionsOf(playback), MaxAnswer: maxAnswer(cfg.MaxMemory)}
 		srv.RPC, srv.Guard, srv.Prefixes, srv.Login = rpcHandler, rpcHandler.Guard, rpcHandler.Trusts, rpcHandler.Login
 	}
 	m := metrics.New(metrics.Sources{Play: playback, Engine: a.Engine, Client: client, Tasks: a.tasks, Memory: cfg.Memory, Disk: cfg.Disk})
@@ -155,9 +162,19 @@ func New(cfg Config) (*App, error) {
 		started = time.Now()
 	}
 	srv.Metrics = m
-	srv.Status = status.New(status.Sources{Play: playback, Tasks: a.tasks, Client: client, Memory: cfg.Memory, Disk: cfg.Disk, Version: cfg.Version, Started: started, Drives: a.Engine.Drives.States})
+	srv.Status = status.New(status.Sources{Play: playback, Tasks: a.tasks, Client: client, Memory: cfg.Memory, Disk: cfg.Disk, Version: cfg.Version, Started: started, Drives: a.Engine.Drives.States,
+		Budget: cfg.MaxMemory, Held: a.Engine.HeldBytes, Withheld: a.Engine.Withheld})
 	a.Handler = srv.Handler()
 	return a, nil
+}
+
+// maxAnswer is the bound of one RPC answer being built: rpc's default, within an eighth of the memory
+// budget.
+func maxAnswer(budget int64) int {
+	if budget <= 0 {
+		return rpc.DefaultMaxAnswer
+	}
+	return int(min(rpc.DefaultMaxAnswer, budget/8))
 }
 
 // connectionsOf is getServers' view of the upstream requests a task's players have open now.

@@ -284,3 +284,37 @@ func TestADrivesLimitIsShownWhereUsersLook(t *testing.T) {
 		t.Errorf("metrics: refusals %v, limit %v", m[`mflow_drive_refusals_total{drive="127.0.0.1"}`], m[`mflow_drive_connections_limit{drive="127.0.0.1"}`])
 	}
 }
+
+func TestTheMemoryBudgetIsShownWhereUsersLook(t *testing.T) {
+	file := upstreamtest.RandomFile(8 << 20)
+	u := upstreamtest.New(file, upstreamtest.Options{})
+	defer u.Close()
+	srv := serve(t, app.Config{Connections: 2, ChunkSize: 256 << 10, MaxMemory: 1 << 20, Memory: chunkcache.NewMemory(4 << 20)})
+	// A player that reads on, then stops: its stream wants more read-ahead than the budget gives.
+	resp, err := http.Get(srv.URL + "/stream?url=" + url.QueryEscape(u.URL+"/film.mp4"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if _, err := io.CopyN(io.Discard, resp.Body, 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	var st status.Status
+	testsync.WaitFor(t, "the stream holding chunks and wanting more", func() bool {
+		r, err := http.Get(srv.URL + "/status.json")
+		if err != nil {
+			return false
+		}
+		defer r.Body.Close()
+		st = status.Status{}
+		return json.NewDecoder(r.Body).Decode(&st) == nil && st.Memory.Streams > 0 && st.Memory.Withheld > 0
+	})
+	if st.Memory.Budget != 1<<20 || st.Memory.CacheRoom > 1<<20 {
+		t.Errorf("status: %+v, want the budget and a cache yielding its room", st.Memory)
+	}
+	m := scrape(t, srv.URL)
+	if m["mflow_memory_budget_bytes"] != 1<<20 || m["mflow_memory_streams_bytes"] <= 0 || m["mflow_readahead_withheld_bytes"] <= 0 || m["mflow_memory_cache_room_bytes"] > 1<<20 {
+		t.Errorf("metrics: budget %v, streams %v, withheld %v, cache room %v", m["mflow_memory_budget_bytes"], m["mflow_memory_streams_bytes"],
+			m["mflow_readahead_withheld_bytes"], m["mflow_memory_cache_room_bytes"])
+	}
+}

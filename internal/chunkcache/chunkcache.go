@@ -27,18 +27,35 @@ func (c *Counters) count(found bool) {
 type Memory struct {
 	Counters Counters // lookups, for metrics
 
-	c *otter.Cache[string, []byte]
+	c    *otter.Cache[string, []byte]
+	max  int64        // its own bound (--cache-size)
+	room atomic.Int64 // what it may hold now, within max: less while playing streams need the budget
 }
 
 // NewMemory returns a memory cache of at most maxBytes of chunks.
 func NewMemory(maxBytes int64) *Memory {
-	return &Memory{c: otter.Must(&otter.Options[string, []byte]{
+	m := &Memory{max: maxBytes}
+	m.room.Store(maxBytes)
+	m.c = otter.Must(&otter.Options[string, []byte]{
 		MaximumWeight: uint64(maxBytes),
 		Weigher:       func(key string, v []byte) uint32 { return uint32(len(key) + len(v)) },
 		// Maintenance runs in the caller, so the bound holds when Put returns and no goroutine is left.
 		Executor: func(fn func()) { fn() },
-	})}
+	})
+	return m
 }
+
+// Yield lets the cache hold room bytes from now on, within its own bound: it gives memory to playing
+// streams when they need the budget (--max-memory), evicting what it must, and takes it back after.
+func (m *Memory) Yield(room int64) {
+	room = min(max(room, 0), m.max)
+	if m.room.Swap(room) != room {
+		m.c.SetMaximum(uint64(room))
+	}
+}
+
+// Room is what the cache may hold now: its bound, or less while it yields to playing streams.
+func (m *Memory) Room() int64 { return m.room.Load() }
 
 // Get returns the chunk stored under key. The bytes are the cache's: read them, do not keep or change them.
 func (m *Memory) Get(key string) ([]byte, bool) {
@@ -47,10 +64,16 @@ func (m *Memory) Get(key string) ([]byte, bool) {
 	return data, ok
 }
 
-// Put stores a copy of data under key.
-func (m *Memory) Put(key string, data []byte) {
-	m.c.Set(key, append([]byte(nil), data...))
+// Put stores data under key as it is, and reports whether it kept it: then the caller never writes those
+// bytes again nor reuses their buffer (engine.Cache). While the cache yields all its room to playing
+// streams, it keeps nothing.
+func (m *Memory) Put(key string, data []byte) (kept bool) {
+	if m.room.Load() < int64(len(data)) {
+		return false
+	}
+	m.c.Set(key, data)
 	m.c.CleanUp()
+	return true
 }
 
 // Bytes is the weight of what the cache holds now.
@@ -80,12 +103,13 @@ func (t Tiered) Get(key string) ([]byte, bool) {
 	return nil, false
 }
 
-// Put stores data under key in each tier.
-func (t Tiered) Put(key string, data []byte) {
-	if t.Memory != nil {
-		t.Memory.Put(key, data)
-	}
+// Put stores data under key in each tier, and reports whether the memory tier kept it (see Memory.Put).
+func (t Tiered) Put(key string, data []byte) (kept bool) {
 	if t.Disk != nil {
-		t.Disk.Put(key, data)
+		t.Disk.Put(key, data) // first: once the memory tier keeps data, it is the cache's
 	}
+	if t.Memory != nil {
+		kept = t.Memory.Put(key, data)
+	}
+	return kept
 }

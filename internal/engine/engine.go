@@ -82,8 +82,19 @@ type Engine struct {
 	// drive's limit from its refusals and starts later streams within it. Nil leaves -c the only bound.
 	Drives *Drives
 
+	// MaxMemory bounds the chunk buffers all streams hold together (--max-memory; see package budget):
+	// beyond its first window and a chunk per lane, a stream reads ahead only within an even share of it
+	// among the streams whose players read, and while all streams stay within it. 0 is no bound.
+	MaxMemory int64
+	// CacheRoom, when set, is told what the streams leave of MaxMemory each time what they hold changes:
+	// the memory cache shrinks to it and grows back (chunkcache.Memory.Yield).
+	CacheRoom func(bytes int64)
+
 	buffers sync.Pool    // *[]byte of ChunkSize capacity, reused across chunks and streams
 	held    atomic.Int64 // bytes of chunk buffers held by streams now
+
+	liveMu sync.Mutex           // protects live
+	live   map[*stream]struct{} // the streams playing now, for the budget's shares
 
 	filesMu sync.Mutex       // protects files
 	files   map[string]*file // the files being streamed, by FileKey
@@ -110,11 +121,13 @@ type Counters struct {
 	Splits  atomic.Int64 // pieces split so an idle connection takes half
 }
 
-// Cache keeps whole chunks by key. Get returns bytes the engine only reads; Put's bytes are the
-// caller's again once Put returns. The engine never calls them with a lock held.
+// Cache keeps whole chunks by key. Get returns bytes the engine only reads. Put may keep data as it is
+// and says so (kept): the engine then never writes those bytes again nor reuses their buffer, so a chunk
+// is cached without a copy; otherwise they are the engine's again once Put returns. The engine never
+// calls them with a lock held.
 type Cache interface {
 	Get(key string) ([]byte, bool)
-	Put(key string, data []byte)
+	Put(key string, data []byte) (kept bool)
 }
 
 // readSize is how much one connection reads at a time.
@@ -222,6 +235,8 @@ func (e *Engine) Stream(ctx context.Context, w io.Writer, req Request) (stats St
 	}
 	f := e.openFile(req.FileKey, size)
 	s := e.newStream(ctx, f, req)
+	e.begin(s)
+	defer e.end(s)
 	// The stream's work is its own (it may finish chunks it keeps after its player was done), but a stop
 	// for any other cause than the player going (a task paused, mflow stopping) ends it at once.
 	stop := context.AfterFunc(ctx, func() {

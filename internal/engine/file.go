@@ -34,6 +34,7 @@ type chunk struct {
 	pieces     []*piece // in order, not overlapping; together they cover what streams asked for
 	refs       int      // streams holding the chunk in their window
 	cached     bool     // the cache has it (filled from it, or put): never put again
+	given      bool     // its buffer went to the cache with its bytes: never reused
 	storing    bool     // complete and held by no stream, being put into the cache: streams still find it
 	released   bool     // no stream holds it: no byte may be copied in, the buffer is being given back
 }
@@ -215,30 +216,33 @@ func (f *file) _release(c *chunk) *chunk {
 	return c
 }
 
-// retire puts the chunks _release returned for the cache into it and gives their buffers back. Call
-// without the lock: the cache may write a file.
+// retire puts the chunks _release returned for the cache into it and gives their buffers back, but for
+// those the cache keeps as they are. Call without the lock: the cache may write a file.
 func (f *file) retire(chunks []*chunk) {
 	for _, c := range chunks {
 		if c == nil {
 			continue
 		}
 		if c.storing {
-			f.e.Cache.Put(f.cacheKey(c.index), c.bytes(c.start, c.end))
-			if !f.stored(c) {
+			kept := f.e.Cache.Put(f.cacheKey(c.index), c.bytes(c.start, c.end))
+			if !f.stored(c, kept) {
 				continue
 			}
 		}
-		f.e.buffers.Put(c.buf)
+		if !c.given {
+			f.e.buffers.Put(c.buf)
+		}
 		f.e.held.Add(-f.e.ChunkSize)
 	}
+	f.e.yieldCache()
 }
 
-// stored ends c's storing once the cache has it, and reports whether c is released: it is not when a
-// stream came for it meanwhile, which now holds it.
-func (f *file) stored(c *chunk) bool {
+// stored ends c's storing once the cache has it (kept: its buffer with it), and reports whether c is
+// released: it is not when a stream came for it meanwhile, which now holds it.
+func (f *file) stored(c *chunk, kept bool) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	c.storing, c.cached = false, true
+	c.storing, c.cached, c.given = false, true, kept
 	if c.refs > 0 {
 		return false
 	}

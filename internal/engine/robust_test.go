@@ -47,11 +47,12 @@ func (c *panickyCache) Get(key string) ([]byte, bool) {
 	return b, ok
 }
 
-func (c *panickyCache) Put(key string, data []byte) {
+func (c *panickyCache) Put(key string, data []byte) bool {
 	c.trip(c.onPut)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.m[key] = bytes.Clone(data)
+	return false
 }
 
 func TestAPanicEndsOneStreamAndTheEngineStreamsOn(t *testing.T) {

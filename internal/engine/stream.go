@@ -10,8 +10,10 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"mflow/internal/engine/budget"
 	"mflow/internal/engine/limit"
 	"mflow/internal/engine/pace"
 	"mflow/internal/httprange"
@@ -36,6 +38,9 @@ type stream struct {
 
 	// refreshMu lets one worker at a time resolve an expired link; the others find the new target.
 	refreshMu sync.Mutex
+
+	lastRead atomic.Int64 // when the player last took bytes, Unix nanoseconds: whether it counts as reading
+	withheld atomic.Int64 // the read-ahead the budget does not give the stream now, bytes
 
 	// The file's lock (f.mu) protects the following fields.
 	pace          *pace.Stream     // what the stream learned of its upstream and its player, and its verdicts
@@ -132,9 +137,11 @@ func (s *stream) plan() {
 		return
 	}
 	lookedUp, data := int64(-1), []byte(nil)
+	readers := s.e.readers(time.Now()) // not under the file's lock: the engine's list of streams has its own
 	for {
-		next, lookup := s.holdChunks(lookedUp, data)
+		next, lookup := s.holdChunks(lookedUp, data, readers)
 		if !lookup {
+			s.e.yieldCache()
 			return
 		}
 		lookedUp, data = next, s.f.lookup(next)
@@ -155,10 +162,10 @@ func (s *stream) startPlan() bool {
 // holdChunks holds the next chunks until the read-ahead is covered, and returns early with the index of
 // one the cache must be asked for first (lookedUp, data: the answer for the one asked last). Once it
 // returns no lookup, the plan is over.
-func (s *stream) holdChunks(lookedUp int64, data []byte) (next int64, lookup bool) {
+func (s *stream) holdChunks(lookedUp int64, data []byte, readers int) (next int64, lookup bool) {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
-	if next, lookup := s._holdChunks(lookedUp, data); lookup {
+	if next, lookup := s._holdChunks(lookedUp, data, readers); lookup {
 		return next, true
 	}
 	s.planning = false
@@ -166,11 +173,21 @@ func (s *stream) holdChunks(lookedUp int64, data []byte) (next int64, lookup boo
 	return 0, false
 }
 
-func (s *stream) _holdChunks(lookedUp int64, data []byte) (next int64, lookup bool) {
+func (s *stream) _holdChunks(lookedUp int64, data []byte, readers int) (next int64, lookup bool) {
 	size := s.e.ChunkSize
-	limit := s.written + s.pace.Ahead()
+	ahead, floor := s.pace.Ahead(), int64(s.lanes)*size
+	if s.pace.Opened() { // a first window is the stream's whatever the others hold: its first byte waits for none
+		allowed := budget.Ahead(s.e.MaxMemory, readers, ahead, floor)
+		s.withheld.Store(ahead - allowed)
+		ahead = allowed
+	}
+	limit := s.written + ahead
 	// Whole chunks within the read-ahead: a player that starts mid-chunk holds no more chunks for it.
 	for (len(s.window) == 0 || min((s.nextChunk+1)*size, s.span.End+1) <= limit) && s.nextChunk <= s.lastChunk && !s.lingering {
+		if len(s.window) > 0 && s.pace.Opened() && s.nextChunk*size-s.written >= floor && !budget.Fits(s.e.MaxMemory, s.e.held.Load(), size) {
+			s.withheld.Add(limit - s.nextChunk*size)
+			break // the streams together hold the budget: this one reads on as its player frees chunks
+		}
 		k := s.nextChunk
 		if s.f.chunks[k] == nil && s.f.caching() && k != lookedUp {
 			return k, true
@@ -373,6 +390,7 @@ func (s *stream) wrote(c *chunk, n int) (released *chunk, moved, drained bool) {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
 	s.written += int64(n)
+	s.lastRead.Store(time.Now().UnixNano())
 	grew := s.pace.Read(int64(n))
 	if s.written != min(c.end, s.span.End+1) {
 		return nil, grew, false

@@ -83,6 +83,10 @@ var help = map[string]string{
 	"mflow_tasks_available":                   "1 while tasks can be asked for and changed; 0 while their shared store (Redis) does not answer.",
 	"mflow_drive_refusals_total":              "Upstream requests a drive refused (403, 429, 503 or a reset), by drive.",
 	"mflow_drive_connections_limit":           "Connections a drive allows one file, learned from its refusals or known, by drive.",
+	"mflow_memory_budget_bytes":               "What streams' read-ahead and the memory cache may hold together (--max-memory); 0 is no bound.",
+	"mflow_memory_streams_bytes":              "Bytes the streams hold in chunk buffers now.",
+	"mflow_memory_cache_room_bytes":           "What the memory cache may hold now: its --cache-size, or less while playing streams need the budget.",
+	"mflow_readahead_withheld_bytes":          "Read-ahead the playing streams want beyond what the budget gives them now.",
 }
 
 // New returns the metrics of src.
@@ -137,6 +141,12 @@ func (m *Metrics) writeSources(w io.Writer) {
 		vm.WriteCounterUint64(w, "mflow_upstream_retries_total", uint64(e.Counters.Retries.Load()))
 		vm.WriteCounterUint64(w, "mflow_upstream_races_total", uint64(e.Counters.Raced.Load()))
 		vm.WriteCounterUint64(w, "mflow_upstream_splits_total", uint64(e.Counters.Splits.Load()))
+		vm.WriteGaugeUint64(w, "mflow_memory_budget_bytes", uint64(max(e.MaxMemory, 0)))
+		vm.WriteGaugeUint64(w, "mflow_memory_streams_bytes", uint64(max(e.HeldBytes(), 0)))
+		vm.WriteGaugeUint64(w, "mflow_readahead_withheld_bytes", uint64(max(e.Withheld(), 0)))
+		if src.Memory != nil {
+			vm.WriteGaugeUint64(w, "mflow_memory_cache_room_bytes", uint64(src.Memory.Room()))
+		}
 		if drives := e.Drives.States(); len(drives) > 0 {
 			family(w, "mflow_drive_refusals_total", "counter", func(line func(labels string, v int64)) {
 				for _, d := range drives {

@@ -7,25 +7,29 @@ import (
 	"net/http"
 )
 
-// maxAnswer bounds the answer to one request (a batch, a system.multicall and every list in them
-// together): a client asking for more must ask for fewer tasks or keys at a time.
-const maxAnswer = 16 << 20
+// DefaultMaxAnswer bounds the answer to one request (a batch, a system.multicall and every list in them
+// together) unless Handler.MaxAnswer says otherwise: a client asking for more must ask for fewer tasks or
+// keys at a time.
+const DefaultMaxAnswer = 16 << 20
 
-// errAnswerTooLarge ends an answer that would pass maxAnswer.
-var errAnswerTooLarge = &rpcError{1, fmt.Sprintf("The answer would be over %d MiB; ask for fewer tasks or keys at a time.", maxAnswer>>20)}
+// tooLarge ends an answer that would pass its bound.
+func tooLarge(bound int) *rpcError {
+	return &rpcError{1, fmt.Sprintf("The answer would be over %d KiB; ask for fewer tasks or keys at a time.", bound>>10)}
+}
 
-// answer is one request's reply as it is built. Every part is counted against maxAnswer as it is added, so
+// answer is one request's reply as it is built. Every part is counted against the bound as it is added, so
 // an answer that would be too large stops growing at the bound instead of being built whole first: 120
 // tasks with long URIs asked for by a batch of tellStopped calls would otherwise take gigabytes.
 type answer struct {
+	bound int      // the most bytes it may hold
 	parts [][]byte // in order; never joined, so the answer is held once
 	size  int      // bytes in parts
 }
 
 // add appends b, or says the answer would be too large.
 func (a *answer) add(b []byte) error {
-	if a.size+len(b) > maxAnswer {
-		return errAnswerTooLarge
+	if a.size+len(b) > a.bound {
+		return tooLarge(a.bound)
 	}
 	a.parts = append(a.parts, b)
 	a.size += len(b)
@@ -106,7 +110,7 @@ func (a *answer) WriteTo(w io.Writer) (int64, error) {
 
 // errorAnswer is an answer of one error response, with its HTTP status.
 func errorAnswer(id json.RawMessage, e *rpcError, status int) (*answer, int) {
-	a := &answer{}
+	a := &answer{bound: DefaultMaxAnswer}
 	_ = a.response(id, nil, e) // a few bytes: always within the bound
 	return a, status
 }

@@ -68,6 +68,9 @@ type Handler struct {
 	// Shutdown, when set, stops mflow: as on SIGTERM, or at once when force is set (aria2.shutdown,
 	// aria2.forceShutdown). It is called once the answer is written.
 	Shutdown func(force bool)
+	// MaxAnswer bounds the answer to one request being built, in bytes (a share of --max-memory);
+	// DefaultMaxAnswer when 0.
+	MaxAnswer int
 	// Logger receives a DEBUG line per call. Default slog.Default().
 	Logger *slog.Logger
 
@@ -352,7 +355,7 @@ func getRequest(rawQuery string) (body []byte, callback string) {
 // process answers one body: a request, or a batch of them. It returns the reply and its HTTP status.
 func (h *Handler) process(c call, body []byte) (*answer, int) {
 	body = bytes.TrimSpace(body)
-	out := &answer{}
+	out := &answer{bound: cmp.Or(h.MaxAnswer, DefaultMaxAnswer)}
 	if len(body) > 0 && body[0] == '[' {
 		var batch []json.RawMessage
 		if err := json.Unmarshal(body, &batch); err != nil {

@@ -28,6 +28,11 @@ type Sources struct {
 	Started time.Time // when mflow started
 	// Drives, when set, is what is known of each drive's limit (engine.Drives.States).
 	Drives func() []limit.DriveState
+	// Memory budget: Budget is --max-memory (0: no bound); Held and Withheld, when set, are what the
+	// streams hold in buffers now and the read-ahead they want beyond what the budget gives them.
+	Budget   int64
+	Held     func() int64
+	Withheld func() int64
 }
 
 // Handler serves /status and /status.json.
@@ -45,6 +50,7 @@ type Status struct {
 	TasksAway   string      `json:"tasks_unavailable,omitempty"` // why tasks cannot be changed now (a shared store away)
 	Cache       []CacheTier `json:"cache"`
 	Connections Connections `json:"connections"`
+	Memory      Memory      `json:"memory"`
 	// FailedPlays are the last plays that failed, newest first: what a player was told, and why.
 	FailedPlays []play.FailedPlay `json:"failed_plays"`
 	// Drives are the drives that refused a request or taught a limit.
@@ -104,6 +110,14 @@ type CacheTier struct {
 	Bytes  int64  `json:"bytes"`
 	Hits   int64  `json:"hits"`
 	Misses int64  `json:"misses"`
+}
+
+// Memory is the memory budget (--max-memory) and what holds it.
+type Memory struct {
+	Budget    int64 `json:"budget"`               // 0: no bound
+	Streams   int64 `json:"streams"`              // bytes the streams hold in buffers
+	CacheRoom int64 `json:"cache_room,omitempty"` // what the memory cache may hold now
+	Withheld  int64 `json:"withheld"`             // read-ahead wanted beyond what the budget gives
 }
 
 // Connections is the upstream connection budget.
@@ -167,7 +181,12 @@ func (h *Handler) Status() Status {
 			}
 		}
 	}
+	st.Memory.Budget = src.Budget
+	if src.Held != nil {
+		st.Memory.Streams, st.Memory.Withheld = src.Held(), src.Withheld()
+	}
 	if m := src.Memory; m != nil {
+		st.Memory.CacheRoom = m.Room()
 		st.Cache = append(st.Cache, CacheTier{"memory", m.Bytes(), m.Counters.Hits.Load(), m.Counters.Misses.Load()})
 	}
 	if d := src.Disk; d != nil {
