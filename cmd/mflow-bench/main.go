@@ -49,7 +49,11 @@ func main() {
 	only := flag.String("only", "", "measure only the models whose name matches this regular expression")
 	plotTo := flag.String("plot", "", "also draw the results into this PNG (needs gnuplot)")
 	logTo := flag.String("log", "", "write mflow's DEBUG log (each upstream request) to this file")
+	relay := flag.String("relay", "", "internal: serve as a plain reverse proxy on this address to the URL given after it")
 	flag.Parse()
+	if *relay != "" {
+		relayMain(*relay, flag.Arg(0))
+	}
 	if *logTo != "" {
 		f, err := os.Create(*logTo)
 		if err != nil {
@@ -160,9 +164,16 @@ func (b *bench) run(only, plotTo string) error {
 		}
 		chain = &r
 	}
+	var cpu *cpuResult
+	if match.MatchString(cpuModel) {
+		if cpu, err = b.measureCPU(); err != nil {
+			return fmt.Errorf("%s: %w", cpuModel, err)
+		}
+	}
 	b.print(results)
 	b.printLimited(limited)
 	b.printOpenList(chain)
+	b.printCPU(cpu)
 	if skipped != "" {
 		fmt.Println("\n" + skipped)
 	}
