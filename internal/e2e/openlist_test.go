@@ -152,6 +152,9 @@ func TestAnOpenListLinkThatExpiresEveryFewSecondsPlaysThrough(t *testing.T) {
 	if n := strings.Count(c.mflow.logs.String(), "signed link expired; resolved it again"); n < 2 || c.ol.Calls() < 3 {
 		t.Errorf("the link was resolved again %d times, OpenList asked %d times: the play did not outlive its link", n, c.ol.Calls())
 	}
+	if n := strings.Count(c.mflow.logs.String(), "drive limit learned"); n > 0 {
+		t.Errorf("a link expiring was taken %d times for the drive's limit", n)
+	}
 	// ffmpeg decodes the whole film through links that keep dying.
 	var stderr bytes.Buffer
 	cmd := exec.CommandContext(t.Context(), tools["ffmpeg"], "-v", "error", "-i", c.d(long), "-f", "null", "-")

@@ -380,6 +380,7 @@ func (s *stream) answered(f *fetch, via pace.Via) {
 	s.pace.Answered(f.meter, time.Now(), via)
 	host := source.HostOf(s._targetOf(f).URL)
 	served, _ := s._served(nil)
+	s.mostServed = max(s.mostServed, served)
 	raised := s.e.Drives.served(host, s.limitKey, served)
 	s.f._broadcast() // a refusal waiting to know whether the drive serves its others reads on
 	s.f.mu.Unlock()
@@ -429,6 +430,7 @@ func (s *stream) servedBesides(f *fetch) int {
 func (s *stream) limitedBy(f *fetch, r limit.Refusal) bool {
 	r.Served = s.servedBesides(f)
 	s.f.mu.Lock()
+	r.MostServed = s.mostServed
 	host := source.HostOf(s._targetOf(f).URL)
 	verdict, n, learned := s.e.Drives.refused(host, s.limitKey, r)
 	if verdict == limit.Limited {
@@ -671,6 +673,7 @@ func (s *stream) setTarget(t source.Target, gen int) (restored bool) {
 	defer s.f.mu.Unlock()
 	s.target = t
 	s.targetGen++
+	s.mostServed = 0
 	if l := s.limited; l != nil && l.gen == gen {
 		s.lanes, s.f.limit, s.limited = l.lanes, l.fileLimit, nil
 		s.pace.SetLanes(s.lanes)

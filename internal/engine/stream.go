@@ -64,6 +64,7 @@ type stream struct {
 	fetches       []*fetch         // this stream's requests, each in a lane of its own: never more than lanes
 	lingering     bool             // the player has its bytes or left: only the chunks finishing are fetched on
 	limited       *lowered         // the lanes a drive's refusals lowered, with the target they were refused on
+	mostServed    int              // the most of its requests the drive served at once on the current target
 	retries       int              // retries of all requests
 	replaced      int              // requests replaced for being slow
 	received      int64            // bytes new to the file's pieces that this stream's requests brought

@@ -180,12 +180,13 @@ func (l *Limits) QuietUntil(host string) time.Time {
 }
 
 // Refusal is a request the drive would not serve: its status (403, 429, 503; 0 for a connection reset
-// before any answer), its Retry-After, and how many other requests of the same stream to the same file
-// were being served when it came.
+// before any answer), its Retry-After, how many other requests of the same stream to the same file were
+// being served when it came, and the most the drive served at once on the same link before.
 type Refusal struct {
 	Status     int
 	RetryAfter time.Duration
 	Served     int
+	MostServed int
 }
 
 // Verdict is what a refusal means.
@@ -193,8 +194,10 @@ type Verdict int
 
 const (
 	// NotALimit: the drive refused a request while none of the stream's others was served (the first
-	// one, or all of them): an expired link (403: resolve it again) or a drive that wants a pause (429,
-	// 503: wait its Retry-After). The engine carries on as for any failure.
+	// one, or all of them), or while fewer were served than it served at once on the same link before:
+	// an expired link (403: resolve it again; a link that expires refuses new requests while it finishes
+	// the ones it answered) or a drive that wants a pause (429, 503: wait its Retry-After). The engine
+	// carries on as for any failure.
 	NotALimit Verdict = iota
 	// Limited: the drive serves Served requests of the file and refused one more. The stream keeps that
 	// many connections and the refused one's work is taken over, not retried.
@@ -215,7 +218,7 @@ func (l *Limits) Refused(host, file string, r Refusal, now time.Time) (v Verdict
 	if r.RetryAfter > 0 && (r.Status == http.StatusTooManyRequests || r.Status == http.StatusServiceUnavailable) {
 		d.quietUntil = later(d.quietUntil, now.Add(r.RetryAfter))
 	}
-	if !refusal(r.Status) || r.Served < 1 {
+	if !refusal(r.Status) || r.Served < 1 || r.Served < r.MostServed {
 		return NotALimit, 0, false
 	}
 	f := l.file(file)

@@ -87,6 +87,14 @@ func TestARefusalWhileOthersAreServedIsTheLimit(t *testing.T) {
 			{refused: &Refusal{Status: 403, Served: 0}, wantVerdict: NotALimit},
 			{start: 4, wantN: 4},
 		},
+		"a link expiring while it finishes what it answered is not a limit": {
+			// The drive served 4 at once on this link; refusing one while 3 are served is the link dying.
+			{refused: &Refusal{Status: 403, Served: 3, MostServed: 4}, wantVerdict: NotALimit},
+			{refused: &Refusal{Status: 403, Served: 1, MostServed: 4}, wantVerdict: NotALimit},
+			{start: 4, wantN: 4},
+			// As many served as ever on the link, and one more refused: the limit.
+			{refused: &Refusal{Status: 403, Served: 2, MostServed: 2}, wantVerdict: Limited, wantLimit: 2},
+		},
 		"every lane refused is not a limit": {
 			{host: "cdn.example.com", refused: &Refusal{Status: 503, Served: 0}, wantVerdict: NotALimit},
 			{host: "cdn.example.com", refused: &Refusal{Status: 503, Served: 0}, wantVerdict: NotALimit},
