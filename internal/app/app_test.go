@@ -31,7 +31,13 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func serve(t *testing.T, cfg app.Config) *httptest.Server {
 	t.Helper()
 	cfg.Retry, cfg.MaxRedirects, cfg.HostConnections = 3, 3, 16
-	cfg.Tasks, cfg.Version, cfg.Logger = task.NewMemory(), "test", slog.New(slog.DiscardHandler)
+	var logs testsync.SyncBuffer
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(logs.String())
+		}
+	})
+	cfg.Tasks, cfg.Version, cfg.Logger = task.NewMemory(), "test", slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	mflow, err := app.New(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -368,6 +368,11 @@ func (s *stream) ready() (data []byte, c *chunk, wait <-chan struct{}, err error
 	if s.err != nil {
 		return nil, nil, nil, s.err
 	}
+	if len(s.window) == 0 {
+		// The player took the last chunk held while a plan another goroutine runs asks the cache for the
+		// next one: that plan holds it once it has the answer, and wakes the idle (changed) when it ends.
+		return nil, nil, s.f.changed, nil
+	}
 	c = s.window[0]
 	p := c._pieceAt(s.written)
 	if p == nil {
