@@ -60,7 +60,7 @@ func (b *bench) measureOpenList() (openListResult, error) {
 	go srv.Serve(ln)
 	defer srv.Close()
 	base := "http://" + ln.Addr().String()
-	ol.ProxyURL = base + "/openlist"
+	ol.SetProxyURL(base + "/openlist")
 	var ones, streams, chains []float64
 	for run := range b.runs {
 		for _, p := range []struct {

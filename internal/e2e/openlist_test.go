@@ -59,7 +59,7 @@ func newOpenListChain(t *testing.T, perConn float64, life time.Duration) *openLi
 	}})
 	t.Cleanup(c.ol.Close)
 	c.mflow = startMflow(t, nil, []string{"MFLOW_OPENLIST_TOKEN=t0ken-e2e"}, "--in-memory", "-c", "4", "--openlist", c.ol.URL)
-	c.ol.ProxyURL = c.mflow.base + "/openlist/" // as a user types it, the trailing slash doubling the path's
+	c.ol.SetProxyURL(c.mflow.base + "/openlist/") // as a user types it, the trailing slash doubling the path's
 	return c
 }
 

@@ -37,12 +37,11 @@ type Options struct {
 	Expire time.Duration
 }
 
-// Server is a running stand-in. Set ProxyURL before a client follows a redirect.
+// Server is a running stand-in. SetProxyURL before a client follows a redirect.
 type Server struct {
 	*httptest.Server
-	opts Options
-	// ProxyURL is the storage's Download proxy URL, such as http://127.0.0.1:6800/openlist.
-	ProxyURL string
+	opts     Options
+	proxyURL atomic.Pointer[string] // the storage's Download proxy URL: known once the proxy listens
 
 	calls atomic.Int64 // API calls answered
 	mu    sync.Mutex   // protects fail
@@ -75,6 +74,9 @@ func New(opts Options) *Server {
 	return s
 }
 
+// SetProxyURL sets the storage's Download proxy URL, such as http://127.0.0.1:6800/openlist.
+func (s *Server) SetProxyURL(u string) { s.proxyURL.Store(&u) }
+
 // Calls is how many /api/fs/link calls were answered.
 func (s *Server) Calls() int64 { return s.calls.Load() }
 
@@ -98,7 +100,11 @@ func (s *Server) Sign(p string) string {
 // ProxyLink is where OpenList redirects a client for p: the proxy URL, p with each segment
 // percent-encoded, and the sign.
 func (s *Server) ProxyLink(p string) string {
-	return s.ProxyURL + EncodePath(p) + "?sign=" + url.QueryEscape(s.Sign(p))
+	base := ""
+	if u := s.proxyURL.Load(); u != nil {
+		base = *u
+	}
+	return base + EncodePath(p) + "?sign=" + url.QueryEscape(s.Sign(p))
 }
 
 // EncodePath percent-encodes each segment of p, as OpenList writes paths into links.

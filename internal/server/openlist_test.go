@@ -79,7 +79,7 @@ func newOpenListChain(t *testing.T, size int, opts upstreamtest.Options, tune fu
 			tune(s)
 		}
 	})
-	c.ol.ProxyURL = c.p.URL + "/openlist/" // with the trailing slash users type: the paths' slash doubles
+	c.ol.SetProxyURL(c.p.URL + "/openlist/") // with the trailing slash users type: the paths' slash doubles
 	return c
 }
 
