@@ -28,6 +28,7 @@ import (
 	"mflow/internal/chunkcache"
 	"mflow/internal/cluster"
 	"mflow/internal/engine"
+	"mflow/internal/engine/budget"
 	"mflow/internal/engine/limit"
 	"mflow/internal/logging"
 	"mflow/internal/openlist"
@@ -316,6 +317,9 @@ func run(ctx context.Context, args []string, env map[string]string, stdout, stde
 	}
 	log.Info("mflow listening", listening...)
 	log.Info(reach(o, ln.Addr()))
+	if why := cacheBeyondBudget(o); why != "" {
+		log.Warn(why)
+	}
 	if why := secretExposed(o.confRead); why != "" {
 		log.Warn(why)
 	}
@@ -404,6 +408,15 @@ const defaultMaxMemory = 256 << 20
 
 // runtimeRoom is what mflow holds besides its buffers: the Go runtime, goroutines, connections' buffers.
 const runtimeRoom = 16 << 20
+
+// cacheBeyondBudget says why --cache-size cannot be reached within --max-memory, or "" when it can.
+func cacheBeyondBudget(o options) string {
+	if !o.cache || o.maxMemory <= 0 || o.cacheSize <= budget.Buffers(o.maxMemory) {
+		return ""
+	}
+	return fmt.Sprintf("--cache-size %s cannot be reached: the memory cache and the streams share %s of --max-memory %s; raise --max-memory to %s or more to give the cache its size",
+		bytesize.Format(o.cacheSize), bytesize.Format(budget.Buffers(o.maxMemory)), bytesize.Format(o.maxMemory), bytesize.Format(((o.cacheSize+o.readAhead)*4/3+1<<20-1)&^(1<<20-1)))
+}
 
 // memoryText is the start-up line's word on memory.
 func memoryText(o options) string {

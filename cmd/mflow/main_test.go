@@ -484,3 +484,24 @@ func TestTheStartLineStatesTheMemoryBudget(t *testing.T) {
 		t.Errorf("the start-up lines do not state the budget:\n%s", logs.String())
 	}
 }
+
+func TestACacheLargerThanTheBudgetIsWarnedOf(t *testing.T) {
+	for _, c := range []struct {
+		args   string
+		warned bool
+	}{
+		{"--cache --cache-size 1G", true}, // the default budget leaves it 192M
+		{"--cache --cache-size 1G --max-memory 1500M", false},
+		{"--cache --cache-size 128M", false},
+		{"--cache-size 1G", false}, // no memory cache
+		{"--cache --cache-size 1G --max-memory 0", false},
+	} {
+		o, _, err := parseFlags(strings.Fields(c.args), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if why := cacheBeyondBudget(o); (why != "") != c.warned || (c.warned && !strings.Contains(why, "raise --max-memory")) {
+			t.Errorf("%s: %q", c.args, why)
+		}
+	}
+}
