@@ -414,8 +414,8 @@ func cacheBeyondBudget(o options) string {
 	if !o.cache || o.maxMemory <= 0 || o.cacheSize <= budget.Buffers(o.maxMemory) {
 		return ""
 	}
-	return fmt.Sprintf("--cache-size %s cannot be reached: the memory cache and the streams share %s of --max-memory %s; raise --max-memory to %s or more to give the cache its size",
-		bytesize.Format(o.cacheSize), bytesize.Format(budget.Buffers(o.maxMemory)), bytesize.Format(o.maxMemory), bytesize.Format(((o.cacheSize+o.readAhead)*4/3+1<<20-1)&^(1<<20-1)))
+	return fmt.Sprintf("--cache-size %s cannot be reached: the memory cache and the streams share %s of --max-memory %s; raise --max-memory to %dM or more to give the cache its size",
+		bytesize.Format(o.cacheSize), bytesize.Format(budget.Buffers(o.maxMemory)), bytesize.Format(o.maxMemory), ((o.cacheSize+o.readAhead)*4/3+1<<20-1)>>20)
 }
 
 // memoryText is the start-up line's word on memory.
