@@ -42,7 +42,9 @@ type proxy struct {
 	player *http.Client
 }
 
-func newProxy(t *testing.T, tune func(*server.Server)) *proxy {
+// newProxy is mflow's server as tune sets it, on loopback; before, when given, changes the test server
+// before it starts (its listener).
+func newProxy(t *testing.T, tune func(*server.Server), before ...func(*httptest.Server)) *proxy {
 	client := upstream.NewClient(upstream.Config{HeaderTimeout: time.Second, MaxRedirects: 3, UserAgent: "mflow-test"})
 	quiet := slog.New(slog.DiscardHandler)
 	s := &server.Server{
@@ -59,6 +61,9 @@ func newProxy(t *testing.T, tune func(*server.Server)) *proxy {
 	}
 	ts := httptest.NewUnstartedServer(s.Handler())
 	ts.Config.ConnContext = server.ConnContext
+	for _, b := range before {
+		b(ts)
+	}
 	ts.Start()
 	player := &http.Client{Transport: &http.Transport{DisableCompression: true}}
 	t.Cleanup(func() {
