@@ -138,7 +138,10 @@ func (s *stream) plan() {
 		return
 	}
 	lookedUp, data := int64(-1), []byte(nil)
-	readers := s.e.readers(time.Now()) // not under the file's lock: the engine's list of streams has its own
+	readers := 0 // how many share the budget: counted, without the file's lock, only when there is one
+	if s.e.MaxMemory > 0 {
+		readers = s.e.readers(time.Now())
+	}
 	for {
 		next, lookup := s.holdChunks(lookedUp, data, readers)
 		if !lookup {

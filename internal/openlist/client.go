@@ -32,8 +32,6 @@ type Config struct {
 	LinkTTL time.Duration
 	// Timeout bounds one API call. Default 15 s.
 	Timeout time.Duration
-	// Transport, when set, carries the API calls instead of a transport of the Client's own.
-	Transport http.RoundTripper
 }
 
 // maxLinks bounds the links kept, one per path recently played.
@@ -82,10 +80,7 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 15 * time.Second
 	}
-	transport := cfg.Transport
-	if transport == nil {
-		transport = http.DefaultTransport.(*http.Transport).Clone()
-	}
+	transport := http.DefaultTransport.(*http.Transport).Clone() // its own: CloseIdleConnections of others' leaves it be
 	u.Path = strings.TrimRight(u.Path, "/") + "/api/fs/link"
 	u.RawQuery, u.Fragment = "", ""
 	ctx, stop := context.WithCancel(context.Background())
@@ -125,10 +120,11 @@ func (c *Client) Renew(ctx context.Context, path, stale string) (DriveLink, erro
 	return c.ask(ctx, path)
 }
 
-// Close ends the API calls under way and waits for them.
+// Close ends the API calls under way, waits for them, and closes the idle connections to OpenList.
 func (c *Client) Close() {
 	c.stop()
 	c.wg.Wait()
+	c.http.CloseIdleConnections()
 }
 
 // ask calls the API for path, once for all the callers asking at the same time; the call goes on for the
