@@ -296,7 +296,7 @@ func ariaMessage(err error) string {
 		return fmt.Sprintf("GID %s is not found", te.GID)
 	case task.ErrAmbiguous:
 		return fmt.Sprintf("GID %s is not unique", te.GID)
-	case task.ErrBadGID:
+	case task.ErrBadGID, task.ErrZeroGID:
 		return "Invalid GID " + te.GID
 	case task.ErrBadURI, task.ErrGIDTaken:
 		return "No URI to download."

@@ -392,7 +392,9 @@ func (r *Registry) add(a Addition) (string, change, error) {
 	gid := a.GID
 	if gid == "" {
 		gid = r._newGID()
-	} else if err := checkGID(gid); err != nil || len(gid) != 16 {
+	} else if err := checkGID(gid); err != nil {
+		return "", change{}, &Error{GID: gid, Err: err}
+	} else if len(gid) != 16 {
 		return "", change{}, &Error{GID: gid, Err: ErrBadGID}
 	} else if r.tasks[gid] != nil {
 		return "", change{}, &Error{GID: gid, Err: ErrGIDTaken}
@@ -435,8 +437,11 @@ func (r *Registry) _newGID() string {
 
 // checkGID refuses what cannot be a GID or a prefix of one.
 func checkGID(gid string) error {
-	if gid == "" || len(gid) > 16 || strings.Trim(gid, "0123456789abcdef") != "" || gid == "0000000000000000" {
+	switch {
+	case gid == "" || len(gid) > 16 || strings.Trim(gid, "0123456789abcdef") != "":
 		return ErrBadGID
+	case gid == "0000000000000000":
+		return ErrZeroGID
 	}
 	return nil
 }

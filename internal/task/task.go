@@ -134,6 +134,7 @@ var (
 	ErrNotFound    = errors.New("no such task")
 	ErrAmbiguous   = errors.New("the GID prefix names more than one task")
 	ErrBadGID      = errors.New("not a GID: up to 16 hexadecimal digits")
+	ErrZeroGID     = errors.New("the all-zero GID is reserved: aria2 and mflow never give it to a task")
 	ErrGIDTaken    = errors.New("the GID is taken")
 	ErrBadURI      = errors.New("not an absolute http or https URI")
 	ErrNotPausable = errors.New("the task is not waiting or active")

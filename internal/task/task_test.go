@@ -117,7 +117,7 @@ func TestErrorsSayWhichTaskAndWhy(t *testing.T) {
 		gid  string
 	}{
 		{second(r.Pause("zz")), ErrBadGID, "zz"},
-		{second(r.Pause("0000000000000000")), ErrBadGID, "0000000000000000"},
+		{second(r.Pause("0000000000000000")), ErrZeroGID, "0000000000000000"},
 		{second(r.Pause("ffffffffffffff0")), ErrNotFound, "ffffffffffffff0"},
 		{second(r.Pause(gid[:15])), ErrAmbiguous, gid[:15]},
 		{second(r.Unpause(gid)), ErrNotPaused, gid},
