@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -100,7 +101,7 @@ func readConf(fl *pflag.FlagSet, path string) (map[string]setting, error) {
 		if fl.Lookup(name) == nil || unsettable[name] {
 			return nil, fmt.Errorf("%s:%d: %q is not a setting of mflow%s", path, n, name, suggest(fl, name))
 		}
-		out[name] = setting{value: strings.TrimSpace(value), line: n}
+		out[name] = setting{value: unquote(strings.TrimSpace(value)), line: n}
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -108,8 +109,17 @@ func readConf(fl *pflag.FlagSet, path string) (map[string]setting, error) {
 	return out, nil
 }
 
-// unknownEnv names the MFLOW_ variables of env that set nothing, so a typo in MFLOW_RPC_SECRET is said
-// rather than leaving mflow without its secret.
+// unquote takes off one pair of quotes around a value, as a shell would: rpc-secret="a b" is the secret
+// a b. A value with quotes of its own inside keeps them.
+func unquote(v string) string {
+	if len(v) >= 2 && (v[0] == '"' || v[0] == '\'') && v[len(v)-1] == v[0] {
+		return v[1 : len(v)-1]
+	}
+	return v
+}
+
+// unknownEnv says of each MFLOW_ variable of env that sets nothing that it changes nothing, and which it
+// may have meant, so a typo in MFLOW_RPC_SECRET is said rather than leaving mflow without its secret.
 func unknownEnv(fl *pflag.FlagSet, env map[string]string) []string {
 	known := map[string]bool{}
 	fl.VisitAll(func(f *pflag.Flag) {
@@ -121,24 +131,34 @@ func unknownEnv(fl *pflag.FlagSet, env map[string]string) []string {
 	var out []string
 	for name := range env {
 		if strings.HasPrefix(name, envPrefix) && !known[name] {
-			out = append(out, name)
+			said := name + " is set but is not a setting of mflow: it changes nothing"
+			if flag := closest(fl, strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(name, envPrefix), "_", "-"))); flag != "" {
+				said += "; did you mean " + envName(flag) + "?"
+			}
+			out = append(out, said)
 		}
 	}
+	slices.Sort(out)
 	return out
 }
 
-// suggest is ", did you mean …?" naming the flag closest to name, or "" when none is close.
+// suggest is "; did you mean …?" naming the flag closest to name, or "" when none is close.
 func suggest(fl *pflag.FlagSet, name string) string {
+	if best := closest(fl, name); best != "" {
+		return fmt.Sprintf("; did you mean %q?", best)
+	}
+	return ""
+}
+
+// closest is the settable flag whose name is nearest to name, or "" when none is within half its length.
+func closest(fl *pflag.FlagSet, name string) string {
 	best, dist := "", len(name)/2+1
 	fl.VisitAll(func(f *pflag.Flag) {
 		if d := editDistance(name, f.Name); d < dist && !unsettable[f.Name] {
 			best, dist = f.Name, d
 		}
 	})
-	if best == "" {
-		return ""
-	}
-	return fmt.Sprintf("; did you mean %q?", best)
+	return best
 }
 
 // editDistance is the Levenshtein distance between a and b.
@@ -202,6 +222,10 @@ func userDir(env map[string]string, xdg, under, windows string) (string, error) 
 	home := env["HOME"]
 	if home == "" {
 		return "", errors.New("$HOME is not set")
+	}
+	if info, err := os.Stat(home); err != nil || !info.IsDir() {
+		// A service account's HOME often names a folder nobody made; mflow would make it unseen.
+		return "", fmt.Errorf("$HOME (%s) is not a folder", home)
 	}
 	if runtime.GOOS == "darwin" {
 		return filepath.Join(home, "Library", "Application Support"), nil

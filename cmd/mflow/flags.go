@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -67,6 +68,24 @@ func (f levelFlag) Set(s string) error {
 		return fmt.Errorf("want DEBUG, INFO, WARNING, ERROR or CRITICAL")
 	}
 	*f.p = strings.ToUpper(strings.TrimSpace(s))
+	return nil
+}
+
+// choiceFlag is a flag that takes one of a few words, as --log-format.
+type choiceFlag struct {
+	p       *string  // where the value is stored
+	choices []string // the words taken, in lower case
+}
+
+func (f choiceFlag) String() string { return *f.p }
+func (f choiceFlag) Type() string   { return strings.Join(f.choices, "|") }
+
+func (f choiceFlag) Set(s string) error {
+	s = strings.ToLower(strings.TrimSpace(s))
+	if !slices.Contains(f.choices, s) {
+		return fmt.Errorf("want %s", strings.Join(f.choices, " or "))
+	}
+	*f.p = s
 	return nil
 }
 

@@ -83,7 +83,7 @@ func runGet(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if f, ok := stderr.(*os.File); ok {
 		terminal = isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd())
 	}
-	log := logging.NewTo(stderr, slog.LevelWarn, terminal) // problems only: the progress says the rest
+	log := logging.NewTo(stderr, slog.LevelWarn, logging.FormatText, terminal) // problems only: the progress says the rest
 	mflow, err := app.New(app.Config{Connections: connections, ChunkSize: chunkSize, Retry: retry, MinSpeed: minSpeed, MaxRedirects: maxRedirects, RelayNoRange: true,
 		HostConnections: max(16, connections), Insecure: insecure, Version: versionString(), Logger: log})
 	if err != nil {

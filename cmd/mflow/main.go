@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -36,6 +37,9 @@ import (
 	"mflow/internal/task"
 	"mflow/internal/upstream"
 )
+
+// release is the version of mflow this source is, or is on its way to: packages and images carry it.
+const release = "1.0.0"
 
 // version is set at build time with -ldflags "-X main.version=…"; else the module version, if any.
 var version = ""
@@ -59,6 +63,7 @@ type options struct {
 	maxMemory       int64
 	retry           int
 	logLevel        string
+	logFormat       string
 	cache           bool
 	cacheSize       int64
 	cacheDir        string
@@ -89,7 +94,7 @@ type options struct {
 
 	confPath   string   // --conf-path
 	confRead   string   // the configuration file read; "" when none
-	unknownEnv []string // MFLOW_ variables that name no setting
+	unknownEnv []string // what to say of MFLOW_ variables that name no setting
 }
 
 // parseFlags reads args, then what the environment (env) and the configuration file set (see
@@ -109,6 +114,8 @@ func parseFlags(args []string, env map[string]string) (options, string, error) {
 	fs.VarP(newIntFlag(&o.retry, 5, 0, 100), "retry", "r", "retries of one chunk before the stream fails")
 	o.logLevel = "INFO"
 	fs.Var(levelFlag{&o.logLevel}, "log-level", "DEBUG, INFO, WARNING, ERROR or CRITICAL")
+	o.logFormat = logging.FormatText
+	fs.Var(choiceFlag{&o.logFormat, []string{logging.FormatText, logging.FormatJSON}}, "log-format", "text: lines a person reads; json: one JSON object a line, for a log collector")
 	fs.BoolVar(&o.cache, "cache", false, "keep fetched chunks in memory, up to --cache-size")
 	fs.Var(bytesize.NewValue(&o.cacheSize, 256<<20), "cache-size", "the memory cache's size (K, M, G)")
 	fs.StringVar(&o.cacheDir, "cache-dir", "", "keep fetched chunks on disk in this folder, across restarts")
@@ -141,10 +148,18 @@ func parseFlags(args []string, env map[string]string) (options, string, error) {
 	help := fs.BoolP("help", "h", false, "print this help and exit")
 
 	if err := fs.Parse(args); err != nil {
+		if name, ok := strings.CutPrefix(err.Error(), "unknown flag: --"); ok {
+			err = fmt.Errorf("%v%s", err, suggest(fs, name))
+		}
 		return o, "", err
 	}
 	if *help {
-		return o, "Usage: mflow [flags]\n       mflow get [flags] URL   (download a file; see mflow get --help)\n\nA parallel chunked HTTP streaming proxy. Players open http://HOST:PORT/stream?url=URL.\n\nFlags:\n" + fs.FlagUsages(), nil
+		return o, "Usage: mflow [flags]\n       mflow get [flags] URL   (download a file; see mflow get --help)\n" +
+			"       mflow health [flags]    (exit 0 when the mflow these flags describe answers)\n\n" +
+			"A parallel chunked HTTP streaming proxy. Players open http://HOST:PORT/stream?url=URL.\n\n" +
+			"Each setting is taken from the first of: the command line; the environment, as MFLOW_ and the flag's\n" +
+			"name (--rpc-secret is MFLOW_RPC_SECRET); the configuration file (--conf-path), name=value lines\n" +
+			"as rpc-secret=…; the default shown here.\n\nFlags:\n" + fs.FlagUsages(), nil
 	}
 	if *showVersion {
 		return o, "mflow " + versionString() + "\n", nil
@@ -183,15 +198,16 @@ func parseFlags(args []string, env map[string]string) (options, string, error) {
 	return o, "", nil
 }
 
-// versionString is the version: the one set at build time, else the module's, else "dev" with the commit
-// the binary was built from (and "dirty" when the checkout had changes), as go build records it.
+// versionString is the version: the one set at build time, else the module's, else the release with
+// "-dev" and the commit the binary was built from (and "dirty" when the checkout had changes), as go build
+// records it unless told -buildvcs=false.
 func versionString() string {
 	if version != "" {
 		return version
 	}
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
-		return "dev"
+		return release + "-dev"
 	}
 	if info.Main.Version != "" && info.Main.Version != "(devel)" {
 		return info.Main.Version
@@ -199,7 +215,7 @@ func versionString() string {
 	return devVersion(info.Settings)
 }
 
-// devVersion is "dev", with the commit from a build's VCS settings when there is one.
+// devVersion is the release with "-dev", and the commit from a build's VCS settings when there is one.
 func devVersion(settings []debug.BuildSetting) string {
 	var commit, dirty string
 	for _, s := range settings {
@@ -211,9 +227,9 @@ func devVersion(settings []debug.BuildSetting) string {
 		}
 	}
 	if commit == "" {
-		return "dev"
+		return release + "-dev"
 	}
-	return "dev-" + commit + dirty
+	return release + "-dev+" + commit + dirty
 }
 
 // run is mflow's main, testable: it serves until ctx ends and returns the exit code. env is the process
@@ -221,6 +237,10 @@ func devVersion(settings []debug.BuildSetting) string {
 func run(ctx context.Context, args []string, env map[string]string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "get" {
 		return runGet(ctx, args[1:], stdout, stderr)
+	}
+	health := len(args) > 0 && args[0] == "health"
+	if health {
+		args = args[1:]
 	}
 	o, text, err := parseFlags(args, env)
 	if err != nil {
@@ -231,12 +251,16 @@ func run(ctx context.Context, args []string, env map[string]string, stdout, stde
 		fmt.Fprint(stdout, text)
 		return 0
 	}
+	if health {
+		return checkHealth(ctx, o, stderr)
+	}
 	level, _ := logging.ParseLevel(o.logLevel)
 	var log *slog.Logger
 	if f, ok := stderr.(*os.File); ok {
-		log = logging.New(f, level)
+		log = logging.New(f, level, o.logFormat)
+		slog.SetDefault(log) // what libraries write with the log package comes out in mflow's form
 	} else {
-		log = logging.NewTo(stderr, level, true)
+		log = logging.NewTo(stderr, level, o.logFormat, true)
 	}
 
 	addr := net.JoinHostPort(o.listen, strconv.Itoa(o.port))
@@ -311,7 +335,7 @@ func run(ctx context.Context, args []string, env map[string]string, stdout, stde
 		ConnContext:       server.ConnContext, // a stream cut short resets its player's connection
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	listening := []any{"address", ln.Addr().String(), "version", versionString(), "connections", o.connections, "chunk", bytesize.Format(o.chunkSize), "memory", memoryText(o)}
+	listening := []any{"address", ln.Addr().String(), "version", versionString(), "connections", o.connections, "chunk", bytesize.Format(o.chunkSize), "memory", memoryText(o), "cache", cacheText(o)}
 	if o.confRead != "" {
 		listening = append(listening, "settings", o.confRead)
 	}
@@ -323,8 +347,8 @@ func run(ctx context.Context, args []string, env map[string]string, stdout, stde
 	if why := secretExposed(o.confRead); why != "" {
 		log.Warn(why)
 	}
-	for _, name := range o.unknownEnv {
-		log.Warn(name + " is set but is not a setting of mflow: it changes nothing")
+	for _, said := range o.unknownEnv {
+		log.Warn(said)
 	}
 	if o.openList != "" {
 		log.Info("OpenList's download proxy: set its storages' Download proxy URL to http://HOST:"+strconv.Itoa(o.port)+"/openlist", "openlist", o.openList)
@@ -354,6 +378,34 @@ func run(ctx context.Context, args []string, env map[string]string, stdout, stde
 	}
 	<-served
 	return 0
+}
+
+// checkHealth is "mflow health [flags]", a container's health check where no curl is: it asks the mflow
+// the same settings describe for its front page, and exits 0 when it answers, 1 with a line when not.
+func checkHealth(ctx context.Context, o options, stderr io.Writer) int {
+	host := o.listen
+	if a, err := netip.ParseAddr(host); err == nil && a.IsUnspecified() {
+		host = "127.0.0.1"
+		if a.Is6() {
+			host = "::1"
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	url := "http://" + net.JoinHostPort(host, strconv.Itoa(o.port)) + "/"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err == nil {
+		var resp *http.Response
+		if resp, err = http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return 0
+			}
+			err = errors.New(resp.Status)
+		}
+	}
+	fmt.Fprintf(stderr, "mflow: %s does not answer: %v\n", url, err)
+	return 1
 }
 
 // reach says in a sentence who can reach mflow at addr, and what each may do.
@@ -424,6 +476,21 @@ func memoryText(o options) string {
 		return "no bound (--max-memory 0)"
 	}
 	return bytesize.Format(o.maxMemory) + " for buffers (--max-memory)"
+}
+
+// cacheText is the start-up line's word on the chunk caches: which are on, their sizes and where.
+func cacheText(o options) string {
+	var tiers []string
+	if o.cache {
+		tiers = append(tiers, bytesize.Format(o.cacheSize)+" in memory")
+	}
+	if o.cacheDir != "" {
+		tiers = append(tiers, bytesize.Format(o.cacheDirSize)+" on disk in "+o.cacheDir)
+	}
+	if len(tiers) == 0 {
+		return "none (--cache, --cache-dir)"
+	}
+	return strings.Join(tiers, ", ")
 }
 
 // setMemoryLimit sets the Go runtime's soft memory limit from the budget, so the GC works harder rather

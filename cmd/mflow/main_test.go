@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -23,24 +24,30 @@ import (
 
 	"go.uber.org/goleak"
 
+	"mflow/internal/testskip"
 	"mflow/internal/upstreamtest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv("RUN_AS_MFLOW") != "" { // this binary, linked with every library mflow is, run as mflow
+		os.Exit(run(context.Background(), os.Args[1:], environ(os.Environ()), os.Stdout, os.Stderr))
+	}
+	goleak.VerifyTestMain(m)
+}
 
 func TestDefaultsAreTheSeeds(t *testing.T) {
 	o, text, err := parseFlags(nil, nil)
 	if err != nil || text != "" {
 		t.Fatal(text, err)
 	}
-	want := options{listen: "0.0.0.0", port: 80, connections: 4, chunkSize: 1 << 20, readAhead: 64 << 20, maxMemory: 256 << 20, retry: 5, logLevel: "INFO", maxRedirects: 3, hostConnections: 16, cacheSize: 256 << 20, cacheDirSize: 10 << 30,
+	want := options{listen: "0.0.0.0", port: 80, connections: 4, chunkSize: 1 << 20, readAhead: 64 << 20, maxMemory: 256 << 20, retry: 5, logLevel: "INFO", logFormat: "text", maxRedirects: 3, hostConnections: 16, cacheSize: 256 << 20, cacheDirSize: 10 << 30,
 		maxStreams: 64, maxStopped: 1000, maxWaiting: 1000, realIPHeader: "X-Forwarded-For", playerTimeout: time.Minute}
 	if !reflect.DeepEqual(o, want) {
 		t.Errorf("defaults %+v, want %+v", o, want)
 	}
 	o, _, err = parseFlags(strings.Fields("-p 9000 -c 16 -s 0.5M -r 2 --log-level debug --cache --cache-size 64M --cache-dir /c --cache-dir-size 1G --min-speed 100K --listen 127.0.0.1 --max-redirects 5 --host-connections 2 --insecure --relay-no-range --rpc-secret s --state-dir /s --in-memory --read-ahead 16M --max-memory 128M"+
 		" --rpc-listen-all --rpc-allow-origin-all --allow-target 192.168.1.0/24,10.0.0.7 --deny-target fd00::/8 --max-streams 8 --max-download-result 10 --max-waiting 20 --real-ip-header x-real-ip --player-timeout 2m"), nil)
-	want = options{listen: "127.0.0.1", port: 9000, connections: 16, chunkSize: 512 << 10, readAhead: 16 << 20, maxMemory: 128 << 20, retry: 2, logLevel: "DEBUG", cache: true, cacheSize: 64 << 20, cacheDir: "/c", cacheDirSize: 1 << 30,
+	want = options{listen: "127.0.0.1", port: 9000, connections: 16, chunkSize: 512 << 10, readAhead: 16 << 20, maxMemory: 128 << 20, retry: 2, logLevel: "DEBUG", logFormat: "text", cache: true, cacheSize: 64 << 20, cacheDir: "/c", cacheDirSize: 1 << 30,
 		minSpeed: 100 << 10, maxRedirects: 5, hostConnections: 2, insecure: true, relayNoRange: true, rpcSecret: "s", stateDir: "/s", inMemory: true,
 		rpcListenAll: true, rpcOriginAll: true, allowTarget: []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24"), netip.MustParsePrefix("10.0.0.7/32")},
 		denyTarget: []netip.Prefix{netip.MustParsePrefix("fd00::/8")}, maxStreams: 8, maxStopped: 10, maxWaiting: 20, realIPHeader: "X-Real-IP", playerTimeout: 2 * time.Minute}
@@ -191,9 +198,9 @@ func TestShutdownEndsAStreamThePlayerHolds(t *testing.T) {
 
 func TestTheVersionNamesTheCommit(t *testing.T) {
 	for want, settings := range map[string][]debug.BuildSetting{
-		"dev":                    nil,
-		"dev-0123456789ab":       {{Key: "vcs.revision", Value: "0123456789abcdef0123"}, {Key: "vcs.modified", Value: "false"}},
-		"dev-0123456789ab-dirty": {{Key: "vcs.revision", Value: "0123456789abcdef0123"}, {Key: "vcs.modified", Value: "true"}},
+		release + "-dev":                    nil, // go build -buildvcs=false
+		release + "-dev+0123456789ab":       {{Key: "vcs.revision", Value: "0123456789abcdef0123"}, {Key: "vcs.modified", Value: "false"}},
+		release + "-dev+0123456789ab-dirty": {{Key: "vcs.revision", Value: "0123456789abcdef0123"}, {Key: "vcs.modified", Value: "true"}},
 	} {
 		if got := devVersion(settings); got != want {
 			t.Errorf("devVersion(%v) = %q, want %q", settings, got, want)
@@ -323,12 +330,16 @@ func TestAServiceUserKeepsItsTasksWhereSystemdSays(t *testing.T) {
 	}
 	notADir := filepath.Join(t.TempDir(), "file")
 	os.WriteFile(notADir, nil, 0o600)
-	for what, env := range map[string]map[string]string{"no home": {}, "a home mflow cannot use": {"HOME": notADir}} {
+	nowhere := filepath.Join(t.TempDir(), "home", "mflow")
+	for what, env := range map[string]map[string]string{"no home": {}, "a home mflow cannot use": {"HOME": notADir}, "a home nobody made": {"HOME": nowhere}} {
 		var stderr bytes.Buffer
 		code := run(t.Context(), []string{"--listen", "127.0.0.1", "-p", "0"}, env, io.Discard, &stderr)
 		if code != 1 || !strings.Contains(stderr.String(), "--state-dir") || !strings.Contains(stderr.String(), "--in-memory") {
 			t.Errorf("%s: exit %d, %q; want the flags that help", what, code, stderr.String())
 		}
+	}
+	if _, err := os.Stat(nowhere); err == nil {
+		t.Errorf("mflow made the home %s", nowhere)
 	}
 }
 
@@ -342,10 +353,11 @@ func TestTheSystemdUnitIsOneSystemdTakes(t *testing.T) {
 			t.Errorf("the unit lacks %s", line)
 		}
 	}
-	analyze, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		t.Skip("systemd-analyze not installed (apt-get install systemd): the unit is not verified")
+	if !bytes.Contains(unit, []byte("\nDocumentation=file:/usr/share/doc/mflow/README.md ")) || bytes.Contains(unit, []byte("pypi")) {
+		t.Error("the unit's Documentation= names another project's pages, not mflow's")
 	}
+	analyze, err := exec.LookPath("systemd-analyze")
+	testskip.Unless(t, err == nil, "systemd-analyze not installed, the service unit is not verified (bash .ci/e2e-deps)")
 	// systemd checks that the program exists: the unit as installed, running this test's own binary.
 	self, err := os.Executable()
 	if err != nil {
@@ -503,5 +515,134 @@ func TestACacheLargerThanTheBudgetIsWarnedOf(t *testing.T) {
 		if why := cacheBeyondBudget(o); (why != "") != c.warned || (c.warned && !strings.Contains(why, "raise --max-memory")) {
 			t.Errorf("%s: %q", c.args, why)
 		}
+	}
+}
+
+func TestHelpSaysWhichSourceOfASettingWins(t *testing.T) {
+	var stdout bytes.Buffer
+	run(t.Context(), []string{"--help"}, nil, &stdout, io.Discard)
+	help := strings.Join(strings.Fields(stdout.String()), " ")
+	for _, want := range []string{"the first of: the command line; the environment", "MFLOW_RPC_SECRET", "the configuration file (--conf-path)", "the default", "mflow health"} {
+		if !strings.Contains(help, want) {
+			t.Errorf("--help does not say %q", want)
+		}
+	}
+}
+
+func TestAMisspeltFlagOrVariableGetsADidYouMean(t *testing.T) {
+	var stderr bytes.Buffer
+	if code := run(t.Context(), []string{"--conections", "3"}, nil, io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), `unknown flag: --conections; did you mean "connections"?`) {
+		t.Errorf("--conections: exit %d, %q", code, stderr.String())
+	}
+	stderr.Reset()
+	if code := run(t.Context(), []string{"--zzzzzz"}, nil, io.Discard, &stderr); code != 2 || strings.Contains(stderr.String(), "did you mean") {
+		t.Errorf("--zzzzzz: exit %d, %q; nothing is close", code, stderr.String())
+	}
+	o, _, err := parseFlags(nil, map[string]string{"MFLOW_RPC_SECRT": "s", "MFLOW_QQQQQQQQ": "1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"MFLOW_QQQQQQQQ is set but is not a setting of mflow: it changes nothing",
+		"MFLOW_RPC_SECRT is set but is not a setting of mflow: it changes nothing; did you mean MFLOW_RPC_SECRET?",
+	}
+	if !reflect.DeepEqual(o.unknownEnv, want) {
+		t.Errorf("said %q, want %q", o.unknownEnv, want)
+	}
+}
+
+func TestQuotesAroundAValueInTheFileAreTakenOff(t *testing.T) {
+	conf := filepath.Join(t.TempDir(), "mflow.conf")
+	os.WriteFile(conf, []byte("rpc-secret=\"a b\"\nallow-host='nas.local'\nlisten=\"0.0.0.0\nreal-ip-header=X-Real-IP\n"), 0o600)
+	o, _, err := parseFlags([]string{"--conf-path", conf}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.rpcSecret != "a b" || len(o.allowHosts) != 1 || o.allowHosts[0] != "nas.local" || o.listen != `"0.0.0.0` {
+		t.Errorf("secret %q, allow-host %q, listen %q (an unpaired quote stays)", o.rpcSecret, o.allowHosts, o.listen)
+	}
+}
+
+func TestLogLinesCarryTheDateAndCanBeJSON(t *testing.T) {
+	var text, js testsync.SyncBuffer
+	_, stop := startMflow(t, []string{"--in-memory"}, &text)
+	stop()
+	today := time.Now().Format("2006-01-02 ")
+	for line := range strings.Lines(text.String()) {
+		if !strings.HasPrefix(line, today) && !strings.HasPrefix(line, time.Now().Add(-time.Minute).Format("2006-01-02 ")) {
+			t.Errorf("a line without its date: %q", line)
+		}
+	}
+	_, stop = startMflow(t, []string{"--in-memory", "--log-format", "json"}, &js)
+	stop()
+	lines := 0
+	for line := range strings.Lines(js.String()) {
+		var entry struct{ Time, Level, Msg string }
+		if err := json.Unmarshal([]byte(line), &entry); err != nil || entry.Msg == "" || entry.Level == "" || entry.Time == "" {
+			t.Errorf("not a JSON log line: %q (%v)", line, err)
+		}
+		lines++
+	}
+	if lines < 2 {
+		t.Errorf("--log-format json wrote %d lines", lines)
+	}
+	var stderr bytes.Buffer
+	if code := run(t.Context(), []string{"--log-format", "xml"}, nil, io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), "want text or json") {
+		t.Errorf("--log-format xml: exit %d, %q", code, stderr.String())
+	}
+}
+
+// TestOnlyMflowsOwnLinesAtStart runs this test binary as mflow, so every library mflow links is there, and
+// finds no line in another form (as the metrics library's "disable exposing PSI metrics" was).
+func TestOnlyMflowsOwnLinesAtStart(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	cmd := exec.CommandContext(ctx, self, "--in-memory", "--listen", "127.0.0.1", "-p", "0")
+	cmd.Env = append(os.Environ(), "RUN_AS_MFLOW=1")
+	var logs testsync.SyncBuffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	testsync.WaitFor(t, "mflow listening", func() bool { return strings.Contains(logs.String(), "mflow listening") })
+	cmd.Process.Signal(os.Interrupt)
+	cmd.Wait()
+	for line := range strings.Lines(logs.String()) {
+		if len(line) < 24 || line[4] != '-' || line[10] != ' ' || line[13] != ':' || !strings.Contains(" INF WRN ERR DBG ", line[23:28]) {
+			t.Errorf("a line not in mflow's form: %q", line)
+		}
+	}
+}
+
+func TestTheStartLineNamesTheCache(t *testing.T) {
+	dir := t.TempDir()
+	for args, want := range map[string]string{
+		"":                         `cache="none (--cache, --cache-dir)"`,
+		"--cache --cache-size 64M": `cache="64M in memory"`,
+		"--cache-dir " + dir + " --cache-dir-size 2G": `cache="2G on disk in ` + dir + `"`,
+	} {
+		var logs testsync.SyncBuffer
+		_, stop := startMflow(t, append([]string{"--in-memory"}, strings.Fields(args)...), &logs)
+		stop()
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("%s: the start-up lines do not say %s:\n%s", args, want, logs.String())
+		}
+	}
+}
+
+func TestTheHealthCheckAsksTheMflowItsSettingsDescribe(t *testing.T) {
+	base, stop := startMflow(t, []string{"--in-memory"}, io.Discard)
+	port := base[strings.LastIndex(base, ":")+1:]
+	if code := run(t.Context(), []string{"health"}, map[string]string{"MFLOW_PORT": port}, io.Discard, io.Discard); code != 0 {
+		t.Errorf("health of a running mflow: exit %d", code)
+	}
+	stop()
+	var stderr bytes.Buffer
+	if code := run(t.Context(), []string{"health", "-p", port}, nil, io.Discard, &stderr); code != 1 || !strings.Contains(stderr.String(), "does not answer") {
+		t.Errorf("health of a stopped mflow: exit %d, %q", code, stderr.String())
 	}
 }
