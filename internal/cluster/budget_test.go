@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -21,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"mflow/internal/app"
+	"mflow/internal/testskip"
 	"mflow/internal/testsync"
 	"mflow/internal/upstreamtest"
 )
@@ -42,12 +42,8 @@ type redisServer struct {
 // test is skipped, except under CI, where that is a failure (.ci/e2e-deps installs it).
 func startRedis(t *testing.T) *redisServer {
 	t.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("redis-server not installed; .ci/e2e-deps installs it")
-		}
-		t.Skip("redis-server not installed (apt-get install redis-server)")
-	}
+	_, err := exec.LookPath("redis-server")
+	testskip.Unless(t, err == nil, "redis-server not installed, the Redis tests did not run (bash .ci/e2e-deps)")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -34,6 +34,7 @@ import (
 	"mflow/internal/mediaindex"
 	"mflow/internal/testsync"
 
+	"mflow/internal/testskip"
 	"mflow/internal/upstreamtest"
 )
 
@@ -79,7 +80,7 @@ func run(m *testing.M) int {
 			fmt.Printf("e2e: FAIL: %s not installed; .ci/run installs them with .ci/e2e-deps\n", strings.Join(missing, ", "))
 			return 1
 		}
-		fmt.Printf("e2e: skipped: %s not installed (bash .ci/e2e-deps installs nginx-light, ffmpeg and aria2)\n", strings.Join(missing, ", "))
+		testskip.Say("skipped: the end-to-end suite (mflow/internal/e2e): " + strings.Join(missing, ", ") + " not installed (bash .ci/e2e-deps)")
 		return 0
 	}
 	dir, err := os.MkdirTemp("", "mflow-e2e")
@@ -788,12 +789,7 @@ func visit(t *testing.T, page string) string {
 }
 
 func TestAPageOfAnotherSiteCannotUseTheRPC(t *testing.T) {
-	if tools["chromium"] == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("chromium not installed; .ci/e2e-deps installs it")
-		}
-		t.Skip("chromium not installed (apt-get install chromium)")
-	}
+	testskip.Unless(t, tools["chromium"] != "", "chromium not installed, the status page's and CORS tests did not run (bash .ci/e2e-deps)")
 	// A second mflow that lets every origin in, so the page is seen to read what it can read.
 	port := freePort()
 	open := exec.Command(env.bin, "--listen", "127.0.0.1", "--port", strconv.Itoa(port), "--in-memory", "--rpc-secret", "s3", "--rpc-allow-origin-all")
@@ -834,12 +830,7 @@ func chromium(t *testing.T, args ...string) []byte {
 }
 
 func TestTheStatusPageShowsWhatPlays(t *testing.T) {
-	if tools["chromium"] == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("chromium not installed; .ci/e2e-deps installs it")
-		}
-		t.Skip("chromium not installed (apt-get install chromium)")
-	}
+	testskip.Unless(t, tools["chromium"] != "", "chromium not installed, the status page's and CORS tests did not run (bash .ci/e2e-deps)")
 	// A slow stream (nginx gives each connection 256 KiB/s) plays while the page is looked at.
 	ctx, stop := context.WithCancel(t.Context())
 	defer stop()

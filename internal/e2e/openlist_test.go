@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"mflow/internal/openlisttest"
+	"mflow/internal/testskip"
 	"mflow/internal/upstreamtest"
 )
 
@@ -95,6 +96,9 @@ func TestOpenListsUsersPlayThroughMflowWithRealClients(t *testing.T) {
 		t.Errorf("ffmpeg -ss 40: %v: %s", err, stderr.String())
 	}
 	// mpv seeks as a person does: starts at 40 s, plays 2 s.
+	if tools["mpv"] == "" || tools["rclone"] == "" {
+		testskip.Say("skipped: mpv or rclone not installed, the OpenList test played without them (bash .ci/e2e-deps)")
+	}
 	if mpv := tools["mpv"]; mpv != "" {
 		out, err := exec.CommandContext(t.Context(), mpv, "--no-config", "--vo=null", "--ao=null", "--start=40", "--length=2", "--msg-level=all=error", c.d(long)).CombinedOutput()
 		if err != nil || len(bytes.TrimSpace(out)) > 0 {
