@@ -107,11 +107,21 @@ func New(cfg Config, store Persister) (*Registry, error) {
 	}
 	if shared != nil {
 		r.shared = shared
-		r.wg.Go(r.follow)
+		following := make(chan struct{})
+		r.wg.Go(func() { r.follow(following) })
 		r.wg.Go(r.exchangeEverySecond)
+		// Clients are answered once the others' changes are heard, or every client that came in first
+		// would miss their events; a store that does not answer yet is followed when it does.
+		select {
+		case <-following:
+		case <-time.After(followWait):
+		}
 	}
 	return r, nil
 }
+
+// followWait is how long a Registry with a shared store waits, when made, to hear the other instances.
+const followWait = 5 * time.Second
 
 // newTask is the task of a kept record.
 func newTask(rec Record) *task {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 )
 
@@ -77,8 +78,14 @@ func (r *Registry) refresh(gid string) {
 	r._adopt(gid, rec, kept)
 }
 
-// follow applies the changes instances make, until Close.
-func (r *Registry) follow() { r.shared.Follow(r.ctx, r.reread, r.resync) }
+// follow applies the changes instances make, until Close; following is closed once it hears them.
+func (r *Registry) follow(following chan<- struct{}) {
+	var once sync.Once
+	r.shared.Follow(r.ctx, r.reread, func() {
+		r.resync()
+		once.Do(func() { close(following) })
+	})
+}
 
 // reread reads the changed tasks again and takes them as kept; the events of other instances' changes go
 // to this instance's subscribers. Reading rather than trusting the message makes every instance end with

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/goleak"
@@ -370,7 +371,8 @@ func (s *conflictingStore) Get(_ context.Context, gid string) (Record, bool, err
 }
 
 func (s *conflictingStore) Publish(context.Context, []Change) error { return nil }
-func (s *conflictingStore) Follow(ctx context.Context, _ func([]Change, bool), _ func()) {
+func (s *conflictingStore) Follow(ctx context.Context, _ func([]Change, bool), resync func()) {
+	resync() // subscribed: as Redis' first answer
 	<-ctx.Done()
 }
 func (s *conflictingStore) Ready() error { return nil }
@@ -442,5 +444,39 @@ func TestADamagedPageIsOneLineNotAPanic(t *testing.T) {
 	}()
 	if loadErr == nil || !strings.Contains(loadErr.Error(), file) || !strings.Contains(loadErr.Error(), "move it away") || strings.Contains(loadErr.Error(), "\n") {
 		t.Errorf("a damaged store: %v; want one line naming the file and what to do", loadErr)
+	}
+}
+
+// slowSubscriber is a shared store whose subscription is confirmed after subscribeIn, as Redis' is on a
+// busy machine.
+type slowSubscriber struct {
+	conflictingStore
+	subscribeIn time.Duration
+}
+
+func (s *slowSubscriber) Follow(ctx context.Context, _ func([]Change, bool), resync func()) {
+	select {
+	case <-time.After(s.subscribeIn):
+		resync()
+	case <-ctx.Done():
+	}
+	<-ctx.Done()
+}
+
+func TestARegistryOnASharedStoreAnswersOnceItHearsTheOthers(t *testing.T) {
+	for _, c := range []struct {
+		subscribeIn, ready time.Duration
+	}{
+		{2 * time.Second, 2 * time.Second}, // clients that come in then hear every event from the start
+		{time.Minute, followWait},          // a Redis that does not answer: followed when it does
+	} {
+		synctest.Test(t, func(t *testing.T) {
+			start := time.Now()
+			r := newRegistry(t, Config{}, &slowSubscriber{conflictingStore: conflictingStore{Memory: NewMemory()}, subscribeIn: c.subscribeIn})
+			if took := time.Since(start); took != c.ready {
+				t.Errorf("subscribed in %v: the registry was made in %v, want %v", c.subscribeIn, took, c.ready)
+			}
+			r.Close()
+		})
 	}
 }
