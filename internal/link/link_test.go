@@ -86,7 +86,8 @@ func TestConcurrentResolvesShareOneProbe(t *testing.T) {
 	leaving, leave := context.WithCancel(t.Context())
 	var wg sync.WaitGroup
 	errs := make([]error, 4)
-	wg.Go(func() { _, errs[0] = r.Resolve(leaving, l) })
+	left := make(chan struct{})
+	go func() { _, errs[0] = r.Resolve(leaving, l); close(left) }()
 	for deadline := time.Now().Add(5 * time.Second); probes.Load() == 0; time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the probe never reached the upstream")
@@ -96,6 +97,7 @@ func TestConcurrentResolvesShareOneProbe(t *testing.T) {
 		wg.Go(func() { _, errs[i] = r.Resolve(t.Context(), l) })
 	}
 	leave()
+	<-left // before the answer comes: a caller that gets it as it leaves may take either
 	close(release)
 	wg.Wait()
 	if !errors.Is(errs[0], context.Canceled) {
