@@ -196,7 +196,7 @@ func addURI(h *Handler, c call, p params) (any, error) {
 // keys reads the optional key filter at i.
 func (p params) keys(i int) ([]string, error) { return p.strings(i) }
 
-func tellStatus(h *Handler, _ call, p params) (any, error) {
+func tellStatus(h *Handler, c call, p params) (any, error) {
 	gid, err := p.str(0)
 	if err != nil {
 		return nil, err
@@ -209,22 +209,22 @@ func tellStatus(h *Handler, _ call, p params) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return h.status(v, keys), nil
+	return h.status(v, keys, c.origin), nil
 }
 
-func tellActive(h *Handler, _ call, p params) (any, error) {
+func tellActive(h *Handler, c call, p params) (any, error) {
 	keys, err := p.keys(0)
 	if err != nil {
 		return nil, err
 	}
 	active, _, _ := h.Tasks.Lists()
-	return h.statuses(active, keys), nil
+	return h.statuses(active, keys, c.origin), nil
 }
 
 // tellList answers tellWaiting and tellStopped: offset, num and keys over one of the store's lists. A
 // negative offset counts from the end, and the list is then read backwards, as aria2 does.
 func tellList(pick func(active, waiting, stopped []task.View) []task.View) method {
-	return func(h *Handler, _ call, p params) (any, error) {
+	return func(h *Handler, c call, p params) (any, error) {
 		offset, err := p.integer(0)
 		if err != nil {
 			return nil, err
@@ -248,28 +248,30 @@ func tellList(pick func(active, waiting, stopped []task.View) []task.View) metho
 				page = append(page, list[i])
 			}
 		}
-		return h.statuses(page, keys), nil
+		return h.statuses(page, keys, c.origin), nil
 	}
 }
 
 // statuses is the tellStatus answers for views, written into the answer one task at a time.
-func (h *Handler) statuses(views []task.View, keys []string) statusList {
-	return statusList{h: h, views: views, keys: keys}
+func (h *Handler) statuses(views []task.View, keys []string, origin string) statusList {
+	return statusList{h: h, views: views, keys: keys, origin: origin}
 }
 
 // statusList is a list of tasks' statuses, made as they are written.
 type statusList struct {
-	h     *Handler
-	views []task.View
-	keys  []string
+	h      *Handler
+	views  []task.View
+	keys   []string
+	origin string // where the client reached mflow (call.origin)
 }
 
 func (l statusList) writeTo(a *answer) error {
-	return a.list(len(l.views), func(i int) error { return a.value(l.h.status(l.views[i], l.keys)) })
+	return a.list(len(l.views), func(i int) error { return a.value(l.h.status(l.views[i], l.keys, l.origin)) })
 }
 
-// status is tellStatus's answer for v: every number a decimal string, as every client requires.
-func (h *Handler) status(v task.View, keys []string) map[string]any {
+// status is tellStatus's answer for v: every number a decimal string, as every client requires. origin
+// is where the client reached mflow, for the task's play link.
+func (h *Handler) status(v task.View, keys []string, origin string) map[string]any {
 	size := max(v.Size, 0)
 	piece := max(h.Defaults.PieceLength, 1)
 	done := v.Delivered
@@ -288,7 +290,7 @@ func (h *Handler) status(v task.View, keys []string) map[string]any {
 		"dir":             dirOf(v, h.Defaults),
 		"pieceLength":     itoa(piece),
 		"numPieces":       itoa((size + piece - 1) / piece),
-		"files":           files(v, h.Defaults),
+		"files":           files(v, h.Defaults, origin),
 	}
 	switch v.State {
 	case task.Failed:
@@ -310,11 +312,16 @@ func (h *Handler) status(v task.View, keys []string) map[string]any {
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
-// files is the one-file list aria2 reports: its path is dir/out, or the link's file name.
-func files(v task.View, d Defaults) []map[string]any {
+// files is the one-file list aria2 reports. Its path is where the file plays, origin/stream/GID/NAME:
+// no file is ever written, and the path is what AriaNg shows, naming the task by its last segment, and
+// what browser extensions show of a task. Without an origin (or a name) it is dir/out, as aria2's.
+func files(v task.View, d Defaults, origin string) []map[string]any {
 	size := max(v.Size, 0)
 	p := v.Name
-	if dir := dirOf(v, d); dir != "" && p != "" {
+	switch dir := dirOf(v, d); {
+	case origin != "" && p != "":
+		p = origin + "/stream/" + v.GID + "/" + url.PathEscape(p)
+	case dir != "" && p != "":
 		p = strings.TrimSuffix(dir, "/") + "/" + p
 	}
 	return []map[string]any{{
@@ -358,12 +365,12 @@ func getURIs(h *Handler, _ call, p params) (any, error) {
 	return uris(v), nil
 }
 
-func getFiles(h *Handler, _ call, p params) (any, error) {
+func getFiles(h *Handler, c call, p params) (any, error) {
 	v, err := viewOf(h, p)
 	if err != nil {
 		return nil, err
 	}
-	return files(v, h.Defaults), nil
+	return files(v, h.Defaults, c.origin), nil
 }
 
 func viewOf(h *Handler, p params) (task.View, error) {

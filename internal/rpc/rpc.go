@@ -242,7 +242,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.serveWebSocket(w, r) // the connection is the socket's from then on: nothing to flush
 		return
 	}
-	c := call{ctx: r.Context(), from: access.ClientOf(r.RemoteAddr), after: new([]func())}
+	c := call{ctx: r.Context(), from: access.ClientOf(r.RemoteAddr), origin: originOf(r), after: new([]func())}
 	defer func() { // once the reply is on its way
 		_ = http.NewResponseController(w).Flush()
 		c.runAfter()
@@ -477,10 +477,23 @@ func (h *Handler) slowDown(ctx context.Context) {
 type call struct {
 	ctx  context.Context // the request's
 	from access.Client   // the class of the client calling: a task's background probe may reach what its adder could reach, no more
+	// origin is "http://HOST" as the client reached mflow, where a task's play link is; "" when unknown.
+	origin string
 	// after holds what must wait until the reply is written (a shutdown answers "OK" first).
 	after *[]func()
 	// authorized, for a WebSocket, is set once a call of it brought the secret: its notifications start then.
 	authorized *atomic.Bool
+}
+
+// originOf is the scheme and host r reached mflow by.
+func originOf(r *http.Request) string {
+	if r.Host == "" {
+		return ""
+	}
+	if r.TLS != nil {
+		return "https://" + r.Host
+	}
+	return "http://" + r.Host
 }
 
 // later runs f once the reply to this call is written.
@@ -555,7 +568,7 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancel(r.Context())
 	authorized := new(atomic.Bool)
 	authorized.Store(h.Secret == "")
-	c := call{ctx: ctx, from: access.ClientOf(r.RemoteAddr), after: new([]func()), authorized: authorized}
+	c := call{ctx: ctx, from: access.ClientOf(r.RemoteAddr), origin: originOf(r), after: new([]func()), authorized: authorized}
 	events, unsubscribe := h.Tasks.Subscribe()
 	defer unsubscribe()
 	done := make(chan struct{})

@@ -259,6 +259,7 @@ func TestANamedStreamPlaysAsStream(t *testing.T) {
 		"/stream/My%20Film%20(2024).mkv?url=" + url.QueryEscape(u.URL+"/f"): "My Film (2024).mkv",
 		"/stream/Show/S01E01.mp4?url=" + url.QueryEscape(u.URL+"/f"):        "S01E01.mp4",
 		"/stream/episode.mkv?gid=" + gid:                                    "",
+		"/stream/" + gid + "/f":                                             "", // tellStatus's files[0].path
 	} {
 		resp, body := p.get(t, "GET", path, "bytes=100-")
 		if resp.StatusCode != 206 || !bytes.Equal(body, file[100:]) {
@@ -267,6 +268,9 @@ func TestANamedStreamPlaysAsStream(t *testing.T) {
 		if cd := resp.Header.Get("Content-Disposition"); name != "" && !strings.Contains(cd, name) {
 			t.Errorf("%s: Content-Disposition %q, want %q", path, cd, name)
 		}
+	}
+	if resp, body := p.get(t, "GET", "/stream?gid=0000000000000000", ""); resp.StatusCode != 404 || !strings.Contains(string(body), "reserved") {
+		t.Errorf("the all-zero GID: %d %q; want 404 saying it is reserved", resp.StatusCode, body)
 	}
 	if resp, _ := p.get(t, "DELETE", "/stream/f.mkv?url=x", ""); resp.StatusCode != 405 {
 		t.Errorf("DELETE /stream/f.mkv: %d", resp.StatusCode)

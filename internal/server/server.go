@@ -194,6 +194,7 @@ Play a link through %d connections:
 GET|HEAD /stream?url=URL   stream URL (percent-encoded, or as is when it is the only parameter)
 GET|HEAD /stream?gid=GID   stream a task added over the aria2 JSON-RPC
 GET|HEAD /stream/NAME.EXT?url=URL (or ?gid=GID)   the same, named for players that go by the extension
+GET|HEAD /stream/GID/NAME.EXT   a task's play link, as tellStatus gives it in files[0].path
 GET|HEAD /openlist/PATH?sign=SIGN   OpenList's download proxy (--openlist)
 GET /status                what plays now, the tasks, the cache (/status.json for programs)
 GET /metrics               Prometheus metrics
@@ -217,7 +218,11 @@ type request struct {
 func (s *Server) streamRequest(w http.ResponseWriter, r *http.Request) (request, bool) {
 	from := access.ClientOf(r.RemoteAddr) // the player's reach, not a task adder's
 	q := r.URL.Query()
-	if gid := q.Get("gid"); gid != "" {
+	gid := q.Get("gid")
+	if gid == "" && r.URL.RawQuery == "" {
+		gid = pathGID(r.PathValue("name"))
+	}
+	if gid != "" {
 		if s.Tasks == nil {
 			fail(w, http.StatusNotFound, fmt.Sprintf("no task with gid %q: the JSON-RPC is off", gid))
 			return request{}, false
@@ -275,6 +280,16 @@ func (s *Server) streamRequest(w http.ResponseWriter, r *http.Request) (request,
 	}
 	l := source.Link{Location: source.Location{URL: u.String(), Header: header, From: from}, Name: nameParam(r)}
 	return request{Request: play.Request{Link: l, Logger: s.logger()}, ctx: r.Context()}, true
+}
+
+// pathGID is the task a /stream/GID/NAME path names, "" when its first segment is not a whole GID: the
+// play link tellStatus gives as a task's path, which AriaNg names by its last segment.
+func pathGID(name string) string {
+	first, rest, ok := strings.Cut(name, "/")
+	if !ok || rest == "" || len(first) != 16 || strings.Trim(first, "0123456789abcdef") != "" {
+		return ""
+	}
+	return first
 }
 
 // nameParam is the file name a /stream/NAME request names, "" for /stream.

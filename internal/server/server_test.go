@@ -118,6 +118,8 @@ func TestBadRequestsAreRefusedWithAReason(t *testing.T) {
 		"/stream?url=%25zz":              400,
 		"/stream?url=http://[::1%zz]/x":  400,
 		"/stream?gid=0123456789abcdef":   404,
+		"/stream/0123456789abcdef/f.mkv": 404, // a task's play link, of no task
+		"/stream/0123456789abcde/f.mkv":  400, // not a GID: a name, and no url
 		"/nowhere":                       404,
 	} {
 		resp, body := p.get(t, "GET", path, "")
