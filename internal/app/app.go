@@ -163,7 +163,7 @@ func New(cfg Config) (*App, error) {
 	}
 	srv.Metrics = m
 	srv.Status = status.New(status.Sources{Play: playback, Tasks: a.tasks, Client: client, Memory: cfg.Memory, Disk: cfg.Disk, Version: cfg.Version, Started: started, Drives: a.Engine.Drives.States,
-		Budget: cfg.MaxMemory, Held: a.Engine.HeldBytes, Withheld: a.Engine.Withheld})
+		Budget: cfg.MaxMemory, Held: a.Engine.HeldBytes, Withheld: a.Engine.Withheld, StatusWord: rpc.StatusWord})
 	a.Handler = srv.Handler()
 	return a, nil
 }

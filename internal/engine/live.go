@@ -16,6 +16,7 @@ type Live struct {
 // Progress is a stream at one moment.
 type Progress struct {
 	Written  int64             // bytes written to the player
+	Ahead    int64             // bytes in hand past the player's next one, without a gap: its read-ahead
 	Retries  int               // pieces asked again after a failure
 	Replaced int               // requests raced or asked again for being slow
 	Requests []RequestProgress // the upstream requests open now, in file order
@@ -56,7 +57,7 @@ func (l *Live) set(look func() Progress) {
 func (s *stream) progress() Progress {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
-	p := Progress{Written: s.written - s.span.Start, Retries: s.retries, Replaced: s.replaced}
+	p := Progress{Written: s.written - s.span.Start, Ahead: s._ahead(), Retries: s.retries, Replaced: s.replaced}
 	now := time.Now()
 	for _, f := range s._open() {
 		m := f.meter
@@ -65,4 +66,23 @@ func (s *stream) progress() Progress {
 	}
 	slices.SortFunc(p.Requests, func(a, b RequestProgress) int { return cmp.Compare(a.Start, b.Start) })
 	return p
+}
+
+// _ahead is how many bytes past the player's next one the stream's chunks hold without a gap.
+func (s *stream) _ahead() int64 {
+	pos := s.written
+	for _, c := range s.window {
+		for _, p := range c.pieces {
+			switch {
+			case p.end <= pos:
+				continue
+			case p.start > pos || p.filled <= pos:
+				return pos - s.written
+			}
+			if pos = p.filled; pos < p.end {
+				return pos - s.written
+			}
+		}
+	}
+	return pos - s.written
 }

@@ -243,6 +243,9 @@ var statusNames = map[task.State]string{
 	task.Failed:  "error",
 }
 
+// StatusWord is aria2's word for a task's state, as tellStatus gives it: the status page uses the same.
+func StatusWord(s task.State) string { return statusNames[s] }
+
 // eventNames are aria2's WebSocket notifications for task events.
 var eventNames = map[task.EventKind]string{
 	task.EventStarted: "aria2.onDownloadStart",

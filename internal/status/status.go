@@ -26,6 +26,8 @@ type Sources struct {
 	Disk    *chunkcache.Disk
 	Version string
 	Started time.Time // when mflow started
+	// StatusWord, when set, names a task's state as the JSON-RPC does (aria2's "error" for Failed).
+	StatusWord func(task.State) string
 	// Drives, when set, is what is known of each drive's limit (engine.Drives.States).
 	Drives func() []limit.DriveState
 	// Memory budget: Budget is --max-memory (0: no bound); Held and Withheld, when set, are what the
@@ -77,9 +79,12 @@ type Stream struct {
 	GID      string    `json:"gid,omitempty"`
 	Player   string    `json:"player"`
 	Range    string    `json:"range"` // first-last/size, as in Content-Range
-	Sent     int64     `json:"sent"`  // bytes written to the player
+	Size     int64     `json:"size"`  // the file's, -1 when unknown
+	Start    int64     `json:"start"` // the first byte the player asked for
+	Sent     int64     `json:"sent"`  // bytes written to the player since Start
+	Ahead    int64     `json:"ahead"` // bytes in hand past what the player took: its read-ahead
 	Seconds  float64   `json:"seconds"`
-	Speed    float64   `json:"speed"` // bytes/s the open requests bring now, all together
+	Speed    float64   `json:"speed"` // bytes/s the drive sends this stream now, all its requests together
 	Retries  int       `json:"retries"`
 	Replaced int       `json:"replaced"`
 	Requests []Request `json:"requests"`
@@ -88,6 +93,8 @@ type Stream struct {
 // Request is one open upstream request of a stream.
 type Request struct {
 	Range  string  `json:"range"`
+	Start  int64   `json:"start"` // the bytes it works on, end inclusive
+	End    int64   `json:"end"`
 	Bytes  int64   `json:"bytes"`
 	Speed  float64 `json:"speed"` // bytes/s over its last second
 	State  string  `json:"state"` // "waiting" for its answer, or "reading"
@@ -97,11 +104,10 @@ type Request struct {
 // Task is one task.
 type Task struct {
 	GID    string `json:"gid"`
-	Status string `json:"status"`
+	Status string `json:"status"` // the JSON-RPC's word: active, waiting, paused, error, removed
 	Name   string `json:"name"`
 	Size   int64  `json:"size"`   // -1 until known
-	Played int64  `json:"played"` // bytes players took
-	Speed  int64  `json:"speed"`
+	Played int64  `json:"played"` // bytes of the file players took, each counted once: at most Size
 }
 
 // CacheTier is one tier of the chunk cache.
@@ -146,7 +152,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) Status() Status {
 	src := h.src
 	st := Status{Version: src.Version, Uptime: time.Since(src.Started).Seconds(), Streams: []Stream{}, Tasks: []Task{}, Cache: []CacheTier{},
-		FailedPlays: src.Play.FailedPlays(), Drives: []Drive{}}
+		FailedPlays: append([]play.FailedPlay{}, src.Play.FailedPlays()...), Drives: []Drive{}} // [], not null, before any
 	if src.Drives != nil {
 		for _, d := range src.Drives() {
 			st.Drives = append(st.Drives, Drive(d))
@@ -154,15 +160,20 @@ func (h *Handler) Status() Status {
 	}
 	now := time.Now()
 	for _, p := range src.Play.Playing() {
-		s := Stream{ID: p.ID, Name: p.Name, URL: p.URL, GID: p.Task, Player: p.Player, Sent: p.Sent, Seconds: now.Sub(p.Started).Seconds(),
-			Range: play.RangeText(p.Spans, p.Size), Retries: p.Progress.Retries, Replaced: p.Progress.Replaced, Requests: []Request{}}
+		s := Stream{ID: p.ID, Name: p.Name, URL: p.URL, GID: p.Task, Player: p.Player, Size: p.Size, Sent: p.Sent, Ahead: p.Progress.Ahead,
+			Seconds: now.Sub(p.Started).Seconds(), Range: play.RangeText(p.Spans, p.Size), Retries: p.Progress.Retries, Replaced: p.Progress.Replaced,
+			Requests: []Request{}}
+		if len(p.Spans) > 0 {
+			s.Start = p.Spans[0].Start
+		}
 		for _, r := range p.Progress.Requests {
 			state := "reading"
 			if r.Waiting > 0 {
 				state = "waiting"
 			}
 			s.Speed += r.Speed
-			s.Requests = append(s.Requests, Request{Range: fmt.Sprintf("%d-%d", r.Start, r.End), Bytes: r.Bytes, Speed: r.Speed, State: state, Mirror: r.Mirror})
+			s.Requests = append(s.Requests, Request{Range: fmt.Sprintf("%d-%d", r.Start, r.End), Start: r.Start, End: r.End, Bytes: r.Bytes, Speed: r.Speed,
+				State: state, Mirror: r.Mirror})
 		}
 		st.Streams = append(st.Streams, s)
 	}
@@ -173,11 +184,15 @@ func (h *Handler) Status() Status {
 		active, waiting, stopped := src.Tasks.Lists()
 		for _, list := range [][]task.View{active, waiting, stopped} {
 			for _, v := range list {
+				word := v.State.String()
+				if src.StatusWord != nil {
+					word = src.StatusWord(v.State)
+				}
 				played := v.Delivered
 				if v.Size >= 0 {
 					played = min(played, v.Size) // players that read the same bytes again took no more of the file
 				}
-				st.Tasks = append(st.Tasks, Task{GID: v.GID, Status: v.State.String(), Name: v.Name, Size: v.Size, Played: played, Speed: v.Speed})
+				st.Tasks = append(st.Tasks, Task{GID: v.GID, Status: word, Name: v.Name, Size: v.Size, Played: played})
 			}
 		}
 	}
