@@ -135,12 +135,13 @@ type reporter interface {
 
 // bar is the progress bar on a terminal: name, bytes, percentage, speed and ETA.
 type bar struct {
-	ctx  context.Context
-	out  io.Writer
-	p    *mpb.Progress
-	bar  *mpb.Bar
-	mu   sync.Mutex // protects last
-	last time.Time  // when the bar was last moved, for its moving averages
+	ctx   context.Context
+	out   io.Writer
+	p     *mpb.Progress
+	bar   *mpb.Bar
+	mu    sync.Mutex  // protects the following fields, which the bar's decorators share
+	rate  *recentRate // the speed the bar shows, and its ETA
+	speed float64     // the speed of the frame being drawn
 }
 
 func newBar(ctx context.Context, out io.Writer) *bar { return &bar{ctx: ctx, out: out} }
@@ -151,19 +152,66 @@ func (b *bar) Start(name string, size, have int64) {
 	if total < 0 {
 		total = 0 // unknown: the bar grows
 	}
+	b.rate = &recentRate{span: rateSpan, samples: []rateSample{{time.Now(), have}}}
 	b.bar = b.p.AddBar(total,
 		mpb.PrependDecorators(decor.Name(name+" "), decor.CountersKibiByte("% .1f / % .1f")),
-		mpb.AppendDecorators(decor.Percentage(decor.WCSyncSpace), decor.EwmaSpeed(decor.SizeB1024(0), "% .1f", 30, decor.WCSyncSpace), decor.Name(" ETA "), decor.EwmaETA(decor.ET_STYLE_GO, 30)))
+		mpb.AppendDecorators(decor.Percentage(decor.WCSyncSpace),
+			decor.Any(func(st decor.Statistics) string { // measures the frame's speed, which the ETA then uses
+				b.mu.Lock()
+				defer b.mu.Unlock()
+				b.speed = b.rate.observe(time.Now(), st.Current)
+				return bytesize.Human(b.speed) + "/s"
+			}, decor.WCSyncSpace),
+			decor.Any(func(st decor.Statistics) string {
+				b.mu.Lock()
+				defer b.mu.Unlock()
+				return " ETA " + eta(st.Total-st.Current, b.speed)
+			})))
 	b.bar.SetCurrent(have)
-	b.last = time.Now()
 }
 
-func (b *bar) Add(n int64) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	now := time.Now()
-	b.bar.EwmaIncrInt64(n, now.Sub(b.last))
-	b.last = now
+func (b *bar) Add(n int64) { b.bar.IncrInt64(n) }
+
+// rateSpan is how far back the bar's speed looks: long enough to span the bursts of an in-order writer
+// (a chunk arrives whole, several at once), short enough to follow a change of the drive's speed.
+const rateSpan = 5 * time.Second
+
+// recentRate is a download's speed over its last rateSpan, from the byte counts it observes. A moving
+// average of each write's speed, as the bar had, weighs a burst's writes over the wait before it: it
+// showed a third of the true speed.
+type recentRate struct {
+	span    time.Duration
+	samples []rateSample // oldest first; the first is the newest at or before the span's start
+}
+
+type rateSample struct {
+	at    time.Time
+	bytes int64
+}
+
+// observe notes that bytes were in hand at now and returns the bytes per second since the span began
+// (since the first sample, while younger).
+func (r *recentRate) observe(now time.Time, bytes int64) float64 {
+	r.samples = append(r.samples, rateSample{now, bytes})
+	for len(r.samples) > 2 && now.Sub(r.samples[1].at) >= r.span {
+		r.samples = r.samples[1:]
+	}
+	first := r.samples[0]
+	if d := now.Sub(first.at).Seconds(); d > 0 {
+		return float64(bytes-first.bytes) / d
+	}
+	return 0
+}
+
+// eta is the time left for left bytes at speed bytes/s, to the second; "?" when it cannot be told.
+func eta(left int64, speed float64) string {
+	if left <= 0 {
+		return "0s"
+	}
+	if speed <= 0 {
+		return "?"
+	}
+	return time.Duration(float64(left) / speed * float64(time.Second)).Round(time.Second).String()
 }
 
 func (b *bar) finish(err error) {
@@ -222,7 +270,7 @@ func (l *lines) show(now time.Time) {
 	}
 	line += ", " + bytesize.Human(speed) + "/s"
 	if l.size > 0 && speed > 0 {
-		line += ", ETA " + time.Duration(float64(l.size-l.have)/speed*float64(time.Second)).Round(time.Second).String()
+		line += ", ETA " + eta(l.size-l.have, speed)
 	}
 	fmt.Fprintln(l.out, line)
 }
