@@ -822,18 +822,6 @@ func chromiumSwitches(t *testing.T) []string {
 		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--user-data-dir=" + t.TempDir()}
 }
 
-// chromium runs a headless Chromium with args and the suite's usual switches, and returns what it prints.
-func chromium(t *testing.T, args ...string) []byte {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, tools["chromium"], append(chromiumSwitches(t), args...)...).Output()
-	if err != nil {
-		t.Fatalf("chromium: %v", err)
-	}
-	return out
-}
-
 // TestTheStatusPageShowsWhatPlays opens the status page as a person on this machine does, in Chromium,
 // while two films play (one of them a task): it logs in with the secret typed into the page, never in a
 // URL, and reads what is on screen.
