@@ -246,16 +246,16 @@ func TestTwoInstancesBehindNginxAreOne(t *testing.T) {
 }
 
 func TestTheREADMEGivesTheTestedBalancer(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for what, want := range map[string]string{
-		"several instances": fmt.Sprintf(balancerConf, "192.168.1.11:6800", "192.168.1.12:6800", 80),
-		"a VPS":             fmt.Sprintf(vpsConf, "80", 6800),
+	for page, want := range map[string]string{
+		"docs/instances.md": fmt.Sprintf(balancerConf, "192.168.1.11:6800", "192.168.1.12:6800", 80),
+		"docs/security.md":  fmt.Sprintf(vpsConf, "80", 6800),
 	} {
-		if !strings.Contains(string(readme), want) {
-			t.Errorf("the README's nginx configuration for %s is not the one tested here:\n%s", what, want)
+		text, err := os.ReadFile("../../" + page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(text), want) {
+			t.Errorf("the nginx configuration %s gives is not the one tested here:\n%s", page, want)
 		}
 	}
 }
