@@ -254,9 +254,10 @@ func freePort() int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// waitHTTP waits until u answers 200, for a program just started.
+// waitHTTP waits until u answers 200, for a program just started: 30 s, for a saturated machine (an answer
+// that comes returns at once).
 func waitHTTP(u string) error {
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		resp, err := http.Get(u)
 		if err == nil {
@@ -266,7 +267,7 @@ func waitHTTP(u string) error {
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not answer 200 within 10 s: %v", u, err)
+			return fmt.Errorf("%s did not answer 200 within 30 s: %v", u, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
