@@ -136,7 +136,7 @@ func startMflowWith(t *testing.T, args []string, env map[string]string, logs io.
 	client := &http.Client{Transport: &http.Transport{}}
 	defer client.CloseIdleConnections()
 	var resp *http.Response
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		if resp, err = client.Get(base + "/"); err == nil || time.Now().After(deadline) {
 			break
 		}

@@ -88,9 +88,9 @@ func TestConcurrentResolvesShareOneProbe(t *testing.T) {
 	errs := make([]error, 4)
 	left := make(chan struct{})
 	go func() { _, errs[0] = r.Resolve(leaving, l); close(left) }()
-	for deadline := time.Now().Add(5 * time.Second); probes.Load() == 0; time.Sleep(time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); probes.Load() == 0; time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatal("the probe never reached the upstream")
+			t.Fatal("the probe never reached the upstream in 30 s")
 		}
 	}
 	for i := 1; i < len(errs); i++ {

@@ -272,7 +272,7 @@ func TestTaskLifecycle(t *testing.T) {
 	}
 	// The background probe fills the size in.
 	var st map[string]any
-	for deadline := time.Now().Add(5 * time.Second); st["totalLength"] != "5242880"; time.Sleep(time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); st["totalLength"] != "5242880"; time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("totalLength never filled in: %v", st)
 		}
@@ -357,7 +357,7 @@ func TestStoppedTasks(t *testing.T) {
 	r.call(t, &missing, "aria2.addUri", []string{"http://drive.example/missing.mp4"})
 	r.call(t, &streamed, "aria2.addUri", []string{"http://drive.example/film.mp4"})
 	var st map[string]string
-	for deadline := time.Now().Add(5 * time.Second); st["status"] != "error"; time.Sleep(time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); st["status"] != "error"; time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the 404 task never failed: %v", st)
 		}
