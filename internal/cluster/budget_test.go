@@ -147,7 +147,7 @@ func TestACrashedInstancesConnectionsComeBack(t *testing.T) {
 	}
 	other := NewBudget(rdb, 4, 0, quiet())
 	defer other.Close()
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	release, err := other.Acquire(ctx, "drive.example:443")
 	if err != nil {
@@ -165,7 +165,7 @@ func TestRedisGoingAwayLeavesTheBudgetLocal(t *testing.T) {
 	defer b.Close()
 	rs.stop()
 	for range 3 {
-		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 		release, err := b.Acquire(ctx, "h:80")
 		cancel()
 		if err != nil {

@@ -149,7 +149,7 @@ func heard(t *testing.T, notes <-chan string, last string) []string {
 			if n == last {
 				return got
 			}
-		case <-time.After(10 * time.Second):
+		case <-time.After(30 * time.Second):
 			t.Fatalf("heard %v, and not %q", got, last)
 		}
 	}
@@ -259,7 +259,7 @@ func TestTwoInstancesAreOneToPlayersAndClients(t *testing.T) {
 		if got >= u.Size() {
 			t.Errorf("the player got the whole film: pausing on the other instance did not stop it")
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(30 * time.Second):
 		t.Fatal("pausing on one instance did not stop the player on the other")
 	}
 	resp.Body.Close()

@@ -1082,7 +1082,7 @@ func TestShutdownStopsMflowAsItStopsAria2c(t *testing.T) {
 				if err != nil {
 					t.Errorf("%s after %s: %v", name, method, err)
 				}
-			case <-time.After(10 * time.Second):
+			case <-time.After(30 * time.Second):
 				cmd.Process.Kill()
 				<-exited
 				t.Errorf("%s still runs 10 s after %s", name, method)

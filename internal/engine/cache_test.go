@@ -145,7 +145,7 @@ func TestASlowCacheDoesNotHoldUpTheFilesOtherPlayers(t *testing.T) {
 	}()
 	select {
 	case <-other:
-	case <-time.After(10 * time.Second):
+	case <-time.After(30 * time.Second):
 		close(disk.release)
 		t.Fatal("a player waited for another player's cache lookup")
 	}

@@ -79,7 +79,7 @@ func TestAPanicEndsOneStreamAndTheEngineStreamsOn(t *testing.T) {
 			}()
 			select {
 			case <-done:
-			case <-time.After(10 * time.Second):
+			case <-time.After(30 * time.Second):
 				t.Fatal("the engine hangs after a stream panicked")
 			}
 		})

@@ -439,7 +439,7 @@ func TestWebSocketCallsAndNotifications(t *testing.T) {
 	}
 	defer ws.CloseNow()
 	read := func() map[string]json.RawMessage {
-		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 		defer cancel()
 		_, msg, err := ws.Read(ctx)
 		if err != nil {
