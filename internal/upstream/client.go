@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -393,20 +394,20 @@ type releasingBody struct {
 	io.ReadCloser
 	release func()
 	grace   time.Duration // how long the news of a cut takes to reach the server
-	atEOF   bool          // the body was read to its end
+	atEOF   atomic.Bool   // the body was read to its end; a cancelled request's body is closed while read
 }
 
 func (b *releasingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err == io.EOF {
-		b.atEOF = true
+		b.atEOF.Store(true)
 	}
 	return n, err
 }
 
 func (b *releasingBody) Close() error {
 	err := b.ReadCloser.Close()
-	if !b.atEOF {
+	if !b.atEOF.Load() {
 		time.Sleep(b.grace)
 	}
 	b.release()
