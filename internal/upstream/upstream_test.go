@@ -284,7 +284,8 @@ func TestConnectionsOpenedAheadServeTheRequestsThatFollow(t *testing.T) {
 	defer c.CloseIdleConnections()
 	at := source.Location{URL: u.URL + "/f", From: access.Loopback}
 	c.Warm(at, 3)
-	testsync.WaitFor(t, "three connections opened ahead", func() bool { return u.Conns() == 3 })
+	c.warmers[access.Loopback].dialing.Wait() // the three are ready for requests here
+	testsync.WaitFor(t, "the upstream counting the three connections opened ahead", func() bool { return u.Conns() == 3 })
 	c.Warm(at, 3) // already open: no more
 	proxied := at
 	proxied.Proxy = &url.URL{Scheme: "http", Host: "127.0.0.1:9"}
