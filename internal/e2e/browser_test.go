@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -30,19 +31,32 @@ type browser struct {
 // openBrowser starts Chromium with a window of width × height and returns it driven; it ends with the test.
 func openBrowser(t *testing.T, width, height int) *browser {
 	t.Helper()
-	args := append(chromiumSwitches(t), "--remote-debugging-port=0", fmt.Sprintf("--window-size=%d,%d", width, height), "about:blank")
-	var profile string
-	for _, a := range args {
-		if dir, ok := strings.CutPrefix(a, "--user-data-dir="); ok {
-			profile = dir
+	// A profile of its own, removed once every process of the browser is gone: Chromium's helpers still
+	// write into it for a moment after the browser ends, which a test's TempDir would take for a failure.
+	profile, err := os.MkdirTemp("", "mflow-chromium")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var args []string
+	for _, a := range chromiumSwitches(t) {
+		if !strings.HasPrefix(a, "--user-data-dir=") {
+			args = append(args, a)
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, tools["chromium"], args...)
+	args = append(args, "--user-data-dir="+profile, "--remote-debugging-port=0", fmt.Sprintf("--window-size=%d,%d", width, height), "about:blank")
+	cmd := exec.Command(tools["chromium"], args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // its helpers with it, so all of them can be ended
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("chromium: %v", err)
 	}
-	t.Cleanup(func() { cancel(); cmd.Wait() })
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+		deadline := time.Now().Add(30 * time.Second)
+		for os.RemoveAll(profile) != nil && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
 	// Chromium writes its port into the profile once it listens.
 	var port string
 	for deadline := time.Now().Add(30 * time.Second); port == ""; time.Sleep(20 * time.Millisecond) {
