@@ -129,7 +129,7 @@ func printable(s string) string {
 
 // reporter shows a download's progress.
 type reporter interface {
-	get.Progress
+	get.Reporter
 	finish(err error) // the download is over
 }
 

@@ -15,17 +15,17 @@ import (
 	"strings"
 )
 
-// Client is where a request to mflow comes from.
-type Client int
+// Network is where a request to mflow comes from.
+type Network int
 
 const (
-	Internet Client = iota // a public address
-	Private                // a private network: the LAN, a VPN (RFC 1918, fc00::/7, CGNAT 100.64/10)
-	Loopback               // this machine
+	Internet Network = iota // a public address
+	Private                 // a private network: the LAN, a VPN (RFC 1918, fc00::/7, CGNAT 100.64/10)
+	Loopback                // this machine
 )
 
-// ClientOf classifies the address a request came from (http.Request.RemoteAddr).
-func ClientOf(remoteAddr string) Client {
+// NetworkOf classifies the address a request came from (http.Request.RemoteAddr).
+func NetworkOf(remoteAddr string) Network {
 	ap, err := netip.ParseAddrPort(remoteAddr)
 	if err != nil {
 		return Internet
@@ -33,7 +33,7 @@ func ClientOf(remoteAddr string) Client {
 	return classify(ap.Addr().Unmap())
 }
 
-func classify(a netip.Addr) Client {
+func classify(a netip.Addr) Network {
 	switch {
 	case a.IsLoopback():
 		return Loopback
@@ -96,7 +96,7 @@ func (e *RefusedError) Error() string {
 // proxy will resolve and connect to itself: every address the name resolves to here must pass Check, and
 // a name that does not resolve here is refused for a player that may not reach this machine's or the
 // LAN's addresses (the proxy may resolve it to exactly those: 2130706433 is 127.0.0.1 to many resolvers).
-func (p *Policy) CheckName(ctx context.Context, client Client, host string, port uint16) error {
+func (p *Policy) CheckName(ctx context.Context, client Network, host string, port uint16) error {
 	if a, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
 		return p.Check(client, netip.AddrPortFrom(a, port))
 	}
@@ -120,7 +120,7 @@ func (p *Policy) CheckName(ctx context.Context, client Client, host string, port
 // LAN cannot reach this machine's own services (a Docker API, a NAS's admin page), nor one from the
 // internet your LAN. An IPv6 address that carries an IPv4 one (NAT64, 6to4, IPv4-compatible) is judged by the
 // IPv4 address inside it.
-func (p *Policy) Check(client Client, addr netip.AddrPort) error {
+func (p *Policy) Check(client Network, addr netip.AddrPort) error {
 	raw := addr.Addr().Unmap()
 	a := embeddedIPv4(raw)
 	refuse := func(reason string) error { return &RefusedError{Addr: addr, Reason: reason} }
@@ -281,7 +281,7 @@ func (p Proxies) ClientAddr(r *http.Request) string {
 }
 
 // unnamedClient is how a request from a trusted proxy that names no client is written as its RemoteAddr:
-// not an address, so ClientOf judges it a client on the internet, and the log still shows which proxy.
+// not an address, so NetworkOf judges it a client on the internet, and the log still shows which proxy.
 func unnamedClient(proxy string) string { return "unnamed client of proxy " + proxy }
 
 // forwardedFor reads the for= of each element of Forwarded headers (RFC 7239), in order.

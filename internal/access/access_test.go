@@ -14,7 +14,7 @@ func TestPolicy(t *testing.T) {
 		Own:   []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:6800")},
 	}
 	for _, c := range []struct {
-		from   Client
+		from   Network
 		target string
 		ok     bool
 	}{
@@ -73,9 +73,9 @@ func TestParsePrefixesSaysWhatIsWrong(t *testing.T) {
 }
 
 func TestClientOf(t *testing.T) {
-	for addr, want := range map[string]Client{"127.0.0.1:1": Loopback, "[::1]:1": Loopback, "[::ffff:127.0.0.1]:1": Loopback,
+	for addr, want := range map[string]Network{"127.0.0.1:1": Loopback, "[::1]:1": Loopback, "[::ffff:127.0.0.1]:1": Loopback,
 		"192.168.0.2:1": Private, "10.0.0.1:1": Private, "[fd12::1]:1": Private, "8.8.8.8:1": Internet, "garbage": Internet} {
-		if got := ClientOf(addr); got != want {
+		if got := NetworkOf(addr); got != want {
 			t.Errorf("ClientOf(%s) = %d, want %d", addr, got, want)
 		}
 	}
@@ -144,7 +144,7 @@ func TestATrustedProxyIsTakenAtItsWord(t *testing.T) {
 		if got := (Proxies{Trusted: trusted, Header: c.header}).ClientAddr(r); got != c.want {
 			t.Errorf("--real-ip-header %q, from %s with %v: %q, want %q", c.header, c.peer, c.headers, got, c.want)
 		}
-		if ClientOf(c.want) == Loopback {
+		if NetworkOf(c.want) == Loopback {
 			t.Errorf("%q is judged as this machine", c.want)
 		}
 	}

@@ -8,14 +8,14 @@ import (
 	"github.com/maypok86/otter/v2"
 )
 
-// Counters are a cache's lookups since it opened, each read and written atomically.
-type Counters struct {
+// Lookups are a cache's lookups since it opened, each read and written atomically.
+type Lookups struct {
 	Hits   atomic.Int64 // lookups that found the chunk
 	Misses atomic.Int64 // lookups that did not
 }
 
 // count records one lookup.
-func (c *Counters) count(found bool) {
+func (c *Lookups) count(found bool) {
 	if found {
 		c.Hits.Add(1)
 	} else {
@@ -25,7 +25,7 @@ func (c *Counters) count(found bool) {
 
 // Memory keeps chunks in memory, bounded in bytes, evicting what is least likely to be asked for again.
 type Memory struct {
-	Counters Counters // lookups, for metrics
+	Lookups Lookups // lookups, for metrics
 
 	c    *otter.Cache[string, []byte]
 	max  int64        // its own bound (--cache-size)
@@ -60,7 +60,7 @@ func (m *Memory) Room() int64 { return m.room.Load() }
 // Get returns the chunk stored under key. The bytes are the cache's: read them, do not keep or change them.
 func (m *Memory) Get(key string) ([]byte, bool) {
 	data, ok := m.c.GetIfPresent(key)
-	m.Counters.count(ok)
+	m.Lookups.count(ok)
 	return data, ok
 }
 

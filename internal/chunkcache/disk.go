@@ -21,7 +21,7 @@ import (
 // evicted first. Each file is written whole (a temporary file, then a rename) and carries a checksum, so
 // a torn or corrupt chunk is found when read, removed and fetched again, never served.
 type Disk struct {
-	Counters Counters // lookups, for metrics
+	Lookups Lookups // lookups, for metrics
 
 	dir      string
 	maxBytes int64
@@ -90,7 +90,7 @@ func (d *Disk) Get(key string) ([]byte, bool) {
 	n := filename(key)
 	e := d.lookup(n)
 	if e == nil {
-		d.Counters.count(false)
+		d.Lookups.count(false)
 		return nil, false
 	}
 	raw, err := os.ReadFile(d.path(n))
@@ -98,13 +98,13 @@ func (d *Disk) Get(key string) ([]byte, bool) {
 	if err != nil {
 		d.log.Warn("chunk cache: dropping a bad chunk file", "file", d.path(n), "err", err)
 		d.drop(n)
-		d.Counters.count(false)
+		d.Lookups.count(false)
 		return nil, false
 	}
 	now := time.Now()
 	os.Chtimes(d.path(n), now, now) // the order of eviction survives a restart
 	d.touch(e, now)
-	d.Counters.count(true)
+	d.Lookups.count(true)
 	return data, true
 }
 

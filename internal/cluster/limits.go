@@ -12,10 +12,10 @@ import (
 	"mflow/internal/engine/limit"
 )
 
-// Limits shares the drive limits instances learn (engine.LimitShare): each is kept in a Redis hash by
+// LimitShare shares the drive limits instances learn (engine.LimitShare): each is kept in a Redis hash by
 // drive, for instances that start later, and published to the running ones, which learn it at once. A
 // drive counts connections per account, so what one instance learned holds for all.
-type Limits struct {
+type LimitShare struct {
 	rdb   *redis.Client
 	learn func(limit.Fact) // tells this instance's policy
 	log   *slog.Logger
@@ -33,19 +33,19 @@ const (
 
 // NewLimits shares limits on rdb: it learns those kept there (in the background: Redis may be away), then
 // those the other instances announce, with learn. Close it to stop.
-func NewLimits(rdb *redis.Client, learn func(limit.Fact), log *slog.Logger) *Limits {
+func NewLimits(rdb *redis.Client, learn func(limit.Fact), log *slog.Logger) *LimitShare {
 	if log == nil {
 		log = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &Limits{rdb: rdb, learn: learn, log: log, out: make(chan limit.Fact, 64), cancel: cancel}
+	l := &LimitShare{rdb: rdb, learn: learn, log: log, out: make(chan limit.Fact, 64), cancel: cancel}
 	l.wg.Go(func() { l.send(ctx) })
 	l.wg.Go(func() { l.follow(ctx) })
 	return l
 }
 
 // Publish shares a limit learned here; it is dropped when many wait already (the next one carries on).
-func (l *Limits) Publish(f limit.Fact) {
+func (l *LimitShare) Publish(f limit.Fact) {
 	select {
 	case l.out <- f:
 	default:
@@ -53,12 +53,12 @@ func (l *Limits) Publish(f limit.Fact) {
 }
 
 // Close stops sharing and waits for its goroutines.
-func (l *Limits) Close() {
+func (l *LimitShare) Close() {
 	l.cancel()
 	l.wg.Wait()
 }
 
-func (l *Limits) send(ctx context.Context) {
+func (l *LimitShare) send(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -84,7 +84,7 @@ func (l *Limits) send(ctx context.Context) {
 
 // follow learns the limits kept, then each one announced; on every (re)subscription it reads the kept
 // ones again, as announcements made meanwhile were not heard.
-func (l *Limits) follow(ctx context.Context) {
+func (l *LimitShare) follow(ctx context.Context) {
 	ps := l.rdb.Subscribe(ctx, limitsChannel)
 	defer ps.Close()
 	stop := context.AfterFunc(ctx, func() { ps.Close() }) // a receive waits on the socket, not on ctx
@@ -111,7 +111,7 @@ func (l *Limits) follow(ctx context.Context) {
 }
 
 // loadKept learns every limit kept in Redis.
-func (l *Limits) loadKept(ctx context.Context) {
+func (l *LimitShare) loadKept(ctx context.Context) {
 	askCtx, cancel := context.WithTimeout(ctx, askTimeout)
 	defer cancel()
 	kept, err := l.rdb.HGetAll(askCtx, limitsKey).Result()
@@ -123,7 +123,7 @@ func (l *Limits) loadKept(ctx context.Context) {
 	}
 }
 
-func (l *Limits) take(payload string) {
+func (l *LimitShare) take(payload string) {
 	var f limit.Fact
 	if json.Unmarshal([]byte(payload), &f) == nil && f.Drive != "" && f.Limit > 0 {
 		l.learn(f)

@@ -9,7 +9,7 @@ import (
 
 func TestALimitOneInstanceLearnedHoldsForAll(t *testing.T) {
 	rs := startRedis(t)
-	heard := func() (chan limit.Fact, *Limits) {
+	heard := func() (chan limit.Fact, *LimitShare) {
 		ch := make(chan limit.Fact, 8)
 		rdb := rs.client()
 		t.Cleanup(func() { rdb.Close() })

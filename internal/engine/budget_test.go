@@ -32,7 +32,7 @@ func budgetedPlays(t *testing.T, e *engine.Engine, u *upstreamtest.Upstream, n i
 	for i := range n {
 		writers[i] = &blockingWriter{after: after, release: make(chan struct{})}
 		go func() {
-			_, err := e.Stream(t.Context(), writers[i], engine.Request{Target: target(u), Span: span, FileKey: fmt.Sprint("film ", i)})
+			_, err := e.Stream(t.Context(), writers[i], engine.Job{Target: target(u), Span: span, FileKey: fmt.Sprint("film ", i)})
 			done <- err
 		}()
 	}
@@ -90,7 +90,7 @@ func TestANewStreamsFirstByteWaitsForNoOther(t *testing.T) {
 		w := &firstWriteWriter{first: make(chan int, 1)}
 		done := make(chan error, 1)
 		go func() {
-			_, err := e.Stream(t.Context(), w, engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: 1<<20 - 1}, FileKey: "a new film"})
+			_, err := e.Stream(t.Context(), w, engine.Job{Target: target(u), Span: httprange.Span{Start: 0, End: 1<<20 - 1}, FileKey: "a new film"})
 			done <- err
 		}()
 		synctest.Wait()

@@ -23,7 +23,7 @@ func TestASecondPlayIsServedFromTheCache(t *testing.T) {
 	e := newEngine(t, u, 256<<10, 4)
 	e.Cache = chunkcache.NewMemory(64 << 20)
 	span := httprange.Span{Start: 300_000, End: 2_500_000} // starts and ends inside chunks
-	req := engine.Request{Target: target(u), Span: span, FileKey: "film"}
+	req := engine.Job{Target: target(u), Span: span, FileKey: "film"}
 	for play := range 2 {
 		before := u.Requests()
 		got, _, err := stream(t, e, req)
@@ -59,7 +59,7 @@ func TestAChunkTheCacheKeepsIsNeverOverwrittenByAnotherFilm(t *testing.T) {
 	e.Cache = chunkcache.NewMemory(64 << 20)
 	span := httprange.Span{Start: 0, End: 2<<20 - 1}
 	for _, i := range []int{0, 1, 0} { // film 0, film 1 through the buffers film 0 let go of, film 0 from the cache
-		streamOK(t, e, engine.Request{Target: target(ups[i]), Span: span, FileKey: fmt.Sprint("film ", i)}, films[i])
+		streamOK(t, e, engine.Job{Target: target(ups[i]), Span: span, FileKey: fmt.Sprint("film ", i)}, films[i])
 	}
 }
 
@@ -69,7 +69,7 @@ func TestDiskCacheSurvivesARestartAndRefetchesACorruptChunk(t *testing.T) {
 	defer u.Close()
 	dir := t.TempDir()
 	span := httprange.Span{Start: 0, End: int64(len(file)) - 1}
-	req := engine.Request{Target: target(u), Span: span, FileKey: "film"}
+	req := engine.Job{Target: target(u), Span: span, FileKey: "film"}
 	play := func() int64 {
 		disk, err := chunkcache.OpenDisk(dir, 1<<30, quiet) // a new mflow on the same folder
 		if err != nil {
@@ -133,7 +133,7 @@ func TestASlowCacheDoesNotHoldUpTheFilesOtherPlayers(t *testing.T) {
 	e.Cache = disk
 	slow := make(chan error, 1)
 	go func() { // its lookup of the last chunk blocks
-		_, err := e.Stream(t.Context(), io.Discard, engine.Request{Target: target(u), FileKey: "film", Span: httprange.Span{Start: 15 << 16, End: 1<<20 - 1}})
+		_, err := e.Stream(t.Context(), io.Discard, engine.Job{Target: target(u), FileKey: "film", Span: httprange.Span{Start: 15 << 16, End: 1<<20 - 1}})
 		slow <- err
 	}()
 	<-disk.blocked
@@ -141,7 +141,7 @@ func TestASlowCacheDoesNotHoldUpTheFilesOtherPlayers(t *testing.T) {
 	other := make(chan struct{})
 	go func() {
 		defer close(other)
-		streamOK(t, e, engine.Request{Target: target(u), FileKey: "film", Span: httprange.Span{Start: 0, End: 3<<16 - 1}}, file)
+		streamOK(t, e, engine.Job{Target: target(u), FileKey: "film", Span: httprange.Span{Start: 0, End: 3<<16 - 1}}, file)
 	}()
 	select {
 	case <-other:

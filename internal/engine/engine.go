@@ -58,7 +58,7 @@ type Engine struct {
 	// head (mediaindex.Locate): a stream from byte 0 then fetches the index alongside the head, within its
 	// connections, and holds it and the head's chunk for the player's jumps at open. Nil fetches nothing
 	// ahead.
-	IndexOf func(head []byte, size int64) (mediaindex.Index, mediaindex.Verdict)
+	IndexOf func(head []byte, size int64) (mediaindex.Index, mediaindex.Finding)
 	// Retries is how often one piece may be tried again before the stream fails.
 	Retries int
 	// MinSpeed, in bytes per second, drops a connection slower than this for slowSamples seconds in a row;
@@ -73,8 +73,8 @@ type Engine struct {
 	Cache Cache
 	// Logger receives a DEBUG line per request. Default slog.Default().
 	Logger *slog.Logger
-	// Counters are the engine's totals since it started, for metrics.
-	Counters Counters
+	// Remedies count, since the engine started, what its streams did about failed and slow requests: for metrics.
+	Remedies Remedies
 	// Observe, when set, hears of every upstream request of every stream as it ends, for metrics. It runs
 	// on the stream's own goroutines and must not block.
 	Observe func(RequestDone)
@@ -114,8 +114,9 @@ func (e *Engine) Close() {
 	e.lingers.Wait()
 }
 
-// Counters are an engine's totals, each read and written atomically, so that streams count without a lock.
-type Counters struct {
+// Remedies are an engine's retries, races and splits, each read and written atomically, so that streams count
+// without a lock.
+type Remedies struct {
 	Retries atomic.Int64 // pieces asked again after a request failed
 	Raced   atomic.Int64 // fresh requests raced against a slow one
 	Splits  atomic.Int64 // pieces split so an idle connection takes half
@@ -146,8 +147,8 @@ func (e *Engine) maxAhead(lanes int) int64 {
 	return max(ahead, 2*int64(lanes)*e.ChunkSize)
 }
 
-// Request is one range to stream.
-type Request struct {
+// Job is one range to stream.
+type Job struct {
 	Target source.Target  // what to fetch, for which player
 	Span   httprange.Span // the bytes to write, within Target.Version.Size
 	// Head, when set, is an answer already open for the first bytes of Span (the probe's, asked for as
@@ -219,7 +220,7 @@ func (e *Engine) FirstRequest(span httprange.Span) httprange.Span {
 // SetWriteDeadline, a stream that ends early (ctx cancelled, the file changed) cuts a write the player is
 // slow to take. Every goroutine the stream started has ended when Stream returns, and a panic in any of
 // them ends this stream only, as a *PanicError.
-func (e *Engine) Stream(ctx context.Context, w io.Writer, req Request) (stats Stats, err error) {
+func (e *Engine) Stream(ctx context.Context, w io.Writer, req Job) (stats Stats, err error) {
 	size := req.Target.Version.Size
 	if err := upstream.CheckSize(size); err != nil {
 		closeHead(req.Head)

@@ -46,7 +46,7 @@ func target(u *upstreamtest.Upstream) source.Target {
 }
 
 // stream runs a stream of span and returns what the player got.
-func stream(t *testing.T, e *engine.Engine, req engine.Request) ([]byte, engine.Stats, error) {
+func stream(t *testing.T, e *engine.Engine, req engine.Job) ([]byte, engine.Stats, error) {
 	t.Helper()
 	var out bytes.Buffer
 	stats, err := e.Stream(t.Context(), &out, req)
@@ -57,7 +57,7 @@ func stream(t *testing.T, e *engine.Engine, req engine.Request) ([]byte, engine.
 }
 
 // streamOK runs a stream that must succeed and checks that the player got exactly its span of file.
-func streamOK(t *testing.T, e *engine.Engine, req engine.Request, file []byte) engine.Stats {
+func streamOK(t *testing.T, e *engine.Engine, req engine.Job, file []byte) engine.Stats {
 	t.Helper()
 	got, stats, err := stream(t, e, req)
 	if err != nil {
@@ -94,7 +94,7 @@ func TestStreamRandomRangesMatchTheFile(t *testing.T) {
 				spans = append(spans, httprange.Span{Start: a, End: a + r.Int64N(size-a)})
 			}
 			for _, span := range spans {
-				got, _, err := stream(t, e, engine.Request{Target: target(u), Span: span})
+				got, _, err := stream(t, e, engine.Job{Target: target(u), Span: span})
 				if err != nil {
 					t.Fatalf("chunk %d, %d connections, span %+v: %v", chunk, conns, span, err)
 				}
@@ -124,7 +124,7 @@ func TestStreamSurvivesFaults(t *testing.T) {
 			defer u.Close()
 			e := newEngine(t, u, 64<<10, 4)
 			span := httprange.Span{Start: 1000, End: int64(len(file)) - 1}
-			stats := streamOK(t, e, engine.Request{Target: target(u), Span: span}, file)
+			stats := streamOK(t, e, engine.Job{Target: target(u), Span: span}, file)
 			if stats.Retries == 0 {
 				t.Error("no retry counted, yet every third request failed")
 			}
@@ -142,7 +142,7 @@ func TestStreamNeverSplicesAnotherVersion(t *testing.T) {
 	}})
 	defer u.Close()
 	e := newEngine(t, u, 64<<10, 2)
-	got, _, err := stream(t, e, engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(file)) - 1}})
+	got, _, err := stream(t, e, engine.Job{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(file)) - 1}})
 	if !errors.Is(err, upstream.ErrChanged) {
 		t.Fatalf("err = %v, want ErrChanged", err)
 	}
@@ -158,7 +158,7 @@ func TestStreamSizeChangeIsAnotherVersion(t *testing.T) {
 	e := newEngine(t, u, 64<<10, 2)
 	tgt := target(u)
 	tgt.Version.Size++ // the file the probe saw was one byte longer
-	_, _, err := stream(t, e, engine.Request{Target: tgt, Span: httprange.Span{Start: 0, End: 1000}})
+	_, _, err := stream(t, e, engine.Job{Target: tgt, Span: httprange.Span{Start: 0, End: 1000}})
 	if !errors.Is(err, upstream.ErrChanged) {
 		t.Fatalf("err = %v, want ErrChanged", err)
 	}
@@ -181,7 +181,7 @@ func TestStreamResolvesAnExpiredLinkAgain(t *testing.T) {
 	e := newEngine(t, u, 32<<10, 3)
 	tgt, refresh, refreshes := signedLink(u, &current)
 	span := httprange.Span{Start: 0, End: int64(len(file)) - 1}
-	streamOK(t, e, engine.Request{Target: tgt, Span: span, Refresh: refresh}, file)
+	streamOK(t, e, engine.Job{Target: tgt, Span: span, Refresh: refresh}, file)
 	if n := refreshes.Load(); n != 1 {
 		t.Errorf("resolved the link %d times, want once for all connections", n)
 	}
@@ -205,7 +205,7 @@ func TestStreamExpiredLinkWithoutRefreshFails(t *testing.T) {
 	file := upstreamtest.RandomFile(100_000)
 	u := upstreamtest.New(file, upstreamtest.Options{Fault: func(int64, *http.Request) upstreamtest.Fault { return upstreamtest.Fault{Status: http.StatusGone} }})
 	defer u.Close()
-	_, _, err := stream(t, newEngine(t, u, 32<<10, 2), engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: 99}})
+	_, _, err := stream(t, newEngine(t, u, 32<<10, 2), engine.Job{Target: target(u), Span: httprange.Span{Start: 0, End: 99}})
 	if err == nil || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("err = %v, want an expired-link error", err)
 	}
@@ -219,7 +219,7 @@ func TestStreamGivesUpAfterRetries(t *testing.T) {
 	defer u.Close()
 	e := newEngine(t, u, 32<<10, 1)
 	e.Retries = 3
-	_, _, err := stream(t, e, engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: 99_999}})
+	_, _, err := stream(t, e, engine.Job{Target: target(u), Span: httprange.Span{Start: 0, End: 99_999}})
 	if err == nil || !strings.Contains(err.Error(), "gave up after 3 retries") {
 		t.Fatalf("err = %v, want giving up after 3 retries", err)
 	}
@@ -231,7 +231,7 @@ func TestStreamGivesUpAfterRetries(t *testing.T) {
 func TestStreamFailsAtOnceOnNotFound(t *testing.T) {
 	u := upstreamtest.New(upstreamtest.RandomFile(100_000), upstreamtest.Options{Fault: func(int64, *http.Request) upstreamtest.Fault { return upstreamtest.Fault{Status: http.StatusNotFound} }})
 	defer u.Close()
-	_, _, err := stream(t, newEngine(t, u, 32<<10, 1), engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: 99}})
+	_, _, err := stream(t, newEngine(t, u, 32<<10, 1), engine.Job{Target: target(u), Span: httprange.Span{Start: 0, End: 99}})
 	var status *upstream.StatusError
 	if !errors.As(err, &status) || status.Code != http.StatusNotFound {
 		t.Fatalf("err = %v, want the upstream's 404", err)
@@ -260,7 +260,7 @@ func TestPlayerLeavingCancelsEveryUpstreamRequest(t *testing.T) {
 	u := upstreamtest.New(file, upstreamtest.Options{PerConn: 512 << 10})
 	defer u.Close()
 	e := newEngine(t, u, 256<<10, 4)
-	_, err := e.Stream(t.Context(), &failingWriter{limit: 100_000}, engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(file)) - 1}})
+	_, err := e.Stream(t.Context(), &failingWriter{limit: 100_000}, engine.Job{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(file)) - 1}})
 	if !errors.Is(err, engine.ErrPlayerGone) {
 		t.Fatalf("err = %v, want ErrPlayerGone", err)
 	}
@@ -315,7 +315,7 @@ func TestSlowPlayerBoundsTheReadAhead(t *testing.T) {
 				done := make(chan error, 1)
 				span := httprange.Span{Start: 0, End: int64(len(file)) - 1}
 				go func() {
-					_, err := e.Stream(t.Context(), w, engine.Request{Target: target(u), Span: span})
+					_, err := e.Stream(t.Context(), w, engine.Job{Target: target(u), Span: span})
 					done <- err
 				}()
 				time.Sleep(time.Second) // the bubble's clock: the stream settles once its first window is read
@@ -357,7 +357,7 @@ func TestHeadStreamsBeforeItsChunkIsWhole(t *testing.T) {
 	w := &firstWriteWriter{first: make(chan int, 1)}
 	done := make(chan error, 1)
 	go func() {
-		_, err := e.Stream(ctx, w, engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(file)) - 1}})
+		_, err := e.Stream(ctx, w, engine.Job{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(file)) - 1}})
 		done <- err
 	}()
 	select {
@@ -384,7 +384,7 @@ func TestHTTP2UpstreamGetsOneConnectionPerLane(t *testing.T) {
 	defer u.Close()
 	e := newEngine(t, u, 128<<10, 4)
 	span := httprange.Span{Start: 0, End: int64(len(file)) - 1}
-	streamOK(t, e, engine.Request{Target: target(u), Span: span}, file)
+	streamOK(t, e, engine.Job{Target: target(u), Span: span}, file)
 	if !h2.Load() {
 		t.Fatal("the upstream was not spoken to over HTTP/2")
 	}
@@ -414,7 +414,7 @@ func TestStreamOfTheLastByteOnly(t *testing.T) {
 	file := upstreamtest.RandomFile(10)
 	u := upstreamtest.New(file, upstreamtest.Options{})
 	defer u.Close()
-	got, _, err := stream(t, newEngine(t, u, 16<<10, 4), engine.Request{Target: target(u), Span: httprange.Span{Start: 9, End: 9}})
+	got, _, err := stream(t, newEngine(t, u, 16<<10, 4), engine.Job{Target: target(u), Span: httprange.Span{Start: 9, End: 9}})
 	if err != nil || !bytes.Equal(got, file[9:]) {
 		t.Fatalf("got %v, %v", got, err)
 	}
@@ -432,7 +432,7 @@ func TestMirrorsShareTheChunksAndAFailingOneIsSetAside(t *testing.T) {
 	defer broken.Close()
 	e := newEngine(t, a, 64<<10, 4)
 	span := httprange.Span{Start: 0, End: int64(len(file)) - 1}
-	stats := streamOK(t, e, engine.Request{Target: target(a), Mirrors: []source.Target{target(b), target(broken)}, Span: span}, file)
+	stats := streamOK(t, e, engine.Job{Target: target(a), Mirrors: []source.Target{target(b), target(broken)}, Span: span}, file)
 	if a.Requests() < 5 || b.Requests() < 5 {
 		t.Errorf("requests: %d to the target, %d to the good mirror; want the chunks spread over both", a.Requests(), b.Requests())
 	}
@@ -451,7 +451,7 @@ func TestPlayersOfOneFileShareChunkDownloads(t *testing.T) {
 		defer u.Close()
 		e := newEngine(t, u, 256<<10, 4)
 		span := httprange.Span{Start: 0, End: int64(len(file)) - 1}
-		req := engine.Request{Target: target(u), Span: span, FileKey: "film"}
+		req := engine.Job{Target: target(u), Span: span, FileKey: "film"}
 		var wg sync.WaitGroup
 		outs := make([][]byte, 2)
 		for i := range outs {
@@ -479,7 +479,7 @@ func TestAPlayerLeavingDoesNotCostTheOtherItsBytes(t *testing.T) {
 	defer u.Close()
 	e := newEngine(t, u, 512<<10, 4)
 	span := httprange.Span{Start: 0, End: int64(len(file)) - 1}
-	req := engine.Request{Target: target(u), Span: span, FileKey: "film"}
+	req := engine.Job{Target: target(u), Span: span, FileKey: "film"}
 	leaver := make(chan error, 1)
 	go func() {
 		_, err := e.Stream(t.Context(), &failingWriter{limit: 600 << 10}, req) // leaves inside the second chunk
@@ -507,7 +507,7 @@ func TestAnAttemptThatBroughtBytesIsProgressNotASpentRetry(t *testing.T) {
 	defer u.Close()
 	e := newEngine(t, u, 1<<20, 1)
 	e.Retries = 1
-	stats := streamOK(t, e, engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(file)) - 1}}, file)
+	stats := streamOK(t, e, engine.Job{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(file)) - 1}}, file)
 	if stats.Retries < 20 {
 		t.Errorf("%d retries, want one per reset", stats.Retries)
 	}
@@ -518,7 +518,7 @@ func TestAnAttemptThatBroughtBytesIsProgressNotASpentRetry(t *testing.T) {
 	defer dead.Close()
 	e = newEngine(t, dead, 1<<20, 1)
 	e.Retries = 3
-	_, _, err := stream(t, e, engine.Request{Target: target(dead), Span: httprange.Span{Start: 0, End: 999}})
+	_, _, err := stream(t, e, engine.Job{Target: target(dead), Span: httprange.Span{Start: 0, End: 999}})
 	if err == nil || !strings.Contains(err.Error(), "gave up after 3 retries in a row brought no byte") || !strings.Contains(err.Error(), "500") || dead.Requests() != 4 {
 		t.Errorf("%v after %d requests, want the 500 after 4 tries", err, dead.Requests())
 	}

@@ -34,7 +34,7 @@ type fetch struct {
 	replaced   int   // fresh requests its bytes got for being slow
 
 	// The current attempt, its request open; meter is nil between attempts.
-	meter  *pace.Request           // what the policy knows of it
+	meter  *pace.Meter             // what the policy knows of it
 	cancel context.CancelCauseFunc // ends it
 	asked  int64                   // one past the last byte it asked for
 	gen    int                     // the target generation it uses
@@ -318,7 +318,7 @@ func (s *stream) closeAttempt(f *fetch, span httprange.Span, err error) RequestD
 	f.cancel, f.meter = nil, nil
 	s.f._broadcast() // a refusal waiting to know whether the drive serves this one reads on
 	s.pace.Done(m, now)
-	done := RequestDone{Bytes: m.Bytes(), Took: now.Sub(m.Sent()), Outcome: outcomeOf(err)}
+	done := RequestDone{Bytes: m.Bytes(), Took: now.Sub(m.Sent()), End: endOf(err)}
 	attrs := []any{"range", span.Header(), "bytes", m.Bytes()}
 	if m.Answered() {
 		done.Status = http.StatusPartialContent // an answer used is a checked 206
@@ -344,34 +344,34 @@ func (s *stream) closeAttempt(f *fetch, span httprange.Span, err error) RequestD
 
 // RequestDone describes one upstream request of a stream, as it ended.
 type RequestDone struct {
-	Outcome   Outcome
+	End       RequestEnd
 	Status    int           // the answer's HTTP status; 0 when none came
 	FirstByte time.Duration // from sending to the answer's headers; 0 when none came
 	Took      time.Duration // from sending to the end
 	Bytes     int64         // body bytes used
 }
 
-// Outcome is how an upstream request ended.
-type Outcome int
+// RequestEnd is how an upstream request ended.
+type RequestEnd int
 
 const (
-	OutcomeOK        Outcome = iota // its bytes are in, or another request brought them first
-	OutcomeFailed                   // an error: its bytes are asked again, or the stream fails
-	OutcomeReplaced                 // cancelled as far slower than the stream's best, below --min-speed, or stalled
-	OutcomeCancelled                // the stream ended first: the player has its bytes, left, or the stream failed
+	EndedOK        RequestEnd = iota // its bytes are in, or another request brought them first
+	EndedFailed                      // an error: its bytes are asked again, or the stream fails
+	EndedReplaced                    // cancelled as far slower than the stream's best, below --min-speed, or stalled
+	EndedCancelled                   // the stream ended first: the player has its bytes, left, or the stream failed
 )
 
-// outcomeOf says how a request that ended with err ended.
-func outcomeOf(err error) Outcome {
+// endOf says how a request that ended with err ended.
+func endOf(err error) RequestEnd {
 	switch {
 	case err == nil, errors.Is(err, errRaceLost):
-		return OutcomeOK
+		return EndedOK
 	case errors.Is(err, errSlowRoute), errors.Is(err, errSlow), errors.Is(err, upstream.ErrStalled):
-		return OutcomeReplaced
+		return EndedReplaced
 	case errors.Is(err, errStreamDone), errors.Is(err, context.Canceled):
-		return OutcomeCancelled
+		return EndedCancelled
 	}
-	return OutcomeFailed
+	return EndedFailed
 }
 
 // answered records that f's answer arrived, and how.
@@ -608,7 +608,7 @@ func (s *stream) countRetry(f *fetch) int {
 	f.retries++
 	f.failedAt = s.received
 	s.retries++
-	s.e.Counters.Retries.Add(1)
+	s.e.Remedies.Retries.Add(1)
 	return f.retries
 }
 

@@ -75,7 +75,7 @@ func openFilm(t *testing.T, e *engine.Engine, u *upstreamtest.Upstream, film []b
 		began[i] = time.Now()
 		ctx, leave := context.WithCancel(t.Context())
 		w := &leavingWriter{after: c.read, leave: leave}
-		e.Stream(ctx, w, engine.Request{Target: target(u), FileKey: "film", Span: httprange.Span{Start: c.from, End: int64(len(film)) - 1}})
+		e.Stream(ctx, w, engine.Job{Target: target(u), FileKey: "film", Span: httprange.Span{Start: c.from, End: int64(len(film)) - 1}})
 		leave()
 		if w.got < c.read {
 			t.Fatalf("the play from %d read %d bytes, want %d", c.from, w.got, c.read)
@@ -127,7 +127,7 @@ func playFrontIndexedFilm(t *testing.T, read int64) (rec *recorded, began time.T
 	e.IndexOf = mediaindex.Locate
 	began = time.Now()
 	ctx, leave := context.WithCancel(t.Context())
-	e.Stream(ctx, &leavingWriter{after: read, leave: leave}, engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(film)) - 1}})
+	e.Stream(ctx, &leavingWriter{after: read, leave: leave}, engine.Job{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(film)) - 1}})
 	leave()
 	e.Client.CloseIdleConnections()
 	return rec, began, u.MaxOpen()

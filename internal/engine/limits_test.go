@@ -22,7 +22,7 @@ func limitedPlay(t *testing.T, e *engine.Engine, u *upstreamtest.Upstream, file 
 	t.Helper()
 	span := httprange.Span{Start: 0, End: int64(len(file)) - 1}
 	began := time.Now()
-	streamOK(t, e, engine.Request{Target: target(u), Span: span, FileKey: key}, file)
+	streamOK(t, e, engine.Job{Target: target(u), Span: span, FileKey: key}, file)
 	return time.Since(began)
 }
 
@@ -124,7 +124,7 @@ func TestAnExpiredLinkIsResolvedAgainNotTakenForALimit(t *testing.T) {
 		e.Drives = engine.NewDrives(nil)
 		tgt, refresh, refreshes := signedLink(u, &current)
 		span := httprange.Span{Start: 0, End: int64(len(file)) - 1}
-		streamOK(t, e, engine.Request{Target: tgt, Span: span, Refresh: refresh}, file)
+		streamOK(t, e, engine.Job{Target: tgt, Span: span, Refresh: refresh}, file)
 		if refreshes.Load() == 0 {
 			t.Error("the expired link was not resolved again")
 		}
@@ -165,7 +165,7 @@ func TestASeekStormNeverPassesTheLimit(t *testing.T) {
 			start := int64(i) * (1 << 20)
 			span := httprange.Span{Start: start, End: int64(len(file)) - 1}
 			w := &limitWriter{left: 256 << 10}
-			e.Stream(ctx, w, engine.Request{Target: target(u), Span: span, FileKey: "film"})
+			e.Stream(ctx, w, engine.Job{Target: target(u), Span: span, FileKey: "film"})
 			cancel()
 		}
 		if n := lim.Refused(); n > 2 {

@@ -65,7 +65,7 @@ func TestAPanicEndsOneStreamAndTheEngineStreamsOn(t *testing.T) {
 			cache := &panickyCache{onGet: where == "Get", onPut: where == "Put", m: map[string][]byte{}}
 			e := newEngine(t, u, 64<<10, 4)
 			e.Cache = cache
-			req := engine.Request{Target: target(u), Span: span, FileKey: "film"}
+			req := engine.Job{Target: target(u), Span: span, FileKey: "film"}
 			_, _, err := stream(t, e, req)
 			var pe *engine.PanicError
 			if !errors.As(err, &pe) || !strings.Contains(string(pe.Stack), "panickyCache") {
@@ -96,12 +96,12 @@ func TestAnEncodedAnswerIsNeverTakenForTheBytes(t *testing.T) {
 		return upstreamtest.Fault{Gzip: n%2 == 1}
 	}})
 	defer some.Close()
-	if stats := streamOK(t, newEngine(t, some, 64<<10, 4), engine.Request{Target: target(some), Span: span}, file); stats.Retries == 0 {
+	if stats := streamOK(t, newEngine(t, some, 64<<10, 4), engine.Job{Target: target(some), Span: span}, file); stats.Retries == 0 {
 		t.Error("no retry: the gzip answers were not refused")
 	}
 	always := upstreamtest.New(file, upstreamtest.Options{Fault: func(int64, *http.Request) upstreamtest.Fault { return upstreamtest.Fault{Gzip: true} }})
 	defer always.Close()
-	if _, _, err := stream(t, newEngine(t, always, 64<<10, 4), engine.Request{Target: target(always), Span: span}); !errors.Is(err, upstream.ErrBadAnswer) {
+	if _, _, err := stream(t, newEngine(t, always, 64<<10, 4), engine.Job{Target: target(always), Span: span}); !errors.Is(err, upstream.ErrBadAnswer) {
 		t.Fatalf("err = %v, want ErrBadAnswer after the retries", err)
 	}
 }
@@ -112,7 +112,7 @@ func TestSizesBeyondTheMaximumAreRefused(t *testing.T) {
 	e := newEngine(t, u, 1<<20, 4)
 	for _, size := range []int64{upstream.MaxSize + 1, 1<<63 - 1} {
 		tg := source.Target{Location: source.Location{URL: u.URL + "/f"}, Version: source.Version{Size: size, ETag: u.ETag}}
-		if _, _, err := stream(t, e, engine.Request{Target: tg, Span: httprange.Span{Start: size - 1, End: size - 1}}); !errors.Is(err, upstream.ErrTooBig) {
+		if _, _, err := stream(t, e, engine.Job{Target: tg, Span: httprange.Span{Start: size - 1, End: size - 1}}); !errors.Is(err, upstream.ErrTooBig) {
 			t.Errorf("size %d: err = %v, want ErrTooBig", size, err)
 		}
 	}
@@ -148,7 +148,7 @@ func FuzzStreamAtTheEdges(f *testing.F) {
 		var out bytes.Buffer
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		_, err := e.Stream(ctx, &out, engine.Request{Target: source.Target{Location: source.Location{URL: u.URL + "/f"}, Version: source.Version{Size: size, ETag: u.ETag}}, Span: span})
+		_, err := e.Stream(ctx, &out, engine.Job{Target: source.Target{Location: source.Location{URL: u.URL + "/f"}, Version: source.Version{Size: size, ETag: u.ETag}}, Span: span})
 		if size > upstream.MaxSize {
 			if !errors.Is(err, upstream.ErrTooBig) {
 				t.Fatalf("size %d: err = %v, want ErrTooBig", size, err)
@@ -201,7 +201,7 @@ func TestCancellingCutsAWriteThePlayerHolds(t *testing.T) {
 	w := &deadlineWriter{first: make(chan struct{}), deadline: make(chan struct{})}
 	done := make(chan error, 1)
 	go func() {
-		_, err := e.Stream(ctx, w, engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(file)) - 1}})
+		_, err := e.Stream(ctx, w, engine.Job{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(file)) - 1}})
 		done <- err
 	}()
 	<-w.first
@@ -229,7 +229,7 @@ func onEachDriveModel(t *testing.T, test func(t *testing.T, file []byte, u *upst
 
 func TestAStreamNeverHasMoreThanConnectionsRequestsOpen(t *testing.T) {
 	onEachDriveModel(t, func(t *testing.T, file []byte, u *upstreamtest.Upstream, e *engine.Engine) {
-		streamOK(t, e, engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(file)) - 1}}, file)
+		streamOK(t, e, engine.Job{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(file)) - 1}}, file)
 		e.Client.CloseIdleConnections()
 		if n := u.MaxOpen(); n > 4 {
 			t.Errorf("%d requests open at once at the upstream with -c 4", n)
@@ -252,7 +252,7 @@ func TestRequestsGrowWhileThePlayerKeepsReading(t *testing.T) {
 		}})
 		defer u.Close()
 		e := newEngine(t, u, 1<<20, 4)
-		streamOK(t, e, engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(file)) - 1}}, file)
+		streamOK(t, e, engine.Job{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(file)) - 1}}, file)
 		e.Client.CloseIdleConnections()
 		mu.Lock()
 		defer mu.Unlock()
@@ -292,7 +292,7 @@ func TestASlowRouteIsReplacedWhileTheOthersKeepTheirRequests(t *testing.T) {
 		e := newEngine(t, u, 1<<20, 4)
 		e.MinSpeed = 0 // relative to the stream's own speed: no setting needed
 		began := time.Now()
-		stats := streamOK(t, e, engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(file)) - 1}}, file)
+		stats := streamOK(t, e, engine.Job{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(file)) - 1}}, file)
 		took := time.Since(began)
 		e.Client.CloseIdleConnections()
 		if stats.Replaced != 1 || stats.Retries != 0 {
@@ -300,7 +300,7 @@ func TestASlowRouteIsReplacedWhileTheOthersKeepTheirRequests(t *testing.T) {
 		}
 		mu.Lock()
 		defer mu.Unlock()
-		if splits := int(e.Counters.Splits.Load()); len(ranges) > 9+splits {
+		if splits := int(e.Remedies.Splits.Load()); len(ranges) > 9+splits {
 			t.Errorf("%d requests, want at most 9 and the %d halves idle connections took: one per chunk and one fresh request for the slow route: %q",
 				len(ranges), splits, ranges)
 		}
@@ -318,7 +318,7 @@ func TestReplacedRequestsCountInTheStats(t *testing.T) {
 	opts.Seed = 3 // its first draws send a request down the slow route
 	u := upstreamtest.New(file, opts)
 	defer u.Close()
-	stats := streamOK(t, newEngine(t, u, 256<<10, 4), engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(file)) - 1}}, file)
+	stats := streamOK(t, newEngine(t, u, 256<<10, 4), engine.Job{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(file)) - 1}}, file)
 	if stats.Replaced == 0 {
 		t.Errorf("no request replaced over %d requests on uneven routes", u.Requests())
 	}
@@ -332,9 +332,9 @@ func TestBurstyPacingIsNotTakenForASlowRoute(t *testing.T) {
 		u := upstreamtest.NewInMemory(file, upstreamtest.Options{PerConn: 512 << 10, Bursts: time.Second, Latency: 5 * time.Millisecond})
 		defer u.Close()
 		e := newEngine(t, u, 1<<20, 4)
-		stats := streamOK(t, e, engine.Request{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(file)) - 1}}, file)
+		stats := streamOK(t, e, engine.Job{Target: target(u), Span: httprange.Span{Start: 0, End: int64(len(file)) - 1}}, file)
 		e.Client.CloseIdleConnections()
-		if splits := e.Counters.Splits.Load(); stats.Replaced != 0 || u.Requests() > 8+splits {
+		if splits := e.Remedies.Splits.Load(); stats.Replaced != 0 || u.Requests() > 8+splits {
 			t.Errorf("replaced %d requests, %d requests in all (%d halves taken by idle connections); want none replaced, at most one request per chunk and half", stats.Replaced, u.Requests(), splits)
 		}
 		if n := u.MaxOpen(); n > 4 {
@@ -347,7 +347,7 @@ func TestAHostNeverHasMoreThanHostConnectionsRequestsOpen(t *testing.T) {
 	onEachDriveModel(t, func(t *testing.T, file []byte, u *upstreamtest.Upstream, e *engine.Engine) {
 		e.Client = upstream.NewClient(upstream.Config{Dial: u.Dial(), HostConnections: 4})
 		defer e.Client.CloseIdleConnections()
-		req := engine.Request{Target: target(u), FileKey: "film"}
+		req := engine.Job{Target: target(u), FileKey: "film"}
 		var wg sync.WaitGroup
 		for _, start := range []int64{0, 8 << 20} { // two players of one file
 			wg.Go(func() {
@@ -401,7 +401,7 @@ func TestASeekCostsAboutWhatItReads(t *testing.T) {
 			ctx, leave := context.WithCancel(t.Context())
 			from := rng.Int64N(int64(len(file)) - 4<<20)
 			w := &leavingWriter{after: 2 << 20, roundTrip: time.Millisecond, leave: leave}
-			e.Stream(ctx, w, engine.Request{Target: target(u), Span: httprange.Span{Start: from, End: int64(len(file)) - 1}})
+			e.Stream(ctx, w, engine.Job{Target: target(u), Span: httprange.Span{Start: from, End: int64(len(file)) - 1}})
 			leave()
 			if w.got < 2<<20 {
 				t.Fatalf("the seek to %d read %d bytes", from, w.got)

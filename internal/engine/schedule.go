@@ -116,7 +116,7 @@ func (s *stream) _race() *fetch {
 			slow.wantsRace = false
 			fresh := &fetch{from: slow.pos, pos: slow.pos, claim: slow.claim, raced: slow, raceGap: -1}
 			slow.racer = fresh
-			s.e.Counters.Raced.Add(1)
+			s.e.Remedies.Raced.Add(1)
 			s.log.Debug("request far slower than the stream's best; racing a fresh one", "at", slow.pos, "best", int64(s.pace.Best()))
 			return fresh
 		}
@@ -229,7 +229,7 @@ func (s *stream) _split() *fetch {
 	}
 	tail := &fetch{from: mid, pos: mid, claim: longest.claim}
 	longest.claim = mid
-	s.e.Counters.Splits.Add(1)
+	s.e.Remedies.Splits.Add(1)
 	s.log.Debug("idle connection takes half a request", "from", mid, "to", tail.claim-1)
 	return tail
 }
@@ -276,7 +276,7 @@ func (s *stream) sample() {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
 	open := s._open()
-	meters := make([]*pace.Request, len(open))
+	meters := make([]*pace.Meter, len(open))
 	for i, f := range open {
 		meters[i] = f.meter
 	}

@@ -43,7 +43,7 @@ type stream struct {
 	withheld atomic.Int64 // the read-ahead the budget does not give the stream now, bytes
 
 	// The file's lock (f.mu) protects the following fields.
-	pace          *pace.Stream     // what the stream learned of its upstream and its player, and its verdicts
+	pace          *pace.Pacer     // what the stream learned of its upstream and its player, and its verdicts
 	target        source.Target    // current target; Refresh replaces it
 	targetGen     int              // counts target replacements
 	mirrors       []source.Target  // other copies of the file
@@ -71,7 +71,7 @@ type stream struct {
 	err           error            // why the stream failed; the first error wins
 }
 
-func (e *Engine) newStream(ctx context.Context, f *file, req Request) *stream {
+func (e *Engine) newStream(ctx context.Context, f *file, req Job) *stream {
 	s := &stream{
 		e:           e,
 		f:           f,

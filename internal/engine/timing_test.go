@@ -35,7 +35,7 @@ func timedStream(t *testing.T, file []byte, chunk int64, conns int, tune func(*e
 		}
 		span := httprange.Span{Start: 0, End: int64(len(file)) - 1}
 		began := time.Now()
-		got, s, err := stream(t, e, engine.Request{Target: target(u), Span: span})
+		got, s, err := stream(t, e, engine.Job{Target: target(u), Span: span})
 		took, stats = time.Since(began), s
 		u.Close()
 		e.Client.CloseIdleConnections()

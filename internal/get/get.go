@@ -25,8 +25,8 @@ import (
 	"mflow/internal/upstream"
 )
 
-// Progress is told how a download goes. Add runs on every write: keep it cheap.
-type Progress interface {
+// Reporter is told how a download goes. Add runs on every write: keep it cheap.
+type Reporter interface {
 	Start(name string, size, have int64) // size -1 when unknown; have: bytes kept from an earlier run
 	Add(n int64)
 }
@@ -56,7 +56,7 @@ type state struct {
 // Get downloads l to output, or, when output is "", to a file in the current folder named by the answer's
 // Content-Disposition or the link. It returns the file's path, which exists only when the download is
 // whole.
-func (d *Downloader) Get(ctx context.Context, l source.Link, output string, progress Progress) (string, error) {
+func (d *Downloader) Get(ctx context.Context, l source.Link, output string, progress Reporter) (string, error) {
 	pb, err := d.Play.Open(ctx, play.Request{Link: l, First: httprange.Span{Start: -1, End: -1}})
 	if err != nil {
 		if ctx.Err() != nil {
@@ -219,7 +219,7 @@ func writeState(path string, s state) error {
 type fileWriter struct {
 	f        *os.File
 	done     atomic.Int64 // bytes of the file written, from its start
-	progress Progress
+	progress Reporter
 }
 
 func (w *fileWriter) Write(b []byte) (int, error) {

@@ -25,14 +25,14 @@ func (s Span) ContentRange(size int64) string {
 // Header is the Range request header asking for s.
 func (s Span) Header() string { return fmt.Sprintf("bytes=%d-%d", s.Start, s.End) }
 
-// Kind says how to answer a player's Range header.
-type Kind int
+// Shape says how to answer a player's Range header.
+type Shape int
 
 const (
-	Whole         Kind = iota // 200 with the whole file: no Range, or one mflow ignores
-	Partial                   // 206 with one span
-	Multipart                 // 206 multipart/byteranges, a part per span, in the order asked
-	Unsatisfiable             // 416: every range starts past the end
+	Whole         Shape = iota // 200 with the whole file: no Range, or one mflow ignores
+	Partial                    // 206 with one span
+	Multipart                  // 206 multipart/byteranges, a part per span, in the order asked
+	Unsatisfiable              // 416: every range starts past the end
 )
 
 // MaxRanges bounds the ranges one request may ask for, as nginx's max_ranges does: a request for more is
@@ -44,7 +44,7 @@ const MaxRanges = 16
 // Following RFC 9110, a header that is malformed, or asks for more than MaxRanges ranges or more bytes
 // than the file holds, is ignored (Whole: the one span of the file). Ranges starting past the end are left
 // out; when none is left, the answer is Unsatisfiable. One range left is Partial, several Multipart.
-func ParseRequest(header string, size int64) ([]Span, Kind) {
+func ParseRequest(header string, size int64) ([]Span, Shape) {
 	whole := []Span{{0, size - 1}}
 	specs, ok := splitRanges(header)
 	if !ok || len(specs) > MaxRanges {

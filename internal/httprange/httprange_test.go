@@ -11,7 +11,7 @@ func TestParseRequest(t *testing.T) {
 	whole := []Span{{0, 999}}
 	for _, c := range []struct {
 		header string
-		kind   Kind
+		kind   Shape
 		spans  []Span
 	}{
 		{"", Whole, whole},

@@ -15,11 +15,11 @@ const MaxIndex = 16 << 20
 // HeadBytes is the most of the head Locate needs to decide.
 const HeadBytes = 64 << 10
 
-// Verdict is what Locate could tell from the head it was given.
-type Verdict int
+// Finding is what Locate could tell from the head it was given.
+type Finding int
 
 const (
-	NeedMore Verdict = iota // the head so far is too short to tell
+	NeedMore Finding = iota // the head so far is too short to tell
 	None                    // no index to fetch ahead: another kind of file, or the index is at the head
 	Found                   // the index is at [Start, End)
 )
@@ -31,10 +31,10 @@ type Index struct {
 
 // Locate tells where the file of size bytes whose first bytes are head keeps its index, when that is
 // beyond head. With HeadBytes of head (or the whole file) it never answers NeedMore.
-func Locate(head []byte, size int64) (Index, Verdict) {
+func Locate(head []byte, size int64) (Index, Finding) {
 	var (
 		ix Index
-		v  Verdict
+		v  Finding
 	)
 	switch {
 	case len(head) < 8:
@@ -60,7 +60,7 @@ func Locate(head []byte, size int64) (Index, Verdict) {
 
 // locateMoov walks an MP4's top-level boxes: a moov before the mdat is at the head; after an mdat of
 // known size, the moov is where the mdat ends.
-func locateMoov(head []byte, size int64) (Index, Verdict) {
+func locateMoov(head []byte, size int64) (Index, Finding) {
 	var pos int64
 	for {
 		if pos+8 > int64(len(head)) {
@@ -108,7 +108,7 @@ var (
 
 // locateCues reads a Matroska file's SeekHead for its Cues: they run from their place to the next element
 // the SeekHead names after them, or to the end of the file.
-func locateCues(head []byte, size int64) (Index, Verdict) {
+func locateCues(head []byte, size int64) (Index, Finding) {
 	r := reader{b: head}
 	id, n, ok := r.element()
 	if !ok {
@@ -145,7 +145,7 @@ func locateCues(head []byte, size int64) (Index, Verdict) {
 }
 
 // cuesFromSeekHead finds the Cues' place in a SeekHead's entries, and the nearest entry after it.
-func cuesFromSeekHead(seekHead []byte, segment, size int64) (Index, Verdict) {
+func cuesFromSeekHead(seekHead []byte, segment, size int64) (Index, Finding) {
 	var positions []int64
 	cues := int64(-1)
 	r := reader{b: seekHead}

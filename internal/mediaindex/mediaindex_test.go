@@ -45,7 +45,7 @@ func TestLocateMoov(t *testing.T) {
 		head []byte
 		size int64
 		want Index
-		v    Verdict
+		v    Finding
 	}{
 		{"moov at the end", mp4(4096, "free", 8, "mdat", size-32-8-(4<<20), "moov", 4<<20), size, Index{size - 4<<20, size}, Found},
 		{"moov at the head", mp4(4096, "moov", 2000, "mdat", size-2032), size, Index{}, None},
@@ -91,7 +91,7 @@ func TestLocateCues(t *testing.T) {
 		name string
 		head []byte
 		want Index
-		v    Verdict
+		v    Finding
 	}{
 		{"Cues at the end", concat(ebml, segment, element(seekHeadID, seek(info, 100), seek(cuesID, 900<<20))),
 			Index{at + 900<<20, at + 900<<20 + MaxIndex}, Found},

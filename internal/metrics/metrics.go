@@ -41,19 +41,19 @@ type Metrics struct {
 	src Sources
 	set *vm.Set
 
-	requests  map[engine.Outcome]*vm.Counter // upstream requests by how they ended
-	responses map[string]*vm.Counter         // by status class: 2xx … 5xx, or none
-	received  *vm.Counter                    // body bytes taken from upstreams
-	firstByte *vm.PrometheusHistogram        // seconds from a request to its answer
-	took      *vm.PrometheusHistogram        // seconds from a request to its end
+	requests  map[engine.RequestEnd]*vm.Counter // upstream requests by how they ended
+	responses map[string]*vm.Counter            // by status class: 2xx … 5xx, or none
+	received  *vm.Counter                       // body bytes taken from upstreams
+	firstByte *vm.PrometheusHistogram           // seconds from a request to its answer
+	took      *vm.PrometheusHistogram           // seconds from a request to its end
 }
 
-// outcomes are the label values of mflow_upstream_requests_total.
-var outcomes = map[engine.Outcome]string{
-	engine.OutcomeOK:        "ok",
-	engine.OutcomeFailed:    "failed",
-	engine.OutcomeReplaced:  "replaced",
-	engine.OutcomeCancelled: "cancelled",
+// requestEnds are the label values of mflow_upstream_requests_total.
+var requestEnds = map[engine.RequestEnd]string{
+	engine.EndedOK:        "ok",
+	engine.EndedFailed:    "failed",
+	engine.EndedReplaced:  "replaced",
+	engine.EndedCancelled: "cancelled",
 }
 
 // statusClasses are the label values of mflow_upstream_responses_total.
@@ -91,8 +91,8 @@ var help = map[string]string{
 
 // New returns the metrics of src.
 func New(src Sources) *Metrics {
-	m := &Metrics{src: src, set: vm.NewSet(), requests: map[engine.Outcome]*vm.Counter{}, responses: map[string]*vm.Counter{}}
-	for o, name := range outcomes {
+	m := &Metrics{src: src, set: vm.NewSet(), requests: map[engine.RequestEnd]*vm.Counter{}, responses: map[string]*vm.Counter{}}
+	for o, name := range requestEnds {
 		m.requests[o] = m.set.NewCounter(fmt.Sprintf(`mflow_upstream_requests_total{outcome=%q}`, name))
 	}
 	for _, class := range statusClasses {
@@ -108,7 +108,7 @@ func New(src Sources) *Metrics {
 
 // Observe counts one upstream request; it is the engine's Observe.
 func (m *Metrics) Observe(d engine.RequestDone) {
-	m.requests[d.Outcome].Inc()
+	m.requests[d.End].Inc()
 	class := "none"
 	if d.Status >= 100 && d.Status < 600 {
 		class = statusClasses[d.Status/100]
@@ -138,9 +138,9 @@ func (m *Metrics) writeSources(w io.Writer) {
 		}
 	}
 	if e := src.Engine; e != nil {
-		vm.WriteCounterUint64(w, "mflow_upstream_retries_total", uint64(e.Counters.Retries.Load()))
-		vm.WriteCounterUint64(w, "mflow_upstream_races_total", uint64(e.Counters.Raced.Load()))
-		vm.WriteCounterUint64(w, "mflow_upstream_splits_total", uint64(e.Counters.Splits.Load()))
+		vm.WriteCounterUint64(w, "mflow_upstream_retries_total", uint64(e.Remedies.Retries.Load()))
+		vm.WriteCounterUint64(w, "mflow_upstream_races_total", uint64(e.Remedies.Raced.Load()))
+		vm.WriteCounterUint64(w, "mflow_upstream_splits_total", uint64(e.Remedies.Splits.Load()))
 		vm.WriteGaugeUint64(w, "mflow_memory_budget_bytes", uint64(max(e.MaxMemory, 0)))
 		vm.WriteGaugeUint64(w, "mflow_memory_streams_bytes", uint64(max(e.HeldBytes(), 0)))
 		vm.WriteGaugeUint64(w, "mflow_readahead_withheld_bytes", uint64(max(e.Withheld(), 0)))
@@ -168,15 +168,15 @@ func (m *Metrics) writeSources(w io.Writer) {
 	}
 	type tier struct {
 		name     string
-		counters *chunkcache.Counters
+		counters *chunkcache.Lookups
 		bytes    int64
 	}
 	var tiers []tier
 	if src.Memory != nil {
-		tiers = append(tiers, tier{"memory", &src.Memory.Counters, src.Memory.Bytes()})
+		tiers = append(tiers, tier{"memory", &src.Memory.Lookups, src.Memory.Bytes()})
 	}
 	if src.Disk != nil {
-		tiers = append(tiers, tier{"disk", &src.Disk.Counters, src.Disk.Bytes()})
+		tiers = append(tiers, tier{"disk", &src.Disk.Lookups, src.Disk.Bytes()})
 	}
 	if len(tiers) > 0 {
 		family(w, "mflow_cache_hits_total", "counter", func(line func(labels string, v int64)) {

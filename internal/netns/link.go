@@ -14,10 +14,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Link joins two namespaces with a point-to-point path: a TUN device in each, MTU 1500, and a goroutine per
+// Wire joins two namespaces with a point-to-point path: a TUN device in each, MTU 1500, and a goroutine per
 // direction that carries each packet across as Path says. The addresses are in 127.0.0.0/8, made routable in
 // both namespaces (route_localnet): no packet can leave them.
-type Link struct {
+type Wire struct {
 	A, B netip.Addr // the addresses of the two ends
 
 	devices [2]*os.File
@@ -32,8 +32,8 @@ type Link struct {
 const maxQueued = 32 << 20
 
 // Connect makes a Link between namespaces a and b, with addresses A and B in 127.0.0.0/8.
-func Connect(a, b *Namespace, addrA, addrB netip.Addr, path Path) (*Link, error) {
-	l := &Link{A: addrA, B: addrB}
+func Connect(a, b *Namespace, addrA, addrB netip.Addr, path Path) (*Wire, error) {
+	l := &Wire{A: addrA, B: addrB}
 	for i, end := range []struct {
 		ns          *Namespace
 		self, other netip.Addr
@@ -113,7 +113,7 @@ type packet struct {
 }
 
 // carry moves packets from one end's device to the other's: dir 0 from A to B, 1 from B to A.
-func (l *Link) carry(dir int, path Path, draw func() float64) {
+func (l *Wire) carry(dir int, path Path, draw func() float64) {
 	from, to := l.devices[dir], l.devices[1-dir]
 	flight := make(chan packet, 1<<16)
 	var queued sync.Mutex // guards bytes
@@ -177,7 +177,7 @@ func later(a, b time.Time) time.Time {
 	return b
 }
 
-func (l *Link) count(dir int, carried bool) {
+func (l *Wire) count(dir int, carried bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if carried {
@@ -188,20 +188,20 @@ func (l *Link) count(dir int, carried bool) {
 }
 
 // Counts are the packets the link carried and dropped so far, A to B and B to A.
-func (l *Link) Counts() (carried, dropped [2]int64) {
+func (l *Wire) Counts() (carried, dropped [2]int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.carried, l.dropped
 }
 
 // Close stops carrying packets. The devices go with their namespaces.
-func (l *Link) Close() error {
+func (l *Wire) Close() error {
 	err := l.close()
 	l.wg.Wait()
 	return err
 }
 
-func (l *Link) close() error {
+func (l *Wire) close() error {
 	var errs []error
 	for _, d := range l.devices {
 		if d != nil {

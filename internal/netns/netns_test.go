@@ -21,7 +21,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // pair is two namespaces joined by a link with path, closed when the test ends; the test is skipped
 // where namespaces cannot be made, and fails under CI.
-func pair(t *testing.T, path Path) (a, b *Namespace, l *Link) {
+func pair(t *testing.T, path Path) (a, b *Namespace, l *Wire) {
 	t.Helper()
 	available := Available()
 	testskip.Unless(t, available == nil, fmt.Sprint(available, ", the namespace tests did not run (sudo go test ./internal/netns)"))

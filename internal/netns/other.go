@@ -33,11 +33,11 @@ func (ns *Namespace) Dialer(net.Addr) func(context.Context, string, string) (net
 	return func(context.Context, string, string) (net.Conn, error) { return nil, Available() }
 }
 
-// Link would join two namespaces; there are none here.
-type Link struct{ A, B netip.Addr }
+// Wire would join two namespaces; there are none here.
+type Wire struct{ A, B netip.Addr }
 
 // Connect fails: there are no namespaces here.
-func Connect(_, _ *Namespace, _, _ netip.Addr, _ Path) (*Link, error) { return nil, Available() }
+func Connect(_, _ *Namespace, _, _ netip.Addr, _ Path) (*Wire, error) { return nil, Available() }
 
-func (l *Link) Close() error                        { return Available() }
-func (l *Link) Counts() (carried, dropped [2]int64) { return }
+func (l *Wire) Close() error                        { return Available() }
+func (l *Wire) Counts() (carried, dropped [2]int64) { return }

@@ -61,7 +61,7 @@ type DriveLink struct {
 	Header http.Header // the headers the drive wants: User-Agent, Referer, Cookie
 	// Reach is the class of OpenList's own address, as mflow reached it: a link OpenList gives may lead
 	// where OpenList itself stands (its own /p/ relay on this machine or the LAN), whoever plays it.
-	Reach access.Client
+	Reach access.Network
 	got   time.Time // when OpenList gave it
 }
 
@@ -215,8 +215,8 @@ type envelope struct {
 // Authorization.
 func (c *Client) fetch(path string) (DriveLink, error) {
 	body, _ := json.Marshal(map[string]string{"path": path})
-	var reach access.Client
-	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) { reach = access.ClientOf(info.Conn.RemoteAddr().String()) }}
+	var reach access.Network
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) { reach = access.NetworkOf(info.Conn.RemoteAddr().String()) }}
 	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(c.ctx, trace), http.MethodPost, c.api, strings.NewReader(string(body)))
 	if err != nil {
 		return DriveLink{}, err

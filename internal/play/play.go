@@ -231,10 +231,10 @@ func (p *Playback) Close() {
 type Outcome int
 
 const (
-	Done    Outcome = iota // the player has every byte of its range
-	Left                   // the player went away (or mflow is stopping): normal, not an error
-	Stopped                // ctx ended with another cause, such as the task paused or removed
-	Failed                 // the upstream failed the stream; Result.Err says how
+	Done           Outcome = iota // the player has every byte of its range
+	Left                          // the player went away (or mflow is stopping): normal, not an error
+	Stopped                       // ctx ended with another cause, such as the task paused or removed
+	UpstreamFailed                // the upstream failed the stream; Result.Err says how
 )
 
 // Result is how a playback went.
@@ -289,7 +289,7 @@ func (p *Playback) Play(ctx context.Context, w io.Writer, player string, spans .
 		res.Outcome = Left
 		log.Info("stream end: player left", attrs...)
 	default:
-		res.Outcome = Failed
+		res.Outcome = UpstreamFailed
 		log.Info("stream end: failed", attrs...)
 		tellFailure(p.req.Tally, err)
 	}
@@ -312,7 +312,7 @@ func (p *Playback) stream(ctx context.Context, w io.Writer, span httprange.Span,
 	}
 	head := p.head
 	p.head = nil // the engine closes it
-	return s.Engine.Stream(ctx, w, engine.Request{Target: target, Head: head, FileKey: source.FileKey(identity, meta.Version),
+	return s.Engine.Stream(ctx, w, engine.Job{Target: target, Head: head, FileKey: source.FileKey(identity, meta.Version),
 		Mirrors: p.mirrors(meta), Span: span, Refresh: p.refresh,
 		Connections: p.req.Connections, MinSpeed: p.req.MinSpeed, Logger: log, Live: live})
 }

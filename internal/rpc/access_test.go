@@ -179,7 +179,7 @@ func TestASlowBodyIsNotWaitedForForever(t *testing.T) {
 
 func TestATaskRemembersTheClassOfItsAdder(t *testing.T) {
 	h := newHandler(t, "s3")
-	for remote, want := range map[string]access.Client{"203.0.113.5:1000": access.Internet, "192.168.1.20:1000": access.Private, "127.0.0.1:1000": access.Loopback} {
+	for remote, want := range map[string]access.Network{"203.0.113.5:1000": access.Internet, "192.168.1.20:1000": access.Private, "127.0.0.1:1000": access.Loopback} {
 		w := ask(h, "POST", remote, `{"jsonrpc":"2.0","id":1,"method":"aria2.addUri","params":["token:s3",["http://h/f.mp4"]]}`, nil)
 		var reply struct{ Result string }
 		if err := json.Unmarshal(w.Body.Bytes(), &reply); err != nil || reply.Result == "" {

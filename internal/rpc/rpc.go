@@ -118,7 +118,7 @@ func (h *Handler) logger() *slog.Logger {
 
 // Allows reports whether a request may use the JSON-RPC, and why not: the status pages follow the same rule.
 func (h *Handler) Allows(r *http.Request) (bool, string) {
-	if h.Secret == "" && !h.ListenAll && access.ClientOf(r.RemoteAddr) != access.Loopback {
+	if h.Secret == "" && !h.ListenAll && access.NetworkOf(r.RemoteAddr) != access.Loopback {
 		return false, "the JSON-RPC answers only this machine unless mflow has --rpc-secret (or --rpc-listen-all)"
 	}
 	if !h.AllowOriginAll && !access.SameOriginOrExtension(r) {
@@ -160,7 +160,7 @@ func (h *Handler) Trusts(r *http.Request) bool {
 	if ok, _ := h.Allows(r); !ok {
 		return false
 	}
-	if h.Secret == "" || access.ClientOf(r.RemoteAddr) == access.Loopback {
+	if h.Secret == "" || access.NetworkOf(r.RemoteAddr) == access.Loopback {
 		return true
 	}
 	_, cookieErr := r.Cookie(loginCookie)
@@ -242,7 +242,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.serveWebSocket(w, r) // the connection is the socket's from then on: nothing to flush
 		return
 	}
-	c := call{ctx: r.Context(), from: access.ClientOf(r.RemoteAddr), origin: originOf(r), after: new([]func())}
+	c := call{ctx: r.Context(), from: access.NetworkOf(r.RemoteAddr), origin: originOf(r), after: new([]func())}
 	defer func() { // once the reply is on its way
 		_ = http.NewResponseController(w).Flush()
 		c.runAfter()
@@ -476,7 +476,7 @@ func (h *Handler) slowDown(ctx context.Context) {
 // call is one request's circumstances, handed to every method it runs.
 type call struct {
 	ctx  context.Context // the request's
-	from access.Client   // the class of the client calling: a task's background probe may reach what its adder could reach, no more
+	from access.Network  // the class of the client calling: a task's background probe may reach what its adder could reach, no more
 	// origin is "http://HOST" as the client reached mflow, where a task's play link is; "" when unknown.
 	origin string
 	// after holds what must wait until the reply is written (a shutdown answers "OK" first).
@@ -568,7 +568,7 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancel(r.Context())
 	authorized := new(atomic.Bool)
 	authorized.Store(h.Secret == "")
-	c := call{ctx: ctx, from: access.ClientOf(r.RemoteAddr), origin: originOf(r), after: new([]func()), authorized: authorized}
+	c := call{ctx: ctx, from: access.NetworkOf(r.RemoteAddr), origin: originOf(r), after: new([]func()), authorized: authorized}
 	events, unsubscribe := h.Tasks.Subscribe()
 	defer unsubscribe()
 	done := make(chan struct{})

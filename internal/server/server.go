@@ -169,7 +169,7 @@ func (s *Server) guard(next http.Handler) http.Handler {
 		return s.Guard(next)
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if access.ClientOf(r.RemoteAddr) != access.Loopback {
+		if access.NetworkOf(r.RemoteAddr) != access.Loopback {
 			fail(w, http.StatusForbidden, "this page answers this machine only")
 			return
 		}
@@ -211,12 +211,12 @@ func fail(w http.ResponseWriter, status int, reason string) {
 type request struct {
 	play.Request
 	ctx  context.Context // ends with the player, or when the task is paused or removed
-	task *task.Stream
+	task *task.Session
 }
 
 // streamRequest reads what a /stream request names, or answers why it cannot be played.
 func (s *Server) streamRequest(w http.ResponseWriter, r *http.Request) (request, bool) {
-	from := access.ClientOf(r.RemoteAddr) // the player's reach, not a task adder's
+	from := access.NetworkOf(r.RemoteAddr) // the player's reach, not a task adder's
 	q := r.URL.Query()
 	gid := q.Get("gid")
 	if gid == "" && r.URL.RawQuery == "" {
@@ -358,7 +358,7 @@ func (s *Server) openListRequest(w http.ResponseWriter, r *http.Request) (reques
 		fail(w, status, err.Error())
 		return request{}, false
 	}
-	from := access.ClientOf(r.RemoteAddr)
+	from := access.NetworkOf(r.RemoteAddr)
 	linkOf := func(d openlist.DriveLink) source.Link {
 		// OpenList chose the link, not the player: it may lead where OpenList stands.
 		return source.Link{Location: source.Location{URL: d.URL, Header: upstream.CleanHeader(d.Header), From: max(from, d.Reach)}, Name: path.Base(file)}
@@ -526,7 +526,7 @@ func (s *Server) play(w http.ResponseWriter, r *http.Request, req request, pb *p
 		}
 		s.failPlay(w, r, req.Request, res.Err)
 	default:
-		if res.Outcome == play.Failed {
+		if res.Outcome == play.UpstreamFailed {
 			s.playFailed(r, req.Request, out.status, fmt.Sprintf("cut after %d bytes: %v", res.Stats.Bytes, res.Err))
 		}
 		cut(w, r)

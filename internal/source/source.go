@@ -25,7 +25,7 @@ type Location struct {
 	// Proxy is the HTTP proxy requests go through; nil uses the environment's (HTTP_PROXY and the like).
 	Proxy *url.URL
 	// From is the class of the player asking: where requests may connect depends on it.
-	From access.Client
+	From access.Network
 }
 
 // At is the same way of asking, at another URL: where a redirect led, or a mirror.
@@ -63,13 +63,13 @@ func (l Link) Identity() string {
 // TaskIdentity names the file of a task for a player of class from: a task's streams share downloads and
 // the cache whatever its signed URL is now, but never across classes of player (the policy may let one
 // reach what another may not).
-func TaskIdentity(gid string, from access.Client) string {
+func TaskIdentity(gid string, from access.Network) string {
 	return fmt.Sprintf("task %s %d", gid, from)
 }
 
 // OpenListIdentity names the file at OpenList path p for a player of class from: its players share
 // downloads and the cache whatever drive link OpenList gives for it now.
-func OpenListIdentity(p string, from access.Client) string {
+func OpenListIdentity(p string, from access.Network) string {
 	return fmt.Sprintf("openlist %s %d", p, from)
 }
 

@@ -47,12 +47,12 @@ func New(src Sources) *Handler { return &Handler{src: src} }
 type Status struct {
 	Version     string      `json:"version"`
 	Uptime      float64     `json:"uptime_seconds"`
-	Streams     []Stream    `json:"streams"`
+	Streams     []Playing   `json:"streams"`
 	Tasks       []Task      `json:"tasks"`
 	TasksAway   string      `json:"tasks_unavailable,omitempty"` // why tasks cannot be changed now (a shared store away)
 	Cache       []CacheTier `json:"cache"`
 	Connections Connections `json:"connections"`
-	Memory      Memory      `json:"memory"`
+	Memory      MemoryUse   `json:"memory"`
 	// FailedPlays are the last plays that failed, newest first: what a player was told, and why.
 	FailedPlays []play.FailedPlay `json:"failed_plays"`
 	// Drives are the drives that refused a request or taught a limit.
@@ -71,27 +71,27 @@ type Drive struct {
 	LastAt     time.Time `json:"last_at,omitzero"` // when
 }
 
-// Stream is one stream playing now.
-type Stream struct {
-	ID       int64     `json:"id"`
-	Name     string    `json:"name"`
-	URL      string    `json:"url"`
-	GID      string    `json:"gid,omitempty"`
-	Player   string    `json:"player"`
-	Range    string    `json:"range"` // first-last/size, as in Content-Range
-	Size     int64     `json:"size"`  // the file's, -1 when unknown
-	Start    int64     `json:"start"` // the first byte the player asked for
-	Sent     int64     `json:"sent"`  // bytes written to the player since Start
-	Ahead    int64     `json:"ahead"` // bytes in hand past what the player took: its read-ahead
-	Seconds  float64   `json:"seconds"`
-	Speed    float64   `json:"speed"` // bytes/s the drive sends this stream now, all its requests together
-	Retries  int       `json:"retries"`
-	Replaced int       `json:"replaced"`
-	Requests []Request `json:"requests"`
+// Playing is one stream playing now.
+type Playing struct {
+	ID       int64         `json:"id"`
+	Name     string        `json:"name"`
+	URL      string        `json:"url"`
+	GID      string        `json:"gid,omitempty"`
+	Player   string        `json:"player"`
+	Range    string        `json:"range"` // first-last/size, as in Content-Range
+	Size     int64         `json:"size"`  // the file's, -1 when unknown
+	Start    int64         `json:"start"` // the first byte the player asked for
+	Sent     int64         `json:"sent"`  // bytes written to the player since Start
+	Ahead    int64         `json:"ahead"` // bytes in hand past what the player took: its read-ahead
+	Seconds  float64       `json:"seconds"`
+	Speed    float64       `json:"speed"` // bytes/s the drive sends this stream now, all its requests together
+	Retries  int           `json:"retries"`
+	Replaced int           `json:"replaced"`
+	Requests []OpenRequest `json:"requests"`
 }
 
-// Request is one open upstream request of a stream.
-type Request struct {
+// OpenRequest is one open upstream request of a stream.
+type OpenRequest struct {
 	Range  string  `json:"range"`
 	Start  int64   `json:"start"` // the bytes it works on, end inclusive
 	End    int64   `json:"end"`
@@ -118,8 +118,8 @@ type CacheTier struct {
 	Misses int64  `json:"misses"`
 }
 
-// Memory is the memory budget (--max-memory) and what holds it.
-type Memory struct {
+// MemoryUse is the memory budget (--max-memory) and what holds it.
+type MemoryUse struct {
 	Budget    int64 `json:"budget"`               // 0: no bound
 	Streams   int64 `json:"streams"`              // bytes the streams hold in buffers
 	CacheRoom int64 `json:"cache_room,omitempty"` // what the memory cache may hold now
@@ -151,7 +151,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // Status is mflow's status now.
 func (h *Handler) Status() Status {
 	src := h.src
-	st := Status{Version: src.Version, Uptime: time.Since(src.Started).Seconds(), Streams: []Stream{}, Tasks: []Task{}, Cache: []CacheTier{},
+	st := Status{Version: src.Version, Uptime: time.Since(src.Started).Seconds(), Streams: []Playing{}, Tasks: []Task{}, Cache: []CacheTier{},
 		FailedPlays: append([]play.FailedPlay{}, src.Play.FailedPlays()...), Drives: []Drive{}} // [], not null, before any
 	if src.Drives != nil {
 		for _, d := range src.Drives() {
@@ -160,9 +160,9 @@ func (h *Handler) Status() Status {
 	}
 	now := time.Now()
 	for _, p := range src.Play.Playing() {
-		s := Stream{ID: p.ID, Name: p.Name, URL: p.URL, GID: p.Task, Player: p.Player, Size: p.Size, Sent: p.Sent, Ahead: p.Progress.Ahead,
+		s := Playing{ID: p.ID, Name: p.Name, URL: p.URL, GID: p.Task, Player: p.Player, Size: p.Size, Sent: p.Sent, Ahead: p.Progress.Ahead,
 			Seconds: now.Sub(p.Started).Seconds(), Range: play.RangeText(p.Spans, p.Size), Retries: p.Progress.Retries, Replaced: p.Progress.Replaced,
-			Requests: []Request{}}
+			Requests: []OpenRequest{}}
 		if len(p.Spans) > 0 {
 			s.Start = p.Spans[0].Start
 		}
@@ -172,7 +172,7 @@ func (h *Handler) Status() Status {
 				state = "waiting"
 			}
 			s.Speed += r.Speed
-			s.Requests = append(s.Requests, Request{Range: fmt.Sprintf("%d-%d", r.Start, r.End), Start: r.Start, End: r.End, Bytes: r.Bytes, Speed: r.Speed,
+			s.Requests = append(s.Requests, OpenRequest{Range: fmt.Sprintf("%d-%d", r.Start, r.End), Start: r.Start, End: r.End, Bytes: r.Bytes, Speed: r.Speed,
 				State: state, Mirror: r.Mirror})
 		}
 		st.Streams = append(st.Streams, s)
@@ -202,10 +202,10 @@ func (h *Handler) Status() Status {
 	}
 	if m := src.Memory; m != nil {
 		st.Memory.CacheRoom = m.Room()
-		st.Cache = append(st.Cache, CacheTier{"memory", m.Bytes(), m.Counters.Hits.Load(), m.Counters.Misses.Load()})
+		st.Cache = append(st.Cache, CacheTier{"memory", m.Bytes(), m.Lookups.Hits.Load(), m.Lookups.Misses.Load()})
 	}
 	if d := src.Disk; d != nil {
-		st.Cache = append(st.Cache, CacheTier{"disk", d.Bytes(), d.Counters.Hits.Load(), d.Counters.Misses.Load()})
+		st.Cache = append(st.Cache, CacheTier{"disk", d.Bytes(), d.Lookups.Hits.Load(), d.Lookups.Misses.Load()})
 	}
 	if c := src.Client; c != nil {
 		st.Connections.InUse, st.Connections.BusiestHost = c.InUse()

@@ -28,17 +28,17 @@ type Persister interface {
 	Close() error
 }
 
-// Memory keeps records in memory only: they are gone when mflow stops. A Registry given the same Memory
+// MemoryStore keeps records in memory only: they are gone when mflow stops. A Registry given the same MemoryStore
 // again finds its tasks, as after a restart.
-type Memory struct {
+type MemoryStore struct {
 	mu      sync.Mutex        // protects records
 	records map[string][]byte // by GID, as a file store would keep them
 }
 
 // NewMemory returns an empty Memory.
-func NewMemory() *Memory { return &Memory{records: map[string][]byte{}} }
+func NewMemory() *MemoryStore { return &MemoryStore{records: map[string][]byte{}} }
 
-func (m *Memory) Load() ([]Record, error) {
+func (m *MemoryStore) Load() ([]Record, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []Record
@@ -52,7 +52,7 @@ func (m *Memory) Load() ([]Record, error) {
 	return out, nil
 }
 
-func (m *Memory) Save(rec Record) error {
+func (m *MemoryStore) Save(rec Record) error {
 	b, err := Encode(rec)
 	if err != nil {
 		return err
@@ -63,14 +63,14 @@ func (m *Memory) Save(rec Record) error {
 	return nil
 }
 
-func (m *Memory) Delete(gid string) error {
+func (m *MemoryStore) Delete(gid string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	delete(m.records, gid)
 	return nil
 }
 
-func (m *Memory) Close() error { return nil }
+func (m *MemoryStore) Close() error { return nil }
 
 // Encode is rec as a store keeps it: JSON, without the HTML escaping that would make a link full of '<'
 // six times its size.

@@ -127,7 +127,7 @@ func (r *Registry) Sync() error {
 	switch s := r.store.(type) {
 	case interface{ Sync() error }:
 		return s.Sync()
-	case *Memory:
+	case *MemoryStore:
 		return ErrNotDurable
 	}
 	return nil // a shared store keeps what it was told

@@ -55,13 +55,13 @@ type Registry struct {
 
 // task is a Record with what only this process knows about it.
 type task struct {
-	Record                     // protected by Registry.mu; its Delivered is stale: kept plus delivered
-	kept      int64            // bytes players took as the store knows them; protected by Registry.mu
-	delivered atomic.Int64     // bytes players took here since: counted on every write, without a lock
-	speed     meter            // the bytes players took here, over the last seconds
-	streams   map[*Stream]bool // players streaming it here now; protected by Registry.mu
-	others    Figures          // the other instances' speed and streams of it; protected by Registry.mu
-	unsaved   int              // changes made here and not yet saved; protected by Registry.mu
+	Record                      // protected by Registry.mu; its Delivered is stale: kept plus delivered
+	kept      int64             // bytes players took as the store knows them; protected by Registry.mu
+	delivered atomic.Int64      // bytes players took here since: counted on every write, without a lock
+	speed     meter             // the bytes players took here, over the last seconds
+	streams   map[*Session]bool // players streaming it here now; protected by Registry.mu
+	others    Figures           // the other instances' speed and streams of it; protected by Registry.mu
+	unsaved   int               // changes made here and not yet saved; protected by Registry.mu
 }
 
 // change collects what a change under the lock must do once the lock is released: the tasks to save, and
@@ -128,7 +128,7 @@ func newTask(rec Record) *task {
 	if rec.State == Active {
 		rec.State = Waiting // a stream does not outlive the process
 	}
-	return &task{Record: rec, kept: rec.Delivered, streams: map[*Stream]bool{}}
+	return &task{Record: rec, kept: rec.Delivered, streams: map[*Session]bool{}}
 }
 
 // _place puts a new task in the table and in the queue or, stopped, among the stopped tasks.
@@ -319,7 +319,7 @@ type Addition struct {
 	Position int               // in the queue; negative or past the end adds it last
 	Paused   bool              // added paused: not announced, not streamed until unpaused
 	GID      string            // the GID to give it; "" for a new random one
-	From     access.Client     // the class of the client adding it
+	From     access.Network    // the class of the client adding it
 }
 
 // Bounds on one task: a signed drive link is 0.5 to 3 KiB, a drive's cookies a few; more is an attempt to
@@ -413,7 +413,7 @@ func (r *Registry) add(a Addition) (string, change, error) {
 	for k, v := range a.Options {
 		opts[k] = v
 	}
-	t := &task{Record: Record{GID: gid, URIs: slices.Clone(a.URIs), Options: opts, State: Waiting, Size: -1, Added: time.Now(), From: a.From}, streams: map[*Stream]bool{}}
+	t := &task{Record: Record{GID: gid, URIs: slices.Clone(a.URIs), Options: opts, State: Waiting, Size: -1, Added: time.Now(), From: a.From}, streams: map[*Session]bool{}}
 	if a.Paused {
 		t.State = Paused
 	}

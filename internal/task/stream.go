@@ -9,8 +9,8 @@ import (
 	"mflow/internal/source"
 )
 
-// Stream is one player's stream of a task. Its methods are what the playback reports about it.
-type Stream struct {
+// Session is one player's stream of a task. Its methods are what the playback reports about it.
+type Session struct {
 	GID     string          // the task's full GID
 	Link    source.Link     // what to fetch, as the task's options say now
 	Spec    Spec            // how to fetch and play it
@@ -22,7 +22,7 @@ type Stream struct {
 }
 
 // Begin starts a player's stream of gid, within ctx. Call End when it is over.
-func (r *Registry) Begin(ctx context.Context, gid string) (*Stream, error) {
+func (r *Registry) Begin(ctx context.Context, gid string) (*Session, error) {
 	r.refresh(gid)
 	st, c, err := r.begin(ctx, gid)
 	if errors.Is(err, ErrNotFound) {
@@ -37,7 +37,7 @@ func (r *Registry) Begin(ctx context.Context, gid string) (*Stream, error) {
 	return st, nil
 }
 
-func (r *Registry) begin(ctx context.Context, gid string) (*Stream, change, error) {
+func (r *Registry) begin(ctx context.Context, gid string) (*Session, change, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var c change
@@ -60,7 +60,7 @@ func (r *Registry) begin(ctx context.Context, gid string) (*Stream, change, erro
 	if err != nil {
 		return nil, c, err
 	}
-	st := &Stream{GID: t.GID, Link: l, Spec: spec, registry: r, task: t}
+	st := &Session{GID: t.GID, Link: l, Spec: spec, registry: r, task: t}
 	st.Context, st.cancel = context.WithCancelCause(ctx)
 	t.streams[st] = true
 	return st, c, nil
@@ -74,13 +74,13 @@ func (t *task) _endStreams() {
 }
 
 // Delivered counts n bytes the player took. It takes no lock: it runs on every write to a player.
-func (st *Stream) Delivered(n int64) {
+func (st *Session) Delivered(n int64) {
 	st.task.delivered.Add(n)
 	st.task.speed.add(time.Now(), n)
 }
 
 // Sized records the size the stream's probe found, for a task whose background probe has not.
-func (st *Stream) Sized(size int64) {
+func (st *Session) Sized(size int64) {
 	r := st.registry
 	_ = r.commit(func() change {
 		r.mu.Lock()
@@ -95,7 +95,7 @@ func (st *Stream) Sized(size int64) {
 }
 
 // Failed marks the task Failed because its upstream refused the stream.
-func (st *Stream) Failed(err error) {
+func (st *Session) Failed(err error) {
 	r := st.registry
 	_ = r.commit(func() change {
 		r.mu.Lock()
@@ -109,7 +109,7 @@ func (st *Stream) Failed(err error) {
 }
 
 // End ends the stream, and saves the bytes it delivered; a shared store hears of them in the exchange.
-func (st *Stream) End() {
+func (st *Session) End() {
 	st.cancel(nil)
 	r := st.registry
 	_ = r.commit(func() change {

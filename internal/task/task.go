@@ -83,7 +83,7 @@ type Record struct {
 	Announced bool `json:"announced,omitempty"`
 	// From is the class of the client that added the task: its background probe may reach what that
 	// client could reach through a player, no more.
-	From access.Client `json:"from,omitempty"`
+	From access.Network `json:"from,omitempty"`
 	// Rev counts the saves of the record. A shared store saves a record only over the one it was made
 	// from (revision Rev-1), so that no instance undoes another's change unseen.
 	Rev int64 `json:"rev,omitempty"`

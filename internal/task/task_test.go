@@ -183,7 +183,7 @@ func mustOK(t *testing.T, err error) {
 
 // blockingStore is a Persister whose Save waits until released: a full disk, a slow fsync.
 type blockingStore struct {
-	*Memory
+	*MemoryStore
 	saving  chan struct{} // receives when a Save begins
 	release chan struct{} // closed to let Saves finish
 }
@@ -191,11 +191,11 @@ type blockingStore struct {
 func (b *blockingStore) Save(rec Record) error {
 	b.saving <- struct{}{}
 	<-b.release
-	return b.Memory.Save(rec)
+	return b.MemoryStore.Save(rec)
 }
 
 func TestASlowSaveHoldsUpNoPlayerAndNoRead(t *testing.T) {
-	store := &blockingStore{Memory: NewMemory(), saving: make(chan struct{}, 16), release: make(chan struct{})}
+	store := &blockingStore{MemoryStore: NewMemory(), saving: make(chan struct{}, 16), release: make(chan struct{})}
 	r := newRegistry(t, Config{}, store)
 	defer r.Close()
 	added := make(chan string)
@@ -237,7 +237,7 @@ func TestAPlayersBytesAreCountedWithoutTheLock(t *testing.T) {
 }
 
 // failingStore refuses every Save, as a full disk would.
-type failingStore struct{ *Memory }
+type failingStore struct{ *MemoryStore }
 
 func (failingStore) Save(Record) error { return errors.New("no space left on device") }
 
@@ -348,7 +348,7 @@ func TestTheMeterCountsTheLastWholeSeconds(t *testing.T) {
 // conflictingStore is a shared store on which another instance wins the next saves: each of them
 // answers ErrConflict.
 type conflictingStore struct {
-	*Memory
+	*MemoryStore
 	conflicts atomic.Int32 // saves still to refuse
 }
 
@@ -356,7 +356,7 @@ func (s *conflictingStore) Save(rec Record) error {
 	if s.conflicts.Add(-1) >= 0 {
 		return ErrConflict
 	}
-	return s.Memory.Save(rec)
+	return s.MemoryStore.Save(rec)
 }
 
 func (s *conflictingStore) Get(_ context.Context, gid string) (Record, bool, error) {
@@ -381,7 +381,7 @@ func (s *conflictingStore) Exchange(context.Context, map[string]Figures) (map[st
 }
 
 func TestAChangeAnotherInstanceBeatIsMadeAgain(t *testing.T) {
-	store := &conflictingStore{Memory: NewMemory()}
+	store := &conflictingStore{MemoryStore: NewMemory()}
 	r := newRegistry(t, Config{}, store)
 	defer r.Close()
 	gid := add(t, r, Addition{})
@@ -472,7 +472,7 @@ func TestARegistryOnASharedStoreAnswersOnceItHearsTheOthers(t *testing.T) {
 	} {
 		synctest.Test(t, func(t *testing.T) {
 			start := time.Now()
-			r := newRegistry(t, Config{}, &slowSubscriber{conflictingStore: conflictingStore{Memory: NewMemory()}, subscribeIn: c.subscribeIn})
+			r := newRegistry(t, Config{}, &slowSubscriber{conflictingStore: conflictingStore{MemoryStore: NewMemory()}, subscribeIn: c.subscribeIn})
 			if took := time.Since(start); took != c.ready {
 				t.Errorf("subscribed in %v: the registry was made in %v, want %v", c.subscribeIn, took, c.ready)
 			}

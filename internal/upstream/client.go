@@ -128,7 +128,7 @@ func NewClient(cfg Config) *Client {
 	}
 	c := &Client{cfg: cfg, tls: tlsConfig, hosts: map[string]*hostSlots{}, proxied: map[string]*proxySet{}}
 	for class := range c.warmers {
-		c.warmers[class] = newWarmDialer(c.dialer(access.Client(class)), cfg.ConnectTimeout)
+		c.warmers[class] = newWarmDialer(c.dialer(access.Network(class)), cfg.ConnectTimeout)
 		c.direct[class] = c.newTransports(http.ProxyFromEnvironment, c.warmers[class].DialContext)
 	}
 	return c
@@ -138,14 +138,14 @@ func NewClient(cfg Config) *Client {
 func (c *Client) newTransportSet(proxy func(*http.Request) (*url.URL, error)) transportSet {
 	var set transportSet
 	for class := range set {
-		set[class] = c.newTransports(proxy, c.dialer(access.Client(class)))
+		set[class] = c.newTransports(proxy, c.dialer(access.Network(class)))
 	}
 	return set
 }
 
 // dialer is the network's dialer for requests from players of class: the target policy checks each
 // address it connects to.
-func (c *Client) dialer(class access.Client) dialFunc {
+func (c *Client) dialer(class access.Network) dialFunc {
 	cfg := c.cfg
 	dial := cfg.Dial
 	if dial == nil {

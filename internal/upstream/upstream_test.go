@@ -324,7 +324,7 @@ func TestAProxyIsTrustedOnlyWithWhatThePlayerMayFetch(t *testing.T) {
 	c := NewClient(Config{Policy: &access.Policy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}}})
 	defer c.CloseIdleConnections()
 	for _, tc := range []struct {
-		from    access.Client
+		from    access.Network
 		target  string
 		refused bool
 	}{

@@ -55,14 +55,14 @@ const (
 	maxReplaced = 3
 )
 
-// Stream is the policy state of one stream.
-type Stream struct {
+// Pacer is the pacing policy of one stream: what it learned of its upstream and its player, and its verdicts.
+type Pacer struct {
 	cfg Config
 
 	firstByte     time.Duration // the usual wait for an answer (a moving average); 0 until one came
 	answers       int           // answers whose wait firstByte counts
 	best          float64       // the best speed of one request lately, bytes/s (a fading maximum)
-	bestBy        *Request      // the request that reached best: never judged against itself
+	bestBy        *Meter        // the request that reached best: never judged against itself
 	connRate      float64       // one connection's usual speed, bytes/s (a moving average of samples)
 	ramp          ramp          // whether a young request here is slower than it will be
 	fastestSecond float64       // the best speed of a request's second window after its answer (see timeWindows)
@@ -77,31 +77,31 @@ type Stream struct {
 
 // SetLanes tells the policy the stream has n lanes from now on: a drive's limit lowered them, so each
 // request's share of what is left grows.
-func (s *Stream) SetLanes(n int) { s.cfg.Lanes = max(n, 1) }
+func (s *Pacer) SetLanes(n int) { s.cfg.Lanes = max(n, 1) }
 
 // New is a stream's policy at its start: requests of one chunk, its first window ahead.
-func New(cfg Config) *Stream {
+func New(cfg Config) *Pacer {
 	cfg.Lanes = max(cfg.Lanes, 1)
 	if cfg.StallAfter <= 0 {
 		cfg.StallAfter = 10 * time.Second
 	}
-	s := &Stream{cfg: cfg, extent: cfg.Chunk}
+	s := &Pacer{cfg: cfg, extent: cfg.Chunk}
 	s.ahead = s.firstWindow()
 	s.opened = s.maxExtent() <= cfg.Chunk // requests that cannot grow slide on from the start
 	return s
 }
 
 // FirstByte is the stream's usual wait for an answer; 0 until one came.
-func (s *Stream) FirstByte() time.Duration { return s.firstByte }
+func (s *Pacer) FirstByte() time.Duration { return s.firstByte }
 
 // Best is the best speed one request reached lately, bytes/s.
-func (s *Stream) Best() float64 { return s.best }
+func (s *Pacer) Best() float64 { return s.best }
 
 // ConnRate is one connection's usual speed, bytes/s.
-func (s *Stream) ConnRate() float64 { return s.connRate }
+func (s *Pacer) ConnRate() float64 { return s.connRate }
 
-// Request is what the policy knows of one request, one attempt of the engine's: made fresh for each.
-type Request struct {
+// Meter is what the policy knows of one request, one attempt of the engine's: made fresh for each.
+type Meter struct {
 	sent         time.Time     // when it went out
 	answered     time.Time     // when its answer came; zero before
 	via          Via           // how its answer came
@@ -136,7 +136,7 @@ const (
 )
 
 // Sent is a new request's meter.
-func (s *Stream) Sent(now time.Time) *Request { return &Request{sent: now} }
+func (s *Pacer) Sent(now time.Time) *Meter { return &Meter{sent: now} }
 
 // Via is how a request's answer came.
 type Via int
@@ -148,7 +148,7 @@ const (
 )
 
 // Answered records that r's answer came, and how.
-func (s *Stream) Answered(r *Request, now time.Time, via Via) {
+func (s *Pacer) Answered(r *Meter, now time.Time, via Via) {
 	r.answered, r.via = now, via
 	if via == ViaProbe {
 		return
@@ -162,7 +162,7 @@ func (s *Stream) Answered(r *Request, now time.Time, via Via) {
 }
 
 // Got records n more body bytes of r.
-func (s *Stream) Got(r *Request, now time.Time, n int) {
+func (s *Pacer) Got(r *Meter, now time.Time, n int) {
 	r.got += int64(n)
 	r.quiet = 0
 	r.lastByte = now
@@ -171,7 +171,7 @@ func (s *Stream) Got(r *Request, now time.Time, n int) {
 // Done records that r ended: one too short for a route check still tells what a good route gives. But
 // not one over in less than RouteEvery: that may have been a single burst of a pacing server, far faster
 // than its steady speed.
-func (s *Stream) Done(r *Request, now time.Time) {
+func (s *Pacer) Done(r *Meter, now time.Time) {
 	if r.answered.IsZero() || r.got < 128<<10 {
 		return
 	}
@@ -183,10 +183,10 @@ func (s *Stream) Done(r *Request, now time.Time) {
 }
 
 // Bytes is what r has read.
-func (r *Request) Bytes() int64 { return r.got }
+func (r *Meter) Bytes() int64 { return r.got }
 
 // Waiting is how long r has waited for its answer, 0 once it came.
-func (r *Request) Waiting(now time.Time) time.Duration {
+func (r *Meter) Waiting(now time.Time) time.Duration {
 	if !r.answered.IsZero() {
 		return 0
 	}
@@ -194,7 +194,7 @@ func (r *Request) Waiting(now time.Time) time.Duration {
 }
 
 // Speed is r's speed for a person to read: over its last second, or since its answer when younger.
-func (r *Request) Speed(now time.Time) float64 {
+func (r *Meter) Speed(now time.Time) float64 {
 	switch {
 	case r.samples > 0:
 		return r.rate
@@ -205,10 +205,10 @@ func (r *Request) Speed(now time.Time) float64 {
 }
 
 // Answered reports whether r's answer came.
-func (r *Request) Answered() bool { return !r.answered.IsZero() }
+func (r *Meter) Answered() bool { return !r.answered.IsZero() }
 
 // FirstByte is how long r waited for its answer; 0 before it came.
-func (r *Request) FirstByte() time.Duration {
+func (r *Meter) FirstByte() time.Duration {
 	if r.answered.IsZero() {
 		return 0
 	}
@@ -217,7 +217,7 @@ func (r *Request) FirstByte() time.Duration {
 
 // speed is r's latest speed and whether it has been measured: over the last route check when there was a
 // whole one, else over the last one-second sample.
-func (r *Request) speed() (float64, bool) {
+func (r *Meter) speed() (float64, bool) {
 	switch {
 	case r.measured:
 		return r.routeRate, true
@@ -229,13 +229,13 @@ func (r *Request) speed() (float64, bool) {
 
 // Lagging reports whether r brings far less than the stream's usual, measured on its steady speed: over
 // twice its longest silence, so a server pacing in bursts is not lagging between two.
-func (s *Stream) Lagging(r *Request) bool {
+func (s *Pacer) Lagging(r *Meter) bool {
 	return r.measured && r.routeRate*lagFactor < max(s.connRate, s.best)
 }
 
 // TimeLeft is how long r needs for left more bytes: at its own speed once measured, before at one
 // connection's usual speed; 0 when neither is known.
-func (s *Stream) TimeLeft(r *Request, left int64) time.Duration {
+func (s *Pacer) TimeLeft(r *Meter, left int64) time.Duration {
 	rate, ok := r.speed()
 	if !ok {
 		if rate = s.connRate; rate <= 0 {
@@ -256,7 +256,7 @@ func (s *Stream) TimeLeft(r *Request, left int64) time.Duration {
 // judged once it ran its grace time, as in Routes, and nothing before the stream knows its first-byte
 // wait: on a long path a young request is in TCP's slow start, far slower than it will be, and the half
 // an idle lane would take waits a handshake and a slow start of its own.
-func (s *Stream) HandOver(now time.Time, reqs []Judged) int {
+func (s *Pacer) HandOver(now time.Time, reqs []Judged) int {
 	if s.answers == 0 {
 		return -1
 	}
@@ -281,7 +281,7 @@ func (s *Stream) HandOver(now time.Time, reqs []Judged) int {
 // that TCP's slow start is over (about five round trips to reach 2 MB/s over 150 ms, from a new
 // connection's ten packets), and RouteEvery at least. Where no request ramped up, flatGraceWaits: a slow
 // route is then slow from its first bytes, and each moment it is kept costs its lane most of its speed.
-func (s *Stream) grace() time.Duration {
+func (s *Pacer) grace() time.Duration {
 	waits := graceWaits
 	if s.ramp == rampNone {
 		waits = flatGraceWaits
@@ -291,7 +291,7 @@ func (s *Stream) grace() time.Duration {
 
 // timeWindows takes r's speed over a first window after its answer (flatGraceWaits first-byte waits,
 // RouteEvery at least) and over as long a window after it, once each is over.
-func (s *Stream) timeWindows(r *Request, now time.Time) {
+func (s *Pacer) timeWindows(r *Meter, now time.Time) {
 	if r.windowsTimed {
 		return
 	}
@@ -318,7 +318,7 @@ func (s *Stream) timeWindows(r *Request, now time.Time) {
 // first bytes waited in the socket buffers for the stream to start). Nor one on a slow route, four times
 // slower than the fastest second window or the stream's best: its server's pace, not TCP's, holds it from
 // its first bytes, on any path.
-func (s *Stream) learnRamp(r *Request) {
+func (s *Pacer) learnRamp(r *Meter) {
 	if s.ramp == rampSeen || r.rampTold || !r.windowsTimed || r.via != ViaNew {
 		return
 	}
@@ -344,7 +344,7 @@ const (
 
 // Judged is a request as a route check sees it.
 type Judged struct {
-	Req      *Request
+	Req      *Meter
 	Left     int64 // bytes it still has to bring
 	Replaced int   // fresh requests its bytes already got for being slow
 	Raced    bool  // a fresh request races it already
@@ -361,7 +361,7 @@ type Judged struct {
 // own: a fresh one usually lands on a good route); still that slow at the next check, it is replaced. With
 // every lane busy it is replaced at once: a race would wait for a lane while the slow route holds one. The
 // best is kept across requests, because a slow request often runs alone: the others finished and wait for it.
-func (s *Stream) Routes(now time.Time, reqs []Judged, laneFree bool) []Verdict {
+func (s *Pacer) Routes(now time.Time, reqs []Judged, laneFree bool) []Verdict {
 	grace := s.grace()
 	s.best *= routeFade
 	for _, j := range reqs {
@@ -426,7 +426,7 @@ func (s *Stream) Routes(now time.Time, reqs []Judged, laneFree bool) []Verdict {
 
 // Sample takes one speed sample of each request, every SampleEvery: one below MinSpeed for SlowSamples
 // samples in a row is too slow, one that brought nothing for StallAfter has stalled.
-func (s *Stream) Sample(now time.Time, reqs []*Request) []Verdict {
+func (s *Pacer) Sample(now time.Time, reqs []*Meter) []Verdict {
 	verdicts := make([]Verdict, len(reqs))
 	for i, r := range reqs {
 		delta := r.got - r.sampled
@@ -500,4 +500,4 @@ func later(a, b time.Time) time.Time {
 }
 
 // Sent is when r went out.
-func (r *Request) Sent() time.Time { return r.sent }
+func (r *Meter) Sent() time.Time { return r.sent }

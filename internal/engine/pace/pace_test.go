@@ -45,7 +45,7 @@ func slowStart(rate float64, rtt time.Duration) feed {
 // RouteEvery (with a lane free for a race, or none) and sampling every SampleEvery; it returns each
 // request's route and sample verdicts in order (Keep left out), raced marking a request raced from its
 // first Race verdict on.
-func run(s *Stream, feeds []feed, d time.Duration, laneFree bool) [][]Verdict {
+func run(s *Pacer, feeds []feed, d time.Duration, laneFree bool) [][]Verdict {
 	vias := make([]Via, len(feeds))
 	for i := range vias {
 		vias[i] = ViaNew
@@ -54,10 +54,10 @@ func run(s *Stream, feeds []feed, d time.Duration, laneFree bool) [][]Verdict {
 }
 
 // runAnswered is run with the answers after firstByte, each come as its vias says.
-func runAnswered(s *Stream, feeds []feed, vias []Via, d time.Duration, laneFree bool, firstByte time.Duration) [][]Verdict {
+func runAnswered(s *Pacer, feeds []feed, vias []Via, d time.Duration, laneFree bool, firstByte time.Duration) [][]Verdict {
 	const step = 10 * time.Millisecond
 	answerStep := int(firstByte / step)
-	reqs := make([]*Request, len(feeds))
+	reqs := make([]*Meter, len(feeds))
 	raced := make([]bool, len(feeds))
 	for i := range reqs {
 		reqs[i] = s.Sent(t0)
@@ -244,9 +244,9 @@ func TestTheProbesWaitIsNotTheUpstreams(t *testing.T) {
 }
 
 // measuredStream is a stream of three requests answered after firstByte, then a second at 2 MB/s each.
-func measuredStream(firstByte time.Duration) (*Stream, []*Request) {
+func measuredStream(firstByte time.Duration) (*Pacer, []*Meter) {
 	s := New(Config{Lanes: 3, Chunk: mib, MaxAhead: 64 * mib})
-	reqs := make([]*Request, 3)
+	reqs := make([]*Meter, 3)
 	for i := range reqs {
 		reqs[i] = s.Sent(t0)
 		s.Answered(reqs[i], t0.Add(firstByte), ViaReused)
@@ -317,7 +317,7 @@ func TestAYoungRequestIsNotHandedOver(t *testing.T) {
 		s.Got(probe, t0.Add(time.Duration(i)*100*time.Millisecond), 30<<10)
 	}
 	t1 := t0.Add(time.Second)
-	s.Sample(t1, []*Request{probe})
+	s.Sample(t1, []*Meter{probe})
 	waited := []Judged{{Req: probe, Left: 700 << 10, Waited: true}}
 	if got := s.HandOver(t1, waited); got != -1 {
 		t.Errorf("handed over %d before any request's first-byte wait was known", got)

@@ -17,7 +17,7 @@ const growth = 4
 
 // Read tells the policy the player took n more bytes, and reports whether the requests, and the
 // read-ahead, grew.
-func (s *Stream) Read(n int64) (grew bool) {
+func (s *Pacer) Read(n int64) (grew bool) {
 	s.read += n
 	return s.grow()
 }
@@ -29,7 +29,7 @@ const settle = 20 * time.Millisecond
 // more: the socket buffers between take a window's last bytes before the player reads them, and a player
 // that wanted only those (a seek) is seen gone within its own round trip, before any request is spent on
 // bytes it never reads. Never longer than a first-byte wait: no longer than the request it may save.
-func (s *Stream) Settle() time.Duration {
+func (s *Pacer) Settle() time.Duration {
 	if s.firstByte > 0 {
 		return min(settle, s.firstByte)
 	}
@@ -37,11 +37,11 @@ func (s *Stream) Settle() time.Duration {
 }
 
 // Opened reports whether the read-ahead slides with the player: it took all of its first window.
-func (s *Stream) Opened() bool { return s.opened }
+func (s *Pacer) Opened() bool { return s.opened }
 
 // FirstWindowRead tells the policy that the player took every byte of its first window and reads on: the
 // read-ahead slides with it from now on. It reports whether the requests, and the read-ahead, grew.
-func (s *Stream) FirstWindowRead() (grew bool) {
+func (s *Pacer) FirstWindowRead() (grew bool) {
 	s.opened = true
 	return s.grow()
 }
@@ -50,7 +50,7 @@ func (s *Stream) FirstWindowRead() (grew bool) {
 // to fetch elsewhere first (another kind of file, or a film indexed in front): a player reads on from
 // there, so the read-ahead slides with it from now, a chunk per lane, and no lane waits for the first
 // window to be read. A seek starts elsewhere and keeps its first window.
-func (s *Stream) ReadsOn() {
+func (s *Pacer) ReadsOn() {
 	if s.opened {
 		return
 	}
@@ -60,7 +60,7 @@ func (s *Stream) ReadsOn() {
 
 // Finished tells the policy that a request brought all it claimed, and reports whether the requests, and
 // the read-ahead, grew.
-func (s *Stream) Finished() (grew bool) {
+func (s *Pacer) Finished() (grew bool) {
 	s.done++
 	return s.grow()
 }
@@ -68,7 +68,7 @@ func (s *Stream) Finished() (grew bool) {
 // grow makes the requests longer once a round of them is done, the player read all of its first window (a
 // seek's worth) and read on since they last grew: a player that stopped reading holds the read-ahead where
 // it is.
-func (s *Stream) grow() bool {
+func (s *Pacer) grow() bool {
 	if 2*s.done < s.cfg.Lanes || s.read == s.readAtGrowth || !s.opened || s.extent >= s.maxExtent() {
 		return false
 	}
@@ -80,7 +80,7 @@ func (s *Stream) grow() bool {
 
 // Ahead is how far ahead of the player the stream reads now: it holds the chunks of those bytes. Until
 // the player took its first window, that window stays where the stream started.
-func (s *Stream) Ahead() int64 {
+func (s *Pacer) Ahead() int64 {
 	if !s.opened {
 		return max(s.ahead-s.read, 0)
 	}
@@ -88,7 +88,7 @@ func (s *Stream) Ahead() int64 {
 }
 
 // Extent is how many bytes a new request asks for at most now: whole chunks.
-func (s *Stream) Extent() int64 { return s.extent }
+func (s *Pacer) Extent() int64 { return s.extent }
 
 // ExtentAt is how many bytes a new request asks for when it starts distance bytes ahead of the player and
 // left bytes of the player's range are still to come, whoever brings them: the extent; but no more than a
@@ -97,14 +97,14 @@ func (s *Stream) Extent() int64 { return s.extent }
 // lane's share of what is left, so the lanes finish together. In the nearest whole chunks: rounded up, the
 // last long requests each ran up to a chunk longer than their share (half a second at 2 MB/s) while the
 // lanes after them idled at the end.
-func (s *Stream) ExtentAt(distance, left int64) int64 {
+func (s *Pacer) ExtentAt(distance, left int64) int64 {
 	e := min(left/int64(s.cfg.Lanes), distance/2)
 	e = (e + s.cfg.Chunk/2) / s.cfg.Chunk * s.cfg.Chunk // the nearest whole chunks
 	return min(max(e, s.cfg.Chunk), s.extent)
 }
 
 // maxExtent is the longest request the read-ahead bound allows: one per lane, and a chunk each more.
-func (s *Stream) maxExtent() int64 {
+func (s *Pacer) maxExtent() int64 {
 	lanes := int64(s.cfg.Lanes)
 	per := (s.cfg.MaxAhead - lanes*s.cfg.Chunk) / lanes
 	return max(per/s.cfg.Chunk, 1) * s.cfg.Chunk
@@ -112,11 +112,11 @@ func (s *Stream) maxExtent() int64 {
 
 // aheadFor is the read-ahead that requests of extent bytes want: one per lane in flight and a chunk each
 // more, within MaxAhead.
-func (s *Stream) aheadFor(extent int64) int64 {
+func (s *Pacer) aheadFor(extent int64) int64 {
 	return min(int64(s.cfg.Lanes)*(extent+s.cfg.Chunk), s.cfg.MaxAhead)
 }
 
 // firstWindow is how far ahead a stream reads at its start: a chunk per lane but one, and two at least.
-func (s *Stream) firstWindow() int64 {
+func (s *Pacer) firstWindow() int64 {
 	return int64(max(s.cfg.Lanes-1, 2)) * s.cfg.Chunk
 }
