@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"sync"
@@ -99,18 +100,8 @@ func (c *chunk) _cover(from, to int64) {
 	}
 	if len(gaps) > 0 {
 		c.pieces = append(c.pieces, gaps...)
-		slices.SortFunc(c.pieces, func(a, b *piece) int { return cmpInt64(a.start, b.start) })
+		slices.SortFunc(c.pieces, func(a, b *piece) int { return cmp.Compare(a.start, b.start) })
 	}
-}
-
-func cmpInt64(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // _split cuts p at mid: p keeps [start, mid), and the new piece after it takes [mid, end).

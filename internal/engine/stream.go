@@ -193,28 +193,35 @@ func (s *stream) _holdChunks(lookedUp int64, data []byte, readers int) (next int
 			break // the streams together hold the budget: this one reads on as its player frees chunks
 		}
 		k := s.nextChunk
-		if s.f.chunks[k] == nil && s.f.caching() && k != lookedUp {
+		c := s._hold(k, max(s.span.Start, k*size), min((k+1)*size, s.span.End+1), lookedUp, data)
+		if c == nil {
 			return k, true
 		}
-		var cached []byte
-		if k == lookedUp {
-			cached = data
-		}
-		s.window = append(s.window, s.f._acquire(k, max(s.span.Start, k*size), min((k+1)*size, s.span.End+1), cached))
+		s.window = append(s.window, c)
 		s.nextChunk++
 	}
 	for ix := s.indexAt; s.nextIndex*size < ix.End; s.nextIndex++ {
 		k := s.nextIndex
-		if s.f.chunks[k] == nil && s.f.caching() && k != lookedUp {
+		c := s._hold(k, max(ix.Start, k*size), min((k+1)*size, ix.End), lookedUp, data)
+		if c == nil {
 			return k, true
 		}
-		var cached []byte
-		if k == lookedUp {
-			cached = data
-		}
-		s.index = append(s.index, s.f._acquire(k, max(ix.Start, k*size), min((k+1)*size, ix.End), cached))
+		s.index = append(s.index, c)
 	}
 	return 0, false
+}
+
+// _hold acquires chunk k for the stream's bytes [from, to) of it; nil when the cache is to be asked for it
+// first, without the lock (lookedUp, data: the chunk asked for last, and the cache's answer).
+func (s *stream) _hold(k, from, to, lookedUp int64, data []byte) *chunk {
+	if s.f.chunks[k] == nil && s.f.caching() && k != lookedUp {
+		return nil
+	}
+	var cached []byte
+	if k == lookedUp {
+		cached = data
+	}
+	return s.f._acquire(k, from, to, cached)
 }
 
 // _seekIndex reads the head for where the film keeps its index, once chunk 0 brought more of it, and

@@ -81,45 +81,32 @@ func (st *Session) Delivered(n int64) {
 
 // Sized records the size the stream's probe found, for a task whose background probe has not.
 func (st *Session) Sized(size int64) {
-	r := st.registry
-	_ = r.commit(func() change {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		var c change
+	st.registry.edit(func(c *change) {
 		if st.task.Size != size {
 			st.task.Size = size
 			c.save(st.task)
 		}
-		return c
-	}())
+	})
 }
 
 // Failed marks the task Failed because its upstream refused the stream.
 func (st *Session) Failed(err error) {
 	r := st.registry
-	_ = r.commit(func() change {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		var c change
+	r.edit(func(c *change) {
 		if t := st.task; !t.State.stopped() && t.State != Paused && r.tasks[t.GID] == t {
-			r._fail(t, err, &c)
+			r._fail(t, err, c)
 		}
-		return c
-	}())
+	})
 }
 
 // End ends the stream, and saves the bytes it delivered; a shared store hears of them in the exchange.
 func (st *Session) End() {
 	st.cancel(nil)
 	r := st.registry
-	_ = r.commit(func() change {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		var c change
+	r.edit(func(c *change) {
 		delete(st.task.streams, st)
 		if r.tasks[st.GID] == st.task && r.shared == nil {
 			c.save(st.task)
 		}
-		return c
-	}())
+	})
 }

@@ -91,14 +91,8 @@ func New(cfg Config) *Pacer {
 	return s
 }
 
-// FirstByte is the stream's usual wait for an answer; 0 until one came.
-func (s *Pacer) FirstByte() time.Duration { return s.firstByte }
-
 // Best is the best speed one request reached lately, bytes/s.
 func (s *Pacer) Best() float64 { return s.best }
-
-// ConnRate is one connection's usual speed, bytes/s.
-func (s *Pacer) ConnRate() float64 { return s.connRate }
 
 // Meter is what the policy knows of one request, one attempt of the engine's: made fresh for each.
 type Meter struct {

@@ -231,14 +231,14 @@ func TestTheProbesWaitIsNotTheUpstreams(t *testing.T) {
 	s := New(Config{Lanes: 2, Chunk: mib, MaxAhead: 64 * mib})
 	probe := s.Sent(t0)
 	s.Answered(probe, t0.Add(2*time.Second), ViaProbe)
-	if s.FirstByte() != 0 {
-		t.Errorf("first-byte wait %v after the probe's answer alone", s.FirstByte())
+	if s.firstByte != 0 {
+		t.Errorf("first-byte wait %v after the probe's answer alone", s.firstByte)
 	}
 	r := s.Sent(t0)
 	s.Answered(r, t0.Add(200*time.Millisecond), ViaReused)
 	r = s.Sent(t0)
 	s.Answered(r, t0.Add(600*time.Millisecond), ViaReused)
-	if got := s.FirstByte(); got != 300*time.Millisecond {
+	if got := s.firstByte; got != 300*time.Millisecond {
 		t.Errorf("first-byte wait %v, want the moving average 300ms", got)
 	}
 }
@@ -334,33 +334,33 @@ func TestAYoungRequestIsNotHandedOver(t *testing.T) {
 
 func TestRequestsGrowWhileThePlayerReads(t *testing.T) {
 	s := New(Config{Lanes: 4, Chunk: mib, MaxAhead: 64 * mib})
-	if s.Extent() != mib || s.Ahead() != 3*mib {
-		t.Fatalf("at the start: extent %d, ahead %d; want one chunk, a chunk per lane but one", s.Extent(), s.Ahead())
+	if s.extent != mib || s.Ahead() != 3*mib {
+		t.Fatalf("at the start: extent %d, ahead %d; want one chunk, a chunk per lane but one", s.extent, s.Ahead())
 	}
 	s.Finished()
 	s.Finished()
 	s.Read(2 * mib) // a seek's worth: mpv jumps on after a couple of MiB
-	if s.Extent() != mib || s.Ahead() != mib {
-		t.Errorf("grew to %d, %d ahead, for a player that read less than its first window; want its window to stay", s.Extent(), s.Ahead())
+	if s.extent != mib || s.Ahead() != mib {
+		t.Errorf("grew to %d, %d ahead, for a player that read less than its first window; want its window to stay", s.extent, s.Ahead())
 	}
 	s.Read(mib)
-	if s.Extent() != mib || s.Ahead() != 0 {
-		t.Errorf("grew to %d, %d ahead, before the player read on past its first window", s.Extent(), s.Ahead())
+	if s.extent != mib || s.Ahead() != 0 {
+		t.Errorf("grew to %d, %d ahead, before the player read on past its first window", s.extent, s.Ahead())
 	}
 	s.FirstWindowRead()
-	if s.Extent() != 4*mib || s.Ahead() != 20*mib {
-		t.Errorf("past the first window: extent %d, ahead %d; want 4 MiB, 20 MiB", s.Extent(), s.Ahead())
+	if s.extent != 4*mib || s.Ahead() != 20*mib {
+		t.Errorf("past the first window: extent %d, ahead %d; want 4 MiB, 20 MiB", s.extent, s.Ahead())
 	}
 	for range 10 {
 		s.Finished()
 		s.Finished()
 	}
-	if s.Extent() != 4*mib {
-		t.Errorf("grew to %d while the player stood still", s.Extent())
+	if s.extent != 4*mib {
+		t.Errorf("grew to %d while the player stood still", s.extent)
 	}
 	s.Read(1)
-	if s.Extent() != 15*mib || s.Ahead() != 64*mib {
-		t.Errorf("fully grown: extent %d, ahead %d; want 15 MiB (the read-ahead bound less a chunk per lane, per lane), 64 MiB", s.Extent(), s.Ahead())
+	if s.extent != 15*mib || s.Ahead() != 64*mib {
+		t.Errorf("fully grown: extent %d, ahead %d; want 15 MiB (the read-ahead bound less a chunk per lane, per lane), 64 MiB", s.extent, s.Ahead())
 	}
 	if one := New(Config{Lanes: 1, Chunk: mib, MaxAhead: 64 * mib}); one.Ahead() != 2*mib {
 		t.Errorf("one lane reads %d ahead at the start, want two chunks", one.Ahead())
@@ -412,8 +412,8 @@ func TestAPlayThatReadsOnFromTheHeadSlidesAtOnceOverAChunkPerLane(t *testing.T) 
 	s.Finished()
 	s.Finished()
 	s.Read(1)
-	if s.Extent() != 4*mib || s.Ahead() != 20*mib {
-		t.Errorf("after a round of requests: extent %d, ahead %d; want 4 MiB, 20 MiB", s.Extent(), s.Ahead())
+	if s.extent != 4*mib || s.Ahead() != 20*mib {
+		t.Errorf("after a round of requests: extent %d, ahead %d; want 4 MiB, 20 MiB", s.extent, s.Ahead())
 	}
 	s.ReadsOn()
 	if s.Ahead() != 20*mib {

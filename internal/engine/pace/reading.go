@@ -87,9 +87,6 @@ func (s *Pacer) Ahead() int64 {
 	return s.ahead
 }
 
-// Extent is how many bytes a new request asks for at most now: whole chunks.
-func (s *Pacer) Extent() int64 { return s.extent }
-
 // ExtentAt is how many bytes a new request asks for when it starts distance bytes ahead of the player and
 // left bytes of the player's range are still to come, whoever brings them: the extent; but no more than a
 // part of its distance ahead, so that a player reading as fast as the stream brings bytes finds them ready
