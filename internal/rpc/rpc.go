@@ -6,18 +6,13 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"crypto/hmac"
-	"crypto/rand"
-	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"html"
 	"io"
 	"log/slog"
-	"maps"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -27,7 +22,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/coder/websocket"
 	"golang.org/x/sync/semaphore"
 
 	"mflow/internal/access"
@@ -165,68 +159,6 @@ func (h *Handler) Trusts(r *http.Request) bool {
 	}
 	_, cookieErr := r.Cookie(loginCookie)
 	return (secretOf(r) != "" || cookieErr == nil) && h.bringsSecret(r)
-}
-
-// bringsSecret reports whether r brings the secret, as "Authorization: Bearer SECRET", "?token=SECRET" or
-// the login cookie; one that does not waits its turn in the line of wrong tokens first, so guessing is slow.
-func (h *Handler) bringsSecret(r *http.Request) bool {
-	if subtle.ConstantTimeCompare([]byte(secretOf(r)), []byte(h.Secret)) == 1 {
-		return true
-	}
-	if c, err := r.Cookie(loginCookie); err == nil && subtle.ConstantTimeCompare([]byte(c.Value), []byte(h.loginToken())) == 1 {
-		return true
-	}
-	h.slowDown(r.Context())
-	return false
-}
-
-// loginCookie carries, for a browser that logged in, a token made from the secret: the status page and
-// play links then need no secret in their URLs, where proxies' logs and histories would keep it.
-const loginCookie = "mflow_login"
-
-// loginToken is the login cookie's value: an HMAC of the secret, which the cookie cannot give back.
-func (h *Handler) loginToken() string {
-	mac := hmac.New(sha256.New, []byte(h.Secret))
-	mac.Write([]byte("mflow status login"))
-	return hex.EncodeToString(mac.Sum(nil))
-}
-
-// loginPage asks a browser for the secret; %s is the page to return to.
-const loginPage = `<!doctype html><meta charset="utf-8"><title>mflow: log in</title>
-<style>body{font:16px system-ui,sans-serif;max-width:28em;margin:4em auto}input{font:inherit;padding:.3em}</style>
-<h1>mflow</h1><p>This page needs mflow's RPC secret (<code>--rpc-secret</code>).</p>
-<form method="post" action="/login"><input type="hidden" name="next" value="%s">
-<input type="password" name="secret" placeholder="secret" autofocus required> <button>Log in</button></form>
-`
-
-// Login answers the login form: the right secret sets the login cookie and returns to the page asked for;
-// a wrong one waits its turn in the line of wrong tokens, as over the JSON-RPC.
-func (h *Handler) Login(w http.ResponseWriter, r *http.Request) {
-	if ok, why := h.Allows(r); !ok {
-		http.Error(w, "mflow: "+strings.Replace(why, "the JSON-RPC", "this page", 1), http.StatusForbidden)
-		return
-	}
-	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
-	secret := r.PostFormValue("secret")
-	if h.Secret == "" || subtle.ConstantTimeCompare([]byte(secret), []byte(h.Secret)) != 1 {
-		h.slowDown(r.Context())
-		http.Error(w, "mflow: wrong secret", http.StatusForbidden)
-		return
-	}
-	next := r.PostFormValue("next")
-	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.Contains(next, "\\") {
-		next = "/status" // only a page of mflow's own
-	}
-	http.SetCookie(w, &http.Cookie{Name: loginCookie, Value: h.loginToken(), Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode, MaxAge: 30 * 24 * 3600})
-	http.Redirect(w, r, next, http.StatusSeeOther)
-}
-
-// secretOf is the secret a request brings: its bearer token, else its ?token=.
-func secretOf(r *http.Request) string {
-	if token, bearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); bearer {
-		return token
-	}
-	return r.URL.Query().Get("token")
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -513,121 +445,3 @@ type wireError string
 func (e wireError) Error() string { return string(e) }
 
 func wiref(format string, args ...any) error { return wireError(fmt.Sprintf(format, args...)) }
-
-// globalOptions returns the options changeGlobalOption set.
-func (h *Handler) globalOptions() map[string]string {
-	h.globalMu.Lock()
-	defer h.globalMu.Unlock()
-	return maps.Clone(h.global)
-}
-
-// changeGlobalOptions records global options; mflow has no use for them, and keeps them only to echo.
-func (h *Handler) changeGlobalOptions(opts map[string]string) {
-	h.globalMu.Lock()
-	defer h.globalMu.Unlock()
-	if h.global == nil {
-		h.global = map[string]string{}
-	}
-	maps.Copy(h.global, opts)
-}
-
-// session is the id getSessionInfo reports.
-func (h *Handler) session() string {
-	h.sessionOnce.Do(func() {
-		var b [20]byte
-		rand.Read(b[:])
-		h.sessionID = hex.EncodeToString(b[:])
-	})
-	return h.sessionID
-}
-
-// serveWebSocket answers calls arriving as text messages, one reply message each, and sends task events to
-// the socket as aria2 notifications: when mflow has a secret, only once a call of this socket has brought
-// it (a GID plays its task, so the events must not reach a socket that merely connected).
-func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
-	if r.Header.Get("Sec-WebSocket-Version") != "13" {
-		w.Header().Set("Sec-WebSocket-Version", "13")
-		w.WriteHeader(http.StatusUpgradeRequired)
-		return
-	}
-	maxSockets := cmp.Or(h.MaxSockets, 64)
-	h.socketsOnce.Do(func() { h.sockets = semaphore.NewWeighted(int64(maxSockets)) })
-	if !h.sockets.TryAcquire(1) {
-		w.Header().Set("Retry-After", "5")
-		http.Error(w, fmt.Sprintf("mflow: %d WebSockets are open, the most mflow keeps; close one", maxSockets), http.StatusServiceUnavailable)
-		return
-	}
-	defer h.sockets.Release(1)
-	// Allows already applied the origin rule to the upgrade.
-	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
-	if err != nil {
-		return
-	}
-	defer conn.CloseNow()
-	conn.SetReadLimit(maxBody)
-	ctx, cancel := context.WithCancel(r.Context())
-	authorized := new(atomic.Bool)
-	authorized.Store(h.Secret == "")
-	c := call{ctx: ctx, from: access.NetworkOf(r.RemoteAddr), origin: originOf(r), after: new([]func()), authorized: authorized}
-	events, unsubscribe := h.Tasks.Subscribe()
-	defer unsubscribe()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case ev := <-events:
-				if !authorized.Load() {
-					continue
-				}
-				note := fmt.Sprintf(`{"jsonrpc":"2.0","method":%q,"params":[{"gid":%q}]}`, eventNames[ev.Kind], ev.GID)
-				if conn.Write(ctx, websocket.MessageText, []byte(note)) != nil {
-					cancel()
-					return
-				}
-			}
-		}
-	}()
-	defer func() {
-		cancel() // stops the notifier, then waits for it
-		<-done
-	}()
-	for {
-		msg, err := readMessage(ctx, conn, cmp.Or(h.FrameTimeout, 10*time.Second))
-		if err != nil {
-			return
-		}
-		out, _ := h.process(c, msg)
-		if writeMessage(ctx, conn, out) != nil {
-			return
-		}
-		c.runAfter()
-	}
-}
-
-// readMessage reads the next message, waiting as long as the client likes for it to start but at most
-// frameTimeout for the rest once it has.
-func readMessage(ctx context.Context, conn *websocket.Conn, frameTimeout time.Duration) ([]byte, error) {
-	_, rd, err := conn.Reader(ctx)
-	if err != nil {
-		return nil, err
-	}
-	cutSlow := time.AfterFunc(frameTimeout, func() { conn.CloseNow() })
-	defer cutSlow.Stop()
-	return io.ReadAll(rd)
-}
-
-// writeMessage sends out as one text message, part by part.
-func writeMessage(ctx context.Context, conn *websocket.Conn, out *answer) error {
-	wr, err := conn.Writer(ctx, websocket.MessageText)
-	if err != nil {
-		return err
-	}
-	if _, err := out.WriteTo(wr); err != nil {
-		wr.Close()
-		return err
-	}
-	return wr.Close()
-}
