@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -26,10 +25,8 @@ import (
 	"mflow/internal/access"
 	"mflow/internal/app"
 	"mflow/internal/bytesize"
-	"mflow/internal/chunkcache"
 	"mflow/internal/cluster"
 	"mflow/internal/engine"
-	"mflow/internal/engine/budget"
 	"mflow/internal/engine/limit"
 	"mflow/internal/logging"
 	"mflow/internal/openlist"
@@ -37,12 +34,6 @@ import (
 	"mflow/internal/task"
 	"mflow/internal/upstream"
 )
-
-// release is the version of mflow this source is, or is on its way to: packages and images carry it.
-const release = "1.0.0"
-
-// version is set at build time with -ldflags "-X main.version=…"; else the module version, if any.
-var version = ""
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -198,40 +189,6 @@ func parseFlags(args []string, env map[string]string) (options, string, error) {
 	return o, "", nil
 }
 
-// versionString is the version: the one set at build time, else the module's, else the release with
-// "-dev" and the commit the binary was built from (and "dirty" when the checkout had changes), as go build
-// records it unless told -buildvcs=false.
-func versionString() string {
-	if version != "" {
-		return version
-	}
-	info, ok := debug.ReadBuildInfo()
-	if !ok {
-		return release + "-dev"
-	}
-	if info.Main.Version != "" && info.Main.Version != "(devel)" {
-		return info.Main.Version
-	}
-	return devVersion(info.Settings)
-}
-
-// devVersion is the release with "-dev", and the commit from a build's VCS settings when there is one.
-func devVersion(settings []debug.BuildSetting) string {
-	var commit, dirty string
-	for _, s := range settings {
-		switch {
-		case s.Key == "vcs.revision" && len(s.Value) >= 12:
-			commit = s.Value[:12]
-		case s.Key == "vcs.modified" && s.Value == "true":
-			dirty = "-dirty"
-		}
-	}
-	if commit == "" {
-		return release + "-dev"
-	}
-	return release + "-dev+" + commit + dirty
-}
-
 // run is mflow's main, testable: it serves until ctx ends and returns the exit code. env is the process
 // environment.
 func run(ctx context.Context, args []string, env map[string]string, stdout, stderr io.Writer) int {
@@ -378,147 +335,6 @@ func run(ctx context.Context, args []string, env map[string]string, stdout, stde
 	}
 	<-served
 	return 0
-}
-
-// checkHealth is "mflow health [flags]", a container's health check where no curl is: it asks the mflow
-// the same settings describe for its front page, and exits 0 when it answers, 1 with a line when not.
-func checkHealth(ctx context.Context, o options, stderr io.Writer) int {
-	host := o.listen
-	if a, err := netip.ParseAddr(host); err == nil && a.IsUnspecified() {
-		host = "127.0.0.1"
-		if a.Is6() {
-			host = "::1"
-		}
-	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	url := "http://" + net.JoinHostPort(host, strconv.Itoa(o.port)) + "/"
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err == nil {
-		var resp *http.Response
-		if resp, err = http.DefaultClient.Do(req); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return 0
-			}
-			err = errors.New(resp.Status)
-		}
-	}
-	fmt.Fprintf(stderr, "mflow: %s does not answer: %v\n", url, err)
-	return 1
-}
-
-// reach says in a sentence who can reach mflow at addr, and what each may do.
-func reach(o options, addr net.Addr) string {
-	players := "Players on this machine, the LAN and the internet can play through http://" + addr.String() + "/stream"
-	if ap, err := netip.ParseAddrPort(addr.String()); err == nil {
-		switch a := ap.Addr().Unmap(); {
-		case a.IsLoopback():
-			players = "Only players on this machine can reach mflow, at http://" + addr.String() + "/stream (--listen " + a.String() + ")"
-		case !a.IsUnspecified():
-			players = "Players that reach " + a.String() + " can play through http://" + addr.String() + "/stream"
-		}
-	}
-	rpc := "the JSON-RPC answers this machine only (--rpc-secret lets others in)"
-	switch {
-	case o.rpcSecret != "":
-		rpc = "the JSON-RPC answers any client that sends the secret"
-	case o.rpcListenAll:
-		rpc = "the JSON-RPC answers any client, without a secret (--rpc-listen-all)"
-	}
-	pages := ", and no web page of another site"
-	if o.rpcOriginAll {
-		pages = ", web pages of any site included (--rpc-allow-origin-all)"
-	}
-	return players + ", reaching the LAN's addresses only from the LAN and this machine's own only from this machine; " + rpc + pages + "."
-}
-
-// ownAddresses are the addresses mflow answers on, which it must never fetch from: the listening address,
-// or every address of this machine when it listens on all of them.
-func ownAddresses(addr net.Addr) []netip.AddrPort {
-	ap, err := netip.ParseAddrPort(addr.String())
-	if err != nil {
-		return nil
-	}
-	if !ap.Addr().IsUnspecified() {
-		return []netip.AddrPort{ap}
-	}
-	own := []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ap.Port()), netip.AddrPortFrom(netip.IPv6Loopback(), ap.Port())}
-	if addrs, err := net.InterfaceAddrs(); err == nil {
-		for _, a := range addrs {
-			if p, err := netip.ParsePrefix(a.String()); err == nil {
-				own = append(own, netip.AddrPortFrom(p.Addr(), ap.Port()))
-			}
-		}
-	}
-	return own
-}
-
-// defaultMaxMemory is --max-memory's default: a quarter of a 1 GB box, beside a media server. It holds 4
-// streams at the default read-ahead, and 64 streams at a chunk per connection each.
-const defaultMaxMemory = 256 << 20
-
-// runtimeRoom is what mflow holds besides its buffers: the Go runtime, goroutines, connections' buffers.
-const runtimeRoom = 16 << 20
-
-// cacheBeyondBudget says why --cache-size cannot be reached within --max-memory, or "" when it can.
-func cacheBeyondBudget(o options) string {
-	if !o.cache || o.maxMemory <= 0 || o.cacheSize <= budget.Buffers(o.maxMemory) {
-		return ""
-	}
-	return fmt.Sprintf("--cache-size %s cannot be reached: the memory cache and the streams share %s of --max-memory %s; raise --max-memory to %dM or more to give the cache its size",
-		bytesize.Format(o.cacheSize), bytesize.Format(budget.Buffers(o.maxMemory)), bytesize.Format(o.maxMemory), ((o.cacheSize+o.readAhead)*4/3+1<<20-1)>>20)
-}
-
-// memoryText is the start-up line's word on memory.
-func memoryText(o options) string {
-	if o.maxMemory <= 0 {
-		return "no bound (--max-memory 0)"
-	}
-	return bytesize.Format(o.maxMemory) + " for buffers (--max-memory)"
-}
-
-// cacheText is the start-up line's word on the chunk caches: which are on, their sizes and where.
-func cacheText(o options) string {
-	var tiers []string
-	if o.cache {
-		tiers = append(tiers, bytesize.Format(o.cacheSize)+" in memory")
-	}
-	if o.cacheDir != "" {
-		tiers = append(tiers, bytesize.Format(o.cacheDirSize)+" on disk in "+o.cacheDir)
-	}
-	if len(tiers) == 0 {
-		return "none (--cache, --cache-dir)"
-	}
-	return strings.Join(tiers, ", ")
-}
-
-// setMemoryLimit sets the Go runtime's soft memory limit from the budget, so the GC works harder rather
-// than the process grows past it: freed chunk buffers would otherwise wait for a heap twice as large.
-// GOMEMLIMIT, when set, wins.
-func setMemoryLimit(o options, log *slog.Logger) {
-	if os.Getenv("GOMEMLIMIT") != "" || o.maxMemory <= 0 {
-		return
-	}
-	limit := o.maxMemory + runtimeRoom
-	debug.SetMemoryLimit(limit)
-	log.Debug("soft memory limit", "bytes", bytesize.Human(float64(limit)))
-}
-
-// openCache opens the chunk caches the flags ask for; either tier may be nil.
-func openCache(o options, log *slog.Logger) (chunkcache.Tiered, error) {
-	var tiers chunkcache.Tiered
-	if o.cache {
-		tiers.Memory = chunkcache.NewMemory(o.cacheSize)
-	}
-	if o.cacheDir != "" {
-		d, err := chunkcache.OpenDisk(o.cacheDir, o.cacheDirSize, log)
-		if err != nil {
-			return tiers, err
-		}
-		tiers.Disk = d
-	}
-	return tiers, nil
 }
 
 // openTaskStore opens the store the flags choose for tasks: Redis (rdb), memory, or a bbolt file in

@@ -216,9 +216,9 @@ func (e *Engine) FirstRequest(span httprange.Span) httprange.Span {
 }
 
 // Stream writes req.Span of the target to w, in order, and returns once it is written or cannot be. When
-// w is an http.Flusher it is flushed after each write so the player sees bytes as they arrive; when it has
-// SetWriteDeadline, a stream that ends early (ctx cancelled, the file changed) cuts a write the player is
-// slow to take. Every goroutine the stream started has ended when Stream returns, and a panic in any of
+// w, or a writer it wraps (see underneath), is an http.Flusher it is flushed after each write so the player
+// sees bytes as they arrive; when it has SetWriteDeadline, a stream that ends early (ctx cancelled, the file
+// changed) cuts a write the player is slow to take. Every goroutine the stream started has ended when Stream returns, and a panic in any of
 // them ends this stream only, as a *PanicError.
 func (e *Engine) Stream(ctx context.Context, w io.Writer, req Job) (stats Stats, err error) {
 	size := req.Target.Version.Size

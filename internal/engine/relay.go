@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"time"
 
 	"mflow/internal/httprange"
 	"mflow/internal/source"
@@ -23,10 +22,7 @@ func (e *Engine) Relay(ctx context.Context, w io.Writer, t source.Target, span h
 	if err := upstream.CheckWhole(resp, t.URL, t.Version); err != nil {
 		return Stats{}, err
 	}
-	if d, ok := w.(writeDeadliner); ok {
-		stop := context.AfterFunc(ctx, func() { _ = d.SetWriteDeadline(time.Now()) })
-		defer stop()
-	}
+	defer cutWritesWhenDone(ctx, w)()
 	if _, err := io.CopyN(io.Discard, resp.Body, span.Start); err != nil {
 		return Stats{}, fmt.Errorf("skipping to byte %d: %w", span.Start, err)
 	}
@@ -34,23 +30,9 @@ func (e *Engine) Relay(ctx context.Context, w io.Writer, t source.Target, span h
 	if span.End >= 0 {
 		body = io.LimitReader(resp.Body, span.Len())
 	}
-	n, err := io.CopyBuffer(flushWriter{w}, body, make([]byte, readSize))
+	n, err := io.CopyBuffer(newFlushWriter(w), body, make([]byte, readSize))
 	if err == nil && span.End >= 0 && n < span.Len() {
 		err = fmt.Errorf("%w after %d of %d bytes", upstream.ErrShortBody, n, span.Len())
 	}
 	return Stats{Bytes: n}, err
-}
-
-// flushWriter flushes after each write, when it can, so the player gets the bytes as they come.
-type flushWriter struct{ w io.Writer }
-
-func (f flushWriter) Write(b []byte) (int, error) {
-	n, err := f.w.Write(b)
-	if err != nil {
-		return n, fmt.Errorf("%w: %w", ErrPlayerGone, err)
-	}
-	if fl, ok := f.w.(interface{ Flush() }); ok {
-		fl.Flush()
-	}
-	return n, nil
 }

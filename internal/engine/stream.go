@@ -43,7 +43,7 @@ type stream struct {
 	withheld atomic.Int64 // the read-ahead the budget does not give the stream now, bytes
 
 	// The file's lock (f.mu) protects the following fields.
-	pace          *pace.Pacer     // what the stream learned of its upstream and its player, and its verdicts
+	pace          *pace.Pacer      // what the stream learned of its upstream and its player, and its verdicts
 	target        source.Target    // current target; Refresh replaces it
 	targetGen     int              // counts target replacements
 	mirrors       []source.Target  // other copies of the file
@@ -301,19 +301,12 @@ func (s *stream) takeHead() *http.Response {
 	return h
 }
 
-// writeDeadliner is a player's connection whose blocked write can be cut.
-type writeDeadliner interface{ SetWriteDeadline(time.Time) error }
-
 // write sends the range to w in order, each piece's bytes as soon as they are in.
 func (s *stream) write(w io.Writer) error {
-	if d, ok := w.(writeDeadliner); ok {
-		// A player slow to take a write must not keep a paused, removed or failed stream going.
-		stop := context.AfterFunc(s.ctx, func() { _ = d.SetWriteDeadline(time.Now()) })
-		defer stop()
-		stopPlayer := context.AfterFunc(s.player, func() { _ = d.SetWriteDeadline(time.Now()) })
-		defer stopPlayer()
-	}
-	w = flushWriter{w}
+	// A player slow to take a write must not keep a paused, removed or failed stream going.
+	defer cutWritesWhenDone(s.ctx, w)()
+	defer cutWritesWhenDone(s.player, w)()
+	w = newFlushWriter(w)
 	for s.written <= s.span.End {
 		ready, c, wait, err := s.ready()
 		if err != nil {

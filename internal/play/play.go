@@ -414,9 +414,7 @@ func (s *Service) logger() *slog.Logger {
 	return slog.Default()
 }
 
-// counting counts the bytes the player takes (for the stream, for all streams, and for a task's Tally),
-// and passes on what the engine asks of the player's writer: flushing, and a write deadline to cut a
-// stream that must end.
+// counting counts the bytes the player takes (for the stream, for all streams, and for a task's Tally).
 type counting struct {
 	io.Writer
 	tally Tally         // nil for a link
@@ -434,18 +432,8 @@ func (c *counting) Write(b []byte) (int, error) {
 	return n, err
 }
 
-func (c *counting) Flush() {
-	if f, ok := c.Writer.(interface{ Flush() }); ok {
-		f.Flush()
-	}
-}
-
-func (c *counting) SetWriteDeadline(t time.Time) error {
-	if d, ok := c.Writer.(interface{ SetWriteDeadline(time.Time) error }); ok {
-		return d.SetWriteDeadline(t)
-	}
-	return nil
-}
+// Unwrap is the writer counted: the engine flushes it, and cuts its writes, through counting.
+func (c *counting) Unwrap() io.Writer { return c.Writer }
 
 // fileName is the name the player is told: the link's, else the last path segment of the link, or of
 // where it redirected when the link's own has no extension.

@@ -4,7 +4,6 @@ import (
 	"io"
 	"mime/multipart"
 	"net/textproto"
-	"time"
 
 	"mflow/internal/httprange"
 )
@@ -93,19 +92,8 @@ func (m *multipartBody) close() error {
 	return m.mw.Close()
 }
 
-// Flush and SetWriteDeadline pass on what the engine asks of the player's connection.
-func (m *multipartBody) Flush() {
-	if f, ok := m.w.(interface{ Flush() }); ok {
-		f.Flush()
-	}
-}
-
-func (m *multipartBody) SetWriteDeadline(t time.Time) error {
-	if d, ok := m.w.(interface{ SetWriteDeadline(time.Time) error }); ok {
-		return d.SetWriteDeadline(t)
-	}
-	return nil
-}
+// Unwrap is the answer's body: the engine flushes it, and cuts its writes, through the parts.
+func (m *multipartBody) Unwrap() io.Writer { return m.w }
 
 // countingWriter counts what is written to it.
 type countingWriter int64
