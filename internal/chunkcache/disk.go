@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"mflow/internal/atomicfile"
 )
 
 // Disk keeps chunks as files in a folder, across restarts, bounded in bytes, the least recently used
@@ -60,7 +62,7 @@ func OpenDisk(dir string, maxBytes int64, log *slog.Logger) (*Disk, error) {
 			return err
 		}
 		switch {
-		case strings.HasSuffix(path, ".tmp"):
+		case strings.HasSuffix(path, atomicfile.TempSuffix):
 			os.Remove(path)
 		case strings.HasSuffix(path, ".chunk"):
 			if info, err := de.Info(); err == nil {
@@ -204,29 +206,11 @@ func (d *Disk) write(path string, data []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "*.tmp")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // once renamed, there is nothing left to remove
 	var hdr [headerSize]byte
 	copy(hdr[:], magic)
 	binary.BigEndian.PutUint64(hdr[4:], uint64(len(data)))
 	binary.BigEndian.PutUint32(hdr[12:], crc32.Checksum(data, castagnoli))
-	_, err = tmp.Write(hdr[:])
-	if err == nil {
-		_, err = tmp.Write(data)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return atomicfile.Write(path, hdr[:], data)
 }
 
 // drop forgets and removes a chunk file.
