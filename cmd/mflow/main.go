@@ -32,7 +32,7 @@ import (
 	"mflow/internal/openlist"
 	"mflow/internal/server"
 	"mflow/internal/task"
-	"mflow/internal/upstream"
+	"mflow/internal/upstream/slots"
 )
 
 func main() {
@@ -251,7 +251,7 @@ func run(ctx context.Context, args []string, env map[string]string, stdout, stde
 		fmt.Fprintf(stderr, "mflow: %v\n", err)
 		return 1
 	}
-	var shared upstream.SharedBudget
+	var shared slots.Shared
 	drives := engine.NewDrives(o.drives)
 	if rdb != nil {
 		budget := cluster.NewBudget(rdb, o.hostConnections, 0, log)

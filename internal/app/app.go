@@ -24,6 +24,7 @@ import (
 	"mflow/internal/status"
 	"mflow/internal/task"
 	"mflow/internal/upstream"
+	"mflow/internal/upstream/slots"
 )
 
 // Config is what mflow's flags set.
@@ -45,7 +46,7 @@ type Config struct {
 	RelayNoRange bool           // relay upstreams without Range over one connection
 	Policy       *access.Policy // where requests may connect; nil allows all
 	// Shared, when set, is the per-host connection budget shared with other instances (--redis).
-	Shared upstream.SharedBudget
+	Shared slots.Shared
 	// Drives keeps streams within each drive's limit (--drive, and what the drives teach); nil knows only
 	// the drives mflow knows.
 	Drives     *engine.Drives

@@ -18,7 +18,7 @@ import (
 
 // Budget is a counting semaphore per upstream host, shared by every instance on the same Redis. Each
 // connection is a lease that the instance holding it renews; a crashed instance's leases expire within
-// LeaseTTL, so its connections are given back. It implements upstream.SharedBudget.
+// LeaseTTL, so its connections are given back. It implements slots.Shared.
 type Budget struct {
 	rdb      *redis.Client
 	limit    int           // connections per host, across all instances

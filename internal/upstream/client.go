@@ -19,10 +19,10 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sync/semaphore"
-
 	"mflow/internal/access"
 	"mflow/internal/source"
+	"mflow/internal/upstream/predial"
+	"mflow/internal/upstream/slots"
 )
 
 // Config tunes a Client. Zero fields take the defaults noted.
@@ -47,17 +47,10 @@ type Config struct {
 	UserAgent string
 	// Shared, when set, is the connection budget per host that several mflow instances share (each also
 	// keeps its own HostConnections): drives count connections per account, not per instance.
-	Shared SharedBudget
+	Shared slots.Shared
 	// Policy says where requests may connect, checked on the resolved address before each connection,
 	// redirects and proxies included. Nil allows every address (tests, the benchmark).
 	Policy *access.Policy
-}
-
-// SharedBudget is a per-host connection budget shared with other mflow instances.
-type SharedBudget interface {
-	// Acquire waits, until ctx ends, for one of host's connections, counted across all instances; release
-	// gives it back.
-	Acquire(ctx context.Context, host string) (release func(), err error)
 }
 
 // Client sends requests upstream. Each host has HostConnections slots, and each slot has a transport of its
@@ -72,11 +65,11 @@ type Client struct {
 	direct transportSet // requests through the environment's proxy, if any
 	// warmers dial for the direct transports of each class of player, and keep the connections Warm
 	// opened ahead.
-	warmers [3]*warmDialer
+	warmers [3]*predial.Dialer
+	slots   *slots.Hosts // which transport of its host a request uses, and whether it may start
 
-	mu      sync.Mutex            // protects the following fields, and each hostSlots' and proxySet's users
-	hosts   map[string]*hostSlots // by host:port, while some request uses the host
-	proxied map[string]*proxySet  // by proxy URL; at most maxProxies
+	mu      sync.Mutex           // protects the following field, and each proxySet's users
+	proxied map[string]*proxySet // by proxy URL; at most maxProxies
 }
 
 // transportSet is one transport per slot, for each class of player.
@@ -94,15 +87,6 @@ const maxProxies = 64
 
 // ErrTooManyProxies refuses a request through one more proxy while maxProxies others are in use.
 var ErrTooManyProxies = fmt.Errorf("more than %d proxies in use at once", maxProxies)
-
-// hostSlots hands out the slot numbers of one host.
-type hostSlots struct {
-	sem   *semaphore.Weighted // counts free slots; waiting on it honours the request's context
-	users int                 // requests holding or waiting for a slot; protected by Client.mu
-
-	mu   sync.Mutex // protects free
-	free []int      // free slot numbers; the last one freed is reused first, its connection warm
-}
 
 // NewClient returns a Client for cfg.
 func NewClient(cfg Config) *Client {
@@ -126,9 +110,9 @@ func NewClient(cfg Config) *Client {
 		tlsConfig = tlsConfig.Clone()
 		tlsConfig.InsecureSkipVerify = true
 	}
-	c := &Client{cfg: cfg, tls: tlsConfig, hosts: map[string]*hostSlots{}, proxied: map[string]*proxySet{}}
+	c := &Client{cfg: cfg, tls: tlsConfig, slots: slots.New(cfg.HostConnections, cfg.Shared), proxied: map[string]*proxySet{}}
 	for class := range c.warmers {
-		c.warmers[class] = newWarmDialer(c.dialer(access.Network(class)), cfg.ConnectTimeout)
+		c.warmers[class] = predial.New(c.dialer(access.Network(class)), cfg.ConnectTimeout)
 		c.direct[class] = c.newTransports(http.ProxyFromEnvironment, c.warmers[class].DialContext)
 	}
 	return c
@@ -145,7 +129,7 @@ func (c *Client) newTransportSet(proxy func(*http.Request) (*url.URL, error)) tr
 
 // dialer is the network's dialer for requests from players of class: the target policy checks each
 // address it connects to.
-func (c *Client) dialer(class access.Network) dialFunc {
+func (c *Client) dialer(class access.Network) predial.DialFunc {
 	cfg := c.cfg
 	dial := cfg.Dial
 	if dial == nil {
@@ -167,7 +151,7 @@ func (c *Client) dialer(class access.Network) dialFunc {
 }
 
 // newTransports makes the slots' transports, through proxy, connecting with dial.
-func (c *Client) newTransports(proxy func(*http.Request) (*url.URL, error), dial dialFunc) []*http.Transport {
+func (c *Client) newTransports(proxy func(*http.Request) (*url.URL, error), dial predial.DialFunc) []*http.Transport {
 	cfg := c.cfg
 	var transports []*http.Transport
 	for range cfg.HostConnections {
@@ -233,7 +217,7 @@ func (set *transportSet) closeIdle() {
 // CloseIdleConnections closes the keep-alive connections no request is using.
 func (c *Client) CloseIdleConnections() {
 	for _, w := range c.warmers {
-		w.closeReady()
+		w.CloseReady()
 	}
 	c.direct.closeIdle()
 	c.mu.Lock()
@@ -244,23 +228,10 @@ func (c *Client) CloseIdleConnections() {
 }
 
 // Hosts is the number of hosts the client keeps slots for now: those some request uses.
-func (c *Client) Hosts() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.hosts)
-}
+func (c *Client) Hosts() int { return c.slots.Count() }
 
 // InUse is how many requests hold a connection slot now: in all, and to the busiest host.
-func (c *Client) InUse() (total, busiest int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, slots := range c.hosts {
-		n := c.cfg.HostConnections - slots.freeCount()
-		total += n
-		busiest = max(busiest, n)
-	}
-	return total, busiest
-}
+func (c *Client) InUse() (total, busiest int) { return c.slots.InUse() }
 
 // HostConnections is the requests one host may have open at once (Config.HostConnections).
 func (c *Client) HostConnections() int { return c.cfg.HostConnections }
@@ -276,30 +247,14 @@ func (c *Client) Do(req *http.Request, at source.Location) (*http.Response, erro
 	if err != nil {
 		return nil, err
 	}
-	slots := c.useHost(req.URL.Host)
-	if err := slots.sem.Acquire(req.Context(), 1); err != nil {
-		c.leaveHost(req.URL.Host, slots)
+	slot, releaseSlot, err := c.slots.Acquire(req.Context(), req.URL.Host)
+	if err != nil {
 		leaveProxy()
 		return nil, err
 	}
-	slot := slots.take()
-	releaseLocal := func() {
-		slots.give(slot)
-		slots.sem.Release(1)
-		c.leaveHost(req.URL.Host, slots)
-		leaveProxy()
-	}
-	releaseShared := func() {}
-	if c.cfg.Shared != nil {
-		// After the local slot: a request waits for the instances' common budget without holding more here.
-		if releaseShared, err = c.cfg.Shared.Acquire(req.Context(), req.URL.Host); err != nil {
-			releaseLocal()
-			return nil, err
-		}
-	}
 	release := sync.OnceFunc(func() {
-		releaseShared()
-		releaseLocal()
+		releaseSlot()
+		leaveProxy()
 	})
 	sent := time.Now()
 	resp, err := set[at.From][slot].RoundTrip(req)
@@ -334,56 +289,6 @@ func (c *Client) checkProxied(req *http.Request, at source.Location) error {
 		return fmt.Errorf("port %q of %s: %w", port, Redact(req.URL.String()), err)
 	}
 	return policy.CheckName(req.Context(), at.From, req.URL.Hostname(), uint16(n))
-}
-
-// take returns a free slot number; the semaphore guarantees there is one.
-func (s *hostSlots) take() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	slot := s.free[len(s.free)-1]
-	s.free = s.free[:len(s.free)-1]
-	return slot
-}
-
-// freeCount is how many slots are free.
-func (s *hostSlots) freeCount() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.free)
-}
-
-// give makes slot free again.
-func (s *hostSlots) give(slot int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.free = append(s.free, slot)
-}
-
-// useHost returns host's slots, counting one more user; leaveHost must follow.
-func (c *Client) useHost(host string) *hostSlots {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	s := c.hosts[host]
-	if s == nil {
-		n := c.cfg.HostConnections
-		s = &hostSlots{sem: semaphore.NewWeighted(int64(n))}
-		for i := n - 1; i >= 0; i-- {
-			s.free = append(s.free, i)
-		}
-		c.hosts[host] = s
-	}
-	s.users++
-	return s
-}
-
-// leaveHost counts one user less of host, and forgets it when none is left: the table holds the hosts in
-// use, not every host ever seen.
-func (c *Client) leaveHost(host string, s *hostSlots) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if s.users--; s.users == 0 && c.hosts[host] == s {
-		delete(c.hosts, host)
-	}
 }
 
 // releasingBody frees its request's slot when closed. Closed before its end, its connection is gone, but
