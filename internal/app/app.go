@@ -93,6 +93,7 @@ type App struct {
 	Play    *play.Service  // plays links: for mflow get
 
 	client   *upstream.Client
+	resolver *link.Resolver
 	tasks    *task.Registry   // nil without Config.Tasks
 	openList *openlist.Client // nil without Config.OpenList
 }
@@ -106,11 +107,12 @@ func New(cfg Config) (*App, error) {
 	userAgent := "mflow/" + cfg.Version
 	client := upstream.NewClient(upstream.Config{HostConnections: cfg.HostConnections, Insecure: cfg.Insecure, Policy: cfg.Policy, Shared: cfg.Shared, MaxRedirects: cfg.MaxRedirects, UserAgent: userAgent, Dial: cfg.Dial})
 	drives := cmp.Or(cfg.Drives, engine.NewDrives(nil))
-	resolver := &link.Resolver{Client: client, Retry: upstream.Retry{Max: cfg.Retry}, Hedge: cfg.Connections, DriveLimit: drives.Limit, Warm: cfg.Connections - 1, Logger: log}
+	resolver := link.New(link.Config{Client: client, Retry: upstream.Retry{Max: cfg.Retry}, Hedge: cfg.Connections, DriveLimit: drives.Limit, Warm: cfg.Connections - 1, Logger: log})
 	a := &App{
 		Engine: &engine.Engine{Client: client, IndexOf: mediaindex.Locate, ChunkSize: cfg.ChunkSize, ReadAhead: cfg.ReadAhead, MaxMemory: cfg.MaxMemory,
 			Connections: cfg.Connections, Retries: cfg.Retry, MinSpeed: cfg.MinSpeed, Logger: log, Drives: drives},
-		client: client,
+		client:   client,
+		resolver: resolver,
 	}
 	if cfg.Memory != nil || cfg.Disk != nil {
 		a.Engine.Cache = chunkcache.Tiered{Memory: cfg.Memory, Disk: cfg.Disk}
@@ -194,10 +196,12 @@ func connectionsOf(playback *play.Service) func(gid string) []rpc.Connection {
 	}
 }
 
-// Close ends the tasks' background probes, closes their store, and closes idle upstream connections.
+// Close ends the tasks' background work and closes their store, ends the probes no caller waits for any
+// more, and closes idle upstream connections; every goroutine mflow started has ended when it returns.
 // Streams must have ended first.
 func (a *App) Close() error {
 	defer a.client.CloseIdleConnections()
+	defer a.resolver.Close() // after the tasks': their probes' callers are gone then
 	a.Engine.Close()
 	if a.openList != nil {
 		a.openList.Close()

@@ -11,10 +11,10 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"mflow/internal/httprange"
+	"mflow/internal/link/probe"
 	"mflow/internal/source"
 	"mflow/internal/upstream"
 )
@@ -26,7 +26,6 @@ type Meta struct {
 	Ranges      bool           // whether the upstream answers Range requests
 	ContentType string         // the upstream's Content-Type, "" when it sent none
 	Disposition string         // the upstream's Content-Disposition, "" when it sent none
-	probed      time.Time      // when the probe answered
 }
 
 // Target is what the engine fetches for l, as this probe found it.
@@ -34,8 +33,8 @@ func (m *Meta) Target(l source.Link) source.Target {
 	return source.Target{Location: l.At(m.URL), Version: m.Version}
 }
 
-// Resolver probes links. Its fields are set before first use.
-type Resolver struct {
+// Config sets up a Resolver. Zero fields take the defaults noted.
+type Config struct {
 	// Client sends the probes.
 	Client *upstream.Client
 	// TTL is how long a probe is reused, so that a player's burst of requests (mpv opens a file several
@@ -52,25 +51,38 @@ type Resolver struct {
 	// the stream's requests that follow it (see upstream.Client.Warm); 0 opens none.
 	Warm int
 	// StallTimeout bounds one try's wait for its answer, so a stalled probe costs about this and is tried
-	// again. Default 10 s, as the engine's stall rule.
+	// again. Default upstream.StallTimeout, as the engine's stall rule.
 	StallTimeout time.Duration
 	// Logger receives a DEBUG line per probe retry. Default slog.Default().
 	Logger *slog.Logger
-
-	mu       sync.Mutex            // protects the following fields
-	probe    map[string]*Meta      // recent probes by Identity
-	inflight map[string]*probeCall // probes under way, by Identity ("fresh\x00" first for a Refresh)
 }
 
-// probeCall is one probe under way, which callers of the same link wait for rather than probing again.
-type probeCall struct {
-	done chan struct{} // closed once meta or err is set
-	meta *Meta
-	err  error
+// Resolver probes links, one probe per link at a time, and reuses an answer for Config.TTL. Close ends the
+// probes still running.
+type Resolver struct {
+	cfg    Config
+	probes *probe.Group[*Meta]
 }
 
 // maxCached bounds the probes kept; expired ones are dropped when it is reached.
 const maxCached = 512
+
+// New returns a Resolver for cfg, its defaults applied.
+func New(cfg Config) *Resolver {
+	if cfg.TTL == 0 {
+		cfg.TTL = 30 * time.Second
+	}
+	if cfg.StallTimeout <= 0 {
+		cfg.StallTimeout = upstream.StallTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Resolver{cfg: cfg, probes: probe.New[*Meta](cfg.TTL, maxCached)}
+}
+
+// Close ends the probes still running, which no caller waits for, and waits for them.
+func (r *Resolver) Close() { r.probes.Close() }
 
 // Resolve returns what a recent probe of l found, or probes it.
 func (r *Resolver) Resolve(ctx context.Context, l source.Link) (*Meta, error) {
@@ -95,94 +107,12 @@ func (r *Resolver) Refresh(ctx context.Context, l source.Link) (*Meta, error) {
 // noHead asks a probe for the first byte only.
 var noHead = httprange.Span{Start: -1, End: -1}
 
+// open probes l, or shares a probe of it: a refresh never takes the answer of a probe that started before
+// it.
 func (r *Resolver) open(ctx context.Context, l source.Link, first httprange.Span, fresh bool) (*Meta, *http.Response, error) {
-	key := l.Identity()
-	group := key
-	if fresh {
-		group = "fresh\x00" + key // a refresh never takes the answer of a probe that started before it
-	}
-	call, leader, m := r.join(key, group, fresh)
-	if m != nil {
-		return m, nil, nil
-	}
-	if !leader {
-		select {
-		case <-call.done:
-			return call.meta, nil, call.err
-		case <-ctx.Done():
-			return nil, nil, context.Cause(ctx)
-		}
-	}
-	// The probe runs detached from its first caller, so that caller leaving does not fail the others; its
-	// answer's body goes to that caller only if it is still there to take it.
-	bodies, gone := make(chan *http.Response), make(chan struct{})
-	go func() {
-		m, resp, err := r.probeWithRetries(context.WithoutCancel(ctx), l, first)
-		r.finish(key, group, call, m, err)
-		if resp == nil {
-			close(bodies)
-			return
-		}
-		select {
-		case bodies <- resp:
-		case <-gone:
-			resp.Body.Close()
-		}
-	}()
-	select {
-	case resp := <-bodies: // nil when closed: the probe kept no body
-		if call.err != nil {
-			return nil, nil, call.err
-		}
-		return call.meta, resp, nil
-	case <-ctx.Done():
-		close(gone)
-		return nil, nil, context.Cause(ctx)
-	}
-}
-
-// join returns a recent probe of key, or the probe under way for group to wait for, or a new one the
-// caller leads.
-func (r *Resolver) join(key, group string, fresh bool) (call *probeCall, leader bool, m *Meta) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if m := r.probe[key]; m != nil && !fresh && time.Since(m.probed) < r.ttl() {
-		return nil, false, m
-	}
-	if call := r.inflight[group]; call != nil {
-		return call, false, nil
-	}
-	if r.inflight == nil {
-		r.inflight = map[string]*probeCall{}
-	}
-	call = &probeCall{done: make(chan struct{})}
-	r.inflight[group] = call
-	return call, true, nil
-}
-
-// finish records a probe's outcome for those waiting on it, and keeps a good one for TTL.
-func (r *Resolver) finish(key, group string, call *probeCall, m *Meta, err error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	delete(r.inflight, group)
-	call.meta, call.err = m, err
-	close(call.done)
-	if err != nil {
-		return
-	}
-	if r.probe == nil {
-		r.probe = map[string]*Meta{}
-	}
-	if len(r.probe) >= maxCached {
-		for k, old := range r.probe {
-			if time.Since(old.probed) >= r.ttl() {
-				delete(r.probe, k)
-			}
-		}
-	}
-	if len(r.probe) < maxCached {
-		r.probe[key] = m
-	}
+	return r.probes.Do(ctx, l.Identity(), fresh, func(ctx context.Context) (*Meta, *http.Response, error) {
+		return r.probeWithRetries(ctx, l, first)
+	})
 }
 
 // Size is the size of l's file, from a recent probe or a new one: the task store's background probe.
@@ -236,13 +166,6 @@ func (r *Resolver) Mirrors(ctx context.Context, l source.Link) func(primary *Met
 	}
 }
 
-func (r *Resolver) ttl() time.Duration {
-	if r.TTL == 0 {
-		return 30 * time.Second
-	}
-	return r.TTL
-}
-
 // probeWithRetries probes l, trying again under the Retry policy as a chunk would be. A 200 to the probe's
 // Range from an upstream that takes ranges is such a failure too (CDNs answer so on a cache miss now and
 // then); only an upstream that keeps answering so is taken to have no Range support. A try that failed is
@@ -261,18 +184,18 @@ func (r *Resolver) probeWithRetries(ctx context.Context, l source.Link, first ht
 			return nil, nil, err
 		}
 		ignored = ignored && errors.Is(err, errRangeIgnored)
-		if n > r.Retry.Max {
+		if n > r.cfg.Retry.Max {
 			if ignored {
 				return m, nil, nil // it keeps ignoring Range: so be it
 			}
-			if r.Retry.Max > 0 {
-				err = fmt.Errorf("probe gave up after %d retries: %w", r.Retry.Max, err)
+			if r.cfg.Retry.Max > 0 {
+				err = fmt.Errorf("probe gave up after %d retries: %w", r.cfg.Retry.Max, err)
 			}
 			return nil, nil, err
 		}
-		tries = max(r.Hedge, 1)
-		if r.DriveLimit != nil {
-			if n := r.DriveLimit(source.HostOf(l.URL)); n > 0 {
+		tries = max(r.cfg.Hedge, 1)
+		if r.cfg.DriveLimit != nil {
+			if n := r.cfg.DriveLimit(source.HostOf(l.URL)); n > 0 {
 				tries = min(tries, n)
 			}
 		}
@@ -280,8 +203,8 @@ func (r *Resolver) probeWithRetries(ctx context.Context, l source.Link, first ht
 		if errors.As(err, &status) && (status.Code == http.StatusTooManyRequests || status.Code == http.StatusServiceUnavailable) {
 			tries = 1
 		}
-		wait := r.Retry.Wait(n, err)
-		r.logger().Debug("retrying the probe", "url", upstream.Redact(l.URL), "retry", n, "tries", tries, "wait", wait, "err", err)
+		wait := r.cfg.Retry.Wait(n, err)
+		r.cfg.Logger.Debug("retrying the probe", "url", upstream.Redact(l.URL), "retry", n, "tries", tries, "wait", wait, "err", err)
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
@@ -354,10 +277,8 @@ var errRangeIgnored = fmt.Errorf("%w: 200 with the whole file to a Range request
 
 // knownRanged reports whether an earlier probe of l, however old, found that it takes ranges.
 func (r *Resolver) knownRanged(l source.Link) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	m := r.probe[l.Identity()]
-	return m != nil && m.Ranges
+	m, ok := r.probes.Recent(l.Identity())
+	return ok && m.Ranges
 }
 
 // probeOnce asks for the first byte (or for first, when set), not HEAD: presigned links often refuse HEAD,
@@ -367,18 +288,18 @@ func (r *Resolver) probeOnce(ctx context.Context, l source.Link, first httprange
 	want := httprange.Span{Start: 0, End: 0}
 	if first.Start >= 0 {
 		want = first
-		if r.Warm > 0 {
-			r.Client.Warm(l.Location, r.Warm)
+		if r.cfg.Warm > 0 {
+			r.cfg.Client.Warm(l.Location, r.cfg.Warm)
 		}
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
-	stall := time.AfterFunc(r.stallTimeout(), func() { cancel(upstream.ErrStalled) })
-	resp, final, err := r.Client.Get(ctx, l.Location, want.Header())
+	stall := time.AfterFunc(r.cfg.StallTimeout, func() { cancel(upstream.ErrStalled) })
+	resp, final, err := r.cfg.Client.Get(ctx, l.Location, want.Header())
 	stall.Stop()
 	if err != nil {
 		cancel(nil)
 		if context.Cause(ctx) == upstream.ErrStalled {
-			err = fmt.Errorf("%w: no answer from %s in %v", upstream.ErrStalled, upstream.Redact(l.URL), r.stallTimeout())
+			err = fmt.Errorf("%w: no answer from %s in %v", upstream.ErrStalled, upstream.Redact(l.URL), r.cfg.StallTimeout)
 		}
 		return nil, nil, err
 	}
@@ -407,7 +328,6 @@ func readProbe(resp *http.Response, final string, want httprange.Span, head, ran
 		},
 		ContentType: resp.Header.Get("Content-Type"),
 		Disposition: resp.Header.Get("Content-Disposition"),
-		probed:      time.Now(),
 	}
 	if resp.StatusCode == http.StatusRequestedRangeNotSatisfiable {
 		// Only a file that ends before want.Start answers so: an empty one for bytes=0-0.
@@ -472,18 +392,4 @@ func (b *cancelOnClose) Close() error {
 	err := b.ReadCloser.Close()
 	b.cancel(nil)
 	return err
-}
-
-func (r *Resolver) stallTimeout() time.Duration {
-	if r.StallTimeout > 0 {
-		return r.StallTimeout
-	}
-	return 10 * time.Second
-}
-
-func (r *Resolver) logger() *slog.Logger {
-	if r.Logger != nil {
-		return r.Logger
-	}
-	return slog.Default()
 }

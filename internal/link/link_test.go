@@ -26,16 +26,21 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func resolver(t *testing.T) *link.Resolver {
-	c := upstream.NewClient(upstream.Config{MaxRedirects: 3})
-	t.Cleanup(c.CloseIdleConnections)
-	return &link.Resolver{Client: c}
+// resolver is a Resolver for cfg, with a client of its own when cfg has none, closed with the test.
+func resolver(t *testing.T, cfg link.Config) *link.Resolver {
+	if cfg.Client == nil {
+		cfg.Client = upstream.NewClient(upstream.Config{MaxRedirects: 3})
+		t.Cleanup(cfg.Client.CloseIdleConnections)
+	}
+	r := link.New(cfg)
+	t.Cleanup(r.Close)
+	return r
 }
 
 func TestProbeLearnsSizeVersionAndRangeSupport(t *testing.T) {
 	u := upstreamtest.New(make([]byte, 12345), upstreamtest.Options{})
 	defer u.Close()
-	m, err := resolver(t).Resolve(t.Context(), source.Link{Location: source.Location{URL: u.URL + "/f"}})
+	m, err := resolver(t, link.Config{}).Resolve(t.Context(), source.Link{Location: source.Location{URL: u.URL + "/f"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,14 +50,14 @@ func TestProbeLearnsSizeVersionAndRangeSupport(t *testing.T) {
 
 	norange := upstreamtest.New(make([]byte, 500), upstreamtest.Options{NoRange: true})
 	defer norange.Close()
-	m, err = resolver(t).Resolve(t.Context(), source.Link{Location: source.Location{URL: norange.URL + "/f"}})
+	m, err = resolver(t, link.Config{}).Resolve(t.Context(), source.Link{Location: source.Location{URL: norange.URL + "/f"}})
 	if err != nil || m.Ranges || m.Version.Size != 500 {
 		t.Errorf("upstream without Range: %+v, %v", m, err)
 	}
 
 	empty := upstreamtest.New(nil, upstreamtest.Options{})
 	defer empty.Close()
-	m, err = resolver(t).Resolve(t.Context(), source.Link{Location: source.Location{URL: empty.URL + "/f"}})
+	m, err = resolver(t, link.Config{}).Resolve(t.Context(), source.Link{Location: source.Location{URL: empty.URL + "/f"}})
 	if err != nil || !m.Ranges || m.Version.Size != 0 {
 		t.Errorf("empty file: %+v, %v", m, err)
 	}
@@ -63,7 +68,7 @@ func TestProbeRejectsALyingContentRange(t *testing.T) {
 		return upstreamtest.Fault{Shift: 10}
 	}})
 	defer u.Close()
-	if _, err := resolver(t).Resolve(t.Context(), source.Link{Location: source.Location{URL: u.URL + "/f"}}); !errors.Is(err, upstream.ErrBadAnswer) {
+	if _, err := resolver(t, link.Config{}).Resolve(t.Context(), source.Link{Location: source.Location{URL: u.URL + "/f"}}); !errors.Is(err, upstream.ErrBadAnswer) {
 		t.Fatalf("err = %v, want ErrBadAnswer", err)
 	}
 }
@@ -79,7 +84,7 @@ func TestConcurrentResolvesShareOneProbe(t *testing.T) {
 		w.Write([]byte("x"))
 	}))
 	defer up.Close()
-	r := resolver(t)
+	r := resolver(t, link.Config{})
 	l := source.Link{Location: source.Location{URL: up.URL + "/f"}}
 
 	// The caller that starts the probe leaves while it runs: the others still get its answer.
@@ -121,8 +126,7 @@ func TestAProbeIsRetriedThenGivesUp(t *testing.T) {
 		return upstreamtest.Fault{Status: http.StatusServiceUnavailable}
 	}})
 	defer u.Close()
-	r := resolver(t)
-	r.Retry = upstream.Retry{Max: 2, Base: time.Millisecond}
+	r := resolver(t, link.Config{Retry: upstream.Retry{Max: 2, Base: time.Millisecond}})
 	_, err := r.Resolve(t.Context(), source.Link{Location: source.Location{URL: u.URL + "/f"}})
 	var status *upstream.StatusError
 	if !errors.As(err, &status) || status.Code != 503 || u.Requests() != 3 {
@@ -148,7 +152,7 @@ func TestAStalledProbeCostsAboutTheStallTime(t *testing.T) {
 		defer u.Close()
 		c := upstream.NewClient(upstream.Config{Dial: u.Dial(), MaxRedirects: 3})
 		defer c.CloseIdleConnections()
-		r := &link.Resolver{Client: c, Retry: upstream.Retry{Max: 3, Base: time.Millisecond}}
+		r := resolver(t, link.Config{Client: c, Retry: upstream.Retry{Max: 3, Base: time.Millisecond}})
 		began := time.Now()
 		m, err := r.Resolve(t.Context(), source.Link{Location: source.Location{URL: u.URL + "/f"}})
 		took := time.Since(began)
@@ -166,7 +170,7 @@ func TestAnEncodedProbeAnswerIsRefused(t *testing.T) {
 		return upstreamtest.Fault{Gzip: true}
 	}})
 	defer u.Close()
-	if _, err := resolver(t).Resolve(t.Context(), source.Link{Location: source.Location{URL: u.URL + "/f"}}); !errors.Is(err, upstream.ErrBadAnswer) {
+	if _, err := resolver(t, link.Config{}).Resolve(t.Context(), source.Link{Location: source.Location{URL: u.URL + "/f"}}); !errors.Is(err, upstream.ErrBadAnswer) {
 		t.Fatalf("err = %v, want ErrBadAnswer", err)
 	}
 }
@@ -175,7 +179,7 @@ func TestAProbeForTheFirstPieceHandsItsAnswerOver(t *testing.T) {
 	file := upstreamtest.RandomFile(5000)
 	u := upstreamtest.New(file, upstreamtest.Options{})
 	defer u.Close()
-	r := resolver(t)
+	r := resolver(t, link.Config{})
 	m, resp, err := r.Open(t.Context(), source.Link{Location: source.Location{URL: u.URL + "/f"}}, httprange.Span{Start: 1000, End: 3999})
 	if err != nil || resp == nil {
 		t.Fatalf("%v, %v", resp, err)
@@ -221,7 +225,7 @@ func TestAProxiedLinkIsProbedThroughItsProxyAndApart(t *testing.T) {
 	defer http.DefaultTransport.(*http.Transport).CloseIdleConnections()
 	proxyURL, _ := url.Parse(proxy.URL)
 
-	r := resolver(t)
+	r := resolver(t, link.Config{})
 	plain := source.Link{Location: source.Location{URL: u.URL + "/f"}}
 	through := plain
 	through.Proxy = proxyURL
@@ -240,18 +244,17 @@ func TestAProxiedLinkIsProbedThroughItsProxyAndApart(t *testing.T) {
 
 func TestA200ToTheProbesRangeIsAFaultFromAnUpstreamThatTakesRanges(t *testing.T) {
 	file := make([]byte, 1000)
-	link := func(u *upstreamtest.Upstream) source.Link {
+	linkOf := func(u *upstreamtest.Upstream) source.Link {
 		return source.Link{Location: source.Location{URL: u.URL + "/f"}}
 	}
-	r := resolver(t)
-	r.Retry = upstream.Retry{Max: 3, Base: time.Millisecond}
+	r := resolver(t, link.Config{Retry: upstream.Retry{Max: 3, Base: time.Millisecond}})
 
 	// A CDN's cache miss now and then: the 200 says Accept-Ranges: bytes, the next answer takes the range.
 	once := upstreamtest.New(file, upstreamtest.Options{Fault: func(n int64, _ *http.Request) upstreamtest.Fault {
 		return upstreamtest.Fault{Whole: n == 1}
 	}})
 	defer once.Close()
-	if m, err := r.Resolve(t.Context(), link(once)); err != nil || !m.Ranges || once.Requests() != 2 {
+	if m, err := r.Resolve(t.Context(), linkOf(once)); err != nil || !m.Ranges || once.Requests() != 2 {
 		t.Errorf("one 200 saying Accept-Ranges: bytes: %+v, %v after %d requests; want ranges after a retry", m, err, once.Requests())
 	}
 	// An upstream that keeps ignoring Range, whatever it says, has no Range support.
@@ -259,13 +262,13 @@ func TestA200ToTheProbesRangeIsAFaultFromAnUpstreamThatTakesRanges(t *testing.T)
 		return upstreamtest.Fault{Whole: true}
 	}})
 	defer always.Close()
-	if m, err := r.Resolve(t.Context(), link(always)); err != nil || m.Ranges || m.Version.Size != 1000 || always.Requests() != 4 {
+	if m, err := r.Resolve(t.Context(), linkOf(always)); err != nil || m.Ranges || m.Version.Size != 1000 || always.Requests() != 4 {
 		t.Errorf("200 after 200: %+v, %v after %d requests; want no ranges after the retries", m, err, always.Requests())
 	}
 	// A server that says nothing of ranges and answers 200 has none: no retry.
 	plain := upstreamtest.New(file, upstreamtest.Options{NoRange: true})
 	defer plain.Close()
-	if m, err := r.Resolve(t.Context(), link(plain)); err != nil || m.Ranges || plain.Requests() != 1 {
+	if m, err := r.Resolve(t.Context(), linkOf(plain)); err != nil || m.Ranges || plain.Requests() != 1 {
 		t.Errorf("a plain 200: %+v, %v after %d requests; want no ranges at once", m, err, plain.Requests())
 	}
 	// A link that took ranges before: its 200 is a fault even without Accept-Ranges.
@@ -278,7 +281,7 @@ func TestA200ToTheProbesRangeIsAFaultFromAnUpstreamThatTakesRanges(t *testing.T)
 		http.ServeContent(w, req, "", time.Time{}, bytes.NewReader(file))
 	}))
 	defer flips.Close()
-	r.TTL = -1 // every Resolve probes
+	r = resolver(t, link.Config{Retry: upstream.Retry{Max: 3, Base: time.Millisecond}, TTL: -1}) // every Resolve probes
 	l := source.Link{Location: source.Location{URL: flips.URL + "/f"}}
 	for range 2 {
 		if m, err := r.Resolve(t.Context(), l); err != nil || !m.Ranges {
@@ -298,8 +301,7 @@ func TestAFailedProbeIsTriedAgainOnSeveralConnectionsAtOnce(t *testing.T) {
 		return upstreamtest.Fault{}
 	}})
 	defer u.Close()
-	r := resolver(t)
-	r.Retry, r.Hedge = upstream.Retry{Max: 2, Base: time.Millisecond}, 3
+	r := resolver(t, link.Config{Retry: upstream.Retry{Max: 2, Base: time.Millisecond}, Hedge: 3})
 	m, head, err := r.Open(t.Context(), source.Link{Location: source.Location{URL: u.URL + "/f"}}, httprange.Span{Start: 0, End: 99})
 	if err != nil || !m.Ranges {
 		t.Fatalf("%+v, %v", m, err)

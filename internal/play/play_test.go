@@ -41,8 +41,10 @@ func service(t *testing.T) *play.Service {
 	quiet := slog.New(slog.DiscardHandler)
 	e := &engine.Engine{Client: client, ChunkSize: 16 << 10, Connections: 3, Retries: 2, RetryBase: time.Millisecond, Logger: quiet}
 	t.Cleanup(e.Close)
+	r := link.New(link.Config{Client: client, Retry: upstream.Retry{Max: 1, Base: time.Millisecond}})
+	t.Cleanup(r.Close)
 	return &play.Service{
-		Resolver: &link.Resolver{Client: client, Retry: upstream.Retry{Max: 1, Base: time.Millisecond}},
+		Resolver: r,
 		Engine:   e,
 		Logger:   quiet,
 	}

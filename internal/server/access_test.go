@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"mflow/internal/access"
+	"mflow/internal/link"
 	"mflow/internal/server"
 	"mflow/internal/upstream"
 	"mflow/internal/upstreamtest"
@@ -21,7 +22,8 @@ func guarded(t *testing.T, policy *access.Policy) *proxy {
 	return newProxy(t, func(s *server.Server) {
 		c := upstream.NewClient(upstream.Config{HeaderTimeout: time.Second, MaxRedirects: 3, UserAgent: "mflow-test", Policy: policy})
 		t.Cleanup(c.CloseIdleConnections)
-		s.Play.Resolver.Client, s.Play.Engine.Client = c, c
+		s.Play.Engine.Client = c
+		s.Play.Resolver = resolver(s, link.Config{})
 	})
 }
 

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"mflow/internal/access"
+	"mflow/internal/link"
 	"mflow/internal/server"
 	"mflow/internal/task"
 	"mflow/internal/testsync"
@@ -495,7 +496,8 @@ func TestAnUpstreamThatCannotBeReachedFailsAtOnce(t *testing.T) {
 					dials++
 					return nil, dialErr
 				}})
-				s.Play.Resolver.Client, s.Play.Engine.Client = c, c
+				s.Play.Engine.Client = c
+				s.Play.Resolver = resolver(s, link.Config{})
 			})
 			resp, body := p.get(t, "GET", streamPath("http://drive.invalid/film.mp4"), "")
 			if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(body), name) {

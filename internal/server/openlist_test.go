@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"mflow/internal/access"
+	"mflow/internal/link"
 	"mflow/internal/openlist"
 	"mflow/internal/openlisttest"
 	"mflow/internal/server"
@@ -289,7 +290,8 @@ func TestALinkCarriesItsOwnHeadersAndKeepsThemToItself(t *testing.T) {
 	var logs testsync.SyncBuffer
 	p := newProxy(t, func(s *server.Server) {
 		log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-		s.Logger, s.Play.Logger, s.Play.Engine.Logger, s.Play.Resolver.Logger = log, log, log, log
+		s.Logger, s.Play.Logger, s.Play.Engine.Logger = log, log, log
+		s.Play.Resolver = resolver(s, link.Config{Logger: log})
 	})
 	// As a strm file holds it: the headers first, the link last and percent-encoded.
 	strm := "/stream/film.mkv?header=" + url.QueryEscape("Cookie: session=s3cr3t; b=2") + "&header=" + url.QueryEscape("Referer: https://drive.example/") +

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"mflow/internal/link"
 	"mflow/internal/testsync"
 
 	"mflow/internal/access"
@@ -184,8 +185,7 @@ func TestFaultSoak(t *testing.T) {
 	defer u.Close()
 	p := newProxy(t, func(s *server.Server) {
 		s.Play.Engine.StallTimeout = 300 * time.Millisecond
-		s.Play.Resolver.StallTimeout = 300 * time.Millisecond
-		s.Play.Resolver.TTL = -1 // every play probes, so the probe meets the faults too
+		s.Play.Resolver = resolver(s, link.Config{StallTimeout: 300 * time.Millisecond, TTL: -1}) // every play probes, so the probe meets the faults too
 	})
 	r := rand.New(rand.NewPCG(1, 50))
 	size := int64(len(file))

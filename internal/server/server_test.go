@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -49,13 +50,13 @@ func newProxy(t *testing.T, tune func(*server.Server), before ...func(*httptest.
 	quiet := slog.New(slog.DiscardHandler)
 	s := &server.Server{
 		Play: &play.Service{
-			Resolver: &link.Resolver{Client: client, Retry: upstream.Retry{Max: 5, Base: time.Millisecond}, Hedge: 4},
-			Engine:   &engine.Engine{Client: client, ChunkSize: 64 << 10, Connections: 4, Retries: 5, RetryBase: time.Millisecond, Logger: quiet},
-			Logger:   quiet,
+			Engine: &engine.Engine{Client: client, ChunkSize: 64 << 10, Connections: 4, Retries: 5, RetryBase: time.Millisecond, Logger: quiet},
+			Logger: quiet,
 		},
 		Version: "test",
 		Logger:  quiet,
 	}
+	s.Play.Resolver = resolver(s, link.Config{})
 	if tune != nil {
 		tune(s)
 	}
@@ -68,11 +69,23 @@ func newProxy(t *testing.T, tune func(*server.Server), before ...func(*httptest.
 	player := &http.Client{Transport: &http.Transport{DisableCompression: true}}
 	t.Cleanup(func() {
 		ts.Close()
+		s.Play.Resolver.Close()
 		s.Play.Engine.Close()
 		player.CloseIdleConnections()
 		client.CloseIdleConnections()
 	})
 	return &proxy{Server: ts, srv: s, player: player}
+}
+
+// resolver is a resolver for the proxy s as cfg changes newProxy's: its engine's client, 5 retries and 4
+// tries at once unless cfg says. A tune that replaces the proxy's resolver builds it so.
+func resolver(s *server.Server, cfg link.Config) *link.Resolver {
+	cfg.Client = cmp.Or(cfg.Client, s.Play.Engine.Client)
+	if cfg.Retry == (upstream.Retry{}) {
+		cfg.Retry = upstream.Retry{Max: 5, Base: time.Millisecond}
+	}
+	cfg.Hedge = cmp.Or(cfg.Hedge, 4)
+	return link.New(cfg)
 }
 
 // get asks the proxy for path with an optional Range and returns the answer with its body read.
@@ -612,7 +625,7 @@ func TestARangePlayedTwiceCostsAtMostOneProbe(t *testing.T) {
 	}{{0, 0}, {-1, 1}} { // the probe reused, or expired: then one probe revalidates, and no chunk is fetched
 		p := newProxy(t, func(s *server.Server) {
 			s.Play.Engine.Cache = chunkcache.NewMemory(64 << 20)
-			s.Play.Resolver.TTL = c.ttl
+			s.Play.Resolver = resolver(s, link.Config{TTL: c.ttl})
 		})
 		p.get(t, "GET", streamPath(u.URL+"/f.mp4"), "bytes=100000-1500000")
 		before := u.Requests()

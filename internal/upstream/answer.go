@@ -65,6 +65,10 @@ var (
 	ErrStalled = errors.New("upstream stalled")
 )
 
+// StallTimeout is how long a request may bring nothing, no answer or no byte of its body, before it counts
+// as stalled (ErrStalled) and is asked again, unless the stream or the probe is told otherwise.
+const StallTimeout = 10 * time.Second
+
 // MaxSize is the largest file mflow streams, 2^53 bytes (8 PiB): every offset and every sum of a size and
 // a chunk stays far from overflowing an int64, and exact in a float64.
 const MaxSize int64 = 1 << 53
