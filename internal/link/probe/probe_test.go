@@ -97,6 +97,7 @@ func TestTheBodyGoesToTheCallerThatStartedTheProbeOrIsClosed(t *testing.T) {
 			t.Errorf("the caller that left: %v, want context.Canceled", err)
 		}
 		wg.Wait()
+		synctest.Wait() // the probe hands its body on, or closes it
 		if waiter != 7 || !closed.Load() {
 			t.Errorf("the other caller got %d, body closed %v; want the probe's answer, and its body closed", waiter, closed.Load())
 		}
