@@ -61,8 +61,8 @@ type Engine struct {
 	IndexOf func(head []byte, size int64) (mediaindex.Index, mediaindex.Finding)
 	// Retries is how often one piece may be tried again before the stream fails.
 	Retries int
-	// MinSpeed, in bytes per second, drops a connection slower than this for slowSamples seconds in a row;
-	// 0 turns the check off.
+	// MinSpeed, in bytes per second, drops a connection slower than this for pace.SlowSamples seconds in a
+	// row; 0 turns the check off.
 	MinSpeed int64
 	// StallTimeout replaces a connection that delivers nothing for this long. Default 10 s.
 	StallTimeout time.Duration
@@ -166,8 +166,8 @@ type Job struct {
 	Refresh func(context.Context) (source.Target, error)
 	// Connections, when positive, replaces Engine.Connections for this stream.
 	Connections int
-	// MinSpeed, when positive, replaces Engine.MinSpeed for this stream; negative turns the check off.
-	MinSpeed int64
+	// MinSpeed, when set, replaces Engine.MinSpeed for this stream (0 turns the check off).
+	MinSpeed *int64
 	// Logger, when set, replaces Engine.Logger for this stream (to carry the stream's id).
 	Logger *slog.Logger
 	// Live, when set, shows the stream's progress while it plays.
@@ -218,8 +218,8 @@ func (e *Engine) FirstRequest(span httprange.Span) httprange.Span {
 // Stream writes req.Span of the target to w, in order, and returns once it is written or cannot be. When
 // w, or a writer it wraps (see underneath), is an http.Flusher it is flushed after each write so the player
 // sees bytes as they arrive; when it has SetWriteDeadline, a stream that ends early (ctx cancelled, the file
-// changed) cuts a write the player is slow to take. Every goroutine the stream started has ended when Stream returns, and a panic in any of
-// them ends this stream only, as a *PanicError.
+// changed) cuts a write the player is slow to take. Every goroutine the stream started has ended when
+// Stream returns, and a panic in any of them ends this stream only, as a *PanicError.
 func (e *Engine) Stream(ctx context.Context, w io.Writer, req Job) (stats Stats, err error) {
 	size := req.Target.Version.Size
 	if err := upstream.CheckSize(size); err != nil {

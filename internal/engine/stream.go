@@ -103,12 +103,9 @@ func (e *Engine) newStream(ctx context.Context, f *file, req Job) *stream {
 	}
 	s.limitKey = cmp.Or(req.FileKey, req.Target.URL)
 	s.startWithinLimit(source.HostOf(req.Target.URL))
-	minSpeed := req.MinSpeed
-	switch {
-	case minSpeed == 0:
-		minSpeed = e.MinSpeed
-	case minSpeed < 0:
-		minSpeed = 0
+	minSpeed := e.MinSpeed
+	if req.MinSpeed != nil {
+		minSpeed = *req.MinSpeed
 	}
 	s.pace = pace.New(pace.Config{Lanes: s.lanes, Chunk: e.ChunkSize, MaxAhead: e.maxAhead(s.lanes), MinSpeed: float64(minSpeed), StallAfter: e.StallTimeout})
 	return s

@@ -40,23 +40,94 @@ const (
 // asked again and again would make mflow send the file many times over).
 const MaxRanges = 16
 
-// ParseRequest reads a player's Range header for a file of size bytes, and returns the spans to send.
-// Following RFC 9110, a header that is malformed, or asks for more than MaxRanges ranges or more bytes
-// than the file holds, is ignored (Whole: the one span of the file). Ranges starting past the end are left
-// out; when none is left, the answer is Unsatisfiable. One range left is Partial, several Multipart.
-func ParseRequest(header string, size int64) ([]Span, Shape) {
+// Ranges is a player's Range header, read once: where it starts is known before the file's size is
+// (First), so the first request can go out with the probe; the spans to send once it is (Spans). The zero
+// Ranges asks for the whole file.
+type Ranges struct {
+	specs []rangeSpec // the ranges asked for, in order; nil for a header to ignore
+}
+
+// rangeSpec is one "first-last" of a Range header: start and end are -1 where the header leaves them out
+// (bytes=N-: to the end; bytes=-N: the last end bytes, start -1).
+type rangeSpec struct{ start, end int64 }
+
+// ParseRanges reads a player's Range header. Following RFC 9110, a header that is malformed, or asks for
+// more than MaxRanges ranges, is ignored: it asks for the whole file. Empty elements are skipped, as RFC
+// 9110's list syntax allows.
+func ParseRanges(header string) Ranges {
+	unit, set, ok := strings.Cut(strings.TrimSpace(header), "=")
+	if !ok || !strings.EqualFold(strings.TrimSpace(unit), "bytes") {
+		return Ranges{}
+	}
+	var specs []rangeSpec
+	for part := range strings.SplitSeq(set, ",") {
+		if part = strings.TrimSpace(part); part == "" {
+			continue
+		}
+		spec, ok := parseSpec(part)
+		if !ok || len(specs) == MaxRanges {
+			return Ranges{}
+		}
+		specs = append(specs, spec)
+	}
+	return Ranges{specs: specs}
+}
+
+// parseSpec reads one "first-last"; false when it is malformed.
+func parseSpec(part string) (rangeSpec, bool) {
+	first, last, ok := strings.Cut(part, "-")
+	if !ok {
+		return rangeSpec{}, false
+	}
+	first, last = strings.TrimSpace(first), strings.TrimSpace(last)
+	spec := rangeSpec{start: -1, end: -1}
+	var err error
+	if first != "" {
+		if spec.start, err = parseOffset(first); err != nil {
+			return rangeSpec{}, false
+		}
+	}
+	if last != "" {
+		if spec.end, err = parseOffset(last); err != nil {
+			return rangeSpec{}, false
+		}
+	}
+	switch {
+	case first == "" && last == "": // "-"
+		return rangeSpec{}, false
+	case first != "" && last != "" && spec.end < spec.start:
+		return rangeSpec{}, false
+	}
+	return spec, true
+}
+
+// First is where the ranges start, before the file's size is known: End is -1 for an open end. A header
+// to ignore means the whole file, from 0; several ranges start where the first one does; a suffix range
+// (bytes=-N) cannot be placed without the size (false).
+func (r Ranges) First() (Span, bool) {
+	if len(r.specs) == 0 {
+		return Span{0, -1}, true
+	}
+	first := r.specs[0]
+	if first.start < 0 {
+		return Span{}, false
+	}
+	return Span{first.start, first.end}, true
+}
+
+// Spans are the spans to send of a file of size bytes, and the answer's shape. Ranges asking for more
+// bytes than the file holds are ignored (Whole: the one span of the file), as are ranges asked again and
+// again. Ranges starting past the end are left out; when none is left, the answer is Unsatisfiable. One
+// range left is Partial, several Multipart.
+func (r Ranges) Spans(size int64) ([]Span, Shape) {
 	whole := []Span{{0, size - 1}}
-	specs, ok := splitRanges(header)
-	if !ok || len(specs) > MaxRanges {
+	if len(r.specs) == 0 {
 		return whole, Whole
 	}
 	var spans []Span
 	var total int64
-	for _, spec := range specs {
-		sp, fits, ok := parseSpec(spec, size)
-		if !ok {
-			return whole, Whole
-		}
+	for _, spec := range r.specs {
+		sp, fits := spec.within(size)
 		if !fits {
 			continue
 		}
@@ -75,87 +146,23 @@ func ParseRequest(header string, size int64) ([]Span, Shape) {
 	return spans, Multipart
 }
 
-// rangeSpec is one "first-last" of a Range header, its sides trimmed.
-type rangeSpec struct{ first, last string }
-
-// splitRanges cuts "bytes=first-last, …" into its ranges; false for anything else. Empty elements are
-// skipped, as RFC 9110's list syntax allows.
-func splitRanges(header string) ([]rangeSpec, bool) {
-	unit, set, ok := strings.Cut(strings.TrimSpace(header), "=")
-	if !ok || !strings.EqualFold(strings.TrimSpace(unit), "bytes") {
-		return nil, false
-	}
-	var specs []rangeSpec
-	for part := range strings.SplitSeq(set, ",") {
-		if part = strings.TrimSpace(part); part == "" {
-			continue
+// within is the span r asks of a file of size bytes (an end past the file is clipped), and whether it
+// starts within the file (fits).
+func (r rangeSpec) within(size int64) (span Span, fits bool) {
+	if r.start < 0 { // suffix: the last r.end bytes
+		if r.end == 0 || size == 0 {
+			return Span{}, false
 		}
-		first, last, ok := strings.Cut(part, "-")
-		if !ok || len(specs) > MaxRanges {
-			return nil, false
-		}
-		specs = append(specs, rangeSpec{strings.TrimSpace(first), strings.TrimSpace(last)})
+		return Span{max(size-r.end, 0), size - 1}, true
 	}
-	return specs, len(specs) > 0
-}
-
-// parseSpec reads one range for a file of size bytes: the span it asks for (an end past the file is
-// clipped), whether it starts within the file (fits), and whether it is well formed (ok).
-func parseSpec(r rangeSpec, size int64) (span Span, fits, ok bool) {
-	if r.first == "" { // suffix: the last n bytes
-		n, err := parseOffset(r.last)
-		if err != nil {
-			return Span{}, false, false
-		}
-		if n == 0 || size == 0 {
-			return Span{}, false, true
-		}
-		return Span{max(size-n, 0), size - 1}, true, true
+	if r.start >= size {
+		return Span{}, false
 	}
-	start, err := parseOffset(r.first)
-	if err != nil {
-		return Span{}, false, false
-	}
-	end := int64(-1)
-	if r.last != "" {
-		if end, err = parseOffset(r.last); err != nil || end < start {
-			return Span{}, false, false
-		}
-	}
-	if start >= size {
-		return Span{}, false, true
-	}
+	end := r.end
 	if end < 0 || end >= size {
 		end = size - 1
 	}
-	return Span{start, end}, true, true
-}
-
-// Peek reads where a player's Range starts before the file's size is known, so the first request can go
-// out with the probe: End is -1 for an open end. A header ParseRequest would ignore means the whole file,
-// from 0; several ranges start where the first one does; a suffix range (bytes=-N) cannot be placed
-// without the size (false).
-func Peek(header string) (Span, bool) {
-	specs, ok := splitRanges(header)
-	if !ok || len(specs) > MaxRanges {
-		return Span{0, -1}, true
-	}
-	first := specs[0]
-	if first.first == "" {
-		return Span{}, false
-	}
-	start, err := parseOffset(first.first)
-	if err != nil {
-		return Span{0, -1}, true
-	}
-	if first.last == "" {
-		return Span{start, -1}, true
-	}
-	end, err := parseOffset(first.last)
-	if err != nil || end < start {
-		return Span{0, -1}, true
-	}
-	return Span{start, end}, true
+	return Span{r.start, end}, true
 }
 
 // parseOffset reads a non-negative decimal byte offset: digits only, no sign.

@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-func TestParseRequest(t *testing.T) {
+func TestSpans(t *testing.T) {
 	const size = 1000
 	whole := []Span{{0, 999}}
 	for _, c := range []struct {
@@ -44,14 +44,14 @@ func TestParseRequest(t *testing.T) {
 		{"bytes=", Whole, whole},
 		{"bytes=99999999999999999999-", Whole, whole},
 	} {
-		spans, kind := ParseRequest(c.header, size)
+		spans, kind := ParseRanges(c.header).Spans(size)
 		if kind != c.kind || !slices.Equal(spans, c.spans) {
-			t.Errorf("ParseRequest(%q) = %v, %v; want %v, %v", c.header, spans, kind, c.spans, c.kind)
+			t.Errorf("ParseRanges(%q).Spans = %v, %v; want %v, %v", c.header, spans, kind, c.spans, c.kind)
 		}
 	}
 }
 
-func TestPeek(t *testing.T) {
+func TestFirst(t *testing.T) {
 	for header, want := range map[string]Span{
 		"":                    {0, -1},
 		"bytes=100-":          {100, -1},
@@ -59,12 +59,12 @@ func TestPeek(t *testing.T) {
 		"bytes=5000-5099,0-9": {5000, 5099}, // several: the first part's
 		"bytes=junk":          {0, -1},
 	} {
-		if got, ok := Peek(header); !ok || got != want {
-			t.Errorf("Peek(%q) = %v, %v; want %v", header, got, ok, want)
+		if got, ok := ParseRanges(header).First(); !ok || got != want {
+			t.Errorf("ParseRanges(%q).First() = %v, %v; want %v", header, got, ok, want)
 		}
 	}
-	if _, ok := Peek("bytes=-500"); ok {
-		t.Error("Peek of a suffix range placed it without the size")
+	if _, ok := ParseRanges("bytes=-500").First(); ok {
+		t.Error("First of a suffix range placed it without the size")
 	}
 }
 
@@ -87,7 +87,7 @@ func TestParseContentRange(t *testing.T) {
 	}
 }
 
-func FuzzParseRequest(f *testing.F) {
+func FuzzRanges(f *testing.F) {
 	for _, s := range []string{"bytes=0-", "bytes=-5", "bytes=3-9", "bytes=0-1,2-3", "bytes=9-3"} {
 		f.Add(s, int64(10))
 	}
@@ -95,31 +95,31 @@ func FuzzParseRequest(f *testing.F) {
 		if size < 1 {
 			return
 		}
-		spans, kind := ParseRequest(header, size)
+		spans, kind := ParseRanges(header).Spans(size)
 		if kind == Unsatisfiable {
 			return
 		}
 		var total int64
 		for _, span := range spans {
 			if span.Start < 0 || span.End >= size || span.Start > span.End {
-				t.Fatalf("ParseRequest(%q, %d) = %+v: outside the file", header, size, span)
+				t.Fatalf("ParseRanges(%q).Spans(%d) = %+v: outside the file", header, size, span)
 			}
 			total += span.Len()
 		}
 		if len(spans) == 0 || len(spans) > MaxRanges || total > size || (kind == Multipart) != (len(spans) > 1) {
-			t.Fatalf("ParseRequest(%q, %d) = %v, %v: more than asked, or the wrong kind", header, size, spans, kind)
+			t.Fatalf("ParseRanges(%q).Spans(%d) = %v, %v: more than asked, or the wrong kind", header, size, spans, kind)
 		}
 		if kind == Partial {
-			again, kind2 := ParseRequest(spans[0].Header(), size)
+			again, kind2 := ParseRanges(spans[0].Header()).Spans(size)
 			if kind2 != Partial || again[0] != spans[0] {
 				t.Fatalf("round trip of %+v gave %+v %v", spans[0], again, kind2)
 			}
 		}
-		// Before the size is known, Peek must place the range where ParseRequest will: the probe asks for
+		// Before the size is known, First must place the range where Spans will: the probe asks for
 		// those bytes, and the engine uses its answer only for the stream's first piece. Only a first range
 		// past the end, left out, starts elsewhere.
-		if peek, ok := Peek(header); ok && kind != Whole && peek.Start != spans[0].Start && peek.Start < size {
-			t.Fatalf("Peek(%q) starts at %d, ParseRequest(…, %d) at %d", header, peek.Start, size, spans[0].Start)
+		if peek, ok := ParseRanges(header).First(); ok && kind != Whole && peek.Start != spans[0].Start && peek.Start < size {
+			t.Fatalf("First(%q) starts at %d, Spans(%d) at %d", header, peek.Start, size, spans[0].Start)
 		}
 	})
 }

@@ -138,12 +138,13 @@ type Request struct {
 	// Identity names the file for sharing downloads and the cache; "" is the link's own. A task's streams
 	// share theirs whatever its signed URL is now.
 	Identity string
-	// First is what the probe may ask for, so that its answer is the stream's first bytes
-	// (engine.FirstRequest of the player's range); Start < 0 asks for the first byte only.
+	// First is the player's first range as known before the file's size (httprange.Ranges.First; End < 0
+	// for an open end): the probe asks for the first request's part of it, so that its answer is the
+	// stream's first bytes. Start < 0: nothing is known, the probe asks for the first byte only.
 	First httprange.Span
-	// Connections and MinSpeed replace the engine's when not zero (MinSpeed negative turns it off).
+	// Connections, when not zero, and MinSpeed, when set (0 turns the check off), replace the engine's.
 	Connections int
-	MinSpeed    int64
+	MinSpeed    *int64
 	// Relink, when set, asks where the file is now, when its link stale has expired: an OpenList path's
 	// link is asked of OpenList again, not probed again at the dead drive URL. Nil probes the link again.
 	Relink func(ctx context.Context, stale source.Link) (source.Link, error)
@@ -183,6 +184,9 @@ type Playback struct {
 	mirrors func(*link.Meta) []source.Target // waits briefly for the mirrors' probes
 }
 
+// Connections is the most upstream requests one stream has open at once (-c), unless its task says.
+func (s *Service) Connections() int { return s.Engine.Connections }
+
 // Open resolves req's link. Its error is the upstream's (see upstream.Classify) or ErrNoRanges; a task's
 // Tally hears of an upstream's refusal, but not of a target refused to this player only.
 func (s *Service) Open(ctx context.Context, req Request) (*Playback, error) {
@@ -191,13 +195,17 @@ func (s *Service) Open(ctx context.Context, req Request) (*Playback, error) {
 		log = s.logger()
 	}
 	mirrors := s.Resolver.Mirrors(ctx, req.Link) // probed alongside the link's own probe
-	meta, head, err := s.Resolver.Open(ctx, req.Link, req.First)
+	first := req.First
+	if first.Start >= 0 {
+		first = s.Engine.FirstRequest(first)
+	}
+	meta, head, err := s.Resolver.Open(ctx, req.Link, first)
 	if expired(err) && req.Relink != nil {
 		// A link reused from an earlier request died since: ask where the file is now, once.
 		var fresh source.Link
 		if fresh, err = req.Relink(ctx, req.Link); err == nil {
 			req.Link = fresh
-			meta, head, err = s.Resolver.Open(ctx, req.Link, req.First)
+			meta, head, err = s.Resolver.Open(ctx, req.Link, first)
 		}
 	}
 	if err != nil {

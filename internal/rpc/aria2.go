@@ -178,10 +178,8 @@ func (d Defaults) Interpret(uris []string, opts map[string]string) (task.Spec, e
 	}
 	spec := task.Spec{Header: upstream.CleanHeader(h), Name: opts["out"], Connections: d.connections(opts)}
 	if v, ok := opts["lowest-speed-limit"]; ok {
-		spec.MinSpeed, _ = strconv.ParseInt(v, 10, 64)
-		if spec.MinSpeed == 0 {
-			spec.MinSpeed = -1 // aria2's 0 is off
-		}
+		n, _ := strconv.ParseInt(v, 10, 64) // 0 is off, as in aria2
+		spec.MinSpeed = &n
 	}
 	if p := opts["all-proxy"]; p != "" {
 		spec.Proxy = proxyURL(p, opts["all-proxy-user"], opts["all-proxy-passwd"])

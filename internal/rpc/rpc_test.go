@@ -303,8 +303,8 @@ func TestTaskLifecycle(t *testing.T) {
 	}
 	h := stream.Link.Header
 	if h.Get("Cookie") != "SESSDATA=xyz; a=b" || h.Get("User-Agent") != "TestUA/1.0" || h.Get("Referer") != "http://drive.example/d/My%20Film.mkv?sig=1" ||
-		h.Get("Range") != "" || h.Get("Connection") != "" || stream.Spec.Connections != 8 || stream.Spec.MinSpeed != 102400 || stream.Spec.Proxy.String() != "http://127.0.0.1:3128" || stream.Link.Proxy != stream.Spec.Proxy {
-		t.Errorf("stream of the task: header %v, %d connections, min speed %d, proxy %v", h, stream.Spec.Connections, stream.Spec.MinSpeed, stream.Spec.Proxy)
+		h.Get("Range") != "" || h.Get("Connection") != "" || stream.Spec.Connections != 8 || stream.Spec.MinSpeed == nil || *stream.Spec.MinSpeed != 102400 || stream.Spec.Proxy.String() != "http://127.0.0.1:3128" || stream.Link.Proxy != stream.Spec.Proxy {
+		t.Errorf("stream of the task: header %v, %d connections, min speed %v, proxy %v", h, stream.Spec.Connections, stream.Spec.MinSpeed, stream.Spec.Proxy)
 	}
 	stream.Delivered(1 << 20)
 	var active []map[string]any

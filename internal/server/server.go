@@ -186,7 +186,7 @@ GET|HEAD /stream/GID/NAME.EXT   a task's play link, as tellStatus gives it in fi
 GET|HEAD /openlist/PATH?sign=SIGN   OpenList's download proxy (--openlist)
 GET /status                what plays now, the tasks, the cache (/status.json for programs)
 GET /metrics               Prometheus metrics
-`, s.Version, s.Play.Engine.Connections, r.Host)
+`, s.Version, s.Play.Connections(), r.Host)
 }
 
 // fail answers with status and a one-line reason.

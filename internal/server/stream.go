@@ -43,7 +43,8 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, named func(http.
 	if req.task != nil {
 		defer req.task.End()
 	}
-	req.First = s.firstRequest(r)
+	ranges := httprange.ParseRanges(r.Header.Get("Range"))
+	req.First = firstRange(r, ranges)
 	pb, err := s.Play.Open(req.ctx, req.Request)
 	if err != nil {
 		if r.Context().Err() == nil { // the player waits for an answer, whatever else ended the stream
@@ -95,17 +96,16 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, named func(http.
 		return
 	}
 	h.Set("Accept-Ranges", "bytes")
-	rangeHeader := r.Header.Get("Range")
 	if !version.rangeApplies(r.Header.Get("If-Range")) {
-		rangeHeader = ""
+		ranges = httprange.Ranges{} // the whole file
 	}
-	spans, kind := httprange.ParseRequest(rangeHeader, size)
+	spans, kind := ranges.Spans(size)
 	status, length := http.StatusOK, size
 	var parts *multipartBody
 	switch kind {
 	case httprange.Unsatisfiable:
 		h.Set("Content-Range", fmt.Sprintf("bytes */%d", size))
-		fail(w, http.StatusRequestedRangeNotSatisfiable, fmt.Sprintf("range %q is past the end of the %d-byte file", rangeHeader, size))
+		fail(w, http.StatusRequestedRangeNotSatisfiable, fmt.Sprintf("range %q is past the end of the %d-byte file", r.Header.Get("Range"), size))
 		return
 	case httprange.Partial:
 		status, length = http.StatusPartialContent, spans[0].Len()
@@ -123,19 +123,19 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, named func(http.
 	s.play(w, r, req, pb, status, parts, spans...)
 }
 
-// firstRequest is what a probe may ask for so that its answer is the stream's first bytes: the first
-// piece of the player's range. A HEAD, an If-Range (the whole file may be sent instead) and a suffix range
-// (bytes=-N: where it starts needs the size) probe the first byte only (Start < 0).
-func (s *Server) firstRequest(r *http.Request) httprange.Span {
+// firstRange is the player's first range as known before the file's size, for the probe to ask for its
+// first bytes (play.Request.First). A HEAD, an If-Range (the whole file may be sent instead) and a suffix
+// range (bytes=-N: where it starts needs the size) probe the first byte only (Start < 0).
+func firstRange(r *http.Request, ranges httprange.Ranges) httprange.Span {
 	none := httprange.Span{Start: -1, End: -1}
 	if r.Method != http.MethodGet || r.Header.Get("If-Range") != "" {
 		return none
 	}
-	sp, ok := httprange.Peek(r.Header.Get("Range"))
+	sp, ok := ranges.First()
 	if !ok {
 		return none
 	}
-	return s.Play.Engine.FirstRequest(sp)
+	return sp
 }
 
 // play plays spans with status, sent with the first byte, so a stream that fails before any byte still

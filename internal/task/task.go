@@ -109,7 +109,7 @@ type Spec struct {
 	Header      http.Header // sent with every request; a User-Agent here replaces mflow's
 	Name        string      // the file name players are told; "" takes the link's
 	Connections int         // upstream connections per stream; 0 is mflow's default
-	MinSpeed    int64       // bytes/s below which a connection is replaced; 0 is mflow's default, negative off
+	MinSpeed    *int64      // bytes/s below which a connection is replaced, 0 off; nil is mflow's default
 	Proxy       *url.URL    // the HTTP proxy requests go through; nil for none
 }
 
