@@ -192,7 +192,7 @@ var (
 	// errRaceLost cancels a connection whose piece another connection finished first, or that nobody
 	// needs any more.
 	errRaceLost = errors.New("piece finished by another connection")
-	// errStreamDone ends the workers once the player has its bytes or the stream failed.
+	// errStreamDone ends the requests once the player has its bytes or the stream failed.
 	errStreamDone = errors.New("stream over")
 )
 
@@ -262,9 +262,7 @@ func (e *Engine) Stream(ctx context.Context, w io.Writer, req Job) (stats Stats,
 		defer req.Live.set(nil)
 	}
 	s.plan()
-	for range s.lanes {
-		s.wg.Go(func() { defer s.recoverWorker(); s.work() })
-	}
+	s.wg.Go(func() { defer s.recoverWorker(); s.dispatch() })
 	s.wg.Go(func() { defer s.recoverWorker(); s.watch() })
 	err = s.write(w)
 	if lingers = s.startLinger(context.Cause(ctx)); lingers {

@@ -136,7 +136,7 @@ func (s *stream) leave(f *fetch) {
 // drop forgets f, and reports whether the requests grew.
 func (s *stream) drop(f *fetch) (grew bool) {
 	s.f.mu.Lock()
-	defer s.f.mu.Unlock()
+	defer s.unlock()
 	for i, g := range s.fetches {
 		if g == f {
 			s.fetches = append(s.fetches[:i], s.fetches[i+1:]...)
@@ -154,7 +154,7 @@ func (s *stream) drop(f *fetch) (grew bool) {
 		if f.raced == nil {
 			grew = s.pace.Finished()
 		}
-		s.log.Debug("bytes in", "from", f.from, "to", f.claim-1, "took", time.Since(f.began).Round(time.Millisecond), "retries", f.retries)
+		s._debug("bytes in", "from", f.from, "to", f.claim-1, "took", time.Since(f.began).Round(time.Millisecond), "retries", f.retries)
 	}
 	s.f._broadcast()
 	return grew
@@ -311,7 +311,7 @@ func (s *stream) endAttempt(f *fetch, span httprange.Span, err error) {
 
 func (s *stream) closeAttempt(f *fetch, span httprange.Span, err error) RequestDone {
 	s.f.mu.Lock()
-	defer s.f.mu.Unlock()
+	defer s.unlock()
 	now := time.Now()
 	f.cancel(nil)
 	m := f.meter
@@ -338,7 +338,7 @@ func (s *stream) closeAttempt(f *fetch, span httprange.Span, err error) RequestD
 	if err != nil {
 		attrs = append(attrs, "ended", err)
 	}
-	s.log.Debug("request", attrs...)
+	s._debug("request", attrs...)
 	return done
 }
 
@@ -501,7 +501,7 @@ func attemptError(ctx context.Context, err error) error {
 // is, so that chunks are to be held (see _seekIndex).
 func (s *stream) deliver(f *fetch, data []byte) (more, hold bool) {
 	s.f.mu.Lock()
-	defer s.f.mu.Unlock()
+	defer s.unlock()
 	size := s.e.ChunkSize
 	s.pace.Got(f.meter, time.Now(), len(data))
 	at := f.pos

@@ -23,7 +23,7 @@ type file struct {
 	fetches  map[*fetch]*stream // every stream's requests (and their claims on bytes), with the stream
 	limit    int                // the most requests the drive allows the file, all its streams together; 0 none known
 	progress chan struct{}      // closed (and replaced) when a piece gets bytes or a stream fails: wakes writers
-	changed  chan struct{}      // closed (and replaced) when idle workers should look for work again
+	changed  chan struct{}      // closed (and replaced) when the dispatchers should look for work for a free lane again
 }
 
 // chunk is one aligned unit of the file and the buffer its pieces fill. Its fields are protected by the
@@ -248,7 +248,7 @@ func (f *file) _progress() {
 	f.progress = make(chan struct{})
 }
 
-// _broadcast wakes every idle worker of the file.
+// _broadcast wakes the dispatcher of every stream of the file, and whoever waits for a change.
 func (f *file) _broadcast() {
 	close(f.changed)
 	f.changed = make(chan struct{})

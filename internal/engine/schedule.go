@@ -9,9 +9,9 @@ import (
 	"mflow/internal/upstream"
 )
 
-// The stream's lanes: each of Connections workers takes one piece of work at a time, and the stream never
-// has more requests open than it has lanes (the probe's answer, races and hedges included). What a free
-// lane does, best first:
+// The stream's lanes: each piece of work runs in a lane of its own, and the stream never has more requests
+// open than it has lanes (the probe's answer, races and hedges included), nor its file more than the
+// drive allows: claimJob is the one place that holds both bounds. What a free lane does, best first:
 //
 //  1. a fresh request racing one the policy found far slower than the stream's best, or the one the player
 //     waits on when it lags, on the same bytes;
@@ -21,31 +21,25 @@ import (
 //  4. half of the request that needs longest, as aria2 does, when the policy hands it over;
 //  5. the bytes of a chunk only the cache wants.
 
-// work is one lane's loop: take work, do it, repeat until the stream is over.
-func (s *stream) work() {
-	for {
-		f := s.nextJob()
-		if f == nil {
-			return
-		}
-		s.run(f)
-	}
-}
-
-// nextJob waits for something to do in a free lane, and claims it; nil once the stream is over.
-func (s *stream) nextJob() *fetch {
+// dispatch starts each piece of work claimJob gives a free lane, until the stream is over.
+func (s *stream) dispatch() {
 	for {
 		f, wait, hold := s.claimJob()
-		if hold {
+		switch {
+		case hold:
 			s.plan() // the head told where the film's index is: hold its chunks, or the read-ahead's
-			continue
-		}
-		if f != nil || wait == nil {
-			return f
-		}
-		select {
-		case <-wait:
-		case <-s.ctx.Done():
+		case f != nil:
+			s.wg.Go(func() {
+				defer s.recoverWorker()
+				s.run(f)
+			})
+		case wait == nil:
+			return
+		default:
+			select {
+			case <-wait:
+			case <-s.ctx.Done():
+			}
 		}
 	}
 }
@@ -55,13 +49,11 @@ func (s *stream) nextJob() *fetch {
 // first.
 func (s *stream) claimJob() (f *fetch, wait <-chan struct{}, hold bool) {
 	s.f.mu.Lock()
-	defer s.f.mu.Unlock()
+	defer s.unlock()
 	if s.ctx.Err() != nil {
 		return nil, nil, false
 	}
-	if len(s.fetches) >= s.lanes || (s.f.limit > 0 && len(s.f.fetches) >= s.f.limit) {
-		// The stream's lanes are taken, or the drive's limit for the file by all its streams together
-		// (a seek's new stream waits until the old one's requests are gone).
+	if !s._laneFree() {
 		return nil, s.f.changed, false
 	}
 	if s._seekIndex() {
@@ -74,6 +66,13 @@ func (s *stream) claimJob() (f *fetch, wait <-chan struct{}, hold bool) {
 	s.fetches = append(s.fetches, f)
 	s.f.fetches[f] = s
 	return f, nil, false
+}
+
+// _laneFree reports whether the stream may open one more request: a lane of its own is free, and the
+// drive's limit for the file, by all its streams together, is not reached (a seek's new stream waits until
+// the old one's requests are gone).
+func (s *stream) _laneFree() bool {
+	return len(s.fetches) < s.lanes && (s.f.limit == 0 || len(s.f.fetches) < s.f.limit)
 }
 
 // _pickJob chooses the work of a free lane; nil when there is none now.
@@ -117,7 +116,7 @@ func (s *stream) _race() *fetch {
 			fresh := &fetch{from: slow.pos, pos: slow.pos, claim: slow.claim, raced: slow, raceGap: -1}
 			slow.racer = fresh
 			s.e.Remedies.Raced.Add(1)
-			s.log.Debug("request far slower than the stream's best; racing a fresh one", "at", slow.pos, "best", int64(s.pace.Best()))
+			s._debug("request far slower than the stream's best; racing a fresh one", "at", slow.pos, "best", int64(s.pace.Best()))
 			return fresh
 		}
 	}
@@ -134,7 +133,7 @@ func (s *stream) _hedge() *fetch {
 		if f.recovering && f.racer == nil && f.raced == nil && f.pos <= s.written && s.written < f.claim {
 			hedge := &fetch{from: f.pos, pos: f.pos, claim: f.claim, raced: f, raceGap: -1}
 			f.racer = hedge
-			s.log.Debug("the request the player waits on failed: trying its bytes on an idle connection meanwhile", "from", f.pos, "to", f.claim-1)
+			s._debug("the request the player waits on failed: trying its bytes on an idle connection meanwhile", "from", f.pos, "to", f.claim-1)
 			return hedge
 		}
 	}
@@ -230,7 +229,7 @@ func (s *stream) _split() *fetch {
 	tail := &fetch{from: mid, pos: mid, claim: longest.claim}
 	longest.claim = mid
 	s.e.Remedies.Splits.Add(1)
-	s.log.Debug("idle connection takes half a request", "from", mid, "to", tail.claim-1)
+	s._debug("idle connection takes half a request", "from", mid, "to", tail.claim-1)
 	return tail
 }
 
@@ -274,7 +273,7 @@ func (s *stream) _open() []*fetch {
 // or silent for the stall timeout, is replaced by a fresh one.
 func (s *stream) sample() {
 	s.f.mu.Lock()
-	defer s.f.mu.Unlock()
+	defer s.unlock()
 	open := s._open()
 	meters := make([]*pace.Meter, len(open))
 	for i, f := range open {
@@ -283,10 +282,10 @@ func (s *stream) sample() {
 	for i, v := range s.pace.Sample(time.Now(), meters) {
 		switch v {
 		case pace.Stalled:
-			s.log.Debug("connection stalled; replacing it", "at", open[i].pos)
+			s._debug("connection stalled; replacing it", "at", open[i].pos)
 			open[i].cancel(upstream.ErrStalled)
 		case pace.TooSlow:
-			s.log.Debug("connection below --min-speed; replacing it", "at", open[i].pos, "speed", int64(open[i].meter.Speed(time.Now())))
+			s._debug("connection below --min-speed; replacing it", "at", open[i].pos, "speed", int64(open[i].meter.Speed(time.Now())))
 			open[i].cancel(errSlow)
 		}
 	}
@@ -297,16 +296,17 @@ func (s *stream) sample() {
 // a fresh one when a lane is free, and replaced when it stays that slow or no lane is free.
 func (s *stream) checkRoutes() {
 	s.f.mu.Lock()
-	defer s.f.mu.Unlock()
+	defer s.unlock()
 	open := s._open()
 	judged := make([]pace.Judged, len(open))
 	for i, f := range open {
 		judged[i] = s._judged(f)
 	}
-	if len(s.fetches) < s.lanes {
+	laneFree := s._laneFree()
+	if laneFree {
 		s.f._broadcast() // an idle lane looks again: a request past its grace time may be handed over now
 	}
-	for i, v := range s.pace.Routes(time.Now(), judged, len(s.fetches) < s.lanes) {
+	for i, v := range s.pace.Routes(time.Now(), judged, laneFree) {
 		f := open[i]
 		switch {
 		case v == pace.Race:
@@ -320,7 +320,7 @@ func (s *stream) checkRoutes() {
 		case f.raced != nil: // the fresh request is no better: the one it raced carries on
 			f.cancel(errRaceLost)
 		default:
-			s.log.Debug("request still far slower than the stream's best; replacing it", "at", f.pos, "best", int64(s.pace.Best()))
+			s._debug("request still far slower than the stream's best; replacing it", "at", f.pos, "best", int64(s.pace.Best()))
 			f.cancel(errSlowRoute)
 		}
 	}

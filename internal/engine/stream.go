@@ -34,9 +34,10 @@ type stream struct {
 	lanes     int            // requests the stream may have open at once: -c or the drive's limit, never more
 	limitKey  string         // the file, as the drive-limit policy knows it
 	lastChunk int64          // index of the chunk holding span.End
-	wg        sync.WaitGroup // the workers and the watcher
+	debug     bool           // the logger writes DEBUG lines
+	wg        sync.WaitGroup // the dispatcher, the work it started and the watcher
 
-	// refreshMu lets one worker at a time resolve an expired link; the others find the new target.
+	// refreshMu lets one request at a time resolve an expired link; the others find the new target.
 	refreshMu sync.Mutex
 
 	lastRead atomic.Int64 // when the player last took bytes, Unix nanoseconds: whether it counts as reading
@@ -69,6 +70,30 @@ type stream struct {
 	replaced      int              // requests replaced for being slow
 	received      int64            // bytes new to the file's pieces that this stream's requests brought
 	err           error            // why the stream failed; the first error wins
+	logs          []logLine        // DEBUG lines decided under the lock, written by unlock once it is let go
+}
+
+// logLine is one DEBUG line of a stream.
+type logLine struct {
+	msg  string
+	args []any
+}
+
+// _debug keeps a DEBUG line to write once the file's lock is let go (see unlock): no I/O under the lock.
+func (s *stream) _debug(msg string, args ...any) {
+	if s.debug {
+		s.logs = append(s.logs, logLine{msg, args})
+	}
+}
+
+// unlock lets go of the file's lock, then writes the DEBUG lines kept under it.
+func (s *stream) unlock() {
+	lines := s.logs
+	s.logs = nil
+	s.f.mu.Unlock()
+	for _, l := range lines {
+		s.log.Debug(l.msg, l.args...)
+	}
 }
 
 func (e *Engine) newStream(ctx context.Context, f *file, req Job) *stream {
@@ -101,6 +126,7 @@ func (e *Engine) newStream(ctx context.Context, f *file, req Job) *stream {
 	if s.log == nil {
 		s.log = e.logger()
 	}
+	s.debug = s.log.Enabled(ctx, slog.LevelDebug)
 	s.limitKey = cmp.Or(req.FileKey, req.Target.URL)
 	s.startWithinLimit(source.HostOf(req.Target.URL))
 	minSpeed := e.MinSpeed
@@ -246,11 +272,11 @@ func (s *stream) _seekIndex() bool {
 	}
 	s.indexAt, s.nextIndex = ix, ix.Start/s.e.ChunkSize
 	s.index = append(s.index, s.f._acquire(0, 0, c.end, nil))
-	s.log.Debug("the film's index is not at its head: fetching it alongside", "from", ix.Start, "to", ix.End-1)
+	s._debug("the film's index is not at its head: fetching it alongside", "from", ix.Start, "to", ix.End-1)
 	return true
 }
 
-// releaseAll lets go of the chunks still held, once no worker of the stream is left.
+// releaseAll lets go of the chunks still held, once no goroutine of the stream is left.
 func (s *stream) releaseAll() {
 	s.f.retire(s.dropWindow())
 }
