@@ -27,8 +27,9 @@ const (
 	// RouteEvery is how often each request's speed is compared with the stream's best.
 	RouteEvery = 100 * time.Millisecond
 	// routeWindow is the longest window a request's steady speed is taken over: a server that paces in
-	// bursts further apart than half of it still looks slower than it is.
-	routeWindow = time.Second
+	// bursts further apart than half of it still looks slower than it is. nginx's limit_rate bursts each
+	// second: a window of one second may hold none of its bursts, or the tail of one.
+	routeWindow = 2 * time.Second
 	// routeSamples is how many comparisons in a row a request must lose, lagFactor times slower than the
 	// stream's best lately, before it is replaced.
 	routeSamples = 2
@@ -394,7 +395,7 @@ func (s *Pacer) Routes(now time.Time, reqs []Judged, laneFree bool) []Verdict {
 		}
 		rate := r.recentRate
 		switch {
-		case rate > 0:
+		case rate > 0 && r.silence < RouteEvery: // bytes come steadily: the last interval's speed tells
 		case r.measured:
 			rate = r.routeRate
 		default:
