@@ -9,7 +9,6 @@ import (
 	"net/http/httptrace"
 	"time"
 
-	"mflow/internal/engine/limit"
 	"mflow/internal/engine/pace"
 	"mflow/internal/httprange"
 	"mflow/internal/source"
@@ -89,16 +88,6 @@ func (s *stream) run(f *fetch) {
 	}
 }
 
-// waitForDrive waits out the Retry-After the stream's drive last sent: nothing goes to it before. false
-// when the stream ended meanwhile.
-func (s *stream) waitForDrive() bool {
-	target, _ := s.currentTarget()
-	if wait := time.Until(s.e.Drives.quietUntil(source.HostOf(target.URL))); wait > 0 {
-		return s.pause(wait)
-	}
-	return true
-}
-
 // pause waits d unless the stream ends first; false when it did.
 func (s *stream) pause(d time.Duration) bool {
 	t := time.NewTimer(d)
@@ -109,13 +98,6 @@ func (s *stream) pause(d time.Duration) bool {
 	case <-s.ctx.Done():
 		return false
 	}
-}
-
-// slowDownAsked reports whether the upstream asked to be left alone for a while (429, 503): then no other
-// connection hurries to the bytes while this one waits.
-func slowDownAsked(err error) bool {
-	var status *upstream.StatusError
-	return errors.As(err, &status) && (status.Code == http.StatusTooManyRequests || status.Code == http.StatusServiceUnavailable)
 }
 
 func (s *stream) setRecovering(f *fetch, on bool) {
@@ -300,157 +282,12 @@ func (s *stream) _nextNeeded(from, to int64) int64 {
 	return from
 }
 
-// endAttempt closes the attempt, logs it (its range, first-byte time, bytes, speed and end) and reports
-// it to the engine's Observe, outside the lock.
-func (s *stream) endAttempt(f *fetch, span httprange.Span, err error) {
-	done := s.closeAttempt(f, span, err)
-	if s.e.Observe != nil {
-		s.e.Observe(done)
-	}
-}
-
-func (s *stream) closeAttempt(f *fetch, span httprange.Span, err error) RequestDone {
-	s.f.mu.Lock()
-	defer s.unlock()
-	now := time.Now()
-	f.cancel(nil)
-	m := f.meter
-	f.cancel, f.meter = nil, nil
-	s.f._broadcast() // a refusal waiting to know whether the drive serves this one reads on
-	s.pace.Done(m, now)
-	done := RequestDone{Bytes: m.Bytes(), Took: now.Sub(m.Sent()), End: endOf(err)}
-	attrs := []any{"range", span.Header(), "bytes", m.Bytes()}
-	if m.Answered() {
-		done.Status = http.StatusPartialContent // an answer used is a checked 206
-		done.FirstByte = m.FirstByte()
-		attrs = append(attrs, "first_byte", done.FirstByte.Round(time.Millisecond))
-		if d := now.Sub(m.Sent()) - done.FirstByte; d > 0 {
-			attrs = append(attrs, "speed", fmt.Sprintf("%.0fKiB/s", float64(m.Bytes())/d.Seconds()/1024))
-		}
-	}
-	var status *upstream.StatusError
-	if errors.As(err, &status) {
-		done.Status = status.Code
-	}
-	if f.mirror > 0 {
-		attrs = append(attrs, "mirror", f.mirror)
-	}
-	if err != nil {
-		attrs = append(attrs, "ended", err)
-	}
-	s._debug("request", attrs...)
-	return done
-}
-
-// RequestDone describes one upstream request of a stream, as it ended.
-type RequestDone struct {
-	End       RequestEnd
-	Status    int           // the answer's HTTP status; 0 when none came
-	FirstByte time.Duration // from sending to the answer's headers; 0 when none came
-	Took      time.Duration // from sending to the end
-	Bytes     int64         // body bytes used
-}
-
-// RequestEnd is how an upstream request ended.
-type RequestEnd int
-
 const (
 	EndedOK        RequestEnd = iota // its bytes are in, or another request brought them first
 	EndedFailed                      // an error: its bytes are asked again, or the stream fails
 	EndedReplaced                    // cancelled as far slower than the stream's best, below --min-speed, or stalled
 	EndedCancelled                   // the stream ended first: the player has its bytes, left, or the stream failed
 )
-
-// endOf says how a request that ended with err ended.
-func endOf(err error) RequestEnd {
-	switch {
-	case err == nil, errors.Is(err, errRaceLost):
-		return EndedOK
-	case errors.Is(err, errSlowRoute), errors.Is(err, errSlow), errors.Is(err, upstream.ErrStalled):
-		return EndedReplaced
-	case errors.Is(err, errStreamDone), errors.Is(err, context.Canceled):
-		return EndedCancelled
-	}
-	return EndedFailed
-}
-
-// answered records that f's answer arrived, and how.
-func (s *stream) answered(f *fetch, via pace.Via) {
-	s.f.mu.Lock()
-	s.pace.Answered(f.meter, time.Now(), via)
-	host := source.HostOf(s._targetOf(f).URL)
-	served, _ := s._served(nil)
-	s.mostServed = max(s.mostServed, served)
-	raised := s.e.Drives.served(host, s.limitKey, served)
-	s.f._broadcast() // a refusal waiting to know whether the drive serves its others reads on
-	s.f.mu.Unlock()
-	if raised {
-		s.log.Info("the drive served one connection more than its limit: the limit is raised", "drive", limit.Drive(host))
-		s.e.Drives.share(host)
-	}
-}
-
-// _served is how many of the stream's requests, besides except, have their answer and are being served,
-// and how many are still waiting for theirs.
-func (s *stream) _served(except *fetch) (served, waiting int) {
-	for _, g := range s.fetches {
-		switch {
-		case g == except || g.meter == nil:
-		case g.meter.Answered():
-			served++
-		default:
-			waiting++
-		}
-	}
-	return served, waiting
-}
-
-// servedBesides is how many of the stream's requests besides f the drive serves, once that is known: one
-// still waiting for its answer may be served, or refused as f was (a link that expired), so the count
-// waits for their answers (a round trip at most).
-func (s *stream) servedBesides(f *fetch) int {
-	for {
-		s.f.mu.Lock()
-		served, waiting := s._served(f)
-		changed := s.f.changed
-		s.f.mu.Unlock()
-		if waiting == 0 {
-			return served
-		}
-		select {
-		case <-changed:
-		case <-s.ctx.Done():
-			return 0
-		}
-	}
-}
-
-// limitedBy reads a refusal of f's request: when the drive serves the stream's other requests to the file,
-// it told its limit, and the stream keeps that many lanes (its file too). It reports whether it did.
-func (s *stream) limitedBy(f *fetch, r limit.Refusal) bool {
-	r.Served = s.servedBesides(f)
-	s.f.mu.Lock()
-	r.MostServed = s.mostServed
-	host := source.HostOf(s._targetOf(f).URL)
-	verdict, n, learned := s.e.Drives.refused(host, s.limitKey, r)
-	if verdict == limit.Limited {
-		if s.limited == nil || s.limited.gen != s.targetGen {
-			s.limited = &lowered{gen: s.targetGen, lanes: s.lanes, fileLimit: s.f.limit}
-		}
-		s.lanes = min(s.lanes, n)
-		s.pace.SetLanes(s.lanes)
-		if s.f.limit == 0 || n < s.f.limit {
-			s.f.limit = n
-		}
-		s.f._broadcast()
-	}
-	s.f.mu.Unlock()
-	if learned {
-		s.log.Info("drive limit learned", "drive", limit.Drive(host), "connections", n, "why", fmt.Sprintf("a request was refused (%s) while %d were served", limit.StatusText(r.Status), r.Served))
-		s.e.Drives.share(host)
-	}
-	return verdict == limit.Limited
-}
 
 func (s *stream) position(f *fetch) int64 {
 	s.f.mu.Lock()
@@ -464,27 +301,6 @@ func (s *stream) rest(f *fetch) string {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
 	return fmt.Sprintf("bytes %d-%d", f.pos, f.claim-1)
-}
-
-// _targetOf is the target f's attempt asks: the link's, or its mirror's.
-func (s *stream) _targetOf(f *fetch) source.Target {
-	if f.mirror > 0 {
-		return s.mirrors[f.mirror-1]
-	}
-	return s.target
-}
-
-// _pickTarget takes turns between the target and the mirrors not set aside: 0 is the target, n the nth
-// mirror.
-func (s *stream) _pickTarget() int {
-	for range len(s.mirrors) + 1 {
-		i := s.nextTarget % (len(s.mirrors) + 1)
-		s.nextTarget++
-		if i == 0 || !s.mirrorAside[i-1] {
-			return i
-		}
-	}
-	return 0
 }
 
 // attemptError names why an attempt ended: the cause of its cancellation when it was cancelled.
@@ -556,129 +372,4 @@ func (s *stream) _settleRace(slow, fresh *fetch) {
 	if loser.cancel != nil {
 		loser.cancel(errRaceLost)
 	}
-}
-
-// retryPlan decides what follows a failed attempt: how long to wait before the next, or why the stream
-// must fail.
-func (s *stream) retryPlan(f *fetch, err error) (time.Duration, error) {
-	if errors.Is(err, errSlowRoute) {
-		s.countReplaced(f)
-		return 0, nil
-	}
-	if r, ok := refusalOf(err); ok && f.mirror == 0 && s.limitedBy(f, r) {
-		return 0, errLimited
-	}
-	retries := s.countRetry(f)
-	where := s.rest(f)
-	policy := upstream.Retry{Max: s.e.Retries, Base: s.e.RetryBase}
-	if retries > policy.Max {
-		return 0, fmt.Errorf("%s: gave up after %d retries in a row brought no byte: %w", where, policy.Max, err)
-	}
-	s.log.Debug("retrying", "range", where, "retry", retries, "err", err)
-	if f.mirror > 0 && !errors.Is(err, errSlow) && !errors.Is(err, upstream.ErrStalled) {
-		// A mirror that fails is dropped at once: the target and the other mirrors carry on.
-		s.setMirrorAside(f.mirror)
-		s.log.Info("mirror set aside", "mirror", upstream.Redact(s.mirrors[f.mirror-1].URL), "err", err)
-		return 0, nil
-	}
-	var status *upstream.StatusError
-	switch {
-	case errors.As(err, &status) && status.Expired():
-		if err := s.refreshTarget(f.gen, err); err != nil {
-			return 0, fmt.Errorf("%s: %w", where, err)
-		}
-		return 0, nil
-	case errors.Is(err, errSlow), errors.Is(err, upstream.ErrStalled):
-		return 0, nil
-	case !upstream.Retryable(err):
-		return 0, fmt.Errorf("%s: %w", where, err)
-	}
-	return policy.Wait(max(retries, 1), err), nil
-}
-
-// countRetry counts a failed attempt of f, and returns how many of its attempts failed in a row with no
-// new byte reaching the stream in between: bytes that arrived, to its claim or to another, show the
-// upstream serving, so a try that moved the stream forward is progress, not a spent retry (-r).
-func (s *stream) countRetry(f *fetch) int {
-	s.f.mu.Lock()
-	defer s.f.mu.Unlock()
-	if s.received != f.failedAt {
-		f.retries = 0
-	}
-	f.retries++
-	f.failedAt = s.received
-	s.retries++
-	s.e.Remedies.Retries.Add(1)
-	return f.retries
-}
-
-func (s *stream) countReplaced(f *fetch) {
-	s.f.mu.Lock()
-	defer s.f.mu.Unlock()
-	f.replaced++
-	s.replaced++
-}
-
-func (s *stream) setMirrorAside(mirror int) {
-	s.f.mu.Lock()
-	defer s.f.mu.Unlock()
-	s.mirrorAside[mirror-1] = true
-}
-
-// refreshTarget resolves an expired link again, once for all the connections that found it expired with
-// target generation gen, and checks that it still leads to the same version.
-func (s *stream) refreshTarget(gen int, cause error) error {
-	s.refreshMu.Lock()
-	defer s.refreshMu.Unlock()
-	old, current := s.currentTarget()
-	if current != gen {
-		return nil // another connection already refreshed it
-	}
-	if s.refresh == nil {
-		return fmt.Errorf("link expired and cannot be resolved again: %w", cause)
-	}
-	t, err := s.refresh(s.ctx)
-	if err != nil {
-		return fmt.Errorf("resolving the expired link again: %w", err)
-	}
-	if err := upstream.SameVersion(t.Version, old.Version); err != nil {
-		return err
-	}
-	s.log.Info("signed link expired; resolved it again", "url", upstream.Redact(t.URL))
-	if s.setTarget(t, gen) {
-		// The refusals before it were the link expiring, one request after another, not the drive's limit.
-		s.e.Drives.withdraw(source.HostOf(old.URL), s.limitKey)
-		s.log.Info("the refusals were the link expiring, not the drive's limit: the stream's connections are back", "drive", limit.Drive(source.HostOf(old.URL)))
-	}
-	return nil
-}
-
-// lowered is what a drive's refusals changed in a stream, to be undone if they were a link expiring.
-type lowered struct {
-	gen       int // the target generation they were refused on
-	lanes     int // the stream's lanes before
-	fileLimit int // its file's limit before
-}
-
-func (s *stream) currentTarget() (source.Target, int) {
-	s.f.mu.Lock()
-	defer s.f.mu.Unlock()
-	return s.target, s.targetGen
-}
-
-// setTarget makes t the stream's target, replacing generation gen, and reports whether that undid lanes
-// that refusals of gen's requests had lowered.
-func (s *stream) setTarget(t source.Target, gen int) (restored bool) {
-	s.f.mu.Lock()
-	defer s.f.mu.Unlock()
-	s.target = t
-	s.targetGen++
-	s.mostServed = 0
-	if l := s.limited; l != nil && l.gen == gen {
-		s.lanes, s.f.limit, s.limited = l.lanes, l.fileLimit, nil
-		s.pace.SetLanes(s.lanes)
-		s.f._broadcast()
-		return true
-	}
-	return false
 }
