@@ -108,17 +108,21 @@ func New(cfg Config) (*App, error) {
 	client := upstream.NewClient(upstream.Config{HostConnections: cfg.HostConnections, Insecure: cfg.Insecure, Policy: cfg.Policy, Shared: cfg.Shared, MaxRedirects: cfg.MaxRedirects, UserAgent: userAgent, Dial: cfg.Dial})
 	drives := cmp.Or(cfg.Drives, engine.NewDrives(nil))
 	resolver := link.New(link.Config{Client: client, Retry: upstream.Retry{Max: cfg.Retry}, Hedge: cfg.Connections, DriveLimit: drives.Limit, Warm: cfg.Connections - 1, Logger: log})
+	var cache engine.Cache
+	if cfg.Memory != nil || cfg.Disk != nil {
+		cache = chunkcache.Tiered{Memory: cfg.Memory, Disk: cfg.Disk}
+	}
+	var cacheRoom func(int64)
+	if cfg.Memory != nil {
+		cacheRoom = cfg.Memory.Yield
+	}
+	var m *metrics.Metrics // reads the engine, and hears of its requests: made below, before any stream
 	a := &App{
 		Engine: &engine.Engine{Client: client, IndexOf: mediaindex.Locate, ChunkSize: cfg.ChunkSize, ReadAhead: cfg.ReadAhead, MaxMemory: cfg.MaxMemory,
-			Connections: cfg.Connections, Retries: cfg.Retry, MinSpeed: cfg.MinSpeed, Logger: log, Drives: drives},
+			Connections: cfg.Connections, Retries: cfg.Retry, MinSpeed: cfg.MinSpeed, Logger: log, Drives: drives, Cache: cache, CacheRoom: cacheRoom,
+			Observe: func(d engine.RequestDone) { m.Observe(d) }},
 		client:   client,
 		resolver: resolver,
-	}
-	if cfg.Memory != nil || cfg.Disk != nil {
-		a.Engine.Cache = chunkcache.Tiered{Memory: cfg.Memory, Disk: cfg.Disk}
-	}
-	if cfg.Memory != nil {
-		a.Engine.CacheRoom = cfg.Memory.Yield
 	}
 	playback := &play.Service{Resolver: resolver, Engine: a.Engine, RelayNoRange: cfg.RelayNoRange, Logger: log}
 	a.Play = playback
@@ -158,8 +162,7 @@ func New(cfg Config) (*App, error) {
 			Version: cfg.Version, Logger: log, Shutdown: cfg.Shutdown, Connections: connectionsOf(playback), MaxAnswer: maxAnswer(cfg.MaxMemory)}
 		srv.RPC, srv.Guard, srv.Prefixes, srv.Login = rpcHandler, rpcHandler.Guard, rpcHandler.Trusts, rpcHandler.Login
 	}
-	m := metrics.New(metrics.Sources{Play: playback, Engine: a.Engine, Client: client, Tasks: a.tasks, Memory: cfg.Memory, Disk: cfg.Disk})
-	a.Engine.Observe = m.Observe
+	m = metrics.New(metrics.Sources{Play: playback, Engine: a.Engine, Client: client, Tasks: a.tasks, Memory: cfg.Memory, Disk: cfg.Disk})
 	started := cfg.Started
 	if started.IsZero() {
 		started = time.Now()
