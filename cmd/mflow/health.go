@@ -24,7 +24,7 @@ func checkHealth(ctx context.Context, o options, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	url := "http://" + net.JoinHostPort(host, strconv.Itoa(o.port)) + "/"
+	url := "http://" + net.JoinHostPort(host, strconv.Itoa(o.Port)) + "/"
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err == nil {
 		var resp *http.Response
@@ -53,13 +53,13 @@ func reach(o options, addr net.Addr) string {
 	}
 	rpc := "the JSON-RPC answers this machine only (--rpc-secret lets others in)"
 	switch {
-	case o.rpcSecret != "":
+	case o.RPCSecret != "":
 		rpc = "the JSON-RPC answers any client that sends the secret"
-	case o.rpcListenAll:
+	case o.RPCListenAll:
 		rpc = "the JSON-RPC answers any client, without a secret (--rpc-listen-all)"
 	}
 	pages := ", and no web page of another site"
-	if o.rpcOriginAll {
+	if o.RPCAllowOriginAll {
 		pages = ", web pages of any site included (--rpc-allow-origin-all)"
 	}
 	return players + ", reaching the LAN's addresses only from the LAN and this machine's own only from this machine; " + rpc + pages + "."

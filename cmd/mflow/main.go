@@ -29,7 +29,6 @@ import (
 	"mflow/internal/engine"
 	"mflow/internal/engine/limit"
 	"mflow/internal/logging"
-	"mflow/internal/openlist"
 	"mflow/internal/server"
 	"mflow/internal/task"
 	"mflow/internal/upstream/slots"
@@ -44,44 +43,25 @@ func main() {
 	os.Exit(run(ctx, os.Args[1:], environ(os.Environ()), os.Stdout, os.Stderr))
 }
 
-// options are the command line's values.
+// options are the command line's values: mflow's settings, bound straight into app.Config's fields, and
+// what only this command uses (where it listens and logs, which stores and caches it opens).
 type options struct {
-	listen          string
-	port            int
-	connections     int
-	chunkSize       int64
-	readAhead       int64
-	maxMemory       int64
-	retry           int
-	logLevel        string
-	logFormat       string
-	cache           bool
-	cacheSize       int64
-	cacheDir        string
-	cacheDirSize    int64
-	minSpeed        int64
-	maxRedirects    int
-	hostConnections int
-	drives          []limit.Rule
-	insecure        bool
-	relayNoRange    bool
-	rpcSecret       string
-	rpcListenAll    bool
-	rpcOriginAll    bool
-	allowTarget     []netip.Prefix
-	denyTarget      []netip.Prefix
-	allowHosts      []string
-	trustedProxies  []netip.Prefix
-	realIPHeader    string
-	maxStreams      int
-	playerTimeout   time.Duration
-	maxStopped      int
-	maxWaiting      int
-	stateDir        string
-	inMemory        bool
-	redis           string
-	openList        string
-	openListToken   string
+	app.Config
+
+	listen       string
+	logLevel     string
+	logFormat    string
+	cache        bool
+	cacheSize    int64
+	cacheDir     string
+	cacheDirSize int64
+	drives       []limit.Rule
+	allowTarget  []netip.Prefix
+	denyTarget   []netip.Prefix
+	allowHosts   []string
+	stateDir     string
+	inMemory     bool
+	redis        string
 
 	confPath   string   // --conf-path
 	confRead   string   // the configuration file read; "" when none
@@ -97,12 +77,12 @@ func parseFlags(args []string, env map[string]string) (options, string, error) {
 	fs.SetOutput(io.Discard)
 	fs.SortFlags = false
 	fs.StringVar(&o.listen, "listen", "0.0.0.0", "address to listen on")
-	fs.VarP(newIntFlag(&o.port, 80, 0, 65535), "port", "p", "port to listen on")
-	fs.VarP(newIntFlag(&o.connections, 4, 1, 64), "connections", "c", "upstream connections per stream (and chunks read ahead)")
-	fs.VarP(bytesize.NewValue(&o.chunkSize, 1<<20), "chunk-size", "s", "chunk size: 512K, 1M, 0.5M, 2M…")
-	fs.Var(bytesize.NewValue(&o.readAhead, engine.DefaultReadAhead), "read-ahead", "the most one stream reads ahead of its player, and holds in memory (K, M, G)")
-	fs.Var(bytesize.NewValue(&o.maxMemory, defaultMaxMemory), "max-memory", "what every stream's read-ahead and the memory cache hold together (K, M, G; 0 = no bound): streams share it, the cache yields to them")
-	fs.VarP(newIntFlag(&o.retry, 5, 0, 100), "retry", "r", "retries of one chunk before the stream fails")
+	fs.VarP(newIntFlag(&o.Port, 80, 0, 65535), "port", "p", "port to listen on")
+	fs.VarP(newIntFlag(&o.Connections, 4, 1, 64), "connections", "c", "upstream connections per stream (and chunks read ahead)")
+	fs.VarP(bytesize.NewValue(&o.ChunkSize, 1<<20), "chunk-size", "s", "chunk size: 512K, 1M, 0.5M, 2M…")
+	fs.Var(bytesize.NewValue(&o.ReadAhead, engine.DefaultReadAhead), "read-ahead", "the most one stream reads ahead of its player, and holds in memory (K, M, G)")
+	fs.Var(bytesize.NewValue(&o.MaxMemory, defaultMaxMemory), "max-memory", "what every stream's read-ahead and the memory cache hold together (K, M, G; 0 = no bound): streams share it, the cache yields to them")
+	fs.VarP(newIntFlag(&o.Retry, 5, 0, 100), "retry", "r", "retries of one chunk before the stream fails")
 	o.logLevel = "INFO"
 	fs.Var(levelFlag{&o.logLevel}, "log-level", "DEBUG, INFO, WARNING, ERROR or CRITICAL")
 	o.logFormat = logging.FormatText
@@ -111,29 +91,29 @@ func parseFlags(args []string, env map[string]string) (options, string, error) {
 	fs.Var(bytesize.NewValue(&o.cacheSize, 256<<20), "cache-size", "the memory cache's size (K, M, G)")
 	fs.StringVar(&o.cacheDir, "cache-dir", "", "keep fetched chunks on disk in this folder, across restarts")
 	fs.Var(bytesize.NewValue(&o.cacheDirSize, 10<<30), "cache-dir-size", "the disk cache's size (K, M, G); the least recently used chunks go first")
-	fs.Var(bytesize.NewValue(&o.minSpeed, 0), "min-speed", "replace a connection slower than this per second for 3 s (100K, 0.5M; 0 = off)")
-	fs.Var(newIntFlag(&o.maxRedirects, 3, 0, 30), "max-redirects", "redirects followed per request")
-	fs.Var(newIntFlag(&o.hostConnections, 16, 1, 256), "host-connections", "connections to one upstream host across all streams")
+	fs.Var(bytesize.NewValue(&o.MinSpeed, 0), "min-speed", "replace a connection slower than this per second for 3 s (100K, 0.5M; 0 = off)")
+	fs.Var(newIntFlag(&o.MaxRedirects, 3, 0, 30), "max-redirects", "redirects followed per request")
+	fs.Var(newIntFlag(&o.HostConnections, 16, 1, 256), "host-connections", "connections to one upstream host across all streams")
 	fs.Var(driveFlag{&o.drives}, "drive", "connections a drive allows one file, as DOMAIN=N, comma-separated or repeated (115cdn.net=2); mflow knows 115, PikPak, Baidu, Quark, Aliyun and Thunder, and learns the rest from their refusals")
-	fs.BoolVar(&o.insecure, "insecure", false, "skip TLS certificate verification upstream")
-	fs.BoolVar(&o.relayNoRange, "relay-no-range", false, "relay upstreams without Range support over one connection instead of answering 403")
-	fs.StringVar(&o.rpcSecret, "rpc-secret", "", "aria2 JSON-RPC secret: calls must send token:SECRET; without one, only this machine is answered")
-	fs.BoolVar(&o.rpcListenAll, "rpc-listen-all", false, "answer the JSON-RPC from any address even without --rpc-secret (aria2's flag)")
-	fs.BoolVar(&o.rpcOriginAll, "rpc-allow-origin-all", false, "let web pages of any site use the JSON-RPC, with CORS headers (aria2's flag; AriaNg served from elsewhere needs it)")
+	fs.BoolVar(&o.Insecure, "insecure", false, "skip TLS certificate verification upstream")
+	fs.BoolVar(&o.RelayNoRange, "relay-no-range", false, "relay upstreams without Range support over one connection instead of answering 403")
+	fs.StringVar(&o.RPCSecret, "rpc-secret", "", "aria2 JSON-RPC secret: calls must send token:SECRET; without one, only this machine is answered")
+	fs.BoolVar(&o.RPCListenAll, "rpc-listen-all", false, "answer the JSON-RPC from any address even without --rpc-secret (aria2's flag)")
+	fs.BoolVar(&o.RPCAllowOriginAll, "rpc-allow-origin-all", false, "let web pages of any site use the JSON-RPC, with CORS headers (aria2's flag; AriaNg served from elsewhere needs it)")
 	fs.Var(prefixFlag{&o.allowTarget}, "allow-target", "addresses mflow may fetch from for any player, as comma-separated CIDRs (192.168.1.0/24,fd00::/8)")
 	fs.Var(prefixFlag{&o.denyTarget}, "deny-target", "addresses mflow never fetches from, as comma-separated CIDRs")
 	fs.StringSliceVar(&o.allowHosts, "allow-host", nil, "names clients may reach mflow by besides its IP addresses, localhost and this machine's name (nas.fritz.box, .example.com for its subdomains, * for any)")
-	fs.Var(prefixFlag{&o.trustedProxies}, "trusted-proxy", "reverse proxies whose X-Forwarded-For names the client, as comma-separated CIDRs (127.0.0.1 for nginx on this machine)")
-	fs.StringVar(&o.realIPHeader, "real-ip-header", "X-Forwarded-For", "the one header a --trusted-proxy names its client in: X-Forwarded-For, X-Real-IP or Forwarded (nginx's real_ip_header)")
-	fs.Var(newIntFlag(&o.maxStreams, 64, 1, 100000), "max-streams", "streams played at once; more are answered 503")
-	fs.DurationVar(&o.playerTimeout, "player-timeout", time.Minute, "cut a player that takes no byte for this long, freeing its stream (a paused player asks again when it resumes; 0 = never)")
-	fs.Var(newIntFlag(&o.maxStopped, 1000, 0, 1000000), "max-download-result", "stopped tasks kept, the oldest forgotten first (aria2's flag)")
-	fs.Var(newIntFlag(&o.maxWaiting, 1000, 1, 1000000), "max-waiting", "waiting and paused tasks kept; more adds are refused")
+	fs.Var(prefixFlag{&o.Proxies.Trusted}, "trusted-proxy", "reverse proxies whose X-Forwarded-For names the client, as comma-separated CIDRs (127.0.0.1 for nginx on this machine)")
+	fs.StringVar(&o.Proxies.Header, "real-ip-header", "X-Forwarded-For", "the one header a --trusted-proxy names its client in: X-Forwarded-For, X-Real-IP or Forwarded (nginx's real_ip_header)")
+	fs.Var(newIntFlag(&o.MaxStreams, 64, 1, 100000), "max-streams", "streams played at once; more are answered 503")
+	fs.DurationVar(&o.PlayerTimeout, "player-timeout", time.Minute, "cut a player that takes no byte for this long, freeing its stream (a paused player asks again when it resumes; 0 = never)")
+	fs.Var(newIntFlag(&o.MaxStopped, 1000, 0, 1000000), "max-download-result", "stopped tasks kept, the oldest forgotten first (aria2's flag)")
+	fs.Var(newIntFlag(&o.MaxWaiting, 1000, 1, 1000000), "max-waiting", "waiting and paused tasks kept; more adds are refused")
 	fs.StringVar(&o.stateDir, "state-dir", "", "where tasks are kept across restarts (default: the user's state folder, ~/.local/state/mflow on Linux)")
 	fs.BoolVar(&o.inMemory, "in-memory", false, "keep tasks in memory only: they are gone when mflow stops")
 	fs.StringVar(&o.redis, "redis", "", "share tasks and --host-connections with the other mflow instances on this Redis (instead of --state-dir): redis://[user:pass@]host:port/db, rediss:// for TLS")
-	fs.StringVar(&o.openList, "openlist", "", "be the download proxy of the OpenList (or AList) at this address (http://127.0.0.1:5244): its storages' Download proxy URL is then http://HOST:PORT/openlist")
-	fs.StringVar(&o.openListToken, "openlist-token", "", "OpenList's token (Settings → Other), which signs its links and lets mflow ask it where files are; better given as MFLOW_OPENLIST_TOKEN")
+	fs.StringVar(&o.OpenList.URL, "openlist", "", "be the download proxy of the OpenList (or AList) at this address (http://127.0.0.1:5244): its storages' Download proxy URL is then http://HOST:PORT/openlist")
+	fs.StringVar(&o.OpenList.Token, "openlist-token", "", "OpenList's token (Settings → Other), which signs its links and lets mflow ask it where files are; better given as MFLOW_OPENLIST_TOKEN")
 	fs.StringVar(&o.confPath, "conf-path", "", "the configuration file: name=value lines named after these flags (default: mflow.conf in $XDG_CONFIG_HOME/mflow or the user's configuration folder, if there)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	help := fs.BoolP("help", "h", false, "print this help and exit")
@@ -174,17 +154,17 @@ func parseFlags(args []string, env map[string]string) (options, string, error) {
 			return o, "", fmt.Errorf("--redis keeps the tasks in Redis: leave out --state-dir and --in-memory")
 		}
 	}
-	if o.openList != "" && o.openListToken == "" {
+	if o.OpenList.URL != "" && o.OpenList.Token == "" {
 		return o, "", fmt.Errorf("--openlist needs --openlist-token (or MFLOW_OPENLIST_TOKEN): OpenList's token, from its Settings → Other")
 	}
-	if o.realIPHeader, err = access.CheckHeader(o.realIPHeader); err != nil {
+	if o.Proxies.Header, err = access.CheckHeader(o.Proxies.Header); err != nil {
 		return o, "", fmt.Errorf("invalid argument for \"--real-ip-header\" flag: %v", err)
 	}
-	if o.readAhead < 0 || o.readAhead > 1<<34 {
-		return o, "", fmt.Errorf("invalid argument %q for \"--read-ahead\" flag: want up to 16G, such as 32M or 64M", bytesize.Format(o.readAhead))
+	if o.ReadAhead < 0 || o.ReadAhead > 1<<34 {
+		return o, "", fmt.Errorf("invalid argument %q for \"--read-ahead\" flag: want up to 16G, such as 32M or 64M", bytesize.Format(o.ReadAhead))
 	}
-	if o.chunkSize < 16<<10 || o.chunkSize > 1<<30 {
-		return o, "", fmt.Errorf("invalid argument %q for \"-s, --chunk-size\" flag: want 16K to 1G, such as 512K or 1M", bytesize.Format(o.chunkSize))
+	if o.ChunkSize < 16<<10 || o.ChunkSize > 1<<30 {
+		return o, "", fmt.Errorf("invalid argument %q for \"-s, --chunk-size\" flag: want 16K to 1G, such as 512K or 1M", bytesize.Format(o.ChunkSize))
 	}
 	return o, "", nil
 }
@@ -220,10 +200,10 @@ func run(ctx context.Context, args []string, env map[string]string, stdout, stde
 		log = logging.NewTo(stderr, level, o.logFormat, true)
 	}
 
-	addr := net.JoinHostPort(o.listen, strconv.Itoa(o.port))
+	addr := net.JoinHostPort(o.listen, strconv.Itoa(o.Port))
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		fmt.Fprintf(stderr, "mflow: %s\n", listenProblem(addr, o.port, err))
+		fmt.Fprintf(stderr, "mflow: %s\n", listenProblem(addr, o.Port, err))
 		return 1
 	}
 
@@ -254,7 +234,7 @@ func run(ctx context.Context, args []string, env map[string]string, stdout, stde
 	var shared slots.Shared
 	drives := engine.NewDrives(o.drives)
 	if rdb != nil {
-		budget := cluster.NewBudget(rdb, o.hostConnections, 0, log)
+		budget := cluster.NewBudget(rdb, o.HostConnections, 0, log)
 		defer budget.Close()
 		shared = budget
 		limits := cluster.NewLimits(rdb, drives.Learn, log)
@@ -265,16 +245,15 @@ func run(ctx context.Context, args []string, env map[string]string, stdout, stde
 	ctx, requestStop := context.WithCancel(ctx)
 	defer requestStop()
 	var forced atomic.Bool
-	dir, _ := os.Getwd()
-	mflow, err := app.New(app.Config{
-		Shutdown: func(force bool) { forced.Store(force); requestStop() }, Dir: dir, Port: o.port, ConfPath: o.confRead,
-		Connections: o.connections, ChunkSize: o.chunkSize, ReadAhead: o.readAhead, MaxMemory: o.maxMemory, Retry: o.retry, MinSpeed: o.minSpeed, MaxRedirects: o.maxRedirects,
-		HostConnections: o.hostConnections, Drives: drives, Insecure: o.insecure, RelayNoRange: o.relayNoRange, Policy: policy, Shared: shared, Memory: cache.Memory, Disk: cache.Disk,
-		MaxStreams: o.maxStreams, PlayerTimeout: o.playerTimeout, Tasks: store, MaxStopped: o.maxStopped, MaxWaiting: o.maxWaiting,
-		RPCSecret: o.rpcSecret, RPCListenAll: o.rpcListenAll, RPCAllowOriginAll: o.rpcOriginAll, OpenList: openlist.Config{URL: o.openList, Token: o.openListToken},
-		Hosts: append(access.MachineNames(), o.allowHosts...), Proxies: access.Proxies{Trusted: o.trustedProxies, Header: o.realIPHeader},
-		Version: versionString(), Logger: log,
-	})
+	cfg := o.Config
+	cfg.Shutdown = func(force bool) { forced.Store(force); requestStop() }
+	cfg.Dir, _ = os.Getwd()
+	cfg.ConfPath = o.confRead
+	cfg.Drives, cfg.Policy, cfg.Shared = drives, policy, shared
+	cfg.Memory, cfg.Disk, cfg.Tasks = cache.Memory, cache.Disk, store
+	cfg.Hosts = append(access.MachineNames(), o.allowHosts...)
+	cfg.Version, cfg.Logger = versionString(), log
+	mflow, err := app.New(cfg)
 	if err != nil {
 		ln.Close()
 		fmt.Fprintf(stderr, "mflow: %v\n", err)
@@ -292,7 +271,7 @@ func run(ctx context.Context, args []string, env map[string]string, stdout, stde
 		ConnContext:       server.ConnContext, // a stream cut short resets its player's connection
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	listening := []any{"address", ln.Addr().String(), "version", versionString(), "connections", o.connections, "chunk", bytesize.Format(o.chunkSize), "memory", memoryText(o), "cache", cacheText(o)}
+	listening := []any{"address", ln.Addr().String(), "version", versionString(), "connections", o.Connections, "chunk", bytesize.Format(o.ChunkSize), "memory", memoryText(o), "cache", cacheText(o)}
 	if o.confRead != "" {
 		listening = append(listening, "settings", o.confRead)
 	}
@@ -307,8 +286,8 @@ func run(ctx context.Context, args []string, env map[string]string, stdout, stde
 	for _, said := range o.unknownEnv {
 		log.Warn(said)
 	}
-	if o.openList != "" {
-		log.Info("OpenList's download proxy: set its storages' Download proxy URL to http://HOST:"+strconv.Itoa(o.port)+"/openlist", "openlist", o.openList)
+	if o.OpenList.URL != "" {
+		log.Info("OpenList's download proxy: set its storages' Download proxy URL to http://HOST:"+strconv.Itoa(o.Port)+"/openlist", "openlist", o.OpenList.URL)
 	}
 	if rdb != nil {
 		log.Info("tasks, their events and the connection budget are shared with the instances on this Redis", "redis", rdb.Options().Addr, "db", rdb.Options().DB)

@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"mflow/internal/access"
+	"mflow/internal/app"
 	"mflow/internal/testsync"
 
 	"go.uber.org/goleak"
@@ -40,17 +42,13 @@ func TestDefaultsAreTheSeeds(t *testing.T) {
 	if err != nil || text != "" {
 		t.Fatal(text, err)
 	}
-	want := options{listen: "0.0.0.0", port: 80, connections: 4, chunkSize: 1 << 20, readAhead: 64 << 20, maxMemory: 256 << 20, retry: 5, logLevel: "INFO", logFormat: "text", maxRedirects: 3, hostConnections: 16, cacheSize: 256 << 20, cacheDirSize: 10 << 30,
-		maxStreams: 64, maxStopped: 1000, maxWaiting: 1000, realIPHeader: "X-Forwarded-For", playerTimeout: time.Minute}
+	want := options{Config: app.Config{Port: 80, Connections: 4, ChunkSize: 1 << 20, ReadAhead: 64 << 20, MaxMemory: 256 << 20, Retry: 5, MaxRedirects: 3, HostConnections: 16, MaxStreams: 64, MaxStopped: 1000, MaxWaiting: 1000, PlayerTimeout: time.Minute, Proxies: access.Proxies{Header: "X-Forwarded-For"}}, listen: "0.0.0.0", logLevel: "INFO", logFormat: "text", cacheSize: 256 << 20, cacheDirSize: 10 << 30}
 	if !reflect.DeepEqual(o, want) {
 		t.Errorf("defaults %+v, want %+v", o, want)
 	}
 	o, _, err = parseFlags(strings.Fields("-p 9000 -c 16 -s 0.5M -r 2 --log-level debug --cache --cache-size 64M --cache-dir /c --cache-dir-size 1G --min-speed 100K --listen 127.0.0.1 --max-redirects 5 --host-connections 2 --insecure --relay-no-range --rpc-secret s --state-dir /s --in-memory --read-ahead 16M --max-memory 128M"+
 		" --rpc-listen-all --rpc-allow-origin-all --allow-target 192.168.1.0/24,10.0.0.7 --deny-target fd00::/8 --max-streams 8 --max-download-result 10 --max-waiting 20 --real-ip-header x-real-ip --player-timeout 2m"), nil)
-	want = options{listen: "127.0.0.1", port: 9000, connections: 16, chunkSize: 512 << 10, readAhead: 16 << 20, maxMemory: 128 << 20, retry: 2, logLevel: "DEBUG", logFormat: "text", cache: true, cacheSize: 64 << 20, cacheDir: "/c", cacheDirSize: 1 << 30,
-		minSpeed: 100 << 10, maxRedirects: 5, hostConnections: 2, insecure: true, relayNoRange: true, rpcSecret: "s", stateDir: "/s", inMemory: true,
-		rpcListenAll: true, rpcOriginAll: true, allowTarget: []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24"), netip.MustParsePrefix("10.0.0.7/32")},
-		denyTarget: []netip.Prefix{netip.MustParsePrefix("fd00::/8")}, maxStreams: 8, maxStopped: 10, maxWaiting: 20, realIPHeader: "X-Real-IP", playerTimeout: 2 * time.Minute}
+	want = options{Config: app.Config{Port: 9000, Connections: 16, ChunkSize: 512 << 10, ReadAhead: 16 << 20, MaxMemory: 128 << 20, Retry: 2, MinSpeed: 100 << 10, MaxRedirects: 5, HostConnections: 2, Insecure: true, RelayNoRange: true, RPCSecret: "s", RPCListenAll: true, RPCAllowOriginAll: true, MaxStreams: 8, MaxStopped: 10, MaxWaiting: 20, PlayerTimeout: 2 * time.Minute, Proxies: access.Proxies{Header: "X-Real-IP"}}, listen: "127.0.0.1", logLevel: "DEBUG", logFormat: "text", cache: true, cacheSize: 64 << 20, cacheDir: "/c", cacheDirSize: 1 << 30, stateDir: "/s", inMemory: true, allowTarget: []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24"), netip.MustParsePrefix("10.0.0.7/32")}, denyTarget: []netip.Prefix{netip.MustParsePrefix("fd00::/8")}}
 	if err != nil || !reflect.DeepEqual(o, want) {
 		t.Errorf("parsed %+v, %v; want %+v", o, err, want)
 	}
@@ -265,9 +263,9 @@ func TestSettingsComeFromTheCommandLineTheEnvironmentAndTheFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.port != 6800 || o.rpcSecret != "fromenv" || o.connections != 2 || !o.cache || len(o.allowTarget) != 1 || o.confRead != conf {
+	if o.Port != 6800 || o.RPCSecret != "fromenv" || o.Connections != 2 || !o.cache || len(o.allowTarget) != 1 || o.confRead != conf {
 		t.Errorf("port %d (file), secret %q (the environment over the file), connections %d (the command line over both), cache %v, allow-target %v, read %q",
-			o.port, o.rpcSecret, o.connections, o.cache, o.allowTarget, o.confRead)
+			o.Port, o.RPCSecret, o.Connections, o.cache, o.allowTarget, o.confRead)
 	}
 	// Without --conf-path: the user's configuration folder, or systemd's.
 	xdg := filepath.Join(dir, "xdg")
@@ -284,8 +282,8 @@ func TestSettingsComeFromTheCommandLineTheEnvironmentAndTheFile(t *testing.T) {
 		"no file there":           {map[string]string{"HOME": filepath.Join(dir, "nobody")}, 80, ""},
 	} {
 		o, _, err := parseFlags(nil, c.env)
-		if err != nil || o.port != c.port || o.confRead != c.read {
-			t.Errorf("%s: port %d, read %q, %v; want %d from %q", what, o.port, o.confRead, err, c.port, c.read)
+		if err != nil || o.Port != c.port || o.confRead != c.read {
+			t.Errorf("%s: port %d, read %q, %v; want %d from %q", what, o.Port, o.confRead, err, c.port, c.read)
 		}
 	}
 	// A systemd unit's cache folder is the disk cache's unless a setting says otherwise.
@@ -395,10 +393,10 @@ func TestTheStartLineSaysWhoCanReachMflow(t *testing.T) {
 	}{
 		{"127.0.0.1:6800", options{}, []string{"Only players on this machine can reach mflow, at http://127.0.0.1:6800/stream (--listen 127.0.0.1)",
 			"the JSON-RPC answers this machine only (--rpc-secret lets others in)", "no web page of another site"}},
-		{"[::1]:6800", options{rpcSecret: "s"}, []string{"Only players on this machine", "(--listen ::1)", "any client that sends the secret"}},
-		{"0.0.0.0:6800", options{rpcListenAll: true}, []string{"Players on this machine, the LAN and the internet can play through http://0.0.0.0:6800/stream",
+		{"[::1]:6800", options{Config: app.Config{RPCSecret: "s"}}, []string{"Only players on this machine", "(--listen ::1)", "any client that sends the secret"}},
+		{"0.0.0.0:6800", options{Config: app.Config{RPCListenAll: true}}, []string{"Players on this machine, the LAN and the internet can play through http://0.0.0.0:6800/stream",
 			"any client, without a secret (--rpc-listen-all)"}},
-		{"192.168.1.5:6800", options{rpcOriginAll: true}, []string{"Players that reach 192.168.1.5 can play through", "web pages of any site included (--rpc-allow-origin-all)"}},
+		{"192.168.1.5:6800", options{Config: app.Config{RPCAllowOriginAll: true}}, []string{"Players that reach 192.168.1.5 can play through", "web pages of any site included (--rpc-allow-origin-all)"}},
 	} {
 		line := reach(c.o, net.TCPAddrFromAddrPort(netip.MustParseAddrPort(c.listen)))
 		for _, w := range c.want {
@@ -472,8 +470,8 @@ func TestOpenListsTokenComesFromTheEnvironmentAndIsNeverLogged(t *testing.T) {
 	conf := filepath.Join(t.TempDir(), "mflow.conf")
 	os.WriteFile(conf, []byte("openlist = http://127.0.0.1:5244\nopenlist-token = fromfile\n"), 0o600)
 	o, _, err := parseFlags([]string{"--conf-path", conf}, map[string]string{"MFLOW_OPENLIST_TOKEN": "fromenv"})
-	if err != nil || o.openList != "http://127.0.0.1:5244" || o.openListToken != "fromenv" {
-		t.Errorf("openlist %q, token %q (the environment over the file), %v", o.openList, o.openListToken, err)
+	if err != nil || o.OpenList.URL != "http://127.0.0.1:5244" || o.OpenList.Token != "fromenv" {
+		t.Errorf("openlist %q, token %q (the environment over the file), %v", o.OpenList.URL, o.OpenList.Token, err)
 	}
 	var logs testsync.SyncBuffer
 	base, stop := startMflowWith(t, []string{"--in-memory", "--log-level", "debug", "--openlist", "http://127.0.0.1:5244"}, map[string]string{"MFLOW_OPENLIST_TOKEN": "s3cr3t-token"}, &logs)
@@ -558,8 +556,8 @@ func TestQuotesAroundAValueInTheFileAreTakenOff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.rpcSecret != "a b" || len(o.allowHosts) != 1 || o.allowHosts[0] != "nas.local" || o.listen != `"0.0.0.0` {
-		t.Errorf("secret %q, allow-host %q, listen %q (an unpaired quote stays)", o.rpcSecret, o.allowHosts, o.listen)
+	if o.RPCSecret != "a b" || len(o.allowHosts) != 1 || o.allowHosts[0] != "nas.local" || o.listen != `"0.0.0.0` {
+		t.Errorf("secret %q, allow-host %q, listen %q (an unpaired quote stays)", o.RPCSecret, o.allowHosts, o.listen)
 	}
 }
 

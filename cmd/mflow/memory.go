@@ -21,19 +21,19 @@ const runtimeRoom = 16 << 20
 
 // cacheBeyondBudget says why --cache-size cannot be reached within --max-memory, or "" when it can.
 func cacheBeyondBudget(o options) string {
-	if !o.cache || o.maxMemory <= 0 || o.cacheSize <= budget.Buffers(o.maxMemory) {
+	if !o.cache || o.MaxMemory <= 0 || o.cacheSize <= budget.Buffers(o.MaxMemory) {
 		return ""
 	}
 	return fmt.Sprintf("--cache-size %s cannot be reached: the memory cache and the streams share %s of --max-memory %s; raise --max-memory to %dM or more to give the cache its size",
-		bytesize.Format(o.cacheSize), bytesize.Format(budget.Buffers(o.maxMemory)), bytesize.Format(o.maxMemory), ((o.cacheSize+o.readAhead)*4/3+1<<20-1)>>20)
+		bytesize.Format(o.cacheSize), bytesize.Format(budget.Buffers(o.MaxMemory)), bytesize.Format(o.MaxMemory), ((o.cacheSize+o.ReadAhead)*4/3+1<<20-1)>>20)
 }
 
 // memoryText is the start-up line's word on memory.
 func memoryText(o options) string {
-	if o.maxMemory <= 0 {
+	if o.MaxMemory <= 0 {
 		return "no bound (--max-memory 0)"
 	}
-	return bytesize.Format(o.maxMemory) + " for buffers (--max-memory)"
+	return bytesize.Format(o.MaxMemory) + " for buffers (--max-memory)"
 }
 
 // cacheText is the start-up line's word on the chunk caches: which are on, their sizes and where.
@@ -55,10 +55,10 @@ func cacheText(o options) string {
 // than the process grows past it: freed chunk buffers would otherwise wait for a heap twice as large.
 // GOMEMLIMIT, when set, wins.
 func setMemoryLimit(o options, log *slog.Logger) {
-	if os.Getenv("GOMEMLIMIT") != "" || o.maxMemory <= 0 {
+	if os.Getenv("GOMEMLIMIT") != "" || o.MaxMemory <= 0 {
 		return
 	}
-	limit := o.maxMemory + runtimeRoom
+	limit := o.MaxMemory + runtimeRoom
 	debug.SetMemoryLimit(limit)
 	log.Debug("soft memory limit", "bytes", bytesize.Human(float64(limit)))
 }

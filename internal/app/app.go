@@ -104,10 +104,10 @@ func New(cfg Config) (*App, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	userAgent := "mflow/" + cfg.Version
-	client := upstream.NewClient(upstream.Config{HostConnections: cfg.HostConnections, Insecure: cfg.Insecure, Policy: cfg.Policy, Shared: cfg.Shared, MaxRedirects: cfg.MaxRedirects, UserAgent: userAgent, Dial: cfg.Dial})
+	d := derive(cfg)
+	client := upstream.NewClient(upstream.Config{HostConnections: cfg.HostConnections, Insecure: cfg.Insecure, Policy: cfg.Policy, Shared: cfg.Shared, MaxRedirects: cfg.MaxRedirects, UserAgent: d.userAgent, Dial: cfg.Dial})
 	drives := cmp.Or(cfg.Drives, engine.NewDrives(nil))
-	resolver := link.New(link.Config{Client: client, Retry: upstream.Retry{Max: cfg.Retry}, Hedge: cfg.Connections, DriveLimit: drives.Limit, Warm: cfg.Connections - 1, Logger: log})
+	resolver := link.New(link.Config{Client: client, Retry: upstream.Retry{Max: cfg.Retry}, Hedge: d.probeTries, DriveLimit: drives.Limit, Warm: d.warm, Logger: log})
 	var cache engine.Cache
 	if cfg.Memory != nil || cfg.Disk != nil {
 		cache = chunkcache.Tiered{Memory: cfg.Memory, Disk: cfg.Disk}
@@ -146,9 +146,9 @@ func New(cfg Config) (*App, error) {
 		a.openList, srv.OpenList = ol, ol
 	}
 	if cfg.Tasks != nil {
-		defaults := rpc.Defaults{Connections: cfg.Connections, MinSpeed: cfg.MinSpeed, UserAgent: userAgent, PieceLength: cfg.ChunkSize, Dir: cfg.Dir,
+		defaults := rpc.Defaults{Connections: cfg.Connections, MinSpeed: cfg.MinSpeed, UserAgent: d.userAgent, PieceLength: cfg.ChunkSize, Dir: cfg.Dir,
 			Retries: cfg.Retry, MaxStreams: cfg.MaxStreams, MaxStopped: cfg.MaxStopped, Port: cfg.Port, Insecure: cfg.Insecure, ConfPath: cfg.ConfPath}
-		tasks, err := task.New(task.Config{Interpret: defaults.Interpret, Probe: resolver.Size, MaxStopped: max(cfg.MaxStopped, 1), MaxWaiting: cfg.MaxWaiting, Logger: log}, cfg.Tasks)
+		tasks, err := task.New(task.Config{Interpret: defaults.Interpret, Probe: resolver.Size, MaxStopped: d.maxStopped, MaxWaiting: cfg.MaxWaiting, Logger: log}, cfg.Tasks)
 		if err != nil {
 			cfg.Tasks.Close()
 			if a.openList != nil {
@@ -159,7 +159,7 @@ func New(cfg Config) (*App, error) {
 		a.tasks = tasks
 		srv.Tasks = tasks
 		rpcHandler := &rpc.Handler{Tasks: tasks, Defaults: defaults, Secret: cfg.RPCSecret, ListenAll: cfg.RPCListenAll, AllowOriginAll: cfg.RPCAllowOriginAll,
-			Version: cfg.Version, Logger: log, Shutdown: cfg.Shutdown, Connections: connectionsOf(playback), MaxAnswer: maxAnswer(cfg.MaxMemory)}
+			Version: cfg.Version, Logger: log, Shutdown: cfg.Shutdown, Connections: connectionsOf(playback), MaxAnswer: d.maxAnswer}
 		srv.RPC, srv.Guard, srv.Prefixes, srv.Login = rpcHandler, rpcHandler.Guard, rpcHandler.Trusts, rpcHandler.Login
 	}
 	m = metrics.New(metrics.Sources{Play: playback, Engine: a.Engine, Client: client, Tasks: a.tasks, Memory: cfg.Memory, Disk: cfg.Disk})
@@ -174,13 +174,27 @@ func New(cfg Config) (*App, error) {
 	return a, nil
 }
 
-// maxAnswer is the bound of one RPC answer being built: rpc's default, within an eighth of the memory
-// budget.
-func maxAnswer(budget int64) int {
-	if budget <= 0 {
-		return rpc.DefaultMaxAnswer
+// derived are the settings mflow computes from its flags, each in one place here.
+type derived struct {
+	userAgent  string // "mflow/VERSION": requests whose link and task name no User-Agent send it
+	probeTries int    // tries at once after a failed probe: a stream's connections (-c)
+	warm       int    // connections a play's probe opens ahead for the stream: -c less the probe's own
+	maxStopped int    // stopped tasks kept: --max-download-result, but at least the one just stopped
+	maxAnswer  int    // the largest RPC answer built: rpc's default, within an eighth of --max-memory
+}
+
+func derive(cfg Config) derived {
+	d := derived{
+		userAgent:  "mflow/" + cfg.Version,
+		probeTries: cfg.Connections,
+		warm:       cfg.Connections - 1,
+		maxStopped: max(cfg.MaxStopped, 1),
+		maxAnswer:  rpc.DefaultMaxAnswer,
 	}
-	return int(min(rpc.DefaultMaxAnswer, budget/8))
+	if cfg.MaxMemory > 0 {
+		d.maxAnswer = int(min(rpc.DefaultMaxAnswer, cfg.MaxMemory/8))
+	}
+	return d
 }
 
 // connectionsOf is getServers' view of the upstream requests a task's players have open now.
